@@ -1,0 +1,1 @@
+"""Common code of the LoRA-XS federation: the adapter math, models, data, training and files."""
