@@ -1,0 +1,122 @@
+"""The ClientApp: thin Flower glue. The work is in client/local_round.py.
+
+Every message: store the factors if they came along (after checking their fingerprint),
+answer "unknown-fingerprint" if this node does not hold the announced factors, else load the
+global adapter into the process's cached model and train / evaluate on this node's data.
+A user-caused problem (wrong labels, bad data folder) becomes an error reply with one line.
+`app` reads its settings from the run config (`flwr run .`); `make_client_app(config)` binds
+them instead (the in-process simulation, where the run config is empty).
+"""
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
+from client.model_cache import cached_model, cached_tokenizer
+from client.node_state import NodeState, node_state_for
+from client.partition_data import NodeData, node_data
+from server.protocol import (
+    ARRAYS, BASIS, CONFIG, METRICS, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
+    unpack_basis,
+)
+from server.run_config import FederationConfig
+from shared.adapted_model import adapter_meta
+from shared.errors import LoraXSError
+from shared.models import canonical_model_id, resolve_device
+
+
+def make_client_app(config: FederationConfig | None = None, torch_threads: int | None = None) -> ClientApp:
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _answer(msg, context, config, torch_threads, _train)
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return _answer(msg, context, config, torch_threads, _evaluate)
+
+    return client_app
+
+
+def _answer(msg, context, bound_config, torch_threads, work) -> Message:
+    try:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        config = bound_config or FederationConfig.from_run_config(context.run_config)
+        fingerprint = str(msg.content[CONFIG]["fingerprint"])
+        state = node_state_for(context)
+        if BASIS in msg.content:
+            state.store_basis(unpack_basis(msg.content[BASIS], fingerprint), canonical_model_id(config.model))
+        if not state.has_basis(fingerprint):
+            status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint})
+            return Message(RecordDict({STATUS: status}), reply_to=msg)
+        node = _Node(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
+        content = work(msg, node)
+        content[STATUS] = ConfigRecord({"fingerprint": fingerprint})
+        return Message(content, reply_to=msg)
+    except LoraXSError as err:
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
+
+
+class _Node:
+    """What one message needs: config, data, the cached model, the state, the seeds."""
+
+    def __init__(self, config: FederationConfig, context: Context, state: NodeState,
+                 fingerprint: str, server_round: int):
+        self.config, self.state, self.fingerprint, self.round = config, state, fingerprint, server_round
+        self.data: NodeData = node_data(config, context.node_config)
+        self.labels = tuple(self.data.labels) if self.data.labels else None
+        self.model = cached_model(canonical_model_id(config.model), config.task, config.lora_config(),
+                                  self.labels, fingerprint, lambda: state.basis(fingerprint))
+        self.tokenizer = cached_tokenizer(canonical_model_id(config.model))
+        self.device = resolve_device("auto")
+        self.seed = shuffle_seed(config, server_round, int(context.node_config.get("partition-id", 0)))
+
+    def global_state(self, msg: Message) -> dict[str, torch.Tensor]:
+        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        return unpack_adapter(msg.content[ARRAYS], names)
+
+
+def _train(msg: Message, node: _Node) -> RecordDict:
+    update = train_update(node.model, node.global_state(msg), node.data, node.tokenizer,
+                          node.config, node.seed, node.device)
+    metrics = MetricRecord({"num-examples": len(node.data.train), "train-loss": update.result.loss})
+    return RecordDict({ARRAYS: pack_adapter(update.state, node.config.update_dtype), METRICS: metrics})
+
+
+def _evaluate(msg: Message, node: _Node) -> RecordDict:
+    config, global_state = node.config, node.global_state(msg)
+    result = evaluate_state(node.model, global_state, node.data, node.tokenizer, config, node.device)
+    metrics = {
+        "num-examples": len(node.data.test),
+        "accuracy-global": result.accuracy,
+        "loss-global": result.loss,
+        "shifted": int(node.data.shifted),
+    }
+    if config.personalize == "finetune":
+        personal, personal_round = _personal_adapter(node, global_state)
+        mine = evaluate_state(node.model, personal, node.data, node.tokenizer, config, node.device)
+        metrics.update({"accuracy-personal": mine.accuracy, "loss-personal": mine.loss,
+                        "personal-round": personal_round})
+    return RecordDict({METRICS: MetricRecord(metrics)})
+
+
+def _personal_adapter(node: _Node, global_state: dict) -> tuple[dict[str, torch.Tensor], int]:
+    """The stored personal adapter, re-derived first when this global adapter is newer."""
+    stored = node.state.personal_adapter(node.fingerprint)
+    if stored is not None and stored[1] >= node.round:
+        return stored
+    personal = derive_personal(node.model, global_state, node.data, node.tokenizer, node.config,
+                               node.seed, node.device)
+    config = node.config
+    meta = adapter_meta(config.model, config.task, config.lora_config(),
+                        node.state.basis(node.fingerprint), list(node.labels) if node.labels else None,
+                        round=str(node.round), kind="personal")
+    node.state.store_personal_adapter(personal, meta, node.round)
+    return personal, node.round
+
+
+app = make_client_app()

@@ -1,0 +1,92 @@
+"""Export a personalized model to ONNX, verified with onnxruntime.
+
+    python -m client.export --adapter PERSONAL.safetensors --out model.onnx [--model M]
+                            [--basis FILE] [--quantize int8] [--adapter-as-input] [--opset N]
+                            [--data DIR] [--repeats N] [--max-length N]
+
+Writes the merged fp32 model, optionally its int8 quantization and the adapter-as-input graph,
+the tokenizer files and `<stem>.export.json` into the folder of --out; prints the files, the max
+abs differences against PyTorch and the latencies. User errors and a failed fp32 parity check
+print one line to stderr and exit non-zero, writing nothing.
+"""
+
+import argparse
+import sys
+
+from client.export_job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
+from client.onnx_export import file_size
+from client.onnx_verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
+from shared.errors import LoraXSError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.export",
+        description="Merge a LoRA-XS adapter into its base model and export it to ONNX, verified with onnxruntime.",
+    )
+    parser.add_argument("--adapter", required=True, metavar="FILE", help="the personal adapter (.safetensors)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the merged model to write (.onnx), in an existing folder")
+    parser.add_argument("--model", help="base model id or folder; must be the adapter's (default: from the adapter)")
+    parser.add_argument("--basis", metavar="FILE", help="the factor bundle the adapter was trained with")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="also write an onnxruntime dynamic int8 model")
+    parser.add_argument("--adapter-as-input", action="store_true",
+                        help="also write one graph taking the r x r matrices and the head as inputs")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--data", metavar="DIR", help="data folder: accuracy on its test split; its factor cache")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency median (default 20)")
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per text for --data (default 64)")
+    return parser.parse_args(argv)
+
+
+def export_config(args: argparse.Namespace) -> ExportConfig:
+    return ExportConfig(
+        adapter=args.adapter, out=args.out, model=args.model, basis_file=args.basis, data_dir=args.data,
+        quantize=args.quantize, adapter_as_input=args.adapter_as_input, opset=args.opset,
+        repeats=args.repeats, max_length=args.max_length,
+    )
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
+
+
+def print_report(report: ExportReport) -> None:
+    meta = report.meta
+    print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
+          f"factors from {report.factors_source} (basis {meta.basis_fingerprint[:12]}), opset {report.opset}")
+    print("files:")
+    for kind, path in report.files.items():
+        if not kind.startswith("tokenizer:"):
+            print(f"  {kind:<14} {_size(file_size(path)):>11}  {path}")
+    tokenizer = [p for kind, p in report.files.items() if kind.startswith("tokenizer:")]
+    print(f"  {'tokenizer':<14} {_size(sum(file_size(p) for p in tokenizer)):>11}  "
+          f"{', '.join(p.name for p in tokenizer)}")
+    print(f"max abs difference of the logits (fp32 limit {FP32_TOLERANCE:g}):")
+    for what, diff in report.diffs.items():
+        print(f"  {diff:9.2e}  {what}")
+    print(f"latency, batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {report.repeats} runs, "
+          f"{report.threads} threads:")
+    for runtime, ms in report.latency_ms.items():
+        print(f"  {ms:9.2f} ms  {runtime}")
+    if report.accuracy:
+        line = ", ".join(f"{kind} {acc:.4f}" for kind, acc in report.accuracy.items())
+        if "int8" in report.accuracy:
+            line += f" (int8 - fp32: {report.accuracy['int8'] - report.accuracy['fp32']:+.4f})"
+        print(f"onnxruntime accuracy on {report.test_examples} test examples: {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        print_report(run_export(export_config(args)))
+        return 0
+    except LoraXSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""What an export leaves in its folder for a device: the ONNX files, the tokenizer, and
+`<stem>.export.json` saying how to feed the graphs and read their output."""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from client.onnx_export import OUTPUT_NAME, TOKEN_AXES
+from shared.adapter_file import AdapterMeta
+from shared.errors import LoraXSError
+
+MODEL_KINDS = ("fp32", "int8", "adapter-input")
+DESCRIPTION_FORMAT, DESCRIPTION_VERSION = "loraxs-onnx-export", "1"
+
+
+def describe_export(
+    meta: AdapterMeta,
+    token_names: list[str],
+    opset: int,
+    max_length: int,
+    models: dict[str, str],
+    adapter_inputs: dict[str, torch.Tensor] | None,
+    adapter_file: str,
+) -> dict:
+    """models: kind -> file name; adapter_inputs: the adapter-as-input graph's extra inputs."""
+    output_axes = ["batch", "label"] if meta.task == "seq-cls" else [*TOKEN_AXES, "vocab"]
+    description = {
+        "format": DESCRIPTION_FORMAT,
+        "format_version": DESCRIPTION_VERSION,
+        "base_model": meta.base_model,
+        "task": meta.task,
+        "labels": list(meta.labels) if meta.labels else None,
+        "max_length": max_length,
+        "opset": opset,
+        "inputs": {name: list(TOKEN_AXES) for name in token_names},  # int64
+        "output": {"name": OUTPUT_NAME, "axes": output_axes},  # float32
+        "models": models,
+        "rank": meta.rank,
+        "alpha": meta.alpha,
+        "basis_fingerprint": meta.basis_fingerprint,
+        "adapter": adapter_file,
+    }
+    if adapter_inputs is not None:  # float32, named as in the adapter file
+        description["adapter_inputs"] = {name: list(value.shape) for name, value in adapter_inputs.items()}
+    return description
+
+
+def write_description(path: Path, description: dict) -> None:
+    path.write_text(json.dumps(description, indent=2) + "\n")
+
+
+def move_into_place(files: dict[str, Path], folder: Path, adapter: Path) -> None:
+    """Staged files (with any external `.data` file) -> `folder`; `files` then names the moved files."""
+    moves = [(p, folder / p.name) for p in files.values()]
+    moves += [(p.with_name(p.name + ".data"), folder / (p.name + ".data")) for p in files.values()
+              if p.with_name(p.name + ".data").exists()]
+    if any(target.resolve() == adapter.resolve() for _, target in moves):
+        raise LoraXSError(f"the export would overwrite the adapter {adapter}; choose another folder")
+    for staged, target in moves:
+        try:
+            os.replace(staged, target)
+        except OSError as err:
+            raise LoraXSError(f"cannot write {target}: {err.strerror or err}") from None
+    for kind, path in files.items():
+        files[kind] = folder / path.name

@@ -1,0 +1,288 @@
+"""One export: a personal adapter file -> verified ONNX files plus tokenizer, a folder a device
+runs with onnxruntime and tokenizers alone.
+
+Everything comes from the adapter's metadata (base model, task, rank, alpha, targets, labels);
+the factors come from `--basis`, the cache, or a fresh SVD, and must carry the adapter's
+fingerprint. Files are staged in a hidden folder beside `--out` and moved into place only after
+every check passed: a failed run leaves the output folder as it was and never touches the adapter.
+"""
+
+import copy
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from client.basis_cache import check_fingerprint, resolve_basis
+from client.export_folder import MODEL_KINDS, describe_export, move_into_place, write_description
+from client.onnx_export import LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
+from client.onnx_verify import (
+    FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, median_ms, ort_accuracy,
+    ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
+)
+from shared.adapted_model import build_adapted_model
+from shared.adapter_file import AdapterMeta, check_adapter_matches, load_adapter
+from shared.data.batches import make_loader
+from shared.data.local_folder import load_local_folder
+from shared.data.text_splits import TextSplits
+from shared.errors import LoraXSError
+from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.model import load_adapter_state, merged_model
+from shared.models import canonical_model_id, load_tokenizer
+
+QUANTIZE_CHOICES = ("int8",)
+MIN_OPSET = 14
+EVAL_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """adapter: the personal adapter file. out: the merged fp32 model (`*.onnx`); its folder also
+    receives `<stem>.int8.onnx`, `<stem>.adapter-input.onnx`, `<stem>.export.json` and the
+    tokenizer files (existing ones are replaced). model: must name the adapter's base model.
+    data_dir: its test split measures accuracy; its `.loraxs/` cache may hold the factors.
+    opset: None = the exporter's default. repeats: timed runs behind each latency median."""
+
+    adapter: Path
+    out: Path
+    model: str | None = None
+    basis_file: Path | None = None
+    data_dir: Path | None = None
+    quantize: str | None = None
+    adapter_as_input: bool = False
+    opset: int | None = None
+    repeats: int = 20
+    max_length: int = 64
+
+    def __post_init__(self):
+        for name in ("adapter", "out", "basis_file", "data_dir"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value).expanduser() if value else None)
+        if self.out is None or self.out.suffix != ".onnx":
+            raise LoraXSError(f"--out must name an .onnx file, got {self.out}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise LoraXSError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset is not None and not MIN_OPSET <= self.opset <= newest:
+            raise LoraXSError(f"--opset must be between {MIN_OPSET} and {newest}, got {self.opset}")
+        if self.repeats < 1:
+            raise LoraXSError(f"--repeats must be positive, got {self.repeats}")
+        if self.max_length < 2:
+            raise LoraXSError(f"--max-length must be at least 2, got {self.max_length}")
+
+    def output_name(self, kind: str) -> str:
+        stem = self.out.stem
+        return {"fp32": self.out.name, "int8": f"{stem}.int8.onnx",
+                "adapter-input": f"{stem}.adapter-input.onnx", "description": f"{stem}.export.json"}[kind]
+
+
+@dataclass
+class Subject:
+    """What gets exported: the base model with the adapter loaded (unmerged) and its context."""
+
+    model: nn.Module
+    state: dict[str, torch.Tensor]
+    meta: AdapterMeta
+    tokenizer: object
+    token_names: list[str]
+    factors_source: str
+
+
+@dataclass
+class ExportReport:
+    meta: AdapterMeta
+    factors_source: str
+    opset: int
+    files: dict[str, Path]  # fp32 / int8 / adapter-input / description / tokenizer:<name> -> path
+    diffs: dict[str, float]  # what was compared -> max abs difference of the logits
+    latency_ms: dict[str, float]  # runtime -> median ms at (LATENCY_BATCH, LATENCY_LENGTH)
+    repeats: int
+    threads: int
+    accuracy: dict[str, float] = field(default_factory=dict)  # fp32 / int8 on the --data test split
+    test_examples: int = 0
+
+
+def _step(message: str) -> None:
+    print(f"export: {message}", file=sys.stderr, flush=True)
+
+
+def run_export(config: ExportConfig) -> ExportReport:
+    state, meta = load_adapter(config.adapter)
+    _check_output(config)
+    splits = load_local_folder(config.data_dir, task=meta.task) if config.data_dir else None
+    if splits is not None:
+        _check_labels(meta, splits, config.data_dir)
+    stage = _staging_folder(config.out.parent)  # proves the folder writable before any heavy work
+    try:
+        subject = _load_subject(config, state, meta)
+        report = _export_verified(config, subject, splits, stage)
+        for saved in subject.tokenizer.save_pretrained(stage):
+            if Path(saved).is_file():
+                report.files[f"tokenizer:{Path(saved).name}"] = stage / Path(saved).name
+        report.files["description"] = stage / config.output_name("description")
+        write_description(report.files["description"], describe_export(
+            subject.meta, subject.token_names, report.opset, config.max_length,
+            models={kind: config.output_name(kind) for kind in MODEL_KINDS if kind in report.files},
+            adapter_inputs=subject.state if config.adapter_as_input else None, adapter_file=config.adapter.name,
+        ))
+        move_into_place(report.files, config.out.parent, config.adapter)
+        report.files["adapter"] = config.adapter  # what a user of the adapter-as-input graph sends
+        return report
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_output(config: ExportConfig) -> None:
+    folder = config.out.parent
+    if not folder.is_dir():
+        raise LoraXSError(f"output folder {folder} does not exist or is not a folder")
+    if config.out.is_dir():
+        raise LoraXSError(f"--out {config.out} is a folder; give an .onnx file name")
+    for kind in (*MODEL_KINDS, "description"):
+        if (folder / config.output_name(kind)).resolve() == config.adapter.resolve():
+            raise LoraXSError(f"--out {config.out} would overwrite the adapter {config.adapter}")
+
+
+def _check_labels(meta: AdapterMeta, splits: TextSplits, data_dir: Path) -> None:
+    if meta.task == "seq-cls" and tuple(splits.labels or ()) != tuple(meta.labels or ()):
+        raise LoraXSError(
+            f"the labels of {data_dir} ({', '.join(splits.labels or ())}) do not match those of the "
+            f"adapter ({', '.join(meta.labels or ())})"
+        )
+
+
+def _load_subject(config: ExportConfig, state: dict, meta: AdapterMeta) -> Subject:
+    source = str(config.adapter)
+    if config.model is not None:
+        check_adapter_matches(meta, source, canonical_model_id(config.model), meta.basis_fingerprint)
+    basis = resolve_basis(meta.basis_fingerprint, config.basis_file, config.data_dir)
+    factors_source = f"basis file {config.basis_file}" if config.basis_file else "the local cache"
+    lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets)
+    computed = basis is None
+    model, basis = build_adapted_model(
+        meta.base_model, meta.task, lora, labels=list(meta.labels) if meta.labels else None, basis=basis
+    )
+    if computed:
+        factors_source = "an SVD of the base model"
+        check_fingerprint(basis, meta.basis_fingerprint, "the factors computed from the base model")
+    check_adapter_matches(meta, source, meta.base_model, basis.fingerprint)
+    load_adapter_state(model, state)
+    state = {name: state[name] for name, p in model.named_parameters() if p.requires_grad}  # model order
+    tokenizer = load_tokenizer(meta.base_model)
+    return Subject(model, state, meta, tokenizer, token_input_names(model, tokenizer), factors_source)
+
+
+def _staging_folder(folder: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    except OSError as err:
+        raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
+
+
+def _check_parity(what: str, diff: float) -> None:
+    if diff > FP32_TOLERANCE:
+        raise LoraXSError(f"{what}: max abs difference {diff:.3g} exceeds {FP32_TOLERANCE:g}; nothing was written")
+
+
+def _max_diff(batches: list, expected: list, run) -> float:
+    """Largest difference between `expected` logits and `run(batch)` over the sample batches."""
+    return max(max_abs_diff(e, run(b), b["attention_mask"]) for b, e in zip(batches, expected))
+
+
+def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits | None, stage: Path) -> ExportReport:
+    task, names, threads = subject.meta.task, subject.token_names, torch.get_num_threads()
+    external = needs_external_data(subject.model)
+    reference = LogitsGraph(subject.model, task, names)  # base + adapter, unmerged
+    merged = LogitsGraph(merged_model(subject.model), task, names)
+    batches = sample_batches(subject.tokenizer, names)
+    expected = [torch_logits(reference, b) for b in batches]
+    files, diffs, sessions = {}, {}, {}
+
+    files["fp32"] = stage / config.output_name("fp32")
+    _step(f"exporting the merged model to {files['fp32'].name}")
+    opset = export_graph(merged, {}, files["fp32"], config.opset, external)
+    sessions["fp32"] = ort_session(files["fp32"], threads)
+    what = "onnxruntime fp32 vs PyTorch (unmerged)"
+    diffs[what] = _max_diff(batches, expected, lambda b: ort_logits(sessions["fp32"], b))
+    _check_parity(what, diffs[what])
+
+    if config.quantize == "int8":
+        files["int8"] = stage / config.output_name("int8")
+        _step(f"quantizing to {files['int8'].name}")
+        quantize_int8(files["fp32"], files["int8"], external)
+        sessions["int8"] = ort_session(files["int8"], threads)
+        what = "onnxruntime int8 vs PyTorch (unmerged, not checked)"
+        diffs[what] = _max_diff(batches, expected, lambda b: ort_logits(sessions["int8"], b))
+
+    if config.adapter_as_input:
+        files["adapter-input"] = stage / config.output_name("adapter-input")
+        _step(f"exporting the adapter-as-input graph to {files['adapter-input'].name}")
+        graph = LogitsGraph(subject.model, task, names, adapter_names=list(subject.state))
+        export_graph(graph, subject.state, files["adapter-input"], config.opset, external)
+        sessions["adapter-input"] = ort_session(files["adapter-input"], threads)
+        diffs.update(_verify_adapter_input(config, subject, batches, sessions, stage, external))
+
+    _step(f"timing batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
+    latency = _latencies(config.repeats, subject, reference, merged, sessions)
+    report = ExportReport(meta=subject.meta, factors_source=subject.factors_source, opset=opset, files=files,
+                          diffs=diffs, latency_ms=latency, repeats=config.repeats, threads=threads)
+    if splits is not None:
+        loader = make_loader(splits.test, subject.tokenizer, task, EVAL_BATCH_SIZE, config.max_length)
+        report.accuracy = {kind: ort_accuracy(sessions[kind], loader, names)
+                           for kind in ("fp32", "int8") if kind in sessions}
+        report.test_examples = len(splits.test)
+    return report
+
+
+def _numpy_state(state: dict[str, torch.Tensor]) -> dict:
+    return {name: value.float().numpy() for name, value in state.items()}
+
+
+def _verify_adapter_input(config, subject: Subject, batches, sessions, stage: Path, external: bool) -> dict:
+    """The one adapter-as-input graph fed user A (this adapter) and user B (a seeded other one)
+    must match each user's merged export; fails above the fp32 tolerance."""
+    state_b = other_user_adapter(subject.state)
+    model_b = copy.deepcopy(subject.model)
+    load_adapter_state(model_b, state_b)
+    merged_b_path = stage / "user-b.check.onnx"
+    export_graph(LogitsGraph(merged_model(model_b), subject.meta.task, subject.token_names), {},
+                 merged_b_path, config.opset, external)
+    merged_b = ort_session(merged_b_path, torch.get_num_threads())
+    out_a = [ort_logits(sessions["fp32"], b) for b in batches]
+    out_b = [ort_logits(merged_b, b) for b in batches]
+    del merged_b
+    for path in stage.glob(merged_b_path.name + "*"):  # a scratch file, never moved into place
+        path.unlink()
+    graph, user_a, user_b = sessions["adapter-input"], _numpy_state(subject.state), _numpy_state(state_b)
+    diffs = {
+        "adapter-as-input (user A) vs merged export A": _max_diff(batches, out_a, lambda b: ort_logits(graph, b, user_a)),
+        "adapter-as-input (user B) vs merged export B": _max_diff(batches, out_b, lambda b: ort_logits(graph, b, user_b)),
+    }
+    for what, diff in diffs.items():
+        _check_parity(what, diff)
+    diffs["merged export A vs merged export B (how much the users differ)"] = max(
+        max_abs_diff(a, b, batch["attention_mask"]) for a, b, batch in zip(out_a, out_b, batches)
+    )
+    return diffs
+
+
+def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict) -> dict:
+    batch = latency_batch(subject.tokenizer, subject.token_names)
+    tensors = [torch.from_numpy(batch[name]) for name in subject.token_names]
+    user_a = _numpy_state(subject.state)
+    with torch.no_grad():
+        latency = {
+            "PyTorch eager, adapter unmerged": median_ms(lambda: reference(*tensors), repeats),
+            "PyTorch eager, merged": median_ms(lambda: merged(*tensors), repeats),
+        }
+    runs = {"fp32": ("onnxruntime fp32, merged", None), "int8": ("onnxruntime int8, merged", None),
+            "adapter-input": ("onnxruntime fp32, adapter as input", user_a)}
+    for kind, session in sessions.items():
+        label, adapter = runs[kind]
+        latency[label] = median_ms(lambda: ort_logits(session, batch, adapter), repeats)
+    return latency

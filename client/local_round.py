@@ -1,0 +1,63 @@
+"""One node's part of a round, without Flower: train the global adapter on the node's data,
+evaluate it, and derive the personal adapter. Uses the shared `train` / `evaluate` functions."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from client.partition_data import NodeData
+from server.run_config import FederationConfig
+from shared.data.batches import make_loader
+from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.training import EvalResult, TrainResult, evaluate, train
+
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    state: dict[str, torch.Tensor]  # the adapter after local training: what is uploaded
+    result: TrainResult
+
+
+def shuffle_seed(config: FederationConfig, server_round: int, partition: int) -> int:
+    return config.seed * 1_000_003 + server_round * 1_009 + partition
+
+
+def train_update(
+    model: nn.Module, global_state: dict, data: NodeData, tokenizer, config: FederationConfig,
+    seed: int, device: torch.device,
+) -> LocalUpdate:
+    """Global adapter -> `local-epochs` over the node's train split."""
+    load_adapter_state(model, global_state)
+    loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
+                         shuffle=True, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout
+        result = train(model, loader, config.train_config(), device)
+    return LocalUpdate(adapter_state(model), result)
+
+
+def derive_personal(
+    model: nn.Module, global_state: dict, data: NodeData, tokenizer, config: FederationConfig,
+    seed: int, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The personal adapter: the global one after `personal-steps` local steps."""
+    load_adapter_state(model, global_state)
+    loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
+                         shuffle=True, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)  # dropout
+        train(model, loader, config.personal_train_config(), device)
+    return adapter_state(model)
+
+
+def evaluate_state(
+    model: nn.Module, state: dict, data: NodeData, tokenizer, config: FederationConfig,
+    device: torch.device,
+) -> EvalResult:
+    """An adapter on the node's held-out split."""
+    load_adapter_state(model, state)
+    loader = make_loader(data.test, tokenizer, config.task, EVAL_BATCH_SIZE, config.max_length)
+    return evaluate(model, loader, device)

@@ -1,0 +1,43 @@
+"""One adapted model and tokenizer per worker process, not one per message.
+
+A Ray worker serves many simulated clients in turn; they all share one basis, so the base model
+is loaded and injected once per (model, config, fingerprint). Every message then loads its own
+adapter state into it (every trainable tensor is overwritten, nothing leaks between clients).
+The node's *own* memory of the factors is its NodeState; this cache only saves loading time.
+"""
+
+from collections.abc import Callable
+from functools import lru_cache
+
+from torch import nn
+
+from shared.adapted_model import build_adapted_model
+from shared.loraxs.basis import Basis
+from shared.loraxs.config import LoraXSConfig
+from shared.models import load_tokenizer
+
+_models: dict[tuple, nn.Module] = {}
+MAX_MODELS = 2
+
+
+def cached_model(
+    model_id: str,
+    task: str,
+    lora: LoraXSConfig,
+    labels: tuple[str, ...] | None,
+    fingerprint: str,
+    load_basis: Callable[[], Basis],
+) -> nn.Module:
+    key = (model_id, task, lora, labels, fingerprint)
+    if key not in _models:
+        if len(_models) >= MAX_MODELS:
+            _models.pop(next(iter(_models)))
+        model, _ = build_adapted_model(model_id, task, lora, list(labels) if labels else None,
+                                       basis=load_basis())
+        _models[key] = model
+    return _models[key]
+
+
+@lru_cache(maxsize=2)
+def cached_tokenizer(model_id: str):
+    return load_tokenizer(model_id)

@@ -1,0 +1,132 @@
+"""What a node remembers between messages: the factors (by fingerprint) and its personal adapter.
+
+Simulation keeps both in `context.state` (Flower carries it from message to message).
+Deployment (`data-dir` in the node config) keeps them on disk, since every message runs in a
+fresh process: factors in <data-dir>/.loraxs/basis/<fingerprint>.safetensors (client/basis_cache)
+and the personal adapter in <data-dir>/.loraxs/personal_adapter.safetensors (adapter file format,
+its round in the metadata). The ClientApp code path is the same for both.
+"""
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+
+from client.basis_cache import PERSONAL_ADAPTER, STATE_FOLDER, find_cached_basis, store_basis
+from shared.adapter_file import AdapterMeta, load_adapter, save_adapter
+from shared.basis_file import basis_from_tensors, basis_to_tensors
+from shared.errors import LoraXSError
+from shared.loraxs.basis import Basis
+
+BASIS_RECORD, BASIS_INFO = "loraxs.basis", "loraxs.basis-info"
+PERSONAL_RECORD, PERSONAL_INFO = "loraxs.personal", "loraxs.personal-info"
+
+
+class NodeState(Protocol):
+    def has_basis(self, fingerprint: str) -> bool: ...
+
+    def basis(self, fingerprint: str) -> Basis: ...
+
+    def store_basis(self, basis: Basis, base_model: str) -> None: ...
+
+    def personal_adapter(self, fingerprint: str) -> tuple[dict[str, torch.Tensor], int] | None:
+        """(state, round it was derived in) for the basis `fingerprint`, or None."""
+
+    def store_personal_adapter(self, state: dict[str, torch.Tensor], meta: AdapterMeta, round_: int) -> None: ...
+
+
+def node_state_for(context: Context) -> NodeState:
+    data_dir = context.node_config.get("data-dir")
+    return DiskState(Path(str(data_dir))) if data_dir else ContextState(context)
+
+
+class ContextState:
+    """Simulation: records in `context.state`."""
+
+    def __init__(self, context: Context):
+        self.records = context.state
+
+    def has_basis(self, fingerprint: str) -> bool:
+        info = self.records.get(BASIS_INFO)
+        return info is not None and info.get("fingerprint") == fingerprint and BASIS_RECORD in self.records
+
+    def basis(self, fingerprint: str) -> Basis:
+        if not self.has_basis(fingerprint):
+            raise LoraXSError(f"this node holds no factors {fingerprint[:12]}")
+        record = self.records[BASIS_RECORD]
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+        return basis_from_tensors(tensors, int(self.records[BASIS_INFO]["rank"]))
+
+    def store_basis(self, basis: Basis, base_model: str) -> None:
+        self.records[BASIS_RECORD] = ArrayRecord(
+            {k: Array(v.numpy()) for k, v in basis_to_tensors(basis).items()}
+        )
+        self.records[BASIS_INFO] = ConfigRecord(
+            {"fingerprint": basis.fingerprint, "rank": basis.rank, "base-model": base_model}
+        )
+
+    def personal_adapter(self, fingerprint: str):
+        info = self.records.get(PERSONAL_INFO)
+        if info is None or info.get("fingerprint") != fingerprint:
+            return None
+        record = self.records[PERSONAL_RECORD]
+        state = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+        return state, int(info["round"])
+
+    def store_personal_adapter(self, state, meta: AdapterMeta, round_: int) -> None:
+        self.records[PERSONAL_RECORD] = ArrayRecord(
+            {k: Array(v.detach().cpu().numpy()) for k, v in state.items()}
+        )
+        self.records[PERSONAL_INFO] = ConfigRecord(
+            {"fingerprint": meta.basis_fingerprint, "round": round_}
+        )
+
+
+class DiskState:
+    """Deployment: files under <data-dir>/.loraxs/ (written atomically)."""
+
+    def __init__(self, data_dir: Path):
+        self.folder = data_dir / STATE_FOLDER
+        self._bases: dict[str, Basis] = {}
+
+    @property
+    def basis_dir(self) -> Path:
+        return self.folder / "basis"
+
+    @property
+    def personal_path(self) -> Path:
+        return self.folder / PERSONAL_ADAPTER
+
+    def has_basis(self, fingerprint: str) -> bool:
+        if fingerprint not in self._bases:
+            basis = find_cached_basis(fingerprint, [self.basis_dir])
+            if basis is None:
+                return False
+            self._bases[fingerprint] = basis
+        return True
+
+    def basis(self, fingerprint: str) -> Basis:
+        if not self.has_basis(fingerprint):
+            raise LoraXSError(f"{self.basis_dir} holds no factors {fingerprint[:12]}")
+        return self._bases[fingerprint]
+
+    def store_basis(self, basis: Basis, base_model: str) -> None:
+        store_basis(self.basis_dir, basis, base_model)
+        self._bases[basis.fingerprint] = basis
+
+    def personal_adapter(self, fingerprint: str):
+        if not self.personal_path.is_file():
+            return None
+        try:
+            state, meta = load_adapter(self.personal_path)
+            round_ = int(meta.extra.get("round", "0"))
+        except (LoraXSError, ValueError):
+            return None  # a damaged personal adapter is re-derived, never trusted
+        if meta.basis_fingerprint != fingerprint:
+            return None
+        return state, round_
+
+    def store_personal_adapter(self, state, meta: AdapterMeta, round_: int) -> None:
+        save_adapter(self.personal_path, state, meta)

@@ -1,0 +1,136 @@
+"""Export an adapted model to ONNX with dynamic batch and sequence axes, and quantize it.
+
+Two graphs come from one wrapper: the merged model (delta W baked into W), or the unmerged
+adapted model with every adapter tensor (each r x r `lora_R`, the head) as a graph input, so one
+base file serves every user. Exports go through `torch.export` (the default ONNX exporter).
+"""
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from shared.errors import LoraXSError
+
+OUTPUT_NAME = "logits"
+TOKEN_AXES = ("batch", "sequence")
+EXAMPLE_SHAPE = (2, 16)  # trace shape; verification runs other shapes to prove the axes dynamic
+SINGLE_FILE_LIMIT = 2**31 - 2**26  # protobuf caps one file at 2 GiB; larger weights go to a .data file
+
+
+def token_input_names(model: nn.Module, tokenizer) -> list[str]:
+    """input_ids, attention_mask, and token_type_ids when both the tokenizer and model use it."""
+    accepted = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in accepted and "token_type_ids" in tokenizer.model_input_names:
+        names.append("token_type_ids")
+    return names
+
+
+class LogitsGraph(nn.Module):
+    """What gets exported: token tensors, then optionally adapter tensors, in; logits out.
+
+    With `adapter_names`, those parameters of `model` (every `*.lora_R`, the head) are replaced
+    per call by the inputs that follow the token inputs; everything else stays a constant.
+    """
+
+    def __init__(self, model: nn.Module, task: str, token_names: list[str], adapter_names: list[str] = ()):
+        super().__init__()
+        self.model = model
+        self.causal = task == "causal-lm"  # logits only: no key/value cache in or out
+        self.token_names = list(token_names)
+        self.adapter_names = list(adapter_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        tokens = dict(zip(self.token_names, inputs))  # each (B, T) int64
+        kwargs = {**tokens, "use_cache": False} if self.causal else tokens
+        adapter = dict(zip(self.adapter_names, inputs[len(self.token_names):]))
+        if adapter:
+            out = functional_call(self.model, adapter, args=(), kwargs=kwargs)
+        else:
+            out = self.model(**kwargs)
+        return out.logits  # (B, num_labels) for seq-cls, (B, T, vocab) for causal-lm
+
+
+def example_tokens(token_names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Trace inputs of EXAMPLE_SHAPE: id 1 everywhere, full attention, segment 0."""
+    values = {"input_ids": 1, "attention_mask": 1, "token_type_ids": 0}
+    return tuple(torch.full(EXAMPLE_SHAPE, values[name], dtype=torch.long) for name in token_names)
+
+
+def needs_external_data(model: nn.Module) -> bool:
+    num_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return num_bytes > SINGLE_FILE_LIMIT
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter and quantizer narrate on stdout, warnings and loggers; the CLI has its own output."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def export_graph(
+    graph: LogitsGraph,
+    adapter_example: dict[str, torch.Tensor],
+    path: Path,
+    opset: int | None,
+    external_data: bool,
+) -> int:
+    """Writes `graph` to `path` (batch and sequence axes dynamic); returns the opset written."""
+    dynamic = torch.export.Dim.DYNAMIC
+    token_shapes = tuple({0: dynamic, 1: dynamic} for _ in graph.token_names)
+    adapter_shapes = tuple(None for _ in graph.adapter_names)  # fixed (r, r) and head shapes
+    inputs = example_tokens(graph.token_names) + tuple(adapter_example[n] for n in graph.adapter_names)
+    with _quiet(), torch.no_grad():
+        # torch.export first: torch.onnx.export(dynamic_shapes=...) turns the varargs tuple into a
+        # list and rejects it; Dim.DYNAMIC (not a named Dim) lets it infer the sequence's range.
+        program = torch.export.export(
+            graph, inputs, dynamic_shapes={"inputs": token_shapes + adapter_shapes}, strict=False
+        )
+        onnx_program = torch.onnx.export(
+            program, (), input_names=graph.token_names + graph.adapter_names,
+            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True, verbose=False,
+        )
+        graph_inputs = onnx_program.model.graph.inputs
+        onnx_program.rename_axes({
+            dim: axis
+            for value in graph_inputs[: len(graph.token_names)]
+            for dim, axis in zip(value.shape, TOKEN_AXES)
+        })
+        written = onnx_program.model.opset_imports[""]
+        if opset is not None and written != opset:
+            raise LoraXSError(
+                f"the exporter could not convert this model to opset {opset} (it reached {written}); "
+                f"pass --opset {written} or later"
+            )
+        onnx_program.save(path, external_data=external_data)
+    return written
+
+
+def quantize_int8(source: Path, target: Path, external_data: bool) -> None:
+    """onnxruntime dynamic quantization: int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            source, target, weight_type=QuantType.QInt8, use_external_data_format=external_data
+        )
+
+
+def file_size(path: Path) -> int:
+    """Bytes of an ONNX model, with its external-data file when it has one."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

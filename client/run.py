@@ -1,0 +1,110 @@
+"""The on-device client.
+
+Local personalization (no server):
+    python -m client.run --data DIR [--adapter GLOBAL.safetensors] [--out PERSONAL.safetensors]
+                         [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
+Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
+    python -m client.run --data DIR --superlink HOST:PORT
+                         [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
+
+User errors print one line to stderr and exit non-zero; no file is ever half-written.
+"""
+
+import argparse
+import sys
+
+from client.local_personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
+from client.supernode import SuperNodeConfig, run_supernode
+from shared.data.text_splits import TASKS
+from shared.errors import LoraXSError
+
+LOCAL_ONLY = ("adapter", "out", "basis", "epochs", "model", "rank", "task", "lr", "head_lr",
+              "batch_size", "max_length", "device")  # flags that mean nothing with --superlink
+FEDERATION_ONLY = ("root_certificates", "auth_key")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.run",
+        description="Personalize a LoRA-XS adapter on a local text folder, or join a federation.",
+    )
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of *.jsonl / *.csv (text,label) or *.txt (causal-lm) files")
+    local = parser.add_argument_group("local personalization")
+    local.add_argument("--adapter", metavar="FILE", help="adapter to start from (e.g. a global one)")
+    local.add_argument("--out", metavar="FILE", help=f"personal adapter to write (default DIR/{DEFAULT_OUT_NAME})")
+    local.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    local.add_argument("--basis", metavar="FILE", help="the factor bundle the server shipped")
+    local.add_argument("--epochs", type=float, help="passes over the training split (default 1)")
+    local.add_argument("--model", help="base model id or folder (default: the packaged MiniLM)")
+    local.add_argument("--rank", type=int, help="LoRA-XS rank without --adapter (default 16)")
+    local.add_argument("--task", choices=TASKS, help="default: from the adapter, else from the files")
+    local.add_argument("--lr", type=float, help="learning rate of the r x r matrices (default 2e-3)")
+    local.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
+    local.add_argument("--batch-size", type=int, help="default 16")
+    local.add_argument("--max-length", type=int, help="tokens per text (default 64)")
+    local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
+    federation = parser.add_argument_group("joining a federation")
+    federation.add_argument("--superlink", metavar="HOST:PORT", help="run as a SuperNode of this SuperLink")
+    federation.add_argument("--root-certificates", metavar="CA.crt", help="CA of the SuperLink's TLS certificate")
+    federation.add_argument("--auth-key", metavar="KEY", help="SuperNode private key (registered on the SuperLink)")
+    federation.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    return parser.parse_args(argv)
+
+
+def check_mode_flags(args: argparse.Namespace) -> None:
+    if args.superlink:
+        given = [name for name in LOCAL_ONLY if getattr(args, name) is not None] + (["force"] if args.force else [])
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise LoraXSError(f"{flags} only apply to local personalization, not with --superlink")
+        return
+    given = [name for name in FEDERATION_ONLY if getattr(args, name) is not None] + (["insecure"] if args.insecure else [])
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise LoraXSError(f"{flags} only apply with --superlink HOST:PORT")
+
+
+def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
+    defaults = {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "max_length", "device")
+                if getattr(args, name) is not None}
+    return PersonalizationConfig(
+        data_dir=args.data, adapter=args.adapter, basis_file=args.basis, out=args.out, force=args.force,
+        model=args.model, rank=args.rank, task=args.task, head_lr=args.head_lr, seed=args.seed, **defaults,
+    )
+
+
+def print_report(result: PersonalizationResult) -> None:
+    meta = result.meta
+    print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
+          f"factors from {result.factors_source} (basis {meta.basis_fingerprint[:12]})")
+    print(f"trained on {result.num_train} examples: {result.training.steps} steps in "
+          f"{result.training.seconds:.1f} s, mean loss {result.training.loss:.4f}")
+    print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
+          f"{result.before.examples} examples)")
+    print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")
+    print(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_mode_flags(args)
+        if args.superlink:
+            return run_supernode(SuperNodeConfig(
+                superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
+                auth_key=args.auth_key, insecure=args.insecure,
+            ))
+        print_report(personalize(personalization_config(args)))
+        return 0
+    except LoraXSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The ServerApp: thin Flower glue around server/federation.py.
+
+`app` reads its settings from the run config (`flwr run .`); `make_server_app(config)` binds
+them instead (the in-process simulation of `flower-simulation`, whose run config is empty) and
+hands the report to `on_report`.
+"""
+
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.federation import run_federation
+from server.run_config import FederationConfig
+
+
+def make_server_app(
+    config: FederationConfig | None = None,
+    progress: bool = False,
+    on_report: Callable[[dict], None] | None = None,
+) -> ServerApp:
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or FederationConfig.from_run_config(context.run_config)
+        report = run_federation(grid, run_config, progress=progress)
+        if on_report is not None:
+            on_report(report)
+
+    return server_app
+
+
+app = make_server_app()

@@ -1,0 +1,52 @@
+"""The two PNG plots of a run report: accuracy per round, bytes per round."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_accuracy(report: dict, path: Path) -> None:
+    rounds = report["rounds"]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    points = [(r["round"], r["accuracy_global"]) for r in rounds if r["accuracy_global"] is not None]
+    if points:
+        axes.plot(*zip(*points), marker="o", label="global (server held-out set)")
+    personal = [(r["round"], r["accuracy_personalized"]) for r in rounds if r.get("accuracy_personalized") is not None]
+    if personal:
+        axes.plot(*zip(*personal), marker="s", label="personalized (sampled clients)")
+    final = report["final"]
+    if final.get("accuracy_personalized") is not None:
+        axes.axhline(final["accuracy_personalized"], linestyle="--", color="tab:green",
+                     label="personalized, final evaluation")
+    axes.set_xlabel("round")
+    axes.set_ylabel("accuracy")
+    axes.set_title("Accuracy per round")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_bytes(report: dict, path: Path) -> None:
+    rounds = report["rounds"]
+    x = [r["round"] for r in rounds]
+    basis = [r["basis_bytes_down"] / 1024 for r in rounds]
+    adapter_down = [(r["bytes_down"] - r["basis_bytes_down"]) / 1024 for r in rounds]
+    up = [r["bytes_up"] / 1024 for r in rounds]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    width = 0.4
+    axes.bar([i - width / 2 for i in x], adapter_down, width, label="down: adapter")
+    axes.bar([i - width / 2 for i in x], basis, width, bottom=adapter_down, label="down: factors (once per client)")
+    axes.bar([i + width / 2 for i in x], up, width, label="up: updates")
+    axes.set_yscale("log")
+    axes.set_xlabel("round")
+    axes.set_ylabel("KiB (all clients, measured on the wire)")
+    axes.set_title("Bytes per round")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

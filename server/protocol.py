@@ -1,0 +1,131 @@
+"""What travels between the ServerApp and the ClientApps, and how tensors become records.
+
+Message content (RecordDict):
+  "arrays"  ArrayRecord, the adapter: "lora_R" = every r x r matrix stacked (L, r, r) in model
+            order, plus one array per head tensor (e.g. "classifier.weight"), in update-dtype.
+  "config"  ConfigRecord: "server-round", "fingerprint" (of the basis the adapter belongs to).
+  "basis"   ArrayRecord, the frozen factors "<module>.lora_B" (out, r) / "<module>.lora_A" (r, in),
+            float32; only in the first message to a node, or after it answered "unknown-fingerprint".
+Replies:
+  train     "arrays" (same keys/shapes/dtype as sent), "metrics" ("num-examples", "train-loss"),
+            "status" ("fingerprint").
+  evaluate  "metrics" ("num-examples", "accuracy-global", ... ), "status".
+  unknown   "status" with "error" = "unknown-fingerprint": the node lacks the factors.
+Stacking the R matrices keeps the upload to three arrays: one np.save header each, not 26.
+Both sides know the module order: it is the order of `adapter_state(model)` of the same model.
+"""
+
+import math
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord
+
+from shared.basis_file import basis_from_tensors, basis_to_tensors
+from shared.errors import LoraXSError
+from shared.loraxs.basis import Basis
+
+ARRAYS, CONFIG, BASIS, METRICS, STATUS = "arrays", "config", "basis", "metrics", "status"
+STACKED_R = "lora_R"
+UNKNOWN_FINGERPRINT = "unknown-fingerprint"
+NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+TRAIN_METRICS = ("num-examples", "train-loss")
+EVALUATE_METRICS = ("num-examples", "accuracy-global", "loss-global", "shifted")
+PERSONAL_METRICS = ("accuracy-personal", "loss-personal", "personal-round")
+
+
+def pack_adapter(state: dict[str, torch.Tensor], update_dtype: str) -> ArrayRecord:
+    """Adapter state -> {"lora_R": (L, r, r), head tensors...} in `update_dtype`."""
+    dtype = NUMPY_DTYPES[update_dtype]
+    r_names = [name for name in state if name.endswith(STACKED_R)]
+    arrays = {}
+    if r_names:
+        stacked = torch.stack([state[name].detach().float().cpu() for name in r_names])  # (L, r, r)
+        arrays[STACKED_R] = Array(stacked.numpy().astype(dtype))
+    for name, tensor in state.items():
+        if name not in r_names:
+            arrays[name] = Array(tensor.detach().float().cpu().numpy().astype(dtype))
+    return ArrayRecord(arrays)
+
+
+def unpack_adapter(record: ArrayRecord, state_names: list[str]) -> dict[str, torch.Tensor]:
+    """Inverse of `pack_adapter` for a model whose adapter state has `state_names` (in order)."""
+    r_names = [name for name in state_names if name.endswith(STACKED_R)]
+    head_names = [name for name in state_names if name not in r_names]
+    expected = ([STACKED_R] if r_names else []) + head_names
+    if list(record.keys()) != expected:
+        raise LoraXSError(f"adapter arrays {list(record.keys())[:4]} do not match {expected[:4]}")
+    state = {}
+    if r_names:
+        stacked = torch.from_numpy(record[STACKED_R].numpy().astype(np.float32))  # (L, r, r)
+        if stacked.dim() != 3 or stacked.shape[0] != len(r_names):
+            raise LoraXSError(f"lora_R has shape {tuple(stacked.shape)}, expected ({len(r_names)}, r, r)")
+        state.update({name: stacked[i].clone() for i, name in enumerate(r_names)})  # each (r, r)
+    for name in head_names:
+        state[name] = torch.from_numpy(record[name].numpy().astype(np.float32))
+    return {name: state[name] for name in state_names}
+
+
+def cast_record(record: ArrayRecord, update_dtype: str) -> ArrayRecord:
+    dtype = NUMPY_DTYPES[update_dtype]
+    return ArrayRecord({k: Array(v.numpy().astype(dtype)) for k, v in record.items()})
+
+
+def payload_bytes(record: ArrayRecord) -> int:
+    """Raw tensor bytes of a record (no headers): what the adapter itself weighs."""
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in record.values())
+
+
+def pack_basis(basis: Basis) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.float().numpy()) for k, v in basis_to_tensors(basis).items()})
+
+
+def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
+    """The factors of a received bundle; their fingerprint must be the announced one."""
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+    if not tensors:
+        raise LoraXSError("the factor bundle is empty")
+    a_keys = [key for key in tensors if key.endswith(".lora_A")]
+    if not a_keys:
+        raise LoraXSError("the factor bundle holds no lora_A factor")
+    basis = basis_from_tensors(tensors, int(tensors[a_keys[0]].shape[0]))  # A is (r, in)
+    if basis.fingerprint != expected_fingerprint:
+        raise LoraXSError(
+            f"the factor bundle hashes to {basis.fingerprint[:12]}, not the announced "
+            f"{expected_fingerprint[:12]}"
+        )
+    return basis
+
+
+def check_update(record: ArrayRecord, expected: ArrayRecord) -> str | None:
+    """Why a client's adapter update must be rejected (None = fine): keys, shapes, dtype, finite."""
+    if list(record.keys()) != list(expected.keys()):
+        return f"arrays {sorted(record.keys())[:4]} instead of {sorted(expected.keys())[:4]}"
+    for key, want in expected.items():
+        got = record[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{key} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        if got.dtype != want.dtype:
+            return f"{key} has dtype {got.dtype}, expected {want.dtype}"
+        try:
+            values = got.numpy()
+        except Exception as err:  # malformed bytes from a client: a reason, not a crash
+            return f"{key} cannot be decoded ({type(err).__name__})"
+        if values.shape != tuple(want.shape) or values.dtype != np.dtype(want.dtype):
+            return f"{key} decodes to {values.dtype}{list(values.shape)}, not what it announces"
+        if not np.isfinite(values).all():
+            return f"{key} holds NaN or Inf"
+    return None
+
+
+def clean_metrics(record: MetricRecord, keys: tuple[str, ...]) -> MetricRecord | str:
+    """Exactly `keys`, each a finite number, "num-examples" > 0; else why not (a str)."""
+    values = {}
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"metric {key} is {value!r}"
+        values[key] = value
+    if not values["num-examples"] > 0:
+        return f"num-examples is {values['num-examples']!r}"
+    return MetricRecord(values)

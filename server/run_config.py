@@ -1,0 +1,164 @@
+"""Every setting of the federation: one dataclass whose defaults ARE `[tool.flwr.app.config]`.
+
+`flwr run .` reads the pyproject table into `context.run_config`; `flower-simulation` starts
+from the dataclass defaults and overrides a few fields from its flags. A test checks that the
+table and the defaults agree, so both ways run the same federation.
+"""
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from shared.data.partition import PARTITIONS
+from shared.data.text_splits import TASKS
+from shared.errors import LoraXSError
+from shared.loraxs.config import LoraXSConfig
+from shared.models import DEFAULT_MODEL
+from shared.training import TrainConfig
+
+PERSONALIZE = ("none", "finetune")
+SCENARIOS = ("none", "concept-shift")
+UPDATE_DTYPES = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federated LoRA-XS run (run-config keys are the field names in kebab-case).
+
+    num_clients:          SuperNodes the server waits for; in simulation also the number of
+                          partitions the dataset is cut into (must equal the federation's size).
+    num_server_rounds:    federated rounds.
+    fraction_train:       share of the clients sampled to train in each round, in (0, 1].
+    fraction_evaluate:    share sampled for a federated evaluation after each round (0 = none;
+                          the global accuracy per round comes from the server's held-out set).
+    final_eval_fraction:  share of the clients that evaluate the final global adapter (and their
+                          personal one) on their own held-out split after the last round.
+    model, task:          base model id or folder; "seq-cls" or "causal-lm".
+    dataset:              a dataset name or folder partitioned across simulated clients, also the
+                          source of the server's held-out set; "" when every node brings its own
+                          data (deployment), then `labels` must name the classes.
+    labels:               comma-separated class names ("" = the dataset's).
+    partition:            natural | iid | dirichlet; dirichlet_alpha for dirichlet.
+    rank, lora_alpha:     LoRA-XS rank r and alpha (scale = alpha / r).
+    local_epochs, lr, head_lr, batch_size, max_length: local training on each client.
+    personalize:          "finetune": every client also keeps a personal adapter (the global
+                          one after `personal_steps` local steps at `personal_lr`), never sent.
+    scenario:             "concept-shift": a seeded `shift_fraction` of the clients flip labels.
+    update_dtype:         fp32 | fp16, the precision of the adapter on the wire (both ways).
+    eval_max_examples:    cap on the server's held-out set (a seeded sample).
+    out_dir:              where the global adapter, basis and report go ("" = runs/<timestamp>).
+    """
+
+    num_clients: int = 100
+    num_server_rounds: int = 10
+    fraction_train: float = 0.1
+    fraction_evaluate: float = 0.0
+    final_eval_fraction: float = 0.3
+    model: str = DEFAULT_MODEL
+    task: str = "seq-cls"
+    dataset: str = "rotten-tomatoes"
+    labels: str = ""
+    partition: str = "natural"
+    dirichlet_alpha: float = 0.5
+    rank: int = 16
+    lora_alpha: float = 16.0
+    local_epochs: float = 1.0
+    lr: float = 0.002
+    head_lr: float = 0.002
+    batch_size: int = 16
+    max_length: int = 64
+    personalize: str = "none"
+    personal_steps: int = 10
+    personal_lr: float = 0.005
+    scenario: str = "none"
+    shift_fraction: float = 0.2
+    update_dtype: str = "fp32"
+    eval_max_examples: int = 500
+    seed: int = 0
+    out_dir: str = ""
+
+    def __post_init__(self):
+        _check_choice("personalize", self.personalize, PERSONALIZE)
+        _check_choice("scenario", self.scenario, SCENARIOS)
+        _check_choice("update-dtype", self.update_dtype, UPDATE_DTYPES)
+        _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("task", self.task, TASKS)
+        if self.num_clients < 1:
+            raise LoraXSError(f"num-clients must be at least 1, got {self.num_clients}")
+        if self.num_server_rounds < 1:
+            raise LoraXSError(f"num-server-rounds must be at least 1, got {self.num_server_rounds}")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise LoraXSError(f"the train fraction must be in (0, 1], got {self.fraction_train}")
+        for name in ("fraction_evaluate", "final_eval_fraction", "shift_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise LoraXSError(f"{_key(name)} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("batch_size", "max_length", "eval_max_examples", "personal_steps"):
+            if getattr(self, name) < 1:
+                raise LoraXSError(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
+        if not self.dirichlet_alpha > 0:
+            raise LoraXSError(f"the Dirichlet alpha must be > 0, got {self.dirichlet_alpha}")
+        if not self.local_epochs > 0:
+            raise LoraXSError(f"local-epochs must be > 0, got {self.local_epochs}")
+        if not (self.lr > 0 and self.head_lr > 0 and self.personal_lr > 0):
+            raise LoraXSError("learning rates (lr, head-lr, personal-lr) must be > 0")
+        if self.scenario == "concept-shift" and self.task != "seq-cls":
+            raise LoraXSError("the concept-shift scenario flips class labels: it needs task seq-cls")
+        if not self.dataset and self.task == "seq-cls" and not self.label_names():
+            raise LoraXSError("without a dataset the server needs the class names: set labels")
+        self.lora_config()  # rank / alpha checks
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> "FederationConfig":
+        """From a Flower run config (kebab-case keys); unknown keys are an error."""
+        known = {_key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise LoraXSError(f"unknown run-config key(s): {', '.join(unknown)}")
+        values = {}
+        for key, value in run_config.items():
+            field = known[key]
+            values[field.name] = _coerce(key, value, type(getattr(cls, field.name)))
+        return cls(**values)
+
+    def to_run_config(self) -> dict:
+        return {_key(name): value for name, value in asdict(self).items()}
+
+    def with_overrides(self, **changes) -> "FederationConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def label_names(self) -> list[str] | None:
+        names = [n.strip() for n in self.labels.split(",") if n.strip()]
+        return names or None
+
+    def lora_config(self) -> LoraXSConfig:
+        return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr)
+
+    def personal_train_config(self) -> TrainConfig:
+        return TrainConfig(max_steps=self.personal_steps, lr=self.personal_lr,
+                           head_lr=self.personal_lr, warmup_ratio=0.0)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LoraXSError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _coerce(key: str, value, kind: type):
+    """Flower run-config values are str/int/float/bool; accept ints for floats, nothing looser."""
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise LoraXSError(f"run-config {key} must be a {kind.__name__}, got {value!r}")

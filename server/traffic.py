@@ -1,0 +1,103 @@
+"""Bytes on the wire, measured on the serialized messages, never computed from shapes.
+
+Flower 1.42 moves a message as a tree of content-addressed objects (Message, RecordDict,
+ArrayRecord, Array, ArrayChunk, ...): each is deflated to bytes and pushed/pulled under its
+64-character sha256 id. `wire_bytes` sums exactly that: every distinct object's deflated bytes
+plus its id. Transport framing (HTTP/gRPC headers) comes on top and is not counted.
+`MeteredGrid` wraps the ServerApp's Grid and records every message sent and every reply.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
+
+from server.protocol import BASIS, CONFIG
+
+OBJECT_ID_BYTES = 64  # hex sha256 id that travels with every object
+
+
+def wire_bytes(obj: InflatableObject) -> int:
+    return sum(len(o.deflate()) + OBJECT_ID_BYTES for o in get_all_nested_objects(obj).values())
+
+
+@dataclass
+class PhaseTraffic:
+    """Bytes of one phase (train / evaluate / final) of one round."""
+
+    messages_down: int = 0
+    bytes_down: int = 0
+    basis_bytes_down: int = 0
+    bases_sent: int = 0
+    replies_up: int = 0
+    bytes_up: int = 0
+
+
+@dataclass
+class TrafficMeter:
+    """(round, phase) -> PhaseTraffic, and how often each node received the factors."""
+
+    phases: dict[tuple[int, str], PhaseTraffic] = field(default_factory=lambda: defaultdict(PhaseTraffic))
+    bases_per_node: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    nodes_contacted: set[int] = field(default_factory=set)
+    reply_bytes: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+def message_phase(message: Message) -> tuple[int, str]:
+    config = message.content[CONFIG] if message.has_content() and CONFIG in message.content else {}
+    phase = "final" if config.get("final-evaluation") else message.metadata.message_type
+    return int(config.get("server-round", 0)), phase
+
+
+class MeteredGrid(Grid):
+    """A Grid that measures what passes through `send_and_receive` (all the strategy uses)."""
+
+    def __init__(self, grid: Grid, meter: TrafficMeter):
+        self._grid = grid
+        self.meter = meter
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        messages = list(messages)
+        key = None
+        for message in messages:
+            key = message_phase(message)
+            phase = self.meter.phases[key]
+            phase.messages_down += 1
+            phase.bytes_down += wire_bytes(message)
+            node = message.metadata.dst_node_id
+            self.meter.nodes_contacted.add(node)
+            if BASIS in message.content:
+                phase.basis_bytes_down += wire_bytes(message.content[BASIS])
+                phase.bases_sent += 1
+                self.meter.bases_per_node[node] += 1
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if key is not None:
+            for reply in replies:
+                size = wire_bytes(reply)
+                self.meter.phases[key].replies_up += 1
+                self.meter.phases[key].bytes_up += size
+                self.meter.reply_bytes[key].append(size)
+        return replies
+
+    # The rest delegates unchanged.
+    def set_run(self, run):
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self._grid.pull_messages(message_ids)

@@ -1,0 +1,300 @@
+"""A small federation (5 clients, tiny seeded BERT) run in-process on the real ServerApp and
+ClientApp code: what travels, how it is averaged, cache loss, personal adapters, bad updates.
+(tests/test_simulation.py runs the same through Ray.)"""
+
+import json
+import logging
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array
+from flwr.common.serde import message_from_proto, message_to_proto
+
+from client.app import make_client_app
+from client.node_state import PERSONAL_INFO, PERSONAL_RECORD
+from client.partition_data import shifted_partitions, simulated_node_data
+from server.federation import run_federation
+from server.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
+from server.run_config import FederationConfig
+from server.traffic import wire_bytes
+from shared.adapter_file import load_adapter
+from shared.basis_file import load_basis
+from simulations.in_process import InProcessGrid
+
+NUM_CLIENTS = 5
+LABELS = ("neg", "pos")
+WORDS = {0: ["bad", "awful", "boring", "dull", "weak"], 1: ["great", "superb", "fun", "moving", "fresh"]}
+
+
+def write_reviews(folder, count, labels=LABELS, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    with open(folder / "reviews.jsonl", "w") as out:
+        for i in range(count):
+            y = i % 2
+            text = " ".join(rng.choice(WORDS[y]) for _ in range(6)) + " film"
+            out.write(json.dumps({"text": text, "label": labels[y]}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reviews_dir(tmp_path_factory):
+    return str(write_reviews(tmp_path_factory.mktemp("reviews"), 150))
+
+
+def make_config(model_dir, data_dir, out_dir, **changes) -> FederationConfig:
+    config = FederationConfig(
+        num_clients=NUM_CLIENTS, num_server_rounds=2, fraction_train=1.0, fraction_evaluate=0.0,
+        final_eval_fraction=1.0, model=model_dir, dataset=data_dir, partition="iid",
+        rank=4, lora_alpha=4.0, lr=0.01, head_lr=0.01, batch_size=8, eval_max_examples=64,
+        out_dir=str(out_dir),
+    )
+    return replace(config, **changes)
+
+
+@pytest.fixture
+def config(tiny_bert_dir, reviews_dir, tmp_path):
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run")
+
+
+class RecordingGrid(InProcessGrid):
+    """Keeps every (message, reply) pair; `before(grid, message)` may tamper with a node first."""
+
+    def __init__(self, config, before=None, client_app=None):
+        super().__init__(client_app or make_client_app(config), config.num_clients)
+        self.before = before
+        self.log = []
+
+    def deliver(self, message):
+        if self.before:
+            self.before(self, message)
+        reply = super().deliver(message)
+        self.log.append((message, message_from_proto(message_to_proto(reply))))  # as received
+        return reply
+
+    def exchanges(self, server_round=None, kind=None):
+        return [(m, r) for m, r in self.log
+                if (server_round is None or m.content["config"]["server-round"] == server_round)
+                and (kind is None or _kind(m) == kind)]
+
+
+def _kind(message):
+    return "final" if message.content["config"].get("final-evaluation") else message.metadata.message_type
+
+
+def run(config, **grid_args):
+    grid = RecordingGrid(config, **grid_args)
+    return run_federation(grid, config), grid
+
+
+@pytest.fixture(scope="module")
+def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
+    """One 3-round run that several tests read: 3 of 5 clients train per round, every client
+    evaluates (personal adapters on), unequal client sizes (dirichlet)."""
+    config = make_config(
+        tiny_bert_dir, reviews_dir, tmp_path_factory.mktemp("shared") / "run", num_server_rounds=3,
+        fraction_train=0.6, fraction_evaluate=1.0, partition="dirichlet", dirichlet_alpha=1.0,
+        personalize="finetune", personal_steps=3,
+    )
+    personal_at_train = {}
+
+    def look_at_personal_state(grid, message):
+        if message.metadata.message_type == "train":
+            state = grid.contexts[message.metadata.dst_node_id].state
+            if PERSONAL_INFO in state:
+                key = (message.content["config"]["server-round"], message.metadata.dst_node_id)
+                personal_at_train[key] = (
+                    int(state[PERSONAL_INFO]["round"]),
+                    {k: v.numpy().copy() for k, v in state[PERSONAL_RECORD].items()},
+                )
+
+    report, grid = run(config, before=look_at_personal_state)
+    return config, report, grid, personal_at_train
+
+
+def test_factors_go_to_each_client_once_and_uploads_are_payload_plus_framing(shared_run):
+    config, report, grid, _ = shared_run
+
+    bundles = [m.metadata.dst_node_id for m, _ in grid.log if BASIS in m.content]
+    assert sorted(bundles) == sorted(grid.get_node_ids())  # every node once, final evaluation included
+    final = report["final"]
+    assert (final["bases_sent"], final["clients_reached"], final["max_bases_per_client"]) == (5, 5, 1)
+
+    adapter_bytes = final["adapter_payload_bytes"]
+    assert adapter_bytes == 4 * (8 * 4 * 4 + 2 * 32 + 2)  # 8 R (4x4) + head (2x32 + 2), fp32
+    for entry in report["rounds"]:
+        train = grid.exchanges(entry["round"], "train")
+        assert entry["clients_trained"] == len(train) == 3
+        sizes = [wire_bytes(reply) for _, reply in train]
+        for (_, reply), size in zip(train, sizes):
+            assert payload_bytes(reply.content[ARRAYS]) == adapter_bytes
+            assert 0 < size - adapter_bytes < 4096  # headers, ids, metrics: bounded framing
+        assert entry["bytes_up_per_client"] == round(sum(sizes) / 3, 1)
+        both = train + grid.exchanges(entry["round"], "evaluate")
+        assert entry["bytes_up"] == sum(wire_bytes(r) for _, r in both)
+        assert entry["bytes_down"] == sum(wire_bytes(m) for m, _ in both)
+        assert entry["basis_bytes_down"] == sum(wire_bytes(m.content[BASIS]) for m, _ in both if BASIS in m.content)
+    assert len({r["bytes_up_per_client"] for r in report["rounds"]}) == 1  # same size every round
+    assert report["rounds"][0]["basis_bytes_down"] > 0 and report["rounds"][1]["basis_bytes_down"] == 0
+
+
+def test_global_r_is_the_weighted_mean_of_the_clients_r_exact_in_delta_w(shared_run):
+    config, report, grid, _ = shared_run
+    updates = [(r.content[ARRAYS], r.content[METRICS]["num-examples"]) for _, r in grid.exchanges(1, "train")]
+    weights = np.array([n for _, n in updates], dtype=np.float64)
+    assert len(set(weights)) > 1  # the weighting matters
+    sent_next = grid.exchanges(2, "train")[0][0].content[ARRAYS]
+    for key in sent_next.keys():
+        mean = sum(w * a[key].numpy().astype(np.float64) for (a, _), w in zip(updates, weights)) / weights.sum()
+        np.testing.assert_allclose(sent_next[key].numpy(), mean, rtol=0, atol=1e-6)
+        plain_mean = np.mean([a[key].numpy() for a, _ in updates], axis=0)
+        assert np.abs(plain_mean - mean).max() > 1e-5  # so the check above can tell them apart
+
+    basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
+    name = next(iter(basis.factors))
+    index = list(basis.factors).index(name)
+    lora_B, lora_A = basis.factors[name]
+    scale = config.lora_alpha / config.rank
+    deltas = [scale * lora_B @ torch.from_numpy(a[STACKED_R].numpy()[index]) @ lora_A for a, _ in updates]
+    mean_delta = sum(w * d.double() for d, w in zip(deltas, weights)) / weights.sum()
+    global_delta = scale * lora_B @ torch.from_numpy(sent_next[STACKED_R].numpy()[index]) @ lora_A
+    torch.testing.assert_close(global_delta.double(), mean_delta, rtol=0, atol=1e-6)
+
+    state, meta = load_adapter(f"{config.out_dir}/global_adapter.safetensors")
+    assert meta.extra["round"] == "3" and meta.basis_fingerprint == basis.fingerprint
+
+
+def test_a_client_that_lost_its_cache_gets_the_factors_again_in_the_same_round(config):
+    victim = {}
+
+    def wipe_before_round_two(grid, message):
+        node = message.metadata.dst_node_id
+        if message.content["config"]["server-round"] == 2 and not victim:
+            victim["node"] = node
+            grid.contexts[node].state.clear()  # the node's cache is gone
+
+    report, grid = run(config, before=wipe_before_round_two)
+    node = victim["node"]
+    to_victim = [(m, r) for m, r in grid.exchanges(2, "train") if m.metadata.dst_node_id == node]
+    assert len(to_victim) == 2
+    (first, unknown), (again, update) = to_victim
+    assert BASIS not in first.content and unknown.content[STATUS]["error"] == "unknown-fingerprint"
+    assert BASIS in again.content and ARRAYS in update.content
+    assert report["rounds"][1]["bases_resent"] == 1
+    assert report["rounds"][1]["clients_trained"] == NUM_CLIENTS
+    assert report["final"]["bases_sent"] == NUM_CLIENTS + 1
+
+
+def test_personal_adapters_persist_across_rounds_and_never_travel(shared_run):
+    config, report, grid, personal_at_train = shared_run
+    trained_later = [(r, node) for r, node in personal_at_train if r >= 2]
+    assert len(trained_later) == 6  # 3 clients in rounds 2 and 3, each held a personal adapter
+    for server_round, node in trained_later:
+        kept_round, _ = personal_at_train[(server_round, node)]
+        assert kept_round == server_round - 1  # derived at the last evaluation, kept since
+    for message, reply in grid.exchanges(kind="train"):
+        assert set(reply.content.keys()) == {ARRAYS, METRICS, STATUS}
+        upload = reply.content[ARRAYS]
+        assert list(upload.keys()) == [STACKED_R, "classifier.weight", "classifier.bias"]
+        key = (message.content["config"]["server-round"], message.metadata.dst_node_id)
+        if key in personal_at_train:
+            _, personal = personal_at_train[key]
+            assert not np.allclose(upload["classifier.weight"].numpy(), personal["classifier.weight"])
+            stacked = np.stack([v for k, v in personal.items() if k.endswith("lora_R")])
+            assert not np.allclose(upload[STACKED_R].numpy(), stacked)
+    for context in grid.contexts.values():
+        assert int(context.state[PERSONAL_INFO]["round"]) == 3  # re-derived from the newest global
+    assert all(r["clients_evaluated"] == NUM_CLIENTS for r in report["rounds"])
+    assert all(0.0 <= r["accuracy_personalized"] <= 1.0 for r in report["rounds"])
+    assert 0.0 <= report["final"]["accuracy_personalized"] <= 1.0
+
+
+def test_bad_updates_are_rejected_with_a_reason_and_the_round_goes_on(config, caplog):
+    honest = make_client_app(config)
+
+    def client_app(message, context):
+        reply = honest(message, context)
+        part = context.node_config["partition-id"]
+        if message.metadata.message_type != "train" or part > 2:
+            return reply
+        arrays = reply.content[ARRAYS]
+        if part == 0:
+            arrays[STACKED_R] = Array(np.full(arrays[STACKED_R].shape, np.nan, np.float32))
+        elif part == 1:
+            arrays["classifier.bias"] = Array(np.zeros(3, np.float32))
+        else:
+            reply.content[STATUS]["fingerprint"] = "0" * 64
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        report, grid = run(config, client_app=client_app)
+    reasons = [r.getMessage() for r in caplog.records if "rejected the update" in r.getMessage()]
+    assert len(reasons) == 3 * config.num_server_rounds
+    assert any("NaN or Inf" in r for r in reasons)
+    assert any("classifier.bias has shape (3,)" in r for r in reasons)
+    assert any("belongs to basis 000000000000" in r for r in reasons)
+    assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
+    assert [r["rejected_updates"] for r in report["rounds"]] == [3, 3]
+    state, _ = load_adapter(f"{config.out_dir}/global_adapter.safetensors")  # checks finiteness
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_fp16_updates_travel_in_half_precision(config):
+    half = replace(config, update_dtype="fp16", num_server_rounds=1)
+    report, grid = run(half)
+    for message, reply in grid.exchanges(1, "train"):
+        assert {a.dtype for a in message.content[ARRAYS].values()} == {"float16"}
+        assert {a.dtype for a in reply.content[ARRAYS].values()} == {"float16"}
+        assert payload_bytes(reply.content[ARRAYS]) * 2 == report["final"]["adapter_payload_bytes"]
+    assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS
+
+
+def deployment_grid(config, folders):
+    grid = RecordingGrid(config)
+    for context, folder in zip(grid.contexts.values(), folders):
+        context.node_config = {"data-dir": str(folder)}
+    return grid
+
+
+def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_path):
+    folders = [write_reviews(tmp_path / f"device{i}", 30, seed=i) for i in range(2)]
+    config = replace(config, num_clients=2, dataset="", labels="neg,pos",
+                                 personalize="finetune", fraction_evaluate=1.0, personal_steps=2)
+    grid = deployment_grid(config, folders)
+    report = run_federation(grid, config)
+    basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
+    for folder, context in zip(folders, grid.contexts.values()):
+        assert (folder / ".loraxs" / "basis" / f"{basis.fingerprint}.safetensors").is_file()
+        _, meta = load_adapter(folder / ".loraxs" / "personal_adapter.safetensors")
+        assert (meta.extra["round"], meta.extra["kind"]) == ("2", "personal")
+        assert len(context.state) == 0  # nothing kept in memory between messages
+    assert report["final"]["max_bases_per_client"] == 1
+    assert report["rounds"][-1]["accuracy_global"] is None  # no server-side data in deployment
+    assert report["final"]["accuracy_global"] == report["final"]["accuracy_global_clients"]
+
+
+def test_a_node_with_other_labels_answers_with_one_clear_error(config, tmp_path, caplog):
+    folders = [write_reviews(tmp_path / "ok", 30), write_reviews(tmp_path / "odd", 30, labels=("bad", "good"))]
+    config = replace(config, num_clients=2, dataset="", labels="neg,pos",
+                                 num_server_rounds=1, final_eval_fraction=0.0)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        report = run_federation(deployment_grid(config, folders), config)
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failures and "labels ['bad', 'good'] differ from the federation's ['neg', 'pos']" in failures[0]
+    assert report["rounds"][0]["clients_trained"] == 1
+
+
+def test_concept_shift_flips_the_labels_of_a_seeded_fifth_of_the_clients(config):
+    shifted_config = replace(config, scenario="concept-shift")
+    shifted = shifted_partitions(shifted_config)
+    assert len(shifted) == 1 and shifted == shifted_partitions(shifted_config)
+    assert shifted_partitions(config) == frozenset()
+    for part in range(NUM_CLIENTS):
+        plain, maybe = simulated_node_data(config, part), simulated_node_data(shifted_config, part)
+        assert maybe.shifted == (part in shifted)
+        assert plain.train["text"] == maybe.train["text"]
+        expected = [1 - y for y in plain.test["label"]] if part in shifted else plain.test["label"]
+        assert maybe.test["label"] == expected

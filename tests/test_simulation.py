@@ -1,0 +1,123 @@
+"""`flower-simulation`: bad input fails fast with one line; a real Ray run (5 clients, tiny
+model) writes every artifact and leaves no process behind."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.basis_cache import user_cache_dir
+from shared.adapter_file import load_adapter
+from shared.basis_file import load_basis
+from simulations.cli import main
+from tests.test_federation import write_reviews
+
+REVIEWS_CACHED = (user_cache_dir() / "rotten_tomatoes_reviews.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def reviews_dir(tmp_path_factory):
+    return str(write_reviews(tmp_path_factory.mktemp("reviews"), 150))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fraction", "0"], "train fraction must be in (0, 1]"),
+    (["--fraction", "1.5"], "train fraction must be in (0, 1]"),
+    (["--dataset", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
+    (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
+    (["--run-config", "no-such-key=1"], "unknown run-config key(s): no-such-key"),
+    (["--rounds", "0"], "num-server-rounds must be at least 1"),
+])
+def test_bad_input_is_one_clear_line_and_exit_code_2(flags, message, capsys, tmp_path):
+    assert main(flags + ["--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_clients_than_examples_allow_is_refused(reviews_dir, tiny_bert_dir, capsys, tmp_path):
+    code = main(["--dataset", reviews_dir, "--model", tiny_bert_dir, "--partition", "iid",
+                 "--num-clients", "100", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    assert "--num-clients 100 is too many for 150 examples" in one_error_line(capsys)
+
+
+@pytest.mark.skipif(not REVIEWS_CACHED, reason="rotten-tomatoes is not in the local cache")
+def test_more_clients_than_natural_partitions_is_refused(tiny_bert_dir, capsys, tmp_path):
+    code = main(["--num-clients", "600", "--model", tiny_bert_dir, "--out", str(tmp_path / "out"),
+                 "--no-progress"])
+    assert code == 2
+    assert "larger than the 508 natural partitions" in one_error_line(capsys)
+
+
+def ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "ray::" in line or "raylet" in line or "gcs_server" in line]
+
+
+@pytest.mark.slow
+def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tiny_bert_dir, tmp_path):
+    """The real command in a child process: Ray workers, bound config, then a clean exit."""
+    before = ray_processes()
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "simulations.cli", "--num-clients", "5", "--rounds", "2",
+               "--fraction", "0.6", "--partition", "iid", "--dataset", reviews_dir,
+               "--model", tiny_bert_dir, "--rank", "4", "--personalize", "finetune",
+               "--scenario", "concept-shift", "--out", str(out),
+               "--run-config", "final-eval-fraction=1.0 lr=0.01 head-lr=0.01 batch-size=8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "final: accuracy (global)" in done.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["num-clients"] == 5 and report["config"]["scenario"] == "concept-shift"
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
+    final = report["final"]
+    assert (final["bases_sent"], final["clients_reached"], final["max_bases_per_client"]) == (5, 5, 1)
+    assert final["clients_shifted"] == 1 and final["clients_unshifted"] == 4
+    for key in ("accuracy_global", "accuracy_personalized", "accuracy_global_shifted",
+                "accuracy_personalized_shifted", "wall_seconds"):
+        assert final[key] is not None, key
+    assert 0 < final["bytes_up_per_client_per_round"] - final["adapter_payload_bytes"] < 4096
+    for name in ("report.md", "accuracy_per_round.png", "bytes_per_round.png"):
+        assert (out / name).stat().st_size > 0
+    basis, _ = load_basis(out / "basis.safetensors")
+    _, meta = load_adapter(out / "global_adapter.safetensors")
+    assert meta.basis_fingerprint == basis.fingerprint and meta.extra["round"] == "2"
+    assert ray_processes() == before  # Ray shut down with the command
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REVIEWS_CACHED, reason="rotten-tomatoes is not in the local cache")
+def test_the_real_command_on_minilm_with_few_clients(tmp_path):
+    """`flower-simulation` on the packaged MiniLM and rotten-tomatoes (natural partition):
+    100 clients, 2 rounds of 3; the default adapter's upload fits 32 KiB, factors go once."""
+    before = ray_processes()
+    out = tmp_path / "run"
+    command = shutil.which("flower-simulation")
+    command = [command] if command else [sys.executable, "-m", "simulations.cli"]
+    command += ["--num-clients", "100", "--rounds", "2", "--fraction", "0.03", "--out", str(out),
+                "--no-progress", "--run-config", "eval-max-examples=96 final-eval-fraction=0.03"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    final = report["final"]
+    assert report["config"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
+    assert final["adapter_payload_bytes"] == 24 * 16 * 16 * 4 + 770 * 4
+    assert final["bytes_up_per_client_per_round"] <= 32 * 1024
+    assert final["max_bases_per_client"] == 1 and final["bases_sent"] == final["clients_reached"]
+    assert final["basis_bytes_per_client"] > 1_600_000  # 24 (B, A) pairs, float32
+    assert 0.3 < final["accuracy_global"] < 1.0
+    assert ray_processes() == before
