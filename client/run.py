@@ -58,12 +58,12 @@ def check_mode_flags(args: argparse.Namespace) -> None:
         given = [name for name in LOCAL_ONLY if getattr(args, name) is not None] + (["force"] if args.force else [])
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise LoraXSError(f"{flags} only apply to local personalization, not with --superlink")
+            raise LoraXSError(f"{flags}: only for local personalization, not with --superlink")
         return
     given = [name for name in FEDERATION_ONLY if getattr(args, name) is not None] + (["insecure"] if args.insecure else [])
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise LoraXSError(f"{flags} only apply with --superlink HOST:PORT")
+        raise LoraXSError(f"{flags}: only for joining a federation with --superlink HOST:PORT")
 
 
 def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from shared.errors import LoraXSError
 from shared.loraxs.model import head_parameter_names
@@ -55,6 +54,20 @@ class EvalResult:
     examples: int
 
 
+def linear_warmup_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """lr x (step / warmup) while warming up, then linear decay to 0 at `total_steps`.
+
+    The same schedule as transformers' get_linear_schedule_with_warmup, without importing the
+    trainer stack (seconds per fresh ClientApp process)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     head = set(head_parameter_names(model))
     groups = {"adapter": [], "head": []}
@@ -90,7 +103,7 @@ def train(
         raise LoraXSError("no training examples")
     steps = config.max_steps or math.ceil(config.epochs * len(loader))
     optimizer = _optimizer(model, config)
-    scheduler = get_linear_schedule_with_warmup(
+    scheduler = linear_warmup_schedule(
         optimizer, int(config.warmup_ratio * steps), steps
     )
     model.to(device).train()

@@ -243,8 +243,8 @@ def test_superlink_mode_checks_the_data_folder_first(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--superlink", "127.0.0.1:9092", "--epochs", "2"], "--epochs only apply to local personalization"),
-    (["--insecure"], "--insecure only apply with --superlink"),
+    (["--superlink", "127.0.0.1:9092", "--epochs", "2"], "--epochs: only for local personalization"),
+    (["--insecure"], "--insecure: only for joining a federation"),
     (["--superlink", "no-port"], "--superlink must be HOST:PORT"),
     (["--superlink", "127.0.0.1:1", "--insecure", "--root-certificates", "ca.crt"], "contradict"),
 ])

@@ -40,3 +40,16 @@ def test_causal_lm_trains_and_reports_next_token_accuracy(tiny_llama_dir):
     after = evaluate(model, loader)
     assert after.loss < before.loss
     assert 0.0 <= after.accuracy <= 1.0
+
+
+def test_schedule_equals_transformers_linear_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    from shared.training import linear_warmup_schedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    ours_opt, ref_opt = torch.optim.SGD([param], lr=1.0), torch.optim.SGD([param], lr=1.0)
+    ours, ref = linear_warmup_schedule(ours_opt, 3, 11), get_linear_schedule_with_warmup(ref_opt, 3, 11)
+    for _ in range(11):
+        assert abs(ours_opt.param_groups[0]["lr"] - ref_opt.param_groups[0]["lr"]) < 1e-12
+        ours_opt.step(), ref_opt.step(), ours.step(), ref.step()
