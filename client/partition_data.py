@@ -102,7 +102,8 @@ def held_out_union(config: FederationConfig, max_examples: int) -> tuple[Dataset
     """The union of every simulated client's test split (shift applied), a seeded sample of at
     most `max_examples`: the server's held-out set, disjoint from all training data."""
     tests = [simulated_node_data(config, i).test for i in range(config.num_clients)]
-    union = concatenate_datasets([t.select_columns(["text", "label"] if "label" in t.column_names else ["text"]) for t in tests])
+    columns = ["text", "label"] if config.task == "seq-cls" else ["text"]
+    union = concatenate_datasets([test.select_columns(columns) for test in tests])
     if len(union) > max_examples:
         union = union.shuffle(seed=config.seed).select(range(max_examples))
     return union, _partitions(config)[1]

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from client.partition_data import held_out_union
 from server.global_evaluation import GlobalEvaluation
-from server.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis
+from server.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
 from server.report import build_report, write_report
 from server.run_config import FederationConfig
 from server.strategy import LoraXSFedAvg
@@ -71,12 +71,14 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False)
     final_arrays = result.arrays if len(result.arrays) else initial
     final_clients = []
     if config.final_eval_fraction > 0:
+        if progress:
+            tqdm.write(f"final evaluation on {config.final_eval_fraction:.0%} of the clients ...")
         final_clients = strategy.evaluate_clients(
             metered, final_arrays, config.final_eval_fraction, config.num_server_rounds
         )
     report = build_report(
         config, strategy, meter, global_eval.rounds, final_clients,
-        adapter_bytes=sum(t.numel() * 4 for t in adapter_state(model).values()),
+        adapter_bytes=payload_bytes(pack_adapter(adapter_state(model), config.update_dtype)),
         basis_bytes=basis.num_bytes(), wall_seconds=time.perf_counter() - started,
     )
     write_report(out_dir, report)

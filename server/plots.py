@@ -25,28 +25,35 @@ def plot_accuracy(report: dict, path: Path) -> None:
     axes.set_ylabel("accuracy")
     axes.set_title("Accuracy per round")
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def plot_bytes(report: dict, path: Path) -> None:
+    """Three bars per round (log scale): adapter down, factors down, updates up."""
     rounds = report["rounds"]
     x = [r["round"] for r in rounds]
-    basis = [r["basis_bytes_down"] / 1024 for r in rounds]
-    adapter_down = [(r["bytes_down"] - r["basis_bytes_down"]) / 1024 for r in rounds]
-    up = [r["bytes_up"] / 1024 for r in rounds]
+    series = {
+        "down: global adapter": [(r["bytes_down"] - r["basis_bytes_down"]) / 1024 for r in rounds],
+        "down: factors (once per client)": [r["basis_bytes_down"] / 1024 for r in rounds],
+        "up: client updates": [r["bytes_up"] / 1024 for r in rounds],
+    }
     figure, axes = plt.subplots(figsize=(6, 4))
-    width = 0.4
-    axes.bar([i - width / 2 for i in x], adapter_down, width, label="down: adapter")
-    axes.bar([i - width / 2 for i in x], basis, width, bottom=adapter_down, label="down: factors (once per client)")
-    axes.bar([i + width / 2 for i in x], up, width, label="up: updates")
-    axes.set_yscale("log")
+    width = 0.27
+    for i, (label, values) in enumerate(series.items()):
+        axes.bar([v + (i - 1) * width for v in x], values, width, label=label)
+    positive = [v for values in series.values() for v in values if v > 0]
+    if positive:
+        axes.set_yscale("log")
+        axes.set_ylim(bottom=min(positive) / 2, top=max(positive) * 3)
+    axes.set_xticks(x)
     axes.set_xlabel("round")
-    axes.set_ylabel("KiB (all clients, measured on the wire)")
+    axes.set_ylabel("KiB, all clients, measured on the wire")
     axes.set_title("Bytes per round")
-    axes.legend()
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -38,9 +38,10 @@ class FederationConfig:
     labels:               comma-separated class names ("" = the dataset's).
     partition:            natural | iid | dirichlet; dirichlet_alpha for dirichlet.
     rank, lora_alpha:     LoRA-XS rank r and alpha (scale = alpha / r).
-    local_epochs, lr, head_lr, batch_size, max_length: local training on each client.
+    local_epochs, lr, head_lr, batch_size, max_length: local training on each client (lr for
+                          the r x r matrices, head_lr for the classification head).
     personalize:          "finetune": every client also keeps a personal adapter (the global
-                          one after `personal_steps` local steps at `personal_lr`), never sent.
+                          one after `personal_steps` local steps), never sent.
     scenario:             "concept-shift": a seeded `shift_fraction` of the clients flip labels.
     update_dtype:         fp32 | fp16, the precision of the adapter on the wire (both ways).
     eval_max_examples:    cap on the server's held-out set (a seeded sample).
@@ -61,13 +62,12 @@ class FederationConfig:
     rank: int = 16
     lora_alpha: float = 16.0
     local_epochs: float = 1.0
-    lr: float = 0.002
-    head_lr: float = 0.002
+    lr: float = 0.02
+    head_lr: float = 0.05
     batch_size: int = 16
     max_length: int = 64
     personalize: str = "none"
     personal_steps: int = 10
-    personal_lr: float = 0.005
     scenario: str = "none"
     shift_fraction: float = 0.2
     update_dtype: str = "fp32"
@@ -97,8 +97,8 @@ class FederationConfig:
             raise LoraXSError(f"the Dirichlet alpha must be > 0, got {self.dirichlet_alpha}")
         if not self.local_epochs > 0:
             raise LoraXSError(f"local-epochs must be > 0, got {self.local_epochs}")
-        if not (self.lr > 0 and self.head_lr > 0 and self.personal_lr > 0):
-            raise LoraXSError("learning rates (lr, head-lr, personal-lr) must be > 0")
+        if not (self.lr > 0 and self.head_lr > 0):
+            raise LoraXSError("learning rates (lr, head-lr) must be > 0")
         if self.scenario == "concept-shift" and self.task != "seq-cls":
             raise LoraXSError("the concept-shift scenario flips class labels: it needs task seq-cls")
         if not self.dataset and self.task == "seq-cls" and not self.label_names():
@@ -135,8 +135,8 @@ class FederationConfig:
         return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr)
 
     def personal_train_config(self) -> TrainConfig:
-        return TrainConfig(max_steps=self.personal_steps, lr=self.personal_lr,
-                           head_lr=self.personal_lr, warmup_ratio=0.0)
+        return TrainConfig(max_steps=self.personal_steps, lr=self.lr, head_lr=self.head_lr,
+                           warmup_ratio=0.0)
 
 
 def _key(name: str) -> str:

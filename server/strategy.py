@@ -33,7 +33,6 @@ class RoundStats:
     clients_trained: int = 0
     rejected_updates: int = 0
     bases_resent: int = 0
-    clients_evaluated: int = 0
 
 
 class LoraXSFedAvg(FedAvg):
@@ -119,7 +118,6 @@ class LoraXSFedAvg(FedAvg):
         accepted = [r for r in replies if r.has_error() or self._checked_evaluation(server_round, r)]
         valid = [r.content[METRICS] for r in accepted if not r.has_error()]
         self.evaluate_replies[server_round] = valid
-        self._round(server_round).clients_evaluated = len(valid)
         return super().aggregate_evaluate(server_round, accepted)
 
     def evaluate_clients(self, grid: Grid, arrays: ArrayRecord, fraction: float, server_round: int) -> list[MetricRecord]:

@@ -43,7 +43,6 @@ class TrafficMeter:
     phases: dict[tuple[int, str], PhaseTraffic] = field(default_factory=lambda: defaultdict(PhaseTraffic))
     bases_per_node: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     nodes_contacted: set[int] = field(default_factory=set)
-    reply_bytes: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))
 
 
 def message_phase(message: Message) -> tuple[int, str]:
@@ -76,10 +75,8 @@ class MeteredGrid(Grid):
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         if key is not None:
             for reply in replies:
-                size = wire_bytes(reply)
                 self.meter.phases[key].replies_up += 1
-                self.meter.phases[key].bytes_up += size
-                self.meter.reply_bytes[key].append(size)
+                self.meter.phases[key].bytes_up += wire_bytes(reply)
         return replies
 
     # The rest delegates unchanged.

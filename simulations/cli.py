@@ -9,21 +9,26 @@ global_adapter.safetensors and basis.safetensors to --out (default runs/<timesta
 Bad input: one line on stderr, exit code 2. Nothing it starts outlives it.
 """
 
-import argparse
 import os
-import shlex
-import sys
-import time
-from dataclasses import replace
 
-from client.partition_data import held_out_union
-from server.federation import resolve_out_dir
-from server.report import REPORT_MD, write_report
-from server.run_config import PERSONALIZE, SCENARIOS, UPDATE_DTYPES, FederationConfig
-from shared.data.partition import PARTITIONS
-from shared.errors import LoraXSError
-from shared.models import canonical_model_id, load_tokenizer
-from simulations.quiet_logs import quiet_logs
+# Before anything imports tqdm (it reads this once): no bars from datasets / flwr-datasets here
+# or in the Ray workers, which inherit it. Our own bar over rounds passes disable=False.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from client.partition_data import held_out_union  # noqa: E402
+from server.federation import resolve_out_dir  # noqa: E402
+from server.report import REPORT_MD, write_report  # noqa: E402
+from server.run_config import PERSONALIZE, SCENARIOS, UPDATE_DTYPES, FederationConfig  # noqa: E402
+from shared.data.partition import PARTITIONS  # noqa: E402
+from shared.errors import LoraXSError  # noqa: E402
+from shared.models import canonical_model_id, load_tokenizer  # noqa: E402
+from simulations.quiet_logs import quiet_logs  # noqa: E402
 
 USER_ERROR_EXIT = 2
 

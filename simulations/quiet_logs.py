@@ -1,7 +1,10 @@
-"""Keep a simulation's console readable: warnings and errors, one progress bar, no spam."""
+"""Keep a simulation's console readable: warnings and errors, one progress bar, no spam.
+
+Third-party progress bars are switched off by TQDM_DISABLE, which tqdm reads when it is first
+imported: `simulations/cli.py` sets it before any import (our own bar passes disable=False).
+"""
 
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 
@@ -16,9 +19,7 @@ class _DropLines(logging.Filter):
 
 @contextmanager
 def quiet_logs():
-    """Flower and Ray at WARNING (minus two known-harmless lines); no third-party tqdm bars."""
-    old_tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # e.g. flwr-datasets' partitioner; our own bar opts back in
+    """Flower at WARNING (minus two known-harmless lines), deprecation warnings off."""
     flower = logging.getLogger("flwr")
     old_level, drop = flower.level, _DropLines()
     flower.setLevel(logging.WARNING)
@@ -30,10 +31,6 @@ def quiet_logs():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        if old_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_tqdm
         flower.setLevel(old_level)
         for handler in flower.handlers:
             handler.removeFilter(drop)

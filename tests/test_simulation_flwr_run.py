@@ -7,11 +7,13 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.test_federation import write_reviews
+from tests.test_simulation import processes_tagged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +45,8 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
         f'[superlink.sim]\naddress = "127.0.0.1:{http_port}"\ninsecure = true\n\n'
         "[superlink.sim.options]\nnum-supernodes = 5\n"
     )
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+    tag = uuid.uuid4().hex  # inherited by everything the SuperLink starts
+    env = {**os.environ, "LORAXS_TEST_RUN": tag, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "HF_HUB_OFFLINE": "1"}
     superlink = subprocess.Popen(
@@ -71,6 +74,10 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
             superlink.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(superlink.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while (left := processes_tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes outlived the test: {left}"
     assert report["config"]["num-clients"] == 5 and report["config"]["rank"] == 4
     assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
     assert report["final"]["max_bases_per_client"] == 1
