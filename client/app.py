@@ -16,12 +16,12 @@ from flwr.common.constant import ErrorCode
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.model_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
-from client.partition_data import NodeData, node_data
-from server.protocol import (
+from shared.federation.node_data import NodeData, node_data
+from shared.federation.protocol import (
     ARRAYS, BASIS, CONFIG, METRICS, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
     unpack_basis,
 )
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from shared.adapted_model import adapter_meta
 from shared.errors import LoraXSError
 from shared.models import canonical_model_id, resolve_device

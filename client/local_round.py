@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from client.partition_data import NodeData
-from server.run_config import FederationConfig
+from shared.federation.node_data import NodeData
+from shared.federation.run_config import FederationConfig
 from shared.data.batches import make_loader
 from shared.loraxs.model import adapter_state, load_adapter_state
 from shared.training import EvalResult, TrainResult, evaluate, train

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.local_personalization import infer_task
-from client.process_tree import ProcessTree, accepts_connections, exit_code, flower_command, flower_env, free_port
+from shared.process_tree import ProcessTree, accepts_connections, exit_code, flower_command, flower_env, free_port
 from shared.data.local_folder import load_local_folder
 from shared.errors import LoraXSError
 

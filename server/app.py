@@ -11,7 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 
 
 def make_server_app(

@@ -10,11 +10,11 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
-from client.partition_data import held_out_union
+from shared.federation.node_data import held_out_union
 from server.global_evaluation import GlobalEvaluation
-from server.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
+from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
 from server.report import build_report, write_report
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from server.strategy import LoraXSFedAvg
 from server.traffic import MeteredGrid, TrafficMeter
 from shared.adapted_model import adapter_meta, build_adapted_model

@@ -8,7 +8,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 
-from server.protocol import unpack_adapter
+from shared.federation.protocol import unpack_adapter
 from shared.adapter_file import AdapterMeta, save_adapter
 from shared.loraxs.model import load_adapter_state
 from shared.models import resolve_device

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from server.strategy import LoraXSFedAvg
 from server.traffic import PhaseTraffic, TrafficMeter
 

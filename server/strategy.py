@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
-from server.protocol import (
+from shared.federation.protocol import (
     ARRAYS, BASIS, CONFIG, METRICS, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT, cast_record,
     check_update, clean_metrics,
 )

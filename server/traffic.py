@@ -15,7 +15,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
 
-from server.protocol import BASIS, CONFIG
+from shared.federation.protocol import BASIS, CONFIG
 
 OBJECT_ID_BYTES = 64  # hex sha256 id that travels with every object
 

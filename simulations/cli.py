@@ -21,10 +21,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
-from client.partition_data import held_out_union  # noqa: E402
+from shared.federation.node_data import held_out_union  # noqa: E402
 from server.federation import resolve_out_dir  # noqa: E402
 from server.report import REPORT_MD, write_report  # noqa: E402
-from server.run_config import PERSONALIZE, SCENARIOS, UPDATE_DTYPES, FederationConfig  # noqa: E402
+from shared.federation.run_config import PERSONALIZE, SCENARIOS, UPDATE_DTYPES, FederationConfig  # noqa: E402
 from shared.data.partition import PARTITIONS  # noqa: E402
 from shared.errors import LoraXSError  # noqa: E402
 from shared.models import canonical_model_id, load_tokenizer  # noqa: E402

@@ -10,7 +10,7 @@ import logging
 
 from client.app import make_client_app
 from server.app import make_server_app
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
 from simulations.quiet_logs import quiet_logs
 

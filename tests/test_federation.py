@@ -15,10 +15,10 @@ from flwr.common.serde import message_from_proto, message_to_proto
 
 from client.app import make_client_app
 from client.node_state import PERSONAL_INFO, PERSONAL_RECORD
-from client.partition_data import shifted_partitions, simulated_node_data
+from shared.federation.node_data import shifted_partitions, simulated_node_data
 from server.federation import run_federation
-from server.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
-from server.run_config import FederationConfig
+from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
+from shared.federation.run_config import FederationConfig
 from server.traffic import wire_bytes
 from shared.adapter_file import load_adapter
 from shared.basis_file import load_basis

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"

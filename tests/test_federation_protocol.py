@@ -6,7 +6,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.protocol import (
+from shared.federation.protocol import (
     STACKED_R, cast_record, check_update, clean_metrics, pack_adapter, pack_basis, payload_bytes,
     unpack_adapter, unpack_basis,
 )

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from client.basis_cache import user_cache_dir
 from shared.adapter_file import load_adapter
 from shared.basis_file import load_basis
 from simulations.cli import main
 from tests.test_federation import write_reviews
 
-REVIEWS_CACHED = (user_cache_dir() / "rotten_tomatoes_reviews.csv").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +51,7 @@ def test_more_clients_than_examples_allow_is_refused(reviews_dir, tiny_bert_dir,
     assert "--num-clients 100 is too many for 150 examples" in one_error_line(capsys)
 
 
-@pytest.mark.skipif(not REVIEWS_CACHED, reason="rotten-tomatoes is not in the local cache")
-def test_more_clients_than_natural_partitions_is_refused(tiny_bert_dir, capsys, tmp_path):
+def test_more_clients_than_natural_partitions_is_refused(rotten_tomatoes, tiny_bert_dir, capsys, tmp_path):
     code = main(["--num-clients", "600", "--model", tiny_bert_dir, "--out", str(tmp_path / "out"),
                  "--no-progress"])
     assert code == 2
@@ -119,8 +116,7 @@ def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tin
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REVIEWS_CACHED, reason="rotten-tomatoes is not in the local cache")
-def test_the_real_command_on_minilm_with_few_clients(tmp_path):
+def test_the_real_command_on_minilm_with_few_clients(rotten_tomatoes, tmp_path):
     """`flower-simulation` on the packaged MiniLM and rotten-tomatoes (natural partition):
     100 clients, 2 rounds of 3; the default adapter's upload fits 32 KiB, factors go once."""
     out = tmp_path / "run"

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.process_tree import FLOWER_ENV, ProcessTree, flower_command, flower_env, free_port, wait_for_port
+from shared.process_tree import FLOWER_ENV, ProcessTree, flower_command, flower_env, free_port, wait_for_port
 from client.supernode import SuperNodeConfig, check_data_folder, start_supernode
 from server.deployment.certificates import CertificatePaths, certificate_paths, make_certificates
 from server.deployment.connection import write_flwr_config

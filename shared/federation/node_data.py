@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from server.run_config import FederationConfig
+from shared.federation.run_config import FederationConfig
 from shared.data.catalog import load_full_dataset
 from shared.data.local_folder import load_local_folder
 from shared.data.partition import partition_dataset
