@@ -9,6 +9,7 @@ parameters, adapter bytes (what a client would send), training examples/s, and r
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -93,7 +94,9 @@ def markdown(results: list[dict], config: dict) -> str:
             f"{r['adapter_bytes']:,} | {r['train_examples_per_second']:.1f} | {speed:.2f}x |"
         )
     lines.append("")
-    lines.append(f"Command: `{config['command']}`")
+    lines.append(f"Command: `{config['command']}` ({config['date']}; 1-minute load average "
+                 f"{config['load_average_start']} at the start, {config['load_average_end']} at the end: "
+                 "other work on the machine slows every method alike only when it is steady).")
     return "\n".join(lines) + "\n"
 
 
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
     if args.max_train:
         splits.train = splits.train.select(range(min(args.max_train, len(splits.train))))
     tokenizer = load_tokenizer(DEFAULT_MODEL)
+    load_at_start = os.getloadavg()[0]
     results = []
     for method in methods:
         results.append(run_method(method, splits, tokenizer, args))
@@ -128,6 +132,7 @@ def main(argv=None) -> int:
         "train_examples": len(splits.train), "test_examples": len(splits.test),
         "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_start": round(load_at_start, 2), "load_average_end": round(os.getloadavg()[0], 2),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import sys
 from client.export_job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
 from client.onnx_export import file_size
 from client.onnx_verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
-from shared.errors import LoraXSError
+from shared.cli import run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,15 +77,12 @@ def print_report(report: ExportReport) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> int:
         print_report(run_export(export_config(args)))
         return 0
-    except LoraXSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return run_cli(work)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from client.local_personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
 from client.supernode import SuperNodeConfig, run_supernode
 from shared.data.text_splits import TASKS
+from shared.cli import run_cli
 from shared.errors import LoraXSError
 
 LOCAL_ONLY = ("adapter", "out", "basis", "epochs", "model", "rank", "task", "lr", "head_lr",
@@ -89,7 +90,8 @@ def print_report(result: PersonalizationResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> int:
         check_mode_flags(args)
         if args.superlink:
             return run_supernode(SuperNodeConfig(
@@ -98,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             ))
         print_report(personalize(personalization_config(args)))
         return 0
-    except LoraXSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return run_cli(work)
 
 
 if __name__ == "__main__":
