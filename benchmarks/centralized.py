@@ -122,10 +122,17 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     load_at_start = os.getloadavg()[0]
     results = []
-    for method in methods:
+    for method in methods:  # results are written after every method, so a long run keeps what it has
         results.append(run_method(method, splits, tokenizer, args))
         print(json.dumps(results[-1]))
-    config = {
+        config = run_config(argv, args, splits, load_at_start)
+        write_results(Path(args.out), results, config)
+    print(markdown(results, config))
+    return 0
+
+
+def run_config(argv, args, splits, load_at_start) -> dict:
+    return {
         "command": "python benchmarks/centralized.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": DEFAULT_MODEL, "epochs": args.epochs, "batch_size": args.batch_size,
         "max_length": args.max_length, "seed": args.seed,
@@ -134,12 +141,12 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_start": round(load_at_start, 2), "load_average_end": round(os.getloadavg()[0], 2),
     }
-    out = Path(args.out)
+
+
+def write_results(out: Path, results: list[dict], config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "centralized.json").write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
     (out / "centralized.md").write_text(markdown(results, config))
-    print(markdown(results, config))
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.process_tree import flower_command, flower_env
 from tests.test_federation import write_reviews
 from tests.test_simulation import processes_tagged
 
@@ -46,11 +47,10 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
         "[superlink.sim.options]\nnum-supernodes = 5\n"
     )
     tag = uuid.uuid4().hex  # inherited by everything the SuperLink starts
-    env = {**os.environ, "LORAXS_TEST_RUN": tag, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "HF_HUB_OFFLINE": "1"}
+    # this environment's bin/ first on PATH (CI runs .venv/bin/python without activating it)
+    env = {**flower_env(home), "LORAXS_TEST_RUN": tag, "HF_HUB_OFFLINE": "1"}
     superlink = subprocess.Popen(
-        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
          "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
          "--port", str(http_port), "--disable-runtime-dependency-installation"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -61,7 +61,7 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
                   f"final-eval-fraction=1.0 out-dir='{out}'")
     try:
         wait_for_port(http_port, 60)
-        done = subprocess.run(["flwr", "run", ".", "sim", "--stream", "--run-config", run_config],
+        done = subprocess.run([flower_command("flwr"), "run", ".", "sim", "--stream", "--run-config", run_config],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         deadline = time.monotonic() + 120  # the report is written as the ServerApp ends
