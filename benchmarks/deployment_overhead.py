@@ -171,8 +171,7 @@ def markdown(summary: dict, meta: dict) -> str:
         "",
         f"Client overhead / training time: {overhead / m['train_s']:.2f}x. A factor-cache miss (fresh "
         f"SVD) costs {m['model_fresh_svd_s'] - m['model_cache_hit_s']:.2f} s more per round than a hit. "
-        "The imports row includes transformers' model classes (pulled in by the training code), so "
-        "the model-load rows are the load itself.",
+        "The model-load rows include importing transformers' model classes on first use.",
     ]
     if "deployment_round_s" in summary:
         flower = summary["deployment_round_s"]["median"] - overhead - m["train_s"]
