@@ -10,14 +10,13 @@ its round in the metadata). The ClientApp code path is the same for both.
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from client.basis_cache import PERSONAL_ADAPTER, STATE_FOLDER, find_cached_basis, store_basis
 from shared.adapter_file import AdapterMeta, load_adapter, save_adapter
-from shared.basis_file import basis_from_tensors, basis_to_tensors
 from shared.errors import LoraXSError
+from shared.federation.protocol import pack_basis, tensors_from_record, unpack_basis
 from shared.loraxs.basis import Basis
 
 BASIS_RECORD, BASIS_INFO = "loraxs.basis", "loraxs.basis-info"
@@ -55,14 +54,10 @@ class ContextState:
     def basis(self, fingerprint: str) -> Basis:
         if not self.has_basis(fingerprint):
             raise LoraXSError(f"this node holds no factors {fingerprint[:12]}")
-        record = self.records[BASIS_RECORD]
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
-        return basis_from_tensors(tensors, int(self.records[BASIS_INFO]["rank"]))
+        return unpack_basis(self.records[BASIS_RECORD], fingerprint)
 
     def store_basis(self, basis: Basis, base_model: str) -> None:
-        self.records[BASIS_RECORD] = ArrayRecord(
-            {k: Array(v.numpy()) for k, v in basis_to_tensors(basis).items()}
-        )
+        self.records[BASIS_RECORD] = pack_basis(basis)
         self.records[BASIS_INFO] = ConfigRecord(
             {"fingerprint": basis.fingerprint, "rank": basis.rank, "base-model": base_model}
         )
@@ -71,9 +66,7 @@ class ContextState:
         info = self.records.get(PERSONAL_INFO)
         if info is None or info.get("fingerprint") != fingerprint:
             return None
-        record = self.records[PERSONAL_RECORD]
-        state = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
-        return state, int(info["round"])
+        return tensors_from_record(self.records[PERSONAL_RECORD]), int(info["round"])
 
     def store_personal_adapter(self, state, meta: AdapterMeta, round_: int) -> None:
         self.records[PERSONAL_RECORD] = ArrayRecord(

@@ -80,9 +80,13 @@ def pack_basis(basis: Basis) -> ArrayRecord:
     return ArrayRecord({k: Array(v.float().numpy()) for k, v in basis_to_tensors(basis).items()})
 
 
+def tensors_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+
+
 def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
-    """The factors of a received bundle; their fingerprint must be the announced one."""
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+    """The factors of a received (or stored) bundle; their fingerprint must be the announced one."""
+    tensors = tensors_from_record(record)
     if not tensors:
         raise LoraXSError("the factor bundle is empty")
     a_keys = [key for key in tensors if key.endswith(".lora_A")]
