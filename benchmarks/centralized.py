@@ -19,12 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.adapted_model import adapter_meta, build_adapted_model  # noqa: E402
-from shared.adapter_file import adapter_to_bytes  # noqa: E402
+from shared.artifacts.adapter_file import adapter_meta  # noqa: E402
+from shared.base_models import build_adapted_model  # noqa: E402
+from shared.artifacts.adapter_file import adapter_to_bytes  # noqa: E402
 from shared.data.batches import make_loader  # noqa: E402
 from shared.data.catalog import load_dataset  # noqa: E402
 from shared.loraxs.config import BERT_TARGETS, LoraXSConfig  # noqa: E402
-from shared.models import DEFAULT_MODEL, load_base_model, load_tokenizer  # noqa: E402
+from shared.base_models import DEFAULT_MODEL, load_base_model, load_tokenizer  # noqa: E402
 from shared.training import TrainConfig, evaluate, train  # noqa: E402
 
 METHODS = ("loraxs", "lora", "full")

@@ -45,12 +45,12 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
     stamps = {"main": time.time()}
     import flwr.clientapp  # noqa: F401  (what the ClientApp process imports)
 
-    from client.basis_cache import find_cached_basis, store_basis
-    from shared.adapted_model import build_adapted_model
+    from shared.artifacts.cache import find_cached_basis, store_basis
+    from shared.base_models import build_adapted_model
     from shared.data.batches import make_loader
     from shared.data.local_folder import load_local_folder
     from shared.loraxs.config import LoraXSConfig
-    from shared.models import DEFAULT_MODEL, load_tokenizer
+    from shared.base_models import DEFAULT_MODEL, load_tokenizer
     from shared.training import TrainConfig, train
 
     stamps["imports"] = time.time()
@@ -120,8 +120,8 @@ def run_child(mode: str, cache_dir: str, data_dir: str) -> dict[str, float]:
 
 def deployment_rounds(data_dir: Path, workdir: Path, rounds: int) -> list[float]:
     """Seconds per round of a real loopback deployment: SuperLink + 1 SuperNode on `data_dir`."""
-    from client.supernode import quoted_config_value
-    from server.deployment.local import DeploymentConfig, LocalDeployment
+    from deployment.supernode import quoted_config_value
+    from deployment.local import DeploymentConfig, LocalDeployment
 
     out_dir = workdir / "server-out"
     run_config = " ".join([

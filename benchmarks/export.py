@@ -22,17 +22,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.export_job import ExportConfig, ExportReport, run_export  # noqa: E402
-from client.local_personalization import PersonalizationConfig, personalize  # noqa: E402
-from client.onnx_export import file_size  # noqa: E402
-from client.onnx_verify import LATENCY_BATCH, LATENCY_LENGTH  # noqa: E402
-from shared.adapted_model import adapter_meta, build_adapted_model  # noqa: E402
-from shared.adapter_file import save_adapter  # noqa: E402
+from client.onnx.job import ExportConfig, ExportReport, run_export  # noqa: E402
+from client.personalization import PersonalizationConfig, personalize  # noqa: E402
+from client.onnx.graph import file_size  # noqa: E402
+from client.onnx.verify import LATENCY_BATCH, LATENCY_LENGTH  # noqa: E402
+from shared.artifacts.adapter_file import adapter_meta  # noqa: E402
+from shared.base_models import build_adapted_model  # noqa: E402
+from shared.artifacts.adapter_file import save_adapter  # noqa: E402
 from shared.data.catalog import load_dataset  # noqa: E402
 from shared.data.local_folder import load_local_folder  # noqa: E402
 from shared.loraxs.config import LoraXSConfig  # noqa: E402
 from shared.loraxs.model import adapter_state  # noqa: E402
-from shared.models import DEFAULT_MODEL  # noqa: E402
+from shared.base_models import DEFAULT_MODEL  # noqa: E402
 
 RANDOM_ADAPTER_STD = 0.05  # the order of trained R entries
 

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
-from client.model_cache import cached_model, cached_tokenizer
+from client.worker_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
@@ -22,9 +22,9 @@ from shared.federation.protocol import (
     unpack_basis,
 )
 from shared.federation.run_config import FederationConfig
-from shared.adapted_model import adapter_meta
+from shared.artifacts.adapter_file import adapter_meta
+from shared.base_models import canonical_model_id, resolve_device
 from shared.errors import LoraXSError
-from shared.models import canonical_model_id, resolve_device
 
 
 def make_client_app(config: FederationConfig | None = None, torch_threads: int | None = None) -> ClientApp:
@@ -53,16 +53,17 @@ def _answer(msg, context, bound_config, torch_threads, work) -> Message:
         if not state.has_basis(fingerprint):
             status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint})
             return Message(RecordDict({STATUS: status}), reply_to=msg)
-        node = _Node(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
-        content = work(msg, node)
+        job = MessageWork(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
+        content = work(msg, job)
         content[STATUS] = ConfigRecord({"fingerprint": fingerprint})
         return Message(content, reply_to=msg)
     except LoraXSError as err:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
 
 
-class _Node:
-    """What one message needs: config, data, the cached model, the state, the seeds."""
+class MessageWork:
+    """Everything one message is worked on with: config, node data, the worker's cached model,
+    the node state and the seeds. Built per message; the model comes from client/worker_cache."""
 
     def __init__(self, config: FederationConfig, context: Context, state: NodeState,
                  fingerprint: str, server_round: int):
@@ -80,43 +81,43 @@ class _Node:
         return unpack_adapter(msg.content[ARRAYS], names)
 
 
-def _train(msg: Message, node: _Node) -> RecordDict:
-    update = train_update(node.model, node.global_state(msg), node.data, node.tokenizer,
-                          node.config, node.seed, node.device)
-    metrics = MetricRecord({"num-examples": len(node.data.train), "train-loss": update.result.loss})
-    return RecordDict({ARRAYS: pack_adapter(update.state, node.config.update_dtype), METRICS: metrics})
+def _train(msg: Message, work: MessageWork) -> RecordDict:
+    update = train_update(work.model, work.global_state(msg), work.data, work.tokenizer,
+                          work.config, work.seed, work.device)
+    metrics = MetricRecord({"num-examples": len(work.data.train), "train-loss": update.result.loss})
+    return RecordDict({ARRAYS: pack_adapter(update.state, work.config.update_dtype), METRICS: metrics})
 
 
-def _evaluate(msg: Message, node: _Node) -> RecordDict:
-    config, global_state = node.config, node.global_state(msg)
-    result = evaluate_state(node.model, global_state, node.data, node.tokenizer, config, node.device)
+def _evaluate(msg: Message, work: MessageWork) -> RecordDict:
+    config, global_state = work.config, work.global_state(msg)
+    result = evaluate_state(work.model, global_state, work.data, work.tokenizer, config, work.device)
     metrics = {
-        "num-examples": len(node.data.test),
+        "num-examples": len(work.data.test),
         "accuracy-global": result.accuracy,
         "loss-global": result.loss,
-        "shifted": int(node.data.shifted),
+        "shifted": int(work.data.shifted),
     }
     if config.personalize == "finetune":
-        personal, personal_round = _personal_adapter(node, global_state)
-        mine = evaluate_state(node.model, personal, node.data, node.tokenizer, config, node.device)
+        personal, personal_round = _personal_adapter(work, global_state)
+        mine = evaluate_state(work.model, personal, work.data, work.tokenizer, config, work.device)
         metrics.update({"accuracy-personal": mine.accuracy, "loss-personal": mine.loss,
                         "personal-round": personal_round})
     return RecordDict({METRICS: MetricRecord(metrics)})
 
 
-def _personal_adapter(node: _Node, global_state: dict) -> tuple[dict[str, torch.Tensor], int]:
+def _personal_adapter(work: MessageWork, global_state: dict) -> tuple[dict[str, torch.Tensor], int]:
     """The stored personal adapter, re-derived first when this global adapter is newer."""
-    stored = node.state.personal_adapter(node.fingerprint)
-    if stored is not None and stored[1] >= node.round:
+    stored = work.state.personal_adapter(work.fingerprint)
+    if stored is not None and stored[1] >= work.round:
         return stored
-    personal = derive_personal(node.model, global_state, node.data, node.tokenizer, node.config,
-                               node.seed, node.device)
-    config = node.config
+    personal = derive_personal(work.model, global_state, work.data, work.tokenizer, work.config,
+                               work.seed, work.device)
+    config = work.config
     meta = adapter_meta(config.model, config.task, config.lora_config(),
-                        node.state.basis(node.fingerprint), list(node.labels) if node.labels else None,
-                        round=str(node.round), kind="personal")
-    node.state.store_personal_adapter(personal, meta, node.round)
-    return personal, node.round
+                        work.state.basis(work.fingerprint), list(work.labels) if work.labels else None,
+                        round=str(work.round), kind="personal")
+    work.state.store_personal_adapter(personal, meta, work.round)
+    return personal, work.round
 
 
 app = make_client_app()

@@ -13,10 +13,11 @@ print one line to stderr and exit non-zero, writing nothing.
 import argparse
 import sys
 
-from client.export_job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
-from client.onnx_export import file_size
-from client.onnx_verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
+from client.onnx.job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
+from client.onnx.graph import file_size
+from client.onnx.verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
 from shared.cli import run_cli
+from shared.data.batches import DEFAULT_MAX_LENGTH
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--data", metavar="DIR", help="data folder: accuracy on its test split; its factor cache")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency median (default 20)")
-    parser.add_argument("--max-length", type=int, default=64, help="tokens per text for --data (default 64)")
+    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help="tokens per text for --data (default %(default)s)")
     return parser.parse_args(argv)
 
 

@@ -8,11 +8,9 @@ from torch import nn
 
 from shared.federation.node_data import NodeData
 from shared.federation.run_config import FederationConfig
-from shared.data.batches import make_loader
+from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.loraxs.model import adapter_state, load_adapter_state
 from shared.training import EvalResult, TrainResult, evaluate, train
-
-EVAL_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)

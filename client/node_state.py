@@ -2,9 +2,10 @@
 
 Simulation keeps both in `context.state` (Flower carries it from message to message).
 Deployment (`data-dir` in the node config) keeps them on disk, since every message runs in a
-fresh process: factors in <data-dir>/.loraxs/basis/<fingerprint>.safetensors (client/basis_cache)
-and the personal adapter in <data-dir>/.loraxs/personal_adapter.safetensors (adapter file format,
-its round in the metadata). The ClientApp code path is the same for both.
+fresh process: factors in <data-dir>/.loraxs/basis/<fingerprint>.safetensors (shared/artifacts/cache)
+and the personal adapter in <data-dir>/.loraxs/federation_personal_adapter.safetensors (adapter
+file format, its round in the metadata; not to be confused with `client.run`'s output,
+<data-dir>/personal_adapter.safetensors). The ClientApp code path is the same for both.
 """
 
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Protocol
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
-from client.basis_cache import PERSONAL_ADAPTER, STATE_FOLDER, find_cached_basis, store_basis
-from shared.adapter_file import AdapterMeta, load_adapter, save_adapter
+from shared.artifacts.cache import STATE_FOLDER, find_cached_basis, state_basis_dir, store_basis
+from shared.artifacts.adapter_file import AdapterMeta, load_adapter, save_adapter
 from shared.errors import LoraXSError
 from shared.federation.protocol import pack_basis, tensors_from_record, unpack_basis
 from shared.loraxs.basis import Basis
 
+FEDERATION_PERSONAL_ADAPTER = "federation_personal_adapter.safetensors"  # in <data-dir>/.loraxs/
 BASIS_RECORD, BASIS_INFO = "loraxs.basis", "loraxs.basis-info"
 PERSONAL_RECORD, PERSONAL_INFO = "loraxs.personal", "loraxs.personal-info"
 
@@ -81,16 +83,9 @@ class DiskState:
     """Deployment: files under <data-dir>/.loraxs/ (written atomically)."""
 
     def __init__(self, data_dir: Path):
-        self.folder = data_dir / STATE_FOLDER
+        self.basis_dir = state_basis_dir(data_dir)
+        self.personal_path = data_dir / STATE_FOLDER / FEDERATION_PERSONAL_ADAPTER
         self._bases: dict[str, Basis] = {}
-
-    @property
-    def basis_dir(self) -> Path:
-        return self.folder / "basis"
-
-    @property
-    def personal_path(self) -> Path:
-        return self.folder / PERSONAL_ADAPTER
 
     def has_basis(self, fingerprint: str) -> bool:
         if fingerprint not in self._bases:

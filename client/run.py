@@ -13,11 +13,14 @@ User errors print one line to stderr and exit non-zero; no file is ever half-wri
 import argparse
 import sys
 
-from client.local_personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
-from client.supernode import SuperNodeConfig, run_supernode
-from shared.data.text_splits import TASKS
+from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
+from deployment.supernode import SuperNodeConfig, run_supernode
 from shared.cli import run_cli
+from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
+from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
+from shared.loraxs.config import LoraXSConfig
+from shared.training import TrainConfig
 
 LOCAL_ONLY = ("adapter", "out", "basis", "epochs", "model", "rank", "task", "lr", "head_lr",
               "batch_size", "max_length", "device")  # flags that mean nothing with --superlink
@@ -36,14 +39,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--out", metavar="FILE", help=f"personal adapter to write (default DIR/{DEFAULT_OUT_NAME})")
     local.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     local.add_argument("--basis", metavar="FILE", help="the factor bundle the server shipped")
-    local.add_argument("--epochs", type=float, help="passes over the training split (default 1)")
+    local.add_argument("--epochs", type=float, help=f"passes over the training split (default {TrainConfig.epochs:g})")
     local.add_argument("--model", help="base model id or folder (default: the packaged MiniLM)")
-    local.add_argument("--rank", type=int, help="LoRA-XS rank without --adapter (default 16)")
+    local.add_argument("--rank", type=int, help=f"LoRA-XS rank without --adapter (default {LoraXSConfig.rank})")
     local.add_argument("--task", choices=TASKS, help="default: from the adapter, else from the files")
-    local.add_argument("--lr", type=float, help="learning rate of the r x r matrices (default 2e-3)")
+    local.add_argument("--lr", type=float, help=f"learning rate of the r x r matrices (default {TrainConfig.lr:g})")
     local.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
-    local.add_argument("--batch-size", type=int, help="default 16")
-    local.add_argument("--max-length", type=int, help="tokens per text (default 64)")
+    local.add_argument("--batch-size", type=int, help=f"default {DEFAULT_BATCH_SIZE}")
+    local.add_argument("--max-length", type=int, help=f"tokens per text (default {DEFAULT_MAX_LENGTH})")
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")

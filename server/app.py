@@ -2,7 +2,7 @@
 
 `app` reads its settings from the run config (`flwr run .`); `make_server_app(config)` binds
 them instead (the in-process simulation of `flower-simulation`, whose run config is empty) and
-hands the report to `on_report`.
+hands the report to `on_report`; `started` is when the wall time starts (the command's start).
 """
 
 from collections.abc import Callable
@@ -18,13 +18,14 @@ def make_server_app(
     config: FederationConfig | None = None,
     progress: bool = False,
     on_report: Callable[[dict], None] | None = None,
+    started: float | None = None,
 ) -> ServerApp:
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(context.run_config)
-        report = run_federation(grid, run_config, progress=progress)
+        report = run_federation(grid, run_config, progress=progress, started=started)
         if on_report is not None:
             on_report(report)
 

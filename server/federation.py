@@ -3,37 +3,30 @@ the r x r matrices and head, evaluate, save the artifacts and the report."""
 
 import random
 import time
-from datetime import datetime
-from pathlib import Path
 
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
-from shared.federation.node_data import held_out_union
-from server.global_evaluation import GlobalEvaluation
-from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
+from server.after_round import AfterRound
 from server.report import build_report, write_report
-from shared.federation.run_config import FederationConfig
+from server.run_folder import resolve_out_dir, save_global_adapter, save_run_basis
 from server.strategy import LoraXSFedAvg
 from server.traffic import MeteredGrid, TrafficMeter
-from shared.adapted_model import adapter_meta, build_adapted_model
-from shared.basis_file import save_basis
-from shared.data.batches import make_loader
+from shared.artifacts.adapter_file import adapter_meta
+from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
+from shared.data.batches import EVAL_BATCH_SIZE, make_loader
+from shared.federation.node_data import held_out_union
+from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
+from shared.federation.run_config import FederationConfig
 from shared.loraxs.model import adapter_state
-from shared.models import canonical_model_id, load_tokenizer
-
-BASIS_FILE = "basis.safetensors"
-EVAL_BATCH_SIZE = 64
 
 
-def resolve_out_dir(out_dir: str) -> Path:
-    return Path(out_dir) if out_dir else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def run_federation(grid: Grid, config: FederationConfig, progress: bool = False) -> dict:
-    """Runs every round on `grid`; returns the report (also written to the output folder)."""
-    started = time.perf_counter()
+def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
+                   started: float | None = None) -> dict:
+    """Runs every round on `grid`; returns the report (also written to the output folder).
+    `started`: the `time.perf_counter()` the wall time counts from (default: now)."""
+    started = time.perf_counter() if started is None else started
     random.seed(config.seed)  # Flower's FedAvg samples nodes with the `random` module
     out_dir = resolve_out_dir(config.out_dir)
     model_id = canonical_model_id(config.model)
@@ -43,7 +36,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False)
     if config.dataset:
         held_out, labels = held_out_union(config, config.eval_max_examples)
     model, basis = build_adapted_model(model_id, config.task, config.lora_config(), labels, seed=config.seed)
-    save_basis(out_dir / BASIS_FILE, basis, model_id)
+    save_run_basis(out_dir, basis, model_id)
     loader = None
     if held_out is not None:
         loader = make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
@@ -63,7 +56,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False)
     initial = pack_adapter(adapter_state(model), "fp32")
     meta = adapter_meta(model_id, config.task, config.lora_config(), basis, labels, kind="global")
     with tqdm(total=config.num_server_rounds, desc="rounds", unit="round", disable=not progress) as bar:
-        global_eval = GlobalEvaluation(model, out_dir, meta, loader, bar)
+        global_eval = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
         result = strategy.start(
             grid=metered, initial_arrays=initial, num_rounds=config.num_server_rounds,
             train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=global_eval,

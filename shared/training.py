@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from shared.data.batches import IGNORE_INDEX
 from shared.errors import LoraXSError
 from shared.loraxs.model import head_parameter_names
 
@@ -152,7 +153,7 @@ def evaluate(
         else:  # (B, T, vocab): next-token prediction, labels shifted by one
             predicted = out.logits[:, :-1].argmax(-1)  # (B, T-1)
             target = labels[:, 1:]  # (B, T-1)
-            mask = target != -100
+            mask = target != IGNORE_INDEX
             correct += (predicted[mask] == target[mask]).sum().item()
             counted += mask.sum().item()
     if examples == 0:

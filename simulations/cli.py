@@ -6,7 +6,10 @@
 Defaults come from `FederationConfig`, i.e. from `[tool.flwr.app.config]`, so this command and
 `flwr run .` run the same federation. Writes report.json, report.md, two plots,
 global_adapter.safetensors and basis.safetensors to --out (default runs/<timestamp>).
-Bad input: one line on stderr, exit code 2. Nothing it starts outlives it.
+Every field of `FederationConfig` is a flag (`--num-clients`, `--local-epochs`, ...), a few with
+the short names the README uses (`--rounds`, `--fraction`, `--alpha`, `--out`); `--run-config`
+takes any key too, and named flags win over it. Bad input: one line on stderr, exit code 2.
+Nothing it starts outlives it.
 """
 
 import os
@@ -19,48 +22,55 @@ import argparse  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
+from dataclasses import fields, replace  # noqa: E402
 
-from shared.federation.node_data import held_out_union  # noqa: E402
-from server.federation import resolve_out_dir  # noqa: E402
-from server.report import REPORT_MD, write_report  # noqa: E402
-from shared.federation.run_config import PERSONALIZE, SCENARIOS, UPDATE_DTYPES, FederationConfig  # noqa: E402
-from shared.data.partition import PARTITIONS  # noqa: E402
+from server.run_folder import resolve_out_dir  # noqa: E402
+from server.report import REPORT_MD  # noqa: E402
+from shared.base_models import canonical_model_id, load_tokenizer  # noqa: E402
+from shared.cli import INTERRUPTED_EXIT, run_cli  # noqa: E402
 from shared.errors import LoraXSError  # noqa: E402
-from shared.models import canonical_model_id, load_tokenizer  # noqa: E402
+from shared.federation.node_data import held_out_union  # noqa: E402
+from shared.federation.run_config import CHOICES, FederationConfig  # noqa: E402
 from simulations.quiet_logs import quiet_logs  # noqa: E402
 
-USER_ERROR_EXIT = 2
+USER_ERROR_EXIT = 2  # this command's exit code for bad input, kept as it always was
+SHORT_NAMES = {"num_server_rounds": "--rounds", "fraction_train": "--fraction",
+               "dirichlet_alpha": "--alpha", "out_dir": "--out"}  # the README's flags
+METAVARS = {int: "N", float: "X", str: "TEXT", "model": "ID|DIR", "dataset": "NAME|DIR", "out_dir": "DIR"}
+HELP = {
+    "num_clients": "simulated clients",
+    "num_server_rounds": "federated rounds",
+    "fraction_train": "share of clients trained per round, in (0, 1]",
+    "partition": "how the dataset is split across clients",
+    "dirichlet_alpha": "Dirichlet concentration for --partition dirichlet",
+    "dataset": "rotten-tomatoes or a folder of *.jsonl/*.csv files",
+    "model": "base model id or folder",
+    "rank": "LoRA-XS rank r",
+    "personalize": "finetune: clients also keep a personal adapter",
+    "scenario": "concept-shift: a seeded share of clients (shift-fraction) flip their labels",
+    "update_dtype": "precision of the adapter on the wire",
+    "out_dir": "output folder (default runs/<timestamp>)",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = FederationConfig()
+    """One flag per FederationConfig field (kebab-case, as in [tool.flwr.app.config]); None =
+    not given, so --run-config and the dataclass defaults decide."""
     parser = argparse.ArgumentParser(
         prog="flower-simulation",
         description="Federated LoRA-XS fine-tuning on simulated clients (Flower, Ray backend).",
     )
-    parser.add_argument("--num-clients", type=int, default=d.num_clients, help="simulated clients (%(default)s)")
-    parser.add_argument("--rounds", type=int, default=d.num_server_rounds, help="federated rounds (%(default)s)")
-    parser.add_argument("--fraction", type=float, default=d.fraction_train,
-                        help="share of clients trained per round, in (0, 1] (%(default)s)")
-    parser.add_argument("--partition", choices=PARTITIONS, default=d.partition,
-                        help="how the dataset is split across clients (%(default)s)")
-    parser.add_argument("--alpha", type=float, default=d.dirichlet_alpha,
-                        help="Dirichlet concentration for --partition dirichlet (%(default)s)")
-    parser.add_argument("--dataset", default=d.dataset, metavar="NAME|DIR",
-                        help="rotten-tomatoes or a folder of *.jsonl/*.csv files (%(default)s)")
-    parser.add_argument("--model", default=d.model, help="base model id or folder (%(default)s)")
-    parser.add_argument("--rank", type=int, default=d.rank, help="LoRA-XS rank r (%(default)s)")
-    parser.add_argument("--personalize", choices=PERSONALIZE, default=d.personalize,
-                        help="finetune: clients also keep a personal adapter (%(default)s)")
-    parser.add_argument("--scenario", choices=SCENARIOS, default=d.scenario,
-                        help="concept-shift: a seeded 20%% of clients flip their labels (%(default)s)")
-    parser.add_argument("--update-dtype", choices=UPDATE_DTYPES, default=d.update_dtype,
-                        help="precision of the adapter on the wire (%(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>)")
+    defaults = FederationConfig()
+    for field in fields(FederationConfig):
+        flag = "--" + field.name.replace("_", "-")
+        names = [SHORT_NAMES[field.name], flag] if field.name in SHORT_NAMES else [flag]
+        default = getattr(defaults, field.name)
+        shown = f" ({default})" if default != "" else ""
+        parser.add_argument(*names, dest=field.name, type=type(default), choices=CHOICES.get(field.name),
+                            metavar=None if field.name in CHOICES else METAVARS.get(field.name, METAVARS[type(default)]),
+                            help=HELP.get(field.name, f"run-config key {flag[2:]}").replace("%", "%%") + shown)
     parser.add_argument("--run-config", metavar='"KEY=VALUE ..."', default="",
-                        help="any other key of [tool.flwr.app.config], e.g. \"lr=0.004 personal-steps=5\"")
+                        help="any key of [tool.flwr.app.config], e.g. \"lr=0.004 personal-steps=5\"")
     parser.add_argument("--client-cpus", type=float, default=1.0,
                         help="CPUs per simulated client; clients in parallel = CPUs / this (%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,15 +85,11 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
         if not sep:
             raise LoraXSError(f"--run-config expects KEY=VALUE items, got {item!r}")
         overrides[key.strip()] = value.strip()
-    config = FederationConfig.from_run_config(overrides).with_overrides(
-        num_clients=args.num_clients, num_server_rounds=args.rounds, fraction_train=args.fraction,
-        partition=args.partition, dirichlet_alpha=args.alpha, dataset=args.dataset,
-        model=args.model, rank=args.rank, personalize=args.personalize, scenario=args.scenario,
-        update_dtype=args.update_dtype, seed=args.seed,
-    )
+    flags = {field.name: getattr(args, field.name) for field in fields(FederationConfig)}
+    config = FederationConfig.from_run_config(overrides).with_overrides(**flags)
     if args.client_cpus <= 0:
         raise LoraXSError(f"--client-cpus must be > 0, got {args.client_cpus}")
-    return replace(config, out_dir=str(resolve_out_dir(args.out or config.out_dir)))
+    return replace(config, out_dir=str(resolve_out_dir(config.out_dir)))
 
 
 def check_inputs(config: FederationConfig) -> None:
@@ -97,25 +103,22 @@ def check_inputs(config: FederationConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    try:
+
+    def work() -> int:
         config = build_config(args)
         with quiet_logs():
             check_inputs(config)
             from simulations.ray_simulation import run_ray_simulation  # Ray only once input is fine
 
-            report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress)
-        report["final"]["wall_seconds"] = round(time.perf_counter() - started, 1)  # with Ray start
-        out_dir = resolve_out_dir(config.out_dir)
-        write_report(out_dir, report)
-    except LoraXSError as err:
-        print(f"flower-simulation: error: {err}", file=sys.stderr)
-        return USER_ERROR_EXIT
-    except KeyboardInterrupt:  # Ray is already shut down; the ServerApp thread may still wait
-        print("flower-simulation: interrupted", file=sys.stderr)
+            report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started)
+        print_summary(report, resolve_out_dir(config.out_dir))
+        return 0
+
+    code = run_cli(work, "flower-simulation", USER_ERROR_EXIT)
+    if code == INTERRUPTED_EXIT:  # Ray is already shut down; the ServerApp thread may still wait
         sys.stderr.flush()
-        os._exit(130)
-    print_summary(report, out_dir)
-    return 0
+        os._exit(code)
+    return code
 
 
 def print_summary(report: dict, out_dir) -> None:

@@ -15,13 +15,15 @@ from shared.errors import LoraXSError
 from simulations.quiet_logs import quiet_logs
 
 
-def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progress: bool = False) -> dict:
-    """Runs the whole federation on `config.num_clients` simulated SuperNodes; returns the report."""
+def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progress: bool = False,
+                       started: float | None = None) -> dict:
+    """Runs the whole federation on `config.num_clients` simulated SuperNodes; returns the report
+    (written by the ServerApp; its wall time counts from `started`, e.g. with Ray's start)."""
     import ray
     from flwr.simulation import run_simulation
 
     reports: list[dict] = []
-    server_app = make_server_app(config, progress=progress, on_report=reports.append)
+    server_app = make_server_app(config, progress=progress, on_report=reports.append, started=started)
     client_app = make_client_app(config, torch_threads=max(1, int(client_cpus)))
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from shared.adapted_model import adapter_meta, build_adapted_model
-from shared.adapter_file import check_adapter_matches, load_adapter, save_adapter
-from shared.basis_file import load_basis, save_basis
+from shared.artifacts.adapter_file import adapter_meta
+from shared.base_models import build_adapted_model
+from shared.artifacts.adapter_file import check_adapter_matches, load_adapter, save_adapter
+from shared.artifacts.basis_file import load_basis, save_basis
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, load_adapter_state

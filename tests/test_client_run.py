@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from client.basis_cache import STATE_FOLDER, cached_basis_path
-from shared.process_tree import free_port
+from shared.artifacts.cache import STATE_FOLDER, cached_basis_path
+from deployment.process_tree import free_port
 from client.run import main
-from shared.adapted_model import adapter_meta, build_adapted_model
-from shared.adapter_file import load_adapter, save_adapter
-from shared.basis_file import load_basis, save_basis
+from shared.artifacts.adapter_file import adapter_meta
+from shared.base_models import build_adapted_model
+from shared.artifacts.adapter_file import load_adapter, save_adapter
+from shared.artifacts.basis_file import load_basis, save_basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 

@@ -19,14 +19,15 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from flwr.cli.flower_config import parse_superlink_connection
 from flwr.common.config import parse_config_args
 
-from client.basis_cache import PERSONAL_ADAPTER, STATE_FOLDER
-from shared.process_tree import ProcessTree, flower_env
-from client.supernode import SuperNodeConfig, quoted_config_value, start_supernode, supernode_command
-from server.deployment.certificates import make_certificates
-from server.deployment.connection import write_flwr_config
-from server.deployment.local import DeploymentConfig, LocalDeployment
-from shared.adapter_file import load_adapter
-from shared.basis_file import load_basis
+from client.node_state import FEDERATION_PERSONAL_ADAPTER
+from shared.artifacts.cache import STATE_FOLDER
+from deployment.process_tree import ProcessTree, flower_env
+from deployment.supernode import SuperNodeConfig, quoted_config_value, start_supernode, supernode_command
+from deployment.certificates import make_certificates
+from deployment.connection import write_flwr_config
+from deployment.local import DeploymentConfig, LocalDeployment
+from shared.artifacts.adapter_file import load_adapter
+from shared.artifacts.basis_file import load_basis
 from shared.errors import LoraXSError
 from tests.test_client_run import write_reviews
 
@@ -102,7 +103,7 @@ def test_deployment_rejects_bad_data_before_starting_anything(tmp_path):
 
 
 def test_local_cli_checks_the_number_of_supernodes(tmp_path, capsys):
-    from server.deployment.local import main
+    from deployment.local import main
 
     assert main(["--supernodes", "3", "--data", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     assert "--supernodes 3 but 2 --data folders" in capsys.readouterr().err
@@ -198,7 +199,7 @@ def test_two_rounds_on_two_supernodes_leave_global_and_personal_adapters(tiny_be
     assert global_meta.extra["kind"] == "global" and global_meta.extra["round"] == "2"
     assert load_basis(out_dir / "basis.safetensors")[0].fingerprint == global_meta.basis_fingerprint
     for data_dir in data_dirs:
-        _, meta = load_adapter(data_dir / STATE_FOLDER / PERSONAL_ADAPTER)
+        _, meta = load_adapter(data_dir / STATE_FOLDER / FEDERATION_PERSONAL_ADAPTER)
         assert meta.extra["kind"] == "personal" and meta.labels == ("fresh", "rotten") and meta.rank == 4
         assert meta.basis_fingerprint == global_meta.basis_fingerprint
         assert (data_dir / STATE_FOLDER / "basis" / f"{meta.basis_fingerprint}.safetensors").is_file()

@@ -21,17 +21,18 @@ import pytest
 import safetensors.numpy
 import torch
 
-from client.basis_cache import store_basis
+from shared.artifacts.cache import store_basis
 from client.export import main
-from client.export_job import ExportConfig
-from shared.adapted_model import adapter_meta, build_adapted_model
-from shared.adapter_file import load_adapter, save_adapter
-from shared.basis_file import save_basis
+from client.onnx.job import ExportConfig
+from shared.artifacts.adapter_file import adapter_meta
+from shared.base_models import build_adapted_model
+from shared.artifacts.adapter_file import load_adapter, save_adapter
+from shared.artifacts.basis_file import save_basis
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, load_adapter_state
-from shared.models import DEFAULT_MODEL, load_tokenizer
+from shared.base_models import DEFAULT_MODEL, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neg", "pos"]
@@ -243,7 +244,7 @@ def test_causal_lm_logits_match_pytorch(llama_export, tiny_llama_dir):
 # --- failures write nothing -----------------------------------------------------------------
 
 def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tmp_path, monkeypatch):
-    monkeypatch.setattr("client.export_job.FP32_TOLERANCE", -1.0)
+    monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
     (tmp_path / "model.onnx").write_bytes(b"previous export")
     code, _, err = run_cli(["--adapter", bert_adapter, "--out", tmp_path / "model.onnx", "--repeats", 1])
     assert code == 1
@@ -309,7 +310,7 @@ def test_unwritable_output_folder(bert_adapter, tmp_path, monkeypatch):
     def refuse(**_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("client.export_job.tempfile.mkdtemp", refuse)
+    monkeypatch.setattr("client.onnx.job.tempfile.mkdtemp", refuse)
     line = one_line_error(["--adapter", bert_adapter, "--out", tmp_path / "m.onnx"], tmp_path)
     assert f"cannot write to output folder {tmp_path}: Permission denied" in line
 

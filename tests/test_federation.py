@@ -14,15 +14,16 @@ from flwr.app import Array
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client.app import make_client_app
-from client.node_state import PERSONAL_INFO, PERSONAL_RECORD
+from client.node_state import FEDERATION_PERSONAL_ADAPTER, PERSONAL_INFO, PERSONAL_RECORD
 from shared.federation.node_data import shifted_partitions, simulated_node_data
 from server.federation import run_federation
 from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
 from shared.federation.run_config import FederationConfig
 from server.traffic import wire_bytes
-from shared.adapter_file import load_adapter
-from shared.basis_file import load_basis
-from simulations.in_process import InProcessGrid
+from shared.artifacts.adapter_file import load_adapter
+from shared.artifacts.basis_file import load_basis
+from shared.artifacts.cache import STATE_FOLDER
+from tests.in_process_simulation import InProcessGrid
 
 NUM_CLIENTS = 5
 LABELS = ("neg", "pos")
@@ -277,7 +278,7 @@ def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_
     basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
     for folder, context in zip(folders, grid.contexts.values()):
         assert (folder / ".loraxs" / "basis" / f"{basis.fingerprint}.safetensors").is_file()
-        _, meta = load_adapter(folder / ".loraxs" / "personal_adapter.safetensors")
+        _, meta = load_adapter(folder / STATE_FOLDER / FEDERATION_PERSONAL_ADAPTER)
         assert (meta.extra["round"], meta.extra["kind"]) == ("2", "personal")
         assert len(context.state) == 0  # nothing kept in memory between messages
     assert report["final"]["max_bases_per_client"] == 1

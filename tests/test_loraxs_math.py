@@ -153,7 +153,7 @@ def test_plain_lora_averaging_is_not_exact():
 
 
 def test_adapter_state_is_exactly_R_and_head(tiny_bert_dir):
-    from shared.adapted_model import build_adapted_model
+    from shared.base_models import build_adapted_model
 
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), labels=["a", "b", "c"])
     state = adapter_state(model)
@@ -167,7 +167,7 @@ def test_adapter_state_is_exactly_R_and_head(tiny_bert_dir):
 
 
 def test_causal_lm_targets_and_frozen_lm_head(tiny_llama_dir):
-    from shared.adapted_model import build_adapted_model
+    from shared.base_models import build_adapted_model
 
     model, basis = build_adapted_model(tiny_llama_dir, "causal-lm", LoraXSConfig(rank=4))
     suffixes = {name.rsplit(".", 1)[-1] for name in basis.factors}

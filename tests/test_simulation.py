@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapter_file import load_adapter
-from shared.basis_file import load_basis
+from shared.artifacts.adapter_file import load_adapter
+from shared.artifacts.basis_file import load_basis
 from simulations.cli import main
 from tests.test_federation import write_reviews
 

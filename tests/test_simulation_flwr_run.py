@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.process_tree import flower_command, flower_env
+from deployment.process_tree import flower_command, flower_env
 from tests.test_federation import write_reviews
 from tests.test_simulation import processes_tagged
 

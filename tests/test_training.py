@@ -3,10 +3,10 @@
 import datasets
 import torch
 
-from shared.adapted_model import build_adapted_model
+from shared.base_models import build_adapted_model
 from shared.data.batches import make_loader
 from shared.loraxs.config import LoraXSConfig
-from shared.models import load_tokenizer
+from shared.base_models import load_tokenizer
 from shared.training import TrainConfig, evaluate, train
 
 

@@ -1,1 +1,2 @@
-"""A real Flower deployment on loopback: certificates, a SuperLink and N SuperNodes."""
+"""Old home of the loopback deployment, now the top-level `deployment/` package; these modules
+keep `python -m server.deployment.certificates` and `python -m server.deployment.local` working."""

@@ -8,6 +8,9 @@ from shared.data.text_splits import check_task
 from shared.errors import LoraXSError
 
 IGNORE_INDEX = -100  # label value the loss skips (padding positions in causal-lm)
+DEFAULT_BATCH_SIZE = 16  # training batches, on a device and in a federation
+DEFAULT_MAX_LENGTH = 64  # tokens per text
+EVAL_BATCH_SIZE = 64  # evaluation batches (no gradients: larger)
 
 
 def make_loader(
@@ -15,7 +18,7 @@ def make_loader(
     tokenizer,
     task: str,
     batch_size: int,
-    max_length: int = 64,
+    max_length: int = DEFAULT_MAX_LENGTH,
     shuffle: bool = False,
     seed: int = 0,
 ) -> DataLoader:
@@ -23,7 +26,7 @@ def make_loader(
 
     Texts are tokenized per batch, truncated to `max_length` and padded to the longest in the
     batch. labels: int64 class ids (B,) for seq-cls; for causal-lm a copy of input_ids (B, T)
-    with padding positions set to -100. A tokenizer without a pad token gets its eos token as
+    with padding positions set to IGNORE_INDEX. A tokenizer without a pad token gets its eos token as
     pad token (the tokenizer is changed in place, as the model must use the same pad id).
     """
     check_task(task)

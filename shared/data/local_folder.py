@@ -26,6 +26,17 @@ INTEGER_LABEL = re.compile(r"-?\d+")
 Row = tuple[str, str | int | None]
 
 
+def infer_task(path: str | Path) -> str:
+    """causal-lm when the folder holds *.txt files and no *.jsonl / *.csv, else seq-cls."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return "seq-cls"  # loading the folder reports what is wrong with it
+    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file()}
+    if ".txt" in suffixes and not suffixes & set(SUPPORTED_SUFFIXES["seq-cls"]):
+        return "causal-lm"
+    return "seq-cls"
+
+
 def load_local_folder(
     path: str | Path, task: str = "seq-cls", seed: int = 0, test_fraction: float = 0.2
 ) -> TextSplits:

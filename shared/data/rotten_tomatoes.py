@@ -20,6 +20,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from shared.artifacts.cache import user_cache_dir
 from shared.errors import LoraXSError
 
 LABELS = ["rotten", "fresh"]  # label id == index
@@ -32,10 +33,10 @@ REVIEWS_FILE = "rotten_tomatoes_reviews.csv"  # columns text, label (a name), mo
 def load_rotten_tomatoes(cache_dir: Path | None = None) -> tuple[Dataset, list[str]]:
     """All reviews as a Dataset (text, label, movie_name) and the label names.
 
-    `cache_dir` defaults to $LORAXS_CACHE, else ~/.cache/loraxs. Safe to call from several
+    `cache_dir` defaults to the user cache ($LORAXS_CACHE, else ~/.cache/loraxs). Safe to call from several
     processes at once: every cache file is written to a temporary name and renamed into place.
     """
-    cache = Path(cache_dir or os.environ.get("LORAXS_CACHE") or Path.home() / ".cache" / "loraxs")
+    cache = Path(cache_dir) if cache_dir else user_cache_dir()
     reviews_file = cache.expanduser() / REVIEWS_FILE
     if not reviews_file.exists():
         try:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord
 
-from shared.basis_file import basis_from_tensors, basis_to_tensors
+from shared.artifacts.basis_file import basis_from_tensors, basis_to_tensors
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 

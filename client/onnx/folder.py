@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from client.onnx_export import OUTPUT_NAME, TOKEN_AXES
-from shared.adapter_file import AdapterMeta
+from client.onnx.graph import OUTPUT_NAME, TOKEN_AXES
+from shared.artifacts.adapter_file import AdapterMeta
 from shared.errors import LoraXSError
 
 MODEL_KINDS = ("fp32", "int8", "adapter-input")

@@ -11,10 +11,10 @@ from functools import lru_cache
 
 from torch import nn
 
-from shared.adapted_model import build_adapted_model
+from shared.artifacts.open_adapter import open_adapter
+from shared.base_models import load_tokenizer
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
-from shared.models import load_tokenizer
 
 _models: dict[tuple, nn.Module] = {}
 MAX_MODELS = 2
@@ -32,9 +32,9 @@ def cached_model(
     if key not in _models:
         if len(_models) >= MAX_MODELS:
             _models.pop(next(iter(_models)))
-        model, _ = build_adapted_model(model_id, task, lora, list(labels) if labels else None,
-                                       basis=load_basis())
-        _models[key] = model
+        _models[key] = open_adapter(None, base_model=model_id, task=task, lora=lora,
+                                    labels=list(labels) if labels else None, basis=load_basis(),
+                                    fingerprint=fingerprint).model
     return _models[key]
 
 

@@ -18,22 +18,21 @@ import onnx
 import torch
 from torch import nn
 
-from client.basis_cache import check_fingerprint, resolve_basis
-from client.export_folder import MODEL_KINDS, describe_export, move_into_place, write_description
-from client.onnx_export import LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
-from client.onnx_verify import (
-    FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, median_ms, ort_accuracy,
-    ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
+from client.onnx.folder import MODEL_KINDS, describe_export, move_into_place, write_description
+from client.onnx.graph import LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
+from client.onnx.verify import (
+    FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, max_diff_over, median_ms,
+    ort_accuracy, ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
 )
-from shared.adapted_model import build_adapted_model
-from shared.adapter_file import AdapterMeta, check_adapter_matches, load_adapter
-from shared.data.batches import make_loader
+from shared.artifacts.adapter_file import AdapterMeta
+from shared.artifacts.blob import check_output_file
+from shared.artifacts.open_adapter import AdapterFile, check_labels, open_adapter, read_adapter
+from shared.base_models import load_tokenizer
+from shared.data.batches import DEFAULT_MAX_LENGTH, make_loader
 from shared.data.local_folder import load_local_folder
 from shared.data.text_splits import TextSplits
 from shared.errors import LoraXSError
-from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import load_adapter_state, merged_model
-from shared.models import canonical_model_id, load_tokenizer
 
 QUANTIZE_CHOICES = ("int8",)
 MIN_OPSET = 14
@@ -57,7 +56,7 @@ class ExportConfig:
     adapter_as_input: bool = False
     opset: int | None = None
     repeats: int = 20
-    max_length: int = 64
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def __post_init__(self):
         for name in ("adapter", "out", "basis_file", "data_dir"):
@@ -112,14 +111,14 @@ def _step(message: str) -> None:
 
 
 def run_export(config: ExportConfig) -> ExportReport:
-    state, meta = load_adapter(config.adapter)
+    adapter = read_adapter(config.adapter, model=config.model)
     _check_output(config)
-    splits = load_local_folder(config.data_dir, task=meta.task) if config.data_dir else None
+    splits = load_local_folder(config.data_dir, task=adapter.meta.task) if config.data_dir else None
     if splits is not None:
-        _check_labels(meta, splits, config.data_dir)
+        check_labels(adapter, splits, config.data_dir)
     stage = _staging_folder(config.out.parent)  # proves the folder writable before any heavy work
     try:
-        subject = _load_subject(config, state, meta)
+        subject = _load_subject(config, adapter)
         report = _export_verified(config, subject, splits, stage)
         for saved in subject.tokenizer.save_pretrained(stage):
             if Path(saved).is_file():
@@ -141,40 +140,18 @@ def _check_output(config: ExportConfig) -> None:
     folder = config.out.parent
     if not folder.is_dir():
         raise LoraXSError(f"output folder {folder} does not exist or is not a folder")
-    if config.out.is_dir():
-        raise LoraXSError(f"--out {config.out} is a folder; give an .onnx file name")
+    check_output_file(config.out, force=True, hint="an .onnx file name")
     for kind in (*MODEL_KINDS, "description"):
         if (folder / config.output_name(kind)).resolve() == config.adapter.resolve():
             raise LoraXSError(f"--out {config.out} would overwrite the adapter {config.adapter}")
 
 
-def _check_labels(meta: AdapterMeta, splits: TextSplits, data_dir: Path) -> None:
-    if meta.task == "seq-cls" and tuple(splits.labels or ()) != tuple(meta.labels or ()):
-        raise LoraXSError(
-            f"the labels of {data_dir} ({', '.join(splits.labels or ())}) do not match those of the "
-            f"adapter ({', '.join(meta.labels or ())})"
-        )
-
-
-def _load_subject(config: ExportConfig, state: dict, meta: AdapterMeta) -> Subject:
-    source = str(config.adapter)
-    if config.model is not None:
-        check_adapter_matches(meta, source, canonical_model_id(config.model), meta.basis_fingerprint)
-    basis = resolve_basis(meta.basis_fingerprint, config.basis_file, config.data_dir)
-    factors_source = f"basis file {config.basis_file}" if config.basis_file else "the local cache"
-    lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets)
-    computed = basis is None
-    model, basis = build_adapted_model(
-        meta.base_model, meta.task, lora, labels=list(meta.labels) if meta.labels else None, basis=basis
-    )
-    if computed:
-        factors_source = "an SVD of the base model"
-        check_fingerprint(basis, meta.basis_fingerprint, "the factors computed from the base model")
-    check_adapter_matches(meta, source, meta.base_model, basis.fingerprint)
-    load_adapter_state(model, state)
-    state = {name: state[name] for name, p in model.named_parameters() if p.requires_grad}  # model order
-    tokenizer = load_tokenizer(meta.base_model)
-    return Subject(model, state, meta, tokenizer, token_input_names(model, tokenizer), factors_source)
+def _load_subject(config: ExportConfig, adapter: AdapterFile) -> Subject:
+    opened = open_adapter(adapter, basis_file=config.basis_file, data_dir=config.data_dir)
+    model = opened.model
+    state = {name: adapter.state[name] for name, p in model.named_parameters() if p.requires_grad}  # model order
+    tokenizer = load_tokenizer(adapter.meta.base_model)
+    return Subject(model, state, adapter.meta, tokenizer, token_input_names(model, tokenizer), opened.factors_source)
 
 
 def _staging_folder(folder: Path) -> Path:
@@ -187,11 +164,6 @@ def _staging_folder(folder: Path) -> Path:
 def _check_parity(what: str, diff: float) -> None:
     if diff > FP32_TOLERANCE:
         raise LoraXSError(f"{what}: max abs difference {diff:.3g} exceeds {FP32_TOLERANCE:g}; nothing was written")
-
-
-def _max_diff(batches: list, expected: list, run) -> float:
-    """Largest difference between `expected` logits and `run(batch)` over the sample batches."""
-    return max(max_abs_diff(e, run(b), b["attention_mask"]) for b, e in zip(batches, expected))
 
 
 def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits | None, stage: Path) -> ExportReport:
@@ -208,7 +180,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
     opset = export_graph(merged, {}, files["fp32"], config.opset, external)
     sessions["fp32"] = ort_session(files["fp32"], threads)
     what = "onnxruntime fp32 vs PyTorch (unmerged)"
-    diffs[what] = _max_diff(batches, expected, lambda b: ort_logits(sessions["fp32"], b))
+    diffs[what] = max_diff_over(batches, expected, lambda b: ort_logits(sessions["fp32"], b))
     _check_parity(what, diffs[what])
 
     if config.quantize == "int8":
@@ -217,7 +189,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         quantize_int8(files["fp32"], files["int8"], external)
         sessions["int8"] = ort_session(files["int8"], threads)
         what = "onnxruntime int8 vs PyTorch (unmerged, not checked)"
-        diffs[what] = _max_diff(batches, expected, lambda b: ort_logits(sessions["int8"], b))
+        diffs[what] = max_diff_over(batches, expected, lambda b: ort_logits(sessions["int8"], b))
 
     if config.adapter_as_input:
         files["adapter-input"] = stage / config.output_name("adapter-input")
@@ -260,8 +232,8 @@ def _verify_adapter_input(config, subject: Subject, batches, sessions, stage: Pa
         path.unlink()
     graph, user_a, user_b = sessions["adapter-input"], _numpy_state(subject.state), _numpy_state(state_b)
     diffs = {
-        "adapter-as-input (user A) vs merged export A": _max_diff(batches, out_a, lambda b: ort_logits(graph, b, user_a)),
-        "adapter-as-input (user B) vs merged export B": _max_diff(batches, out_b, lambda b: ort_logits(graph, b, user_b)),
+        "adapter-as-input (user A) vs merged export A": max_diff_over(batches, out_a, lambda b: ort_logits(graph, b, user_a)),
+        "adapter-as-input (user B) vs merged export B": max_diff_over(batches, out_b, lambda b: ort_logits(graph, b, user_b)),
     }
     for what, diff in diffs.items():
         _check_parity(what, diff)

@@ -7,9 +7,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.local_personalization import infer_task
-from shared.process_tree import ProcessTree, accepts_connections, exit_code, flower_command, flower_env, free_port
-from shared.data.local_folder import load_local_folder
+from deployment.process_tree import ProcessTree, accepts_connections, exit_code, flower_command, flower_env, free_port
+from shared.data.local_folder import infer_task, load_local_folder
 from shared.errors import LoraXSError
 
 RUNTIME_HOST = "127.0.0.1"  # the SuperNode's own Runtime API, for its flwr-clientapp processes

@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_bytes
 
+from shared.artifacts.blob import read_blob, read_file, write_atomically
+from shared.base_models import canonical_model_id
 from shared.errors import LoraXSError
-from shared.safetensors_blob import read_blob, read_file, write_atomically
+from shared.loraxs.basis import Basis
+from shared.loraxs.config import LoraXSConfig, default_targets
 
 ADAPTER_FORMAT = "loraxs-adapter"
 ADAPTER_FORMAT_VERSION = "1"
@@ -44,6 +47,28 @@ class AdapterMeta:
         if values["labels"] is not None:
             values["labels"] = tuple(values["labels"])
         return cls(**values)
+
+
+def adapter_meta(
+    model_id: str | None,
+    task: str,
+    config: LoraXSConfig,
+    basis: Basis,
+    labels: list[str] | None,
+    **extra: str,
+) -> AdapterMeta:
+    """Metadata for an adapter trained on `basis` (the resolved targets, not an empty default)."""
+    targets = config.target_modules or default_targets(list(basis.factors))
+    return AdapterMeta(
+        base_model=canonical_model_id(model_id),
+        task=task,
+        rank=config.rank,
+        alpha=config.alpha,
+        targets=tuple(targets),
+        labels=tuple(labels) if labels else None,
+        basis_fingerprint=basis.fingerprint,
+        extra={k: str(v) for k, v in extra.items()},
+    )
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:

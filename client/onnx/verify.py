@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.onnx_export import OUTPUT_NAME, LogitsGraph
+from client.onnx.graph import OUTPUT_NAME, LogitsGraph
+from shared.data.batches import IGNORE_INDEX
 
 FP32_TOLERANCE = 1e-4  # max abs difference of the logits an fp32 export may show
 LATENCY_BATCH, LATENCY_LENGTH = 1, 64
@@ -66,9 +67,9 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray, attention_mask: np.ndarray) -> fl
     return float(diff.max())
 
 
-def max_diff_over(batches: list[Batch], reference, candidate) -> float:
-    """Largest `max_abs_diff` of two logits functions over `batches`."""
-    return max(max_abs_diff(reference(b), candidate(b), b["attention_mask"]) for b in batches)
+def max_diff_over(batches: list[Batch], expected: list[np.ndarray], run) -> float:
+    """Largest `max_abs_diff` between the `expected` logits and `run(batch)` over `batches`."""
+    return max(max_abs_diff(e, run(b), b["attention_mask"]) for b, e in zip(batches, expected))
 
 
 def median_ms(run, repeats: int) -> float:
@@ -105,7 +106,7 @@ def ort_accuracy(session, loader, token_names: list[str]) -> float:
         else:  # (B, T, vocab): position t predicts token t + 1
             predicted = logits[:, :-1].argmax(-1)  # (B, T-1)
             target = labels[:, 1:]  # (B, T-1)
-            mask = target != -100
+            mask = target != IGNORE_INDEX
             correct += int((predicted[mask] == target[mask]).sum())
             counted += int(mask.sum())
     return correct / max(counted, 1)

@@ -43,3 +43,11 @@ def write_atomically(path: str | Path, data: bytes, kind: str) -> int:
     except OSError as err:
         raise LoraXSError(f"cannot write {kind} {path}: {err.strerror or err}") from None
     return len(data)
+
+
+def check_output_file(out: Path, force: bool = False, hint: str = "a file name") -> None:
+    """Before any heavy work: `out` names a file (not a folder) that may be written."""
+    if out.is_dir():
+        raise LoraXSError(f"--out {out} is a folder; give {hint}")
+    if out.exists() and not force:
+        raise LoraXSError(f"{out} already exists; pass --force to overwrite it")

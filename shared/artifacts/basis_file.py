@@ -5,7 +5,7 @@ from pathlib import Path
 from safetensors.torch import save as save_bytes
 
 from shared.errors import LoraXSError
-from shared.safetensors_blob import read_blob, read_file, write_atomically
+from shared.artifacts.blob import read_blob, read_file, write_atomically
 from shared.loraxs.basis import Basis
 
 BASIS_FORMAT = "loraxs-basis"

@@ -1,4 +1,5 @@
-"""Loading base models and tokenizers: the packaged MiniLM by default, or any HF id / folder."""
+"""Loading base models and tokenizers (the packaged MiniLM by default, or any HF id / folder),
+and the one way to build an adapted model: base model + LoRA-XS with a given basis or a fresh SVD."""
 
 from pathlib import Path
 
@@ -7,6 +8,9 @@ from torch import nn
 
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
+from shared.loraxs.basis import Basis
+from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.model import inject
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
@@ -85,3 +89,17 @@ def load_base_model(model_id: str, task: str, num_labels: int | None = None, see
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model.eval()
+
+
+def build_adapted_model(
+    model_id: str | None,
+    task: str,
+    config: LoraXSConfig,
+    labels: list[str] | None = None,
+    basis: Basis | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, Basis]:
+    """Loads the base model (head seeded), injects LoRA-XS with `basis` or a fresh SVD."""
+    model = load_base_model(canonical_model_id(model_id), task, len(labels) if labels else None, seed)
+    basis = inject(model, config, basis=basis, train_head=task == "seq-cls", seed=seed)
+    return model, basis

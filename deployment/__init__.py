@@ -1,0 +1,1 @@
+"""A real Flower deployment on loopback: certificates, a SuperLink and N SuperNodes."""
