@@ -10,7 +10,7 @@ from shared.federation.node_data import NodeData
 from shared.federation.run_config import FederationConfig
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.loraxs.model import adapter_state, load_adapter_state
-from shared.training import EvalResult, TrainResult, evaluate, train
+from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,8 @@ def train_update(
     seed: int, device: torch.device,
 ) -> LocalUpdate:
     """Global adapter -> `local-epochs` over the node's train split."""
-    load_adapter_state(model, global_state)
-    loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
-                         shuffle=True, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout
-        result = train(model, loader, config.train_config(), device)
+    result = _train_from(model, global_state, data, tokenizer, config, config.train_config(),
+                         seed, dropout_seed=seed, device=device)
     return LocalUpdate(adapter_state(model), result)
 
 
@@ -42,13 +38,20 @@ def derive_personal(
     seed: int, device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """The personal adapter: the global one after `personal-steps` local steps."""
-    load_adapter_state(model, global_state)
+    _train_from(model, global_state, data, tokenizer, config, config.personal_train_config(),
+                seed, dropout_seed=seed + 1, device=device)
+    return adapter_state(model)
+
+
+def _train_from(model: nn.Module, state: dict, data: NodeData, tokenizer, config: FederationConfig,
+                train_config: TrainConfig, seed: int, dropout_seed: int, device: torch.device) -> TrainResult:
+    """`state` loaded, then `train_config` over the node's train split (shuffled with `seed`)."""
+    load_adapter_state(model, state)
     loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
                          shuffle=True, seed=seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)  # dropout
-        train(model, loader, config.personal_train_config(), device)
-    return adapter_state(model)
+        torch.manual_seed(dropout_seed)  # dropout
+        return train(model, loader, train_config, device)
 
 
 def evaluate_state(

@@ -56,10 +56,10 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     initial = pack_adapter(adapter_state(model), "fp32")
     meta = adapter_meta(model_id, config.task, config.lora_config(), basis, labels, kind="global")
     with tqdm(total=config.num_server_rounds, desc="rounds", unit="round", disable=not progress) as bar:
-        global_eval = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
+        after_round = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
         result = strategy.start(
             grid=metered, initial_arrays=initial, num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=global_eval,
+            train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=after_round,
         )
     final_arrays = result.arrays if len(result.arrays) else initial
     final_clients = []
@@ -70,7 +70,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
             metered, final_arrays, config.final_eval_fraction, config.num_server_rounds
         )
     report = build_report(
-        config, strategy, meter, global_eval.rounds, final_clients,
+        config, strategy, meter, after_round.rounds, final_clients,
         adapter_bytes=payload_bytes(pack_adapter(adapter_state(model), config.update_dtype)),
         basis_bytes=basis.num_bytes(), wall_seconds=time.perf_counter() - started,
     )

@@ -1,4 +1,5 @@
-"""Reading and writing safetensors blobs with metadata, as adapter and basis files use them."""
+"""Reading and writing safetensors blobs with metadata, as adapter and basis files use them, and
+the check every command makes on an output file before its work."""
 
 import json
 from pathlib import Path
