@@ -16,12 +16,14 @@ from flwr.common.constant import ErrorCode
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.worker_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
+from client.server_key import remember_server_key, seal_train_reply
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, METRICS, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
+    ARRAYS, BASIS, CONFIG, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
     unpack_basis,
 )
 from shared.federation.run_config import FederationConfig
+from shared.federation.sealed_update import SERVER_KEY
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import canonical_model_id, resolve_device
 from shared.errors import LoraXSError
@@ -38,6 +40,13 @@ def make_client_app(config: FederationConfig | None = None, torch_threads: int |
     def evaluate(msg: Message, context: Context) -> Message:
         return _answer(msg, context, config, torch_threads, _evaluate)
 
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Which partition this node serves (the server samples partitions, reproducibly)."""
+        partition = context.node_config.get(PARTITION_ID)
+        status = ConfigRecord({PARTITION_ID: int(partition)} if partition is not None else {})
+        return Message(RecordDict({STATUS: status}), reply_to=msg)
+
     return client_app
 
 
@@ -50,11 +59,13 @@ def _answer(msg, context, bound_config, torch_threads, work) -> Message:
         state = node_state_for(context)
         if BASIS in msg.content:
             state.store_basis(unpack_basis(msg.content[BASIS], fingerprint), canonical_model_id(config.model))
+        if SERVER_KEY in msg.content[CONFIG]:
+            remember_server_key(context, msg.content[CONFIG][SERVER_KEY])
         if not state.has_basis(fingerprint):
             status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint})
             return Message(RecordDict({STATUS: status}), reply_to=msg)
         job = MessageWork(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
-        content = work(msg, job)
+        content = seal_train_reply(work(msg, job), msg, context, config.encrypt_updates, fingerprint, job.round)
         content[STATUS] = ConfigRecord({"fingerprint": fingerprint})
         return Message(content, reply_to=msg)
     except LoraXSError as err:

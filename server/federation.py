@@ -3,20 +3,23 @@ the r x r matrices and head, evaluate, save the artifacts and the report."""
 
 import random
 import time
+from pathlib import Path
 
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
 from server.after_round import AfterRound
+from server.checkpoint import Checkpoint, save_checkpoint
 from server.report import build_report, write_report
 from server.run_folder import resolve_out_dir, save_global_adapter, save_run_basis
+from server.sealed_updates import UpdateSealing
 from server.strategy import LoraXSFedAvg
 from server.traffic import MeteredGrid, TrafficMeter
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
-from shared.federation.node_data import held_out_union
+from shared.federation.node_data import held_out_union, simulated_node_data
 from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
 from shared.federation.run_config import FederationConfig
 from shared.loraxs.model import adapter_state
@@ -27,8 +30,12 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     """Runs every round on `grid`; returns the report (also written to the output folder).
     `started`: the `time.perf_counter()` the wall time counts from (default: now)."""
     started = time.perf_counter() if started is None else started
-    random.seed(config.seed)  # Flower's FedAvg samples nodes with the `random` module
-    out_dir = resolve_out_dir(config.out_dir)
+    random.seed(config.seed)  # anything of Flower's that still draws from `random`
+    resume = None
+    if config.resume_from:
+        resume = Checkpoint(Path(config.resume_from))
+        resume.check_config(config)
+    out_dir = resolve_out_dir(config.resume_from or config.out_dir)
     model_id = canonical_model_id(config.model)
 
     labels = config.label_names()
@@ -42,26 +49,45 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         loader = make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
 
     personal = config.personalize == "finetune"
+    sealing = UpdateSealing.for_run(config.server_key_file, out_dir) if config.encrypt_updates else None
     strategy = LoraXSFedAvg(
         pack_basis(basis), basis.fingerprint, config.update_dtype,
-        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()),
+        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=sealing,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
-        min_train_nodes=1,
+        min_train_nodes=config.min_train_nodes,
         min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
         min_available_nodes=config.num_clients,
+        seed=config.seed, round_offset=resume.round if resume else 0,
+        reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
+        partition_sizes=_partition_sizes(config),
     )
     meter = TrafficMeter()
     metered = MeteredGrid(grid, meter)
-    initial = pack_adapter(adapter_state(model), "fp32")
+    initial = resume.arrays if resume else pack_adapter(adapter_state(model), "fp32")
     meta = adapter_meta(model_id, config.task, config.lora_config(), basis, labels, kind="global")
-    with tqdm(total=config.num_server_rounds, desc="rounds", unit="round", disable=not progress) as bar:
+    done = resume.round if resume else 0
+    with tqdm(total=config.num_server_rounds, initial=done, desc="rounds", unit="round",
+              disable=not progress) as bar:
         after_round = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
+        if resume:
+            strategy.restore(resume.strategy, metered, factors_held=sealing is None)
+            resume.restore_traffic(meter)
+            after_round.rounds.update(resume.rounds)
+
+        def after_each_round(server_round: int, arrays):  # Flower counts from 1 again on resume
+            measured = after_round(server_round + done if server_round else 0, arrays)
+            if server_round:
+                save_checkpoint(out_dir, server_round + done, arrays, config, strategy.state(), meter,
+                                after_round.rounds)
+            return measured
+
         result = strategy.start(
-            grid=metered, initial_arrays=initial, num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=after_round,
-        )
-    final_arrays = result.arrays if len(result.arrays) else initial
+            grid=metered, initial_arrays=initial, num_rounds=config.num_server_rounds - done,
+            train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=after_each_round,
+            timeout=config.round_timeout,
+        ) if config.num_server_rounds > done else None
+    final_arrays = result.arrays if result is not None and len(result.arrays) else initial
     final_clients = []
     if config.final_eval_fraction > 0:
         if progress:
@@ -77,3 +103,9 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     write_report(out_dir, report)
     return report
 
+
+def _partition_sizes(config: FederationConfig) -> dict[int, int]:
+    """Simulation: the train examples of every partition, the most a client may claim."""
+    if not config.dataset:
+        return {}
+    return {i: len(simulated_node_data(config, i).train) for i in range(config.num_clients)}

@@ -7,25 +7,44 @@ client shares one basis: mean_k(s B R_k A) = s B mean_k(R_k) A. What this class 
   * a node answering "unknown-fingerprint" (cache lost) gets the bundle again, in the same round;
   * replies with wrong keys/shapes/dtype, NaN/Inf or another fingerprint are rejected with a
     logged reason, and the round goes on with the rest;
-  * fp16 updates are widened to fp32 before averaging.
+  * fp16 updates are widened to fp32 before averaging;
+  * with `sealing` (encrypt-updates), the server key rides with the factors and each sealed
+    update is opened first (server/sealed_updates.py); what does not open is a rejection;
+  * any exception while checking one reply is that reply's rejection, never the server's end;
+  * a client's "num-examples" (its weight) is clipped to what its partition holds (when the
+    server knows) and to `max_client_examples`; non-integer, negative or non-finite is rejected,
+    and so are evaluation metrics out of range (accuracy outside [0, 1], negative loss);
+  * sampling is by partition id, seeded by (seed, round), so the same seed samples the same
+    clients (Flower's FedAvg samples its random node ids); `discover_partitions` learns which
+    node serves which partition once, with a query message;
+  * rounds count from `round_offset + 1` (a resumed run; Flower's `start` always counts from 1);
+  * a round with fewer than `min_train_nodes` good updates keeps the global adapter, logged.
+Replies are averaged in partition order, so the float sums do not depend on arrival order.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import asdict, dataclass, field
 from logging import WARNING
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
+from flwr.supercore.task_identity import TaskIdentity
 
+from shared.federation.sealed_update import SERVER_KEY
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, METRICS, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT, cast_record,
-    check_update, clean_metrics,
+    ARRAYS, BASIS, CONFIG, METRICS, PARTITION_ID, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
+    cast_record, check_update, clean_metrics,
 )
+from shared.errors import LoraXSError
 
-REPLY_TIMEOUT = 3600.0
+SAMPLE_STREAM = 11  # the sampling draw's own random stream, apart from the data's
+NODES_WAIT_SECONDS = 300.0  # how long to wait for `min_available_nodes` before giving up
 
 
 @dataclass
@@ -33,12 +52,25 @@ class RoundStats:
     clients_trained: int = 0
     rejected_updates: int = 0
     bases_resent: int = 0
+    clipped_weights: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # "<phase>-error|timeout" -> count
+    skipped: str = ""  # why the round kept the global adapter ("" = it did not)
 
 
 class LoraXSFedAvg(FedAvg):
     def __init__(self, basis_record: ArrayRecord, fingerprint: str, update_dtype: str,
-                 evaluate_metrics: tuple[str, ...], **fedavg_args):
+                 evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
+                 round_offset: int = 0, reply_timeout: float = 3600.0,
+                 max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
+                 **fedavg_args):
         super().__init__(**fedavg_args)
+        self.seed = seed
+        self.round_offset = round_offset
+        self.reply_timeout = reply_timeout
+        self.max_client_examples = max_client_examples
+        self.partition_sizes = partition_sizes or {}  # partition -> train examples, when known
+        self.partitions: dict[int, int] = {}  # node id -> partition id (discover_partitions)
+        self.sealing = sealing  # server/sealed_updates.UpdateSealing, or None
         self.basis_record = basis_record
         self.fingerprint = fingerprint
         self.update_dtype = update_dtype
@@ -48,6 +80,7 @@ class LoraXSFedAvg(FedAvg):
         self.evaluate_replies: dict[int, list[MetricRecord]] = {}
         self._grid: Grid | None = None
         self._sent: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # message type -> payload
+        self._last_sent: dict[str, int] = {}  # message type -> nodes sent to, last time
 
     # --- messages -------------------------------------------------------------------------
     def _messages(self, node_ids: Iterable[int], arrays: ArrayRecord, config: ConfigRecord,
@@ -55,6 +88,8 @@ class LoraXSFedAvg(FedAvg):
         wire = cast_record(arrays, self.update_dtype)
         config = ConfigRecord({**config, "fingerprint": self.fingerprint})
         self._sent[message_type] = (wire, config)
+        node_ids = list(node_ids)
+        self._last_sent[message_type] = len(node_ids)
         return [self._message(node, wire, config, message_type) for node in node_ids]
 
     def _message(self, node_id: int, wire: ArrayRecord, config: ConfigRecord, message_type: str) -> Message:
@@ -62,20 +97,65 @@ class LoraXSFedAvg(FedAvg):
         if node_id not in self.nodes_with_basis:
             content[BASIS] = self.basis_record
             self.nodes_with_basis.add(node_id)
+            if self.sealing is not None:
+                content[CONFIG] = ConfigRecord({**config, SERVER_KEY: self.sealing.public_key})
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
+
+    # --- sampling by partition -------------------------------------------------------------
+    def discover_partitions(self, grid: Grid) -> dict[int, int]:
+        """Asks every node once which partition it serves (node config `partition-id`); a node
+        without one (or silent) is ordered after the others by its node id."""
+        nodes = self._wait_for_nodes(grid)
+        query = [Message(RecordDict({CONFIG: ConfigRecord({"server-round": 0})}),
+                         message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+        found = {}
+        for reply in grid.send_and_receive(query, timeout=self.reply_timeout):
+            try:
+                found[reply.metadata.src_node_id] = int(reply.content[STATUS][PARTITION_ID])
+            except Exception:  # an error reply or a node without a partition id
+                continue
+        unknown = sorted(n for n in nodes if n not in found)
+        start = max(found.values(), default=-1) + 1
+        found.update({node: start + i for i, node in enumerate(unknown)})
+        self.partitions = found
+        return found
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + NODES_WAIT_SECONDS
+        while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                raise LoraXSError(f"only {len(nodes)} of {self.min_available_nodes} nodes connected "
+                                  f"within {NODES_WAIT_SECONDS:.0f} s")
+            time.sleep(1)
+        return sorted(nodes)
+
+    def sample(self, grid: Grid, fraction: float, minimum: int, server_round: int, stream: int) -> list[int]:
+        """The nodes of a seeded draw of partitions: the same (seed, round) -> the same partitions."""
+        if not self.partitions:
+            self.discover_partitions(grid)
+        connected = set(self._wait_for_nodes(grid))
+        by_partition = sorted((p, n) for n, p in self.partitions.items() if n in connected)
+        size = min(len(by_partition), max(int(len(by_partition) * fraction), minimum))
+        rng = np.random.default_rng([self.seed, server_round, SAMPLE_STREAM, stream])
+        chosen = sorted(rng.choice(len(by_partition), size=size, replace=False)) if size else []
+        return [by_partition[i][1] for i in chosen]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._grid = grid
-        sampled = super().configure_train(server_round, arrays, config, grid)  # samples, sets round
-        nodes = [m.metadata.dst_node_id for m in sampled]
+        server_round += self.round_offset
+        nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, stream=0)
+        config = ConfigRecord({**config, "server-round": server_round})
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self._grid = grid
-        sampled = super().configure_evaluate(server_round, arrays, config, grid)
-        nodes = [m.metadata.dst_node_id for m in sampled]
+        if self.fraction_evaluate == 0.0:
+            return []
+        server_round += self.round_offset
+        nodes = self.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, server_round, stream=1)
+        config = ConfigRecord({**config, "server-round": server_round})
         return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     def _resend_to_unknown(self, server_round: int, replies: list[Message], message_type: str) -> list[Message]:
@@ -89,33 +169,46 @@ class LoraXSFedAvg(FedAvg):
         self._round(server_round).bases_resent += len(nodes)
         wire, config = self._sent[message_type]
         again = self._grid.send_and_receive(
-            [self._message(node, wire, config, message_type) for node in nodes], timeout=REPLY_TIMEOUT
+            [self._message(node, wire, config, message_type) for node in nodes], timeout=self.reply_timeout
         )
         return [r for r in replies if not _lacks_basis(r)] + list(again)
 
     # --- aggregation ----------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.round_offset
         replies = self._resend_to_unknown(server_round, list(replies), MessageType.TRAIN)
-        _log_failures(server_round, replies)
+        self._count_failures(server_round, replies, MessageType.TRAIN)
         expected, _ = self._sent[MessageType.TRAIN]
         accepted = []
         for reply in replies:
-            if not reply.has_error():
-                cleaned = self._checked_update(reply, expected)
-                if isinstance(cleaned, str):
-                    log(WARNING, "round %s: rejected the update of node %s: %s",
-                        server_round, reply.metadata.src_node_id, cleaned)
-                    self._round(server_round).rejected_updates += 1
-                    continue
-                reply.content = cleaned  # only the checked arrays (as fp32) and metrics
+            if reply.has_error():
+                continue
+            try:
+                cleaned = self._opened(server_round, reply) or self._checked_update(server_round, reply, expected)
+            except Exception as err:  # a checker never ends the run: anything odd is a rejection
+                cleaned = f"its check failed ({type(err).__name__}: {str(err)[:80]})"
+            if isinstance(cleaned, str):
+                log(WARNING, "round %s: rejected the update of node %s: %s",
+                    server_round, reply.metadata.src_node_id, cleaned)
+                self._round(server_round).rejected_updates += 1
+                continue
+            reply.content = cleaned  # only the checked arrays (as fp32) and metrics
             accepted.append(reply)
-        self._round(server_round).clients_trained = sum(not r.has_error() for r in accepted)
+        accepted.sort(key=lambda r: (self.partitions.get(r.metadata.src_node_id, math.inf),
+                                     r.metadata.src_node_id))  # sums independent of arrival order
+        stats = self._round(server_round)
+        stats.clients_trained = len(accepted)
+        if len(accepted) < max(1, self.min_train_nodes):
+            stats.skipped = f"{len(accepted)} good update(s), fewer than min-train-nodes {self.min_train_nodes}"
+            log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, stats.skipped)
+            return None, None
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         replies = self._resend_to_unknown(server_round, list(replies), MessageType.EVALUATE)
-        _log_failures(server_round, replies)
-        accepted = [r for r in replies if r.has_error() or self._checked_evaluation(server_round, r)]
+        self._count_failures(server_round, replies, MessageType.EVALUATE)
+        accepted = [r for r in replies if not r.has_error() and self._checked_evaluation(server_round, r)]
         valid = [r.content[METRICS] for r in accepted if not r.has_error()]
         self.evaluate_replies[server_round] = valid
         return super().aggregate_evaluate(server_round, accepted)
@@ -123,15 +216,17 @@ class LoraXSFedAvg(FedAvg):
     def evaluate_clients(self, grid: Grid, arrays: ArrayRecord, fraction: float, server_round: int) -> list[MetricRecord]:
         """A last federated evaluation on `fraction` of the nodes: each client's metrics."""
         self._grid = grid
-        num_nodes = len(list(grid.get_node_ids()))
+        if not self.partitions:
+            self.discover_partitions(grid)
+        num_nodes = len(self.partitions)
         sample_size = min(num_nodes, max(1, round(fraction * num_nodes)))
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, sample_size)
+        node_ids = self.sample(grid, sample_size / num_nodes, 1, server_round, stream=2)
         config = ConfigRecord({"server-round": server_round, "final-evaluation": True})
         replies = list(grid.send_and_receive(
-            self._messages(node_ids, arrays, config, MessageType.EVALUATE), timeout=REPLY_TIMEOUT
+            self._messages(node_ids, arrays, config, MessageType.EVALUATE), timeout=self.reply_timeout
         ))
         replies = self._resend_to_unknown(server_round, replies, MessageType.EVALUATE)
-        _log_failures(server_round, replies)
+        self._count_failures(server_round, replies, "final")
         return [r.content[METRICS] for r in replies
                 if not r.has_error() and self._checked_evaluation(server_round, r)]
 
@@ -147,7 +242,7 @@ class LoraXSFedAvg(FedAvg):
             return "the reply carries no metrics"
         return None
 
-    def _checked_update(self, reply: Message, expected: ArrayRecord) -> RecordDict | str:
+    def _checked_update(self, server_round: int, reply: Message, expected: ArrayRecord) -> RecordDict | str:
         """The reply reduced to its checked arrays (widened to fp32) and metrics, or a reason."""
         problem = self._fingerprint_problem(reply)
         if problem:
@@ -160,12 +255,44 @@ class LoraXSFedAvg(FedAvg):
         metrics = clean_metrics(reply.content[METRICS], TRAIN_METRICS)
         if isinstance(metrics, str):
             return metrics
+        metrics = self._bounded_weight(server_round, reply, metrics)
+        if isinstance(metrics, str):
+            return metrics
         return RecordDict({ARRAYS: cast_record(reply.content[ARRAYS], "fp32"), METRICS: metrics})
+
+    def _opened(self, server_round: int, reply: Message) -> str | None:
+        """encrypt-updates: why the sealed update does not open (its "arrays" replaced in place)."""
+        if self.sealing is None:
+            return None
+        run = getattr(self._grid, "run", None)  # None on a test Grid: the id new Messages get
+        run_id = run.run_id if run is not None else TaskIdentity.run_id
+        return self.sealing.open_reply(reply, run_id, server_round, self.fingerprint)
+
+    def _bounded_weight(self, server_round: int, reply: Message, metrics: MetricRecord) -> MetricRecord | str:
+        """"num-examples" as an integer at most the node's partition size (when known) and
+        `max_client_examples`; a larger claim is clipped (logged, counted)."""
+        claimed = metrics["num-examples"]
+        if float(claimed) != int(claimed):
+            return f"num-examples is {claimed!r}, not a whole number"
+        node = reply.metadata.src_node_id
+        bound = min(self.max_client_examples,
+                    self.partition_sizes.get(self.partitions.get(node, -1), self.max_client_examples))
+        if claimed > bound:
+            log(WARNING, "round %s: node %s claims %s examples; weighted as %s", server_round, node,
+                claimed, bound)
+            self._round(server_round).clipped_weights += 1
+            claimed = bound
+        return MetricRecord({**metrics, "num-examples": int(claimed)})
 
     def _checked_evaluation(self, server_round: int, reply: Message) -> bool:
         """Keeps only the expected metrics of a good evaluation reply; False (logged) otherwise."""
-        problem = self._fingerprint_problem(reply)
-        metrics = problem or clean_metrics(reply.content[METRICS], self.evaluate_metrics)
+        try:
+            problem = self._fingerprint_problem(reply)
+            metrics = problem or clean_metrics(reply.content[METRICS], self.evaluate_metrics)
+            if not isinstance(metrics, str):
+                metrics = metric_range_problem(metrics) or self._bounded_weight(server_round, reply, metrics)
+        except Exception as err:  # never raises on what a client sent
+            metrics = f"its check failed ({type(err).__name__})"
         if isinstance(metrics, str):
             log(WARNING, "round %s: ignored the evaluation of node %s: %s",
                 server_round, reply.metadata.src_node_id, metrics)
@@ -176,14 +303,50 @@ class LoraXSFedAvg(FedAvg):
     def _round(self, server_round: int) -> RoundStats:
         return self.stats.setdefault(server_round, RoundStats())
 
+    def _count_failures(self, server_round: int, replies: list[Message], phase: str) -> None:
+        """Logs error replies; counts them and the sampled nodes that never answered (timeouts)."""
+        stats = self._round(server_round)
+        for reply in replies:
+            if reply.has_error():
+                log(WARNING, "round %s: node %s failed: %s", server_round, reply.metadata.src_node_id,
+                    reply.error.reason)
+                stats.failures[f"{phase}-error"] = stats.failures.get(f"{phase}-error", 0) + 1
+        sent = self._last_sent.get(phase if phase != "final" else MessageType.EVALUATE, 0)
+        if len(replies) < sent:
+            log(WARNING, "round %s: %s of %s node(s) did not answer within %s s", server_round,
+                sent - len(replies), sent, self.reply_timeout)
+            stats.failures[f"{phase}-timeout"] = stats.failures.get(f"{phase}-timeout", 0) + sent - len(replies)
+
+    # --- checkpoint -----------------------------------------------------------------------
+    def state(self) -> dict:
+        """What a resumed run needs (JSON): per-round stats and evaluations, which partitions hold
+        the factors (node ids change between processes; partitions do not)."""
+        return {
+            "stats": {str(r): asdict(s) for r, s in self.stats.items()},
+            "evaluate_replies": {str(r): [dict(m) for m in ms] for r, ms in self.evaluate_replies.items()},
+            "partitions_with_basis": sorted(self.partitions[n] for n in self.nodes_with_basis if n in self.partitions),
+        }
+
+    def restore(self, state: dict, grid: Grid, factors_held: bool = True) -> None:
+        """`factors_held`: trust that the partitions that held the factors still do (a node that
+        lost them says so, and gets them again); False sends them to everyone once more."""
+        self.stats = {int(r): RoundStats(**s) for r, s in state["stats"].items()}
+        self.evaluate_replies = {int(r): [MetricRecord(m) for m in ms] for r, ms in state["evaluate_replies"].items()}
+        self.discover_partitions(grid)
+        holding = set(state["partitions_with_basis"]) if factors_held else set()
+        self.nodes_with_basis = {n for n, p in self.partitions.items() if p in holding}
+
+
+def metric_range_problem(metrics: MetricRecord) -> str | None:
+    """Accuracies in [0, 1], losses >= 0 (finiteness is checked before)."""
+    for key, value in metrics.items():
+        if key.startswith("accuracy") and not 0.0 <= value <= 1.0:
+            return f"metric {key} is {value!r}, outside [0, 1]"
+        if key.startswith("loss") and value < 0:
+            return f"metric {key} is {value!r}, negative"
+    return None
+
 
 def _lacks_basis(reply: Message) -> bool:
     return (not reply.has_error() and STATUS in reply.content
             and reply.content[STATUS].get("error") == UNKNOWN_FINGERPRINT)
-
-
-def _log_failures(server_round: int, replies: list[Message]) -> None:
-    for reply in replies:
-        if reply.has_error():
-            log(WARNING, "round %s: node %s failed: %s", server_round, reply.metadata.src_node_id,
-                reply.error.reason)

@@ -8,7 +8,8 @@ Defaults come from `FederationConfig`, i.e. from `[tool.flwr.app.config]`, so th
 global_adapter.safetensors and basis.safetensors to --out (default runs/<timestamp>).
 Every field of `FederationConfig` is a flag (`--num-clients`, `--local-epochs`, ...), a few with
 the short names the README uses (`--rounds`, `--fraction`, `--alpha`, `--out`); `--run-config`
-takes any key too, and named flags win over it. Bad input: one line on stderr, exit code 2.
+takes any key too, and named flags win over it. Bad input: one line on stderr, exit code 1
+(2: argparse's code for unknown or malformed flags).
 Nothing it starts outlives it.
 """
 
@@ -33,9 +34,8 @@ from shared.federation.node_data import held_out_union  # noqa: E402
 from shared.federation.run_config import CHOICES, FederationConfig  # noqa: E402
 from simulations.quiet_logs import quiet_logs  # noqa: E402
 
-USER_ERROR_EXIT = 2  # this command's exit code for bad input, kept as it always was
 SHORT_NAMES = {"num_server_rounds": "--rounds", "fraction_train": "--fraction",
-               "dirichlet_alpha": "--alpha", "out_dir": "--out"}  # the README's flags
+               "dirichlet_alpha": "--alpha", "out_dir": "--out", "encrypt_updates": "--encrypt"}
 METAVARS = {int: "N", float: "X", str: "TEXT", "model": "ID|DIR", "dataset": "NAME|DIR", "out_dir": "DIR"}
 HELP = {
     "num_clients": "simulated clients",
@@ -50,6 +50,8 @@ HELP = {
     "scenario": "concept-shift: a seeded share of clients (shift-fraction) flip their labels",
     "update_dtype": "precision of the adapter on the wire",
     "out_dir": "output folder (default runs/<timestamp>)",
+    "encrypt_updates": "seal each update to the server's HPKE key (docs/security.md)",
+    "server_key_file": "server private key file for --encrypt (created if missing)",
 }
 
 
@@ -66,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         names = [SHORT_NAMES[field.name], flag] if field.name in SHORT_NAMES else [flag]
         default = getattr(defaults, field.name)
         shown = f" ({default})" if default != "" else ""
+        if isinstance(default, bool):  # --encrypt / --no-encrypt-updates; None = not given
+            parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=HELP.get(field.name, f"run-config key {flag[2:]}") + shown)
+            continue
         parser.add_argument(*names, dest=field.name, type=type(default), choices=CHOICES.get(field.name),
                             metavar=None if field.name in CHOICES else METAVARS.get(field.name, METAVARS[type(default)]),
                             help=HELP.get(field.name, f"run-config key {flag[2:]}").replace("%", "%%") + shown)
@@ -80,7 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> FederationConfig:
     """Defaults, then --run-config, then the named flags; the output folder resolved."""
     overrides = {}
-    for item in shlex.split(args.run_config):
+    try:
+        items = shlex.split(args.run_config)
+    except ValueError as err:  # an unbalanced quote
+        raise LoraXSError(f"--run-config {args.run_config!r}: {err}") from None
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise LoraXSError(f"--run-config expects KEY=VALUE items, got {item!r}")
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(report, resolve_out_dir(config.out_dir))
         return 0
 
-    code = run_cli(work, "flower-simulation", USER_ERROR_EXIT)
+    code = run_cli(work, "flower-simulation")
     if code == INTERRUPTED_EXIT:  # Ray is already shut down; the ServerApp thread may still wait
         sys.stderr.flush()
         os._exit(code)

@@ -49,6 +49,18 @@ class FederationConfig:
     update_dtype:         fp32 | fp16, the precision of the adapter on the wire (both ways).
     eval_max_examples:    cap on the server's held-out set (a seeded sample).
     out_dir:              where the global adapter, basis and report go ("" = runs/<timestamp>).
+    min_train_nodes:      good updates a round needs; with fewer it is skipped (logged) and the
+                          global adapter stays as it was.
+    round_timeout:        seconds the server waits for the replies of one round's phase.
+    max_client_examples:  cap on the weight ("num-examples") of one client's update; in
+                          simulation also the size of the client's partition.
+    fail_rate:            simulation only: a seeded share of client messages crash, time out or
+                          answer with garbage (simulations/failing_clients.py).
+    resume_from:          a run folder whose checkpoint the run continues ("" = a new run); the
+                          config must equal the checkpoint's but for num-server-rounds.
+    encrypt_updates:      seal every train update to the ServerApp's HPKE key (docs/security.md).
+    server_key_file:      the ServerApp's private key file for encrypt-updates (created when
+                          missing, with FILE.pub for clients to pin); "" = a fresh key per run.
     """
 
     num_clients: int = 100
@@ -81,6 +93,13 @@ class FederationConfig:
     eval_max_examples: int = 500
     seed: int = 0
     out_dir: str = ""
+    min_train_nodes: int = 1
+    round_timeout: float = 3600.0
+    max_client_examples: int = 10_000
+    fail_rate: float = 0.0
+    resume_from: str = ""
+    encrypt_updates: bool = False
+    server_key_file: str = ""
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
@@ -97,6 +116,12 @@ class FederationConfig:
         for name in ("batch_size", "max_length", "eval_max_examples", "personal_steps"):
             if getattr(self, name) < 1:
                 raise LoraXSError(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
+        if self.min_train_nodes < 1 or self.max_client_examples < 1:
+            raise LoraXSError("min-train-nodes and max-client-examples must be at least 1")
+        if not 0 < self.round_timeout < float("inf"):
+            raise LoraXSError(f"round-timeout must be a positive number of seconds, got {self.round_timeout}")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise LoraXSError(f"fail-rate must be in [0, 1], got {self.fail_rate}")
         if not self.dirichlet_alpha > 0:
             raise LoraXSError(f"the Dirichlet alpha must be > 0, got {self.dirichlet_alpha}")
         if not self.local_epochs > 0:
@@ -160,6 +185,8 @@ def _coerce(key: str, value, kind: type):
         return value
     if kind is str and isinstance(value, str):
         return value
+    if kind is bool and (isinstance(value, bool) or value in ("true", "false")):
+        return value in (True, "true")
     if kind in (int, float) and isinstance(value, str):
         try:
             return kind(value)
