@@ -11,6 +11,8 @@ Replies:
             "status" ("fingerprint").
   evaluate  "metrics" ("num-examples", "accuracy-global", ... ), "status".
   unknown   "status" with "error" = "unknown-fingerprint": the node lacks the factors.
+  query     "status" with "partition-id" (the node config's): asked once per run, so that the
+            server samples partitions, not Flower's random node ids.
 Stacking the R matrices keeps the upload to three arrays: one np.save header each, not 26.
 Both sides know the module order: it is the order of `adapter_state(model)` of the same model.
 """
@@ -28,6 +30,7 @@ from shared.loraxs.basis import Basis
 ARRAYS, CONFIG, BASIS, METRICS, STATUS = "arrays", "config", "basis", "metrics", "status"
 STACKED_R = "lora_R"
 UNKNOWN_FINGERPRINT = "unknown-fingerprint"
+PARTITION_ID = "partition-id"
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 TRAIN_METRICS = ("num-examples", "train-loss")
 EVALUATE_METRICS = ("num-examples", "accuracy-global", "loss-global", "shifted")
@@ -102,11 +105,17 @@ def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
 
 
 def check_update(record: ArrayRecord, expected: ArrayRecord) -> str | None:
-    """Why a client's adapter update must be rejected (None = fine): keys, shapes, dtype, finite."""
+    """Why a client's adapter update must be rejected (None = fine): record and value types, keys,
+    shapes, dtype, finite. Never raises on what a client sent (a ConfigRecord with the right
+    keys, a float where an Array belongs, ...)."""
+    if not isinstance(record, ArrayRecord):
+        return f"the adapter arrays come as a {type(record).__name__}, not an ArrayRecord"
     if list(record.keys()) != list(expected.keys()):
         return f"arrays {sorted(record.keys())[:4]} instead of {sorted(expected.keys())[:4]}"
     for key, want in expected.items():
         got = record[key]
+        if not isinstance(got, Array):
+            return f"{key} is a {type(got).__name__}, not an array"
         if tuple(got.shape) != tuple(want.shape):
             return f"{key} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
         if got.dtype != want.dtype:
@@ -124,6 +133,8 @@ def check_update(record: ArrayRecord, expected: ArrayRecord) -> str | None:
 
 def clean_metrics(record: MetricRecord, keys: tuple[str, ...]) -> MetricRecord | str:
     """Exactly `keys`, each a finite number, "num-examples" > 0; else why not (a str)."""
+    if not isinstance(record, MetricRecord):
+        return f"the metrics come as a {type(record).__name__}, not a MetricRecord"
     values = {}
     for key in keys:
         value = record.get(key)
