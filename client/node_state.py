@@ -105,13 +105,13 @@ class DiskState:
         self._bases[basis.fingerprint] = basis
 
     def personal_adapter(self, fingerprint: str):
-        if not self.personal_path.is_file():
-            return None
         try:
+            if not self.personal_path.is_file():
+                return None
             state, meta = load_adapter(self.personal_path)
             round_ = int(meta.extra.get("round", "0"))
-        except (LoraXSError, ValueError):
-            return None  # a damaged personal adapter is re-derived, never trusted
+        except Exception:  # noqa: BLE001 - a damaged personal adapter is re-derived, never trusted
+            return None
         if meta.basis_fingerprint != fingerprint:
             return None
         return state, round_

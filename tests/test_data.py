@@ -49,21 +49,73 @@ def test_jsonl_string_labels_are_sorted_names(tmp_path):
     assert by_text == {r["text"]: r["label"] for r in reviews(10, labels=("pos", "neg", "meh"))}
 
 
-def test_jsonl_int_labels_keep_their_ids(tmp_path):
-    write_jsonl(tmp_path / "data.jsonl", [{"text": f"t{i}", "label": [0, 3][i % 2]} for i in range(6)])
+def test_jsonl_int_labels_are_names_in_numeric_order_never_a_range(tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", [{"text": f"t{i}", "label": [10, 3][i % 2]} for i in range(6)])
     splits = load_local_folder(tmp_path)
-    assert splits.labels == ["0", "1", "2", "3"]
+    assert splits.labels == ["3", "10"]  # not "0" .. "10": a label of 100000 made a 100,001-class head
     rows = splits.train.to_list() + splits.test.to_list()
-    assert {r["text"]: r["label"] for r in rows} == {f"t{i}": [0, 3][i % 2] for i in range(6)}
+    assert {r["text"]: splits.labels[r["label"]] for r in rows} == {f"t{i}": str([10, 3][i % 2]) for i in range(6)}
 
 
-def test_mixed_int_and_string_labels_become_names(tmp_path):
+def test_a_huge_integer_label_is_just_a_name(tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", [{"text": f"t{i}", "label": [0, 10**12][i % 2]} for i in range(4)])
+    assert load_local_folder(tmp_path).labels == ["0", str(10**12)]
+
+
+def test_mixed_int_and_string_labels_are_refused(tmp_path):
     write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "x"},
                                           {"text": "c", "label": "1"}])
-    splits = load_local_folder(tmp_path)
-    assert splits.labels == ["1", "x"]
-    rows = splits.train.to_list() + splits.test.to_list()
-    assert {r["text"]: splits.labels[r["label"]] for r in rows} == {"a": "1", "b": "x", "c": "1"}
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "mix integers and strings")
+
+
+def test_a_single_label_is_refused(tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", reviews(6, labels=("pos",)))
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "at least 2 labels", "'pos'")
+
+
+def test_too_many_classes_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("shared.data.local_folder.MAX_CLASSES", 3)
+    write_jsonl(tmp_path / "data.jsonl", reviews(8, labels=("a", "b", "c", "d")))
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "4 distinct labels", "3 allowed")
+
+
+def test_a_label_only_in_the_test_file_is_refused(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", reviews(5, labels=("a", "b")))
+    write_jsonl(tmp_path / "test.jsonl", [{"text": "held out", "label": "c"}])
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "'c'", "only in the test files")
+
+
+def test_duplicate_csv_label_column_is_refused(tmp_path):
+    (tmp_path / "data.csv").write_text("text,label,label\ngood,pos,neg\nbad,neg,pos\n", encoding="utf-8")
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "label", "more than once")
+
+
+def test_csv_field_over_the_csv_limit_is_one_line(tmp_path):
+    (tmp_path / "data.csv").write_text("text,label\n" + "x" * 200_000 + ",pos\nbad,neg\n", encoding="utf-8")
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "malformed CSV", "field larger")
+
+
+def test_deeply_nested_jsonl_line_is_one_line(tmp_path):
+    (tmp_path / "data.jsonl").write_text('{"text": "a", "label": ' + "[" * 100_000 + "\n", encoding="utf-8")
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "data.jsonl:1")
+
+
+def test_data_over_the_size_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr("shared.data.local_folder.MAX_DATA_BYTES", 100)
+    write_jsonl(tmp_path / "data.jsonl", reviews(20))
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "MiB allowed")
+
+
+def test_unreadable_folder_and_file_are_one_line(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "data.jsonl", reviews(6))
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("shared.data.local_folder.open", refuse, raising=False)
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "cannot read", "Permission denied")
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    assert_one_line_error(lambda: load_local_folder(tmp_path), "cannot read dataset folder", "Permission denied")
 
 
 def test_csv_with_quoted_text_and_int_labels(tmp_path):
@@ -101,13 +153,13 @@ def test_causal_lm_reads_jsonl_text_without_label(tmp_path):
 
 
 def test_train_and_test_files_are_used_as_given(tmp_path):
-    write_jsonl(tmp_path / "train.jsonl", reviews(5, labels=("a", "b")))
+    write_jsonl(tmp_path / "train.jsonl", reviews(5, labels=("b", "c")))
     write_jsonl(tmp_path / "test.jsonl", [{"text": "held out", "label": "c"}])
     splits = load_local_folder(tmp_path)
     assert list(splits.train["text"]) == [r["text"] for r in reviews(5)]
     assert list(splits.test["text"]) == ["held out"]
-    assert splits.labels == ["a", "b", "c"]  # union of train and test, sorted
-    assert list(splits.test["label"]) == [2]
+    assert splits.labels == ["b", "c"]
+    assert list(splits.test["label"]) == [1]
 
 
 def test_a_lone_train_file_is_split(tmp_path):

@@ -37,9 +37,10 @@ def one_error_line(capsys) -> str:
     (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
     (["--run-config", "no-such-key=1"], "unknown run-config key(s): no-such-key"),
     (["--rounds", "0"], "num-server-rounds must be at least 1"),
+    (["--run-config", "dataset='unbalanced"], "No closing quotation"),
 ])
-def test_bad_input_is_one_clear_line_and_exit_code_2(flags, message, capsys, tmp_path):
-    assert main(flags + ["--out", str(tmp_path / "out"), "--no-progress"]) == 2
+def test_bad_input_is_one_clear_line_and_exit_code_1(flags, message, capsys, tmp_path):
+    assert main(flags + ["--out", str(tmp_path / "out"), "--no-progress"]) == 1
     assert message in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
@@ -47,14 +48,14 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(flags, message, capsys, tmp
 def test_more_clients_than_examples_allow_is_refused(reviews_dir, tiny_bert_dir, capsys, tmp_path):
     code = main(["--dataset", reviews_dir, "--model", tiny_bert_dir, "--partition", "iid",
                  "--num-clients", "100", "--out", str(tmp_path / "out"), "--no-progress"])
-    assert code == 2
+    assert code == 1
     assert "--num-clients 100 is too many for 150 examples" in one_error_line(capsys)
 
 
 def test_more_clients_than_natural_partitions_is_refused(rotten_tomatoes, tiny_bert_dir, capsys, tmp_path):
     code = main(["--num-clients", "600", "--model", tiny_bert_dir, "--out", str(tmp_path / "out"),
                  "--no-progress"])
-    assert code == 2
+    assert code == 1
     assert "larger than the 508 natural partitions" in one_error_line(capsys)
 
 

@@ -3,6 +3,8 @@
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -52,16 +54,41 @@ def write_description(path: Path, description: dict) -> None:
 
 
 def move_into_place(files: dict[str, Path], folder: Path, adapter: Path) -> None:
-    """Staged files (with any external `.data` file) -> `folder`; `files` then names the moved files."""
+    """Staged files (with any external `.data` file) -> `folder`, all or nothing: the files they
+    replace are set aside first and put back if any move fails, so a failed export never leaves
+    half a set. `files` then names the moved files."""
     moves = [(p, folder / p.name) for p in files.values()]
     moves += [(p.with_name(p.name + ".data"), folder / (p.name + ".data")) for p in files.values()
               if p.with_name(p.name + ".data").exists()]
     if any(target.resolve() == adapter.resolve() for _, target in moves):
         raise LoraXSError(f"the export would overwrite the adapter {adapter}; choose another folder")
-    for staged, target in moves:
-        try:
+    for _, target in moves:
+        if target.is_dir():
+            raise LoraXSError(f"cannot write {target}: a folder of that name is in the way; nothing was replaced")
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=".export-old-", dir=folder))
+    except OSError as err:
+        raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
+    replaced, placed, stranded = [], [], []
+    try:
+        for staged, target in moves:
+            if target.exists() or target.is_symlink():
+                os.replace(target, aside / target.name)
+                replaced.append(target)
             os.replace(staged, target)
-        except OSError as err:
-            raise LoraXSError(f"cannot write {target}: {err.strerror or err}") from None
+            placed.append(target)
+    except OSError as err:
+        for done in placed:
+            done.unlink(missing_ok=True)
+        for old in replaced:
+            try:
+                os.replace(aside / old.name, old)
+            except OSError:
+                stranded.append(old.name)
+        kept = f"; the previous {', '.join(stranded)} are in {aside}" if stranded else "; the folder was left as it was"
+        raise LoraXSError(f"cannot write {target}: {err.strerror or err}{kept}") from None
+    finally:
+        if not stranded:
+            shutil.rmtree(aside, ignore_errors=True)
     for kind, path in files.items():
         files[kind] = folder / path.name

@@ -4,6 +4,7 @@ Parity runs on inputs whose batch and sequence length differ from the export's t
 (proving the axes dynamic), one of them padded; for a causal LM only real tokens' logits count.
 """
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -68,8 +69,10 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray, attention_mask: np.ndarray) -> fl
 
 
 def max_diff_over(batches: list[Batch], expected: list[np.ndarray], run) -> float:
-    """Largest `max_abs_diff` between the `expected` logits and `run(batch)` over `batches`."""
-    return max(max_abs_diff(e, run(b), b["attention_mask"]) for b, e in zip(batches, expected))
+    """Largest `max_abs_diff` between the `expected` logits and `run(batch)` over `batches`;
+    NaN when any is NaN (non-finite logits on either side), which no check passes."""
+    diffs = [max_abs_diff(e, run(b), b["attention_mask"]) for b, e in zip(batches, expected)]
+    return float("nan") if any(math.isnan(d) for d in diffs) else max(diffs)
 
 
 def median_ms(run, repeats: int) -> float:

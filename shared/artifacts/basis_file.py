@@ -1,7 +1,11 @@
-"""The factor bundle as a file: every frozen (B, A) pair with its fingerprint (safetensors)."""
+"""The factor bundle as a file: every frozen (B, A) pair with its fingerprint (safetensors).
+
+Loading checks the format, the rank (a positive integer), every factor's dtype, shape and
+finiteness, and the fingerprint; saving refuses non-finite factors."""
 
 from pathlib import Path
 
+import torch
 from safetensors.torch import save as save_bytes
 
 from shared.errors import LoraXSError
@@ -21,15 +25,26 @@ def basis_to_tensors(basis: Basis) -> dict:
 
 
 def basis_from_tensors(tensors: dict, rank: int) -> Basis:
+    """Every B (out, r) and A (r, in) pair, float32, finite; LoraXSError otherwise."""
     names = sorted({key.rsplit(".", 1)[0] for key in tensors})
     try:
-        factors = {n: (tensors[f"{n}.lora_B"].float(), tensors[f"{n}.lora_A"].float()) for n in names}
+        factors = {n: (tensors[f"{n}.lora_B"], tensors[f"{n}.lora_A"]) for n in names}
     except KeyError as err:
         raise LoraXSError(f"factor bundle misses {err.args[0]}") from None
-    return Basis(rank=rank, factors=factors)
+    for name, (lora_B, lora_A) in factors.items():
+        if not (lora_B.dtype.is_floating_point and lora_A.dtype.is_floating_point):
+            raise LoraXSError(f"factor bundle: {name} holds {lora_B.dtype} / {lora_A.dtype}, not floats")
+        if lora_B.dim() != 2 or lora_A.dim() != 2 or lora_B.shape[1] != rank or lora_A.shape[0] != rank:
+            raise LoraXSError(f"factor bundle: {name} has shapes {tuple(lora_B.shape)} / "
+                              f"{tuple(lora_A.shape)}, not (out, {rank}) / ({rank}, in)")
+        if not (torch.isfinite(lora_B).all() and torch.isfinite(lora_A).all()):
+            raise LoraXSError(f"factor bundle: {name} holds NaN or Inf")
+    return Basis(rank=rank, factors={n: (b.float(), a.float()) for n, (b, a) in factors.items()})
 
 
 def basis_to_bytes(basis: Basis, base_model: str) -> bytes:
+    if not all(torch.isfinite(t).all() for pair in basis.factors.values() for t in pair):
+        raise LoraXSError("not writing a basis whose factors hold NaN or Inf")
     metadata = {
         "format": BASIS_FORMAT,
         "format_version": BASIS_FORMAT_VERSION,
@@ -49,7 +64,13 @@ def basis_from_bytes(data: bytes, source: str) -> tuple[Basis, str]:
     tensors, metadata = read_blob(data, source, "basis")
     if metadata.get("format") != BASIS_FORMAT or metadata.get("format_version") != BASIS_FORMAT_VERSION:
         raise LoraXSError(f"{source} is not a LoRA-XS basis file (format {metadata.get('format')!r})")
-    basis = basis_from_tensors(tensors, int(metadata["rank"]))
+    rank = metadata.get("rank", "")
+    if not (rank.isascii() and rank.isdigit() and len(rank) <= 4 and 1 <= int(rank) <= 4096):
+        raise LoraXSError(f"{source} has malformed metadata: 'rank' is {rank[:20]!r}, not a positive integer")
+    try:
+        basis = basis_from_tensors(tensors, int(rank))
+    except LoraXSError as err:
+        raise LoraXSError(f"{source}: {err}") from None
     if basis.fingerprint != metadata.get("fingerprint"):
         raise LoraXSError(f"{source} is corrupt: its factors do not match their fingerprint")
     return basis, metadata.get("base_model", "")

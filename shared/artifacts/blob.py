@@ -1,7 +1,12 @@
 """Reading and writing safetensors blobs with metadata, as adapter and basis files use them, and
-the check every command makes on an output file before its work."""
+the check every command makes on an output file before its work.
+
+Outside bytes are bounded before they are read: a file over its kind's cap, or a header over
+MAX_HEADER_BYTES, is refused with one line, never read whole."""
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -10,39 +15,79 @@ from safetensors.torch import load as load_bytes
 
 from shared.errors import LoraXSError
 
+MiB = 2**20
+MAX_HEADER_BYTES = 1 * MiB  # a safetensors JSON header (names, shapes, metadata)
+MAX_FILE_BYTES = {"adapter": 64 * MiB, "basis": 1024 * MiB}  # other kinds: DEFAULT_MAX_FILE_BYTES
+DEFAULT_MAX_FILE_BYTES = 64 * MiB
+
 
 def read_blob(data: bytes, source: str, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """-> (tensors, metadata); any malformed or truncated blob raises one LoraXSError."""
+    """-> (tensors, metadata: str -> str); any malformed or truncated blob raises one LoraXSError."""
     try:
         if len(data) < 8:
             raise ValueError("too short")
         size = int.from_bytes(data[:8], "little")
         if size > len(data) - 8:
             raise ValueError("header runs past the end")
-        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {size} bytes, more than {MAX_HEADER_BYTES}")
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise ValueError("metadata is not a table of strings")
         tensors = load_bytes(data)
-    except (ValueError, SafetensorError, UnicodeDecodeError, AttributeError) as err:
-        raise LoraXSError(f"{source} is not a valid {kind} file (truncated or corrupt: {err})") from None
+    except (ValueError, SafetensorError, UnicodeDecodeError, AttributeError, TypeError,
+            RecursionError, OverflowError, MemoryError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise LoraXSError(f"{source} is not a valid {kind} file (truncated or corrupt: {reason})") from None
     return tensors, metadata
 
 
-def read_file(path: str | Path, kind: str) -> bytes:
+def read_file(path: str | Path, kind: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of `path`, refused with one line when missing, unreadable or over the cap."""
     path = Path(path)
-    if not path.is_file():
-        raise LoraXSError(f"{kind} file {path} does not exist")
-    return path.read_bytes()
+    limit = max_bytes or MAX_FILE_BYTES.get(kind, DEFAULT_MAX_FILE_BYTES)
+    try:
+        if not path.is_file():
+            raise LoraXSError(f"{kind} file {path} does not exist")
+        size = path.stat().st_size
+        if size > limit:
+            raise LoraXSError(f"{kind} file {path} is {size / MiB:.0f} MiB, more than the {limit // MiB} MiB allowed")
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise LoraXSError(f"cannot read {kind} file {path}: {err.strerror or err}") from None
+    if len(data) > limit:  # it grew while being read
+        raise LoraXSError(f"{kind} file {path} is more than the {limit // MiB} MiB allowed")
+    return data
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomically(path: str | Path, data: bytes, kind: str) -> int:
-    """Temp file + rename, so a crash never leaves half a file; returns the bytes written."""
+    """A fresh temp file in the same folder (mkstemp: never an existing name, never a symlink),
+    then a rename, so a crash never leaves half a file; returns the bytes written."""
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # as a plain open() would create it
+            handle.write(data)
+        os.replace(tmp, path)
+        tmp = None
     except OSError as err:
         raise LoraXSError(f"cannot write {kind} {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return len(data)
 
 

@@ -6,6 +6,7 @@ $LORAXS_CACHE/basis/ for everything else; the review set lives in $LORAXS_CACHE 
 """
 
 import os
+import sys
 from pathlib import Path
 
 from shared.artifacts.basis_file import load_basis, save_basis
@@ -39,15 +40,27 @@ def store_basis(cache_dir: str | Path, basis: Basis, base_model: str) -> Path:
     return path
 
 
+def store_basis_somewhere(dirs: list[Path], basis: Basis, base_model: str) -> Path | None:
+    """Caches the factors in the first of `dirs` that can be written (a read-only data folder falls
+    back to the user cache, with a note on stderr); None when none can, which is never fatal."""
+    for cache_dir in dirs:
+        try:
+            return store_basis(cache_dir, basis, base_model)
+        except (LoraXSError, OSError) as err:
+            print(f"note: factors not cached in {cache_dir}: {err}", file=sys.stderr)
+    return None
+
+
 def find_cached_basis(fingerprint: str, dirs: list[Path]) -> Basis | None:
-    """The cached factors named `fingerprint`; a corrupt cache entry counts as missing."""
+    """The cached factors named `fingerprint`; a corrupt or unreadable entry counts as missing."""
     for cache_dir in dirs:
         path = cached_basis_path(cache_dir, fingerprint)
-        if path.is_file():
-            try:
-                basis, _ = load_basis(path)
-            except LoraXSError:
+        try:
+            if not path.is_file():
                 continue
-            if basis.fingerprint == fingerprint:
-                return basis
+            basis, _ = load_basis(path)
+        except Exception:  # noqa: BLE001 - a cache entry is never trusted, whatever is wrong with it
+            continue
+        if basis.fingerprint == fingerprint:
+            return basis
     return None

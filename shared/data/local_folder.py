@@ -7,6 +7,10 @@ Supported files (read only, never written):
 For causal-lm, .jsonl and .csv need only the "text" field. Files named train.* and test.* are
 used as given when both exist; otherwise every supported file is read and split 80/20 with a seed.
 Other files and subfolders (adapters, a .loraxs/ cache) are ignored.
+
+Labels are names: integer labels too (0, 3 -> classes "0", "3", in numeric order, never a range),
+at least 2 and at most MAX_CLASSES of them, all integers or all strings, and a label of the test
+file must occur in the train file. The supported files may hold MAX_DATA_BYTES in all.
 """
 
 import csv
@@ -20,7 +24,9 @@ from shared.data.text_splits import TextSplits, check_task, split_train_test
 from shared.errors import LoraXSError
 
 SUPPORTED_SUFFIXES = {"seq-cls": (".jsonl", ".csv"), "causal-lm": (".txt", ".jsonl", ".csv")}
-INTEGER_LABEL = re.compile(r"-?\d+")
+INTEGER_LABEL = re.compile(r"-?\d{1,18}")
+MAX_CLASSES = 1000
+MAX_DATA_BYTES = 256 * 2**20
 
 # One example: its text, its label as written in the file (None when the task needs none).
 Row = tuple[str, str | int | None]
@@ -29,9 +35,10 @@ Row = tuple[str, str | int | None]
 def infer_task(path: str | Path) -> str:
     """causal-lm when the folder holds *.txt files and no *.jsonl / *.csv, else seq-cls."""
     folder = Path(path).expanduser()
-    if not folder.is_dir():
+    try:
+        suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file()}
+    except OSError:
         return "seq-cls"  # loading the folder reports what is wrong with it
-    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file()}
     if ".txt" in suffixes and not suffixes & set(SUPPORTED_SUFFIXES["seq-cls"]):
         return "causal-lm"
     return "seq-cls"
@@ -54,6 +61,11 @@ def load_local_folder(
         for rows, kind in ((train_rows, "train"), (test_rows, "test")):
             if not rows:
                 raise LoraXSError(f"{folder}: the {kind}.* files hold no examples")
+        if needs_label:
+            unseen = sorted({str(label) for _, label in test_rows} - {str(label) for _, label in train_rows})
+            if unseen:
+                raise LoraXSError(f"{folder}: label(s) {', '.join(repr(u) for u in unseen[:5])} occur only in the "
+                                  "test files; every label needs training examples")
         labels, train, test = _to_datasets(train_rows, test_rows, needs_label)
         return TextSplits(train=train, test=test, labels=labels)
 
@@ -67,19 +79,26 @@ def load_local_folder(
 
 def _supported_files(folder: Path, task: str) -> list[Path]:
     suffixes = SUPPORTED_SUFFIXES[task]
-    if not folder.exists():
-        raise LoraXSError(f"dataset folder not found: {folder}")
-    if not folder.is_dir():
-        raise LoraXSError(f"{folder} is not a directory (expected a folder of text files)")
-    entries = sorted(folder.iterdir())
-    if not entries:
-        raise LoraXSError(f"dataset folder {folder} is empty")
-    files = [e for e in entries if e.is_file() and e.suffix.lower() in suffixes]
+    try:
+        if not folder.exists():
+            raise LoraXSError(f"dataset folder not found: {folder}")
+        if not folder.is_dir():
+            raise LoraXSError(f"{folder} is not a directory (expected a folder of text files)")
+        entries = sorted(folder.iterdir())
+        if not entries:
+            raise LoraXSError(f"dataset folder {folder} is empty")
+        files = [e for e in entries if e.is_file() and e.suffix.lower() in suffixes]
+        total = sum(f.stat().st_size for f in files)
+    except OSError as error:
+        raise LoraXSError(f"cannot read dataset folder {folder}: {error.strerror or error}") from None
     if not files:
         raise LoraXSError(
             f"no supported data files in {folder} for task {task} "
             f"(supported: {', '.join('*' + s for s in suffixes)})"
         )
+    if total > MAX_DATA_BYTES:
+        raise LoraXSError(f"the data files in {folder} hold {total / 2**20:.0f} MiB, more than the "
+                          f"{MAX_DATA_BYTES // 2**20} MiB allowed")
     return files
 
 
@@ -93,7 +112,9 @@ def _read_file(file: Path, needs_label: bool) -> list[Row]:
     except UnicodeDecodeError:
         raise LoraXSError(f"{file} is not UTF-8 text") from None
     except OSError as error:
-        raise LoraXSError(f"cannot read {file}: {error.strerror}") from None
+        raise LoraXSError(f"cannot read {file}: {error.strerror or error}") from None
+    except csv.Error as error:
+        raise LoraXSError(f"{file}: malformed CSV ({error})") from None
 
 
 def _read_jsonl(file: Path, needs_label: bool) -> list[Row]:
@@ -107,6 +128,8 @@ def _read_jsonl(file: Path, needs_label: bool) -> list[Row]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise LoraXSError(f"{where}: malformed JSON ({error.msg})") from None
+            except (ValueError, RecursionError) as error:  # a number of 4300+ digits, deep nesting
+                raise LoraXSError(f"{where}: unusable JSON ({type(error).__name__})") from None
             if not isinstance(record, dict):
                 raise LoraXSError(f"{where}: expected a JSON object with 'text' and 'label'")
             rows.append(_checked_row(record.get("text"), record.get("label"), where, needs_label))
@@ -125,6 +148,9 @@ def _read_csv(file: Path, needs_label: bool) -> list[Row]:
                 f"{file}: the CSV header needs the columns {', '.join(needed)} "
                 f"(missing: {', '.join(missing)})"
             )
+        doubled = [c for c in ("text", "label") if columns.count(c) > 1]
+        if doubled:
+            raise LoraXSError(f"{file}: the CSV header names the column(s) {', '.join(doubled)} more than once")
         for record in reader:
             label = record.get("label")
             if label is not None and INTEGER_LABEL.fullmatch(label.strip()):
@@ -170,13 +196,17 @@ def _to_datasets(
     labels = None
     if needs_label:
         raw_labels = [label for _, label in rows]
-        if all(isinstance(label, int) for label in raw_labels):
-            labels = [str(i) for i in range(max(raw_labels) + 1)]
-            columns["label"] = raw_labels
-        else:  # strings, or a mix of strings and ints: all become names
-            labels = sorted({str(label) for label in raw_labels})
-            id_of_name = {name: i for i, name in enumerate(labels)}
-            columns["label"] = [id_of_name[str(label)] for label in raw_labels]
+        kinds = {isinstance(label, int) for label in raw_labels}
+        if len(kinds) > 1:
+            raise LoraXSError("the labels mix integers and strings (e.g. 1 and \"pos\"); use one kind")
+        distinct = sorted(set(raw_labels))  # integers in numeric order, strings in text order
+        if len(distinct) < 2:
+            raise LoraXSError(f"classification needs at least 2 labels; the files hold only {str(distinct[0])[:80]!r}")
+        if len(distinct) > MAX_CLASSES:
+            raise LoraXSError(f"the files hold {len(distinct)} distinct labels, more than the {MAX_CLASSES} allowed")
+        labels = [str(label) for label in distinct]
+        id_of_label = {label: i for i, label in enumerate(distinct)}
+        columns["label"] = [id_of_label[label] for label in raw_labels]
 
     cut = len(train_rows)
     train = Dataset.from_dict({name: values[:cut] for name, values in columns.items()})
