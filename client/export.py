@@ -13,6 +13,7 @@ print one line to stderr and exit non-zero, writing nothing.
 import argparse
 import sys
 
+from client.adapter_key import add_key_flags, key_source
 from client.onnx.job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
 from client.onnx.graph import file_size
 from client.onnx.verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency median (default 20)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="tokens per text for --data (default %(default)s)")
+    add_key_flags(parser, encrypt=False)
     return parser.parse_args(argv)
 
 
@@ -44,7 +46,7 @@ def export_config(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(
         adapter=args.adapter, out=args.out, model=args.model, basis_file=args.basis, data_dir=args.data,
         quantize=args.quantize, adapter_as_input=args.adapter_as_input, opset=args.opset,
-        repeats=args.repeats, max_length=args.max_length,
+        repeats=args.repeats, max_length=args.max_length, key_source=key_source(args, args.adapter),
     )
 
 

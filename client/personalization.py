@@ -16,6 +16,7 @@ from shared.artifacts.blob import check_output_file
 from shared.artifacts.cache import state_basis_dir, store_basis
 from shared.artifacts.open_adapter import check_labels, open_adapter, read_adapter
 from shared.base_models import canonical_model_id, load_tokenizer, resolve_device
+from shared.crypto.at_rest import KeySource
 from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, make_loader
 from shared.data.local_folder import infer_task, load_local_folder
 from shared.data.text_splits import TASKS
@@ -56,6 +57,8 @@ class PersonalizationConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    key_source: KeySource | None = None  # reads an encrypted adapter
+    encrypt_at_rest: bool = False  # writes the personal adapter encrypted with key_source
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -93,7 +96,8 @@ class PersonalizationResult:
 def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     out = config.out_path
     check_output_file(out, config.force)
-    start = read_adapter(config.adapter, config.model, config.rank, config.task) if config.adapter else None
+    start = read_adapter(config.adapter, config.model, config.rank, config.task,
+                         config.key_source) if config.adapter else None
     task = start.meta.task if start else config.task or infer_task(config.data_dir)
     splits = load_local_folder(config.data_dir, task=task, seed=config.seed)
     if start:
@@ -127,7 +131,7 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         train_examples=str(len(splits.train)),
     )
     check_output_file(out, config.force)  # it may have appeared while training
-    num_bytes = save_adapter(out, adapter_state(model), meta)
+    num_bytes = save_adapter(out, adapter_state(model), meta, config.key_source if config.encrypt_at_rest else None)
     return PersonalizationResult(
         out=out, num_bytes=num_bytes, before=before, after=after, training=training,
         meta=meta, factors_source=opened.factors_source, num_train=len(splits.train),

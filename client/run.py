@@ -12,7 +12,9 @@ User errors print one line to stderr and exit non-zero; no file is ever half-wri
 
 import argparse
 import sys
+from dataclasses import replace
 
+from client.adapter_key import add_key_flags, key_source
 from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
 from deployment.supernode import SuperNodeConfig, run_supernode
 from shared.cli import run_cli
@@ -24,7 +26,7 @@ from shared.training import TrainConfig
 
 LOCAL_ONLY = ("adapter", "out", "basis", "epochs", "model", "rank", "task", "lr", "head_lr",
               "batch_size", "max_length", "device")  # flags that mean nothing with --superlink
-FEDERATION_ONLY = ("root_certificates", "auth_key")
+FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     federation.add_argument("--root-certificates", metavar="CA.crt", help="CA of the SuperLink's TLS certificate")
     federation.add_argument("--auth-key", metavar="KEY", help="SuperNode private key (registered on the SuperLink)")
     federation.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    federation.add_argument("--server-key", metavar="FILE",
+                            help="pin the ServerApp's public key (server_key.pub): updates are sealed to it")
+    add_key_flags(parser, encrypt=True)
     return parser.parse_args(argv)
 
 
@@ -96,12 +101,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         check_mode_flags(args)
+        if args.superlink and (args.key_file or args.encrypt_at_rest):
+            raise LoraXSError("--encrypt-at-rest, --key-file: only for local personalization, not with --superlink")
         if args.superlink:
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
-                auth_key=args.auth_key, insecure=args.insecure,
+                auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
             ))
-        print_report(personalize(personalization_config(args)))
+        config = personalization_config(args)
+        config = replace(config, key_source=key_source(args, config.adapter), encrypt_at_rest=bool(args.encrypt_at_rest))
+        print_report(personalize(config))
         return 0
 
     return run_cli(work)

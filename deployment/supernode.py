@@ -28,13 +28,15 @@ class SuperNodeConfig:
     auth_key: Path | None = None
     insecure: bool = False
     runtime_port: int = 0
+    server_key: Path | None = None  # the ServerApp's public key file, pinned (node config server-key)
 
     def __post_init__(self):
         parse_address(self.superlink)
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         if self.insecure and self.root_certificates:
             raise LoraXSError("--insecure and --root-certificates contradict each other; pick one")
-        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key)):
+        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key),
+                           ("--server-key", self.server_key)):
             if path is not None and not Path(path).is_file():
                 raise LoraXSError(f"{flag} file {path} does not exist")
 
@@ -75,7 +77,8 @@ def supernode_command(config: SuperNodeConfig, runtime_port: int) -> list[str]:
     command = [
         flower_command("flower-supernode"),
         "--superlink", config.superlink,
-        "--node-config", f"data-dir={quoted_config_value(str(config.data_dir))}",
+        "--node-config", f"data-dir={quoted_config_value(str(config.data_dir))}" + (
+            f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else ""),
         "--host", RUNTIME_HOST,
         "--port", str(runtime_port),
     ]

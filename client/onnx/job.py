@@ -57,6 +57,7 @@ class ExportConfig:
     opset: int | None = None
     repeats: int = 20
     max_length: int = DEFAULT_MAX_LENGTH
+    key_source: object = field(default=None, repr=False)  # shared/crypto/at_rest.KeySource of an encrypted adapter
 
     def __post_init__(self):
         for name in ("adapter", "out", "basis_file", "data_dir"):
@@ -111,7 +112,7 @@ def _step(message: str) -> None:
 
 
 def run_export(config: ExportConfig) -> ExportReport:
-    adapter = read_adapter(config.adapter, model=config.model)
+    adapter = read_adapter(config.adapter, model=config.model, key_source=config.key_source)
     _check_output(config)
     splits = load_local_folder(config.data_dir, task=adapter.meta.task) if config.data_dir else None
     if splits is not None:

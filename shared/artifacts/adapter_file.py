@@ -14,6 +14,7 @@ from safetensors.torch import save as save_bytes
 
 from shared.artifacts.blob import read_blob, read_file, write_atomically
 from shared.base_models import canonical_model_id
+from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, is_encrypted, write_encrypted
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig, default_targets
@@ -91,8 +92,13 @@ def adapter_to_bytes(state: dict[str, torch.Tensor], meta: AdapterMeta) -> bytes
     return save_bytes(state, metadata=metadata)
 
 
-def save_adapter(path: str | Path, state: dict[str, torch.Tensor], meta: AdapterMeta) -> int:
-    """Writes atomically; returns the file size in bytes."""
+def save_adapter(path: str | Path, state: dict[str, torch.Tensor], meta: AdapterMeta,
+                 key_source: KeySource | None = None) -> int:
+    """Writes atomically; returns the file size in bytes. With `key_source`: encrypted at rest
+    (shared/crypto/at_rest.py, one AEAD over the whole file, mode 0600)."""
+    if key_source is not None:
+        write_encrypted(path, adapter_to_bytes(state, meta), key_source)
+        return Path(path).stat().st_size
     return write_atomically(path, adapter_to_bytes(state, meta), "adapter")
 
 
@@ -119,8 +125,15 @@ def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor
     return state, meta
 
 
-def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
-    return adapter_from_bytes(read_file(path, "adapter"), str(path))
+def load_adapter(path: str | Path, key_source: KeySource | None = None) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
+    """An adapter file, decrypted first when encrypted at rest (wrong key or any change:
+    "authentication failed")."""
+    data = read_file(path, "adapter")
+    if is_encrypted(data):
+        if key_source is None:
+            raise LoraXSError(f"{path} is encrypted: give --key-file or the passphrase ({PASSPHRASE_ENV})")
+        data = decrypt_bytes(data, key_source, str(path))
+    return adapter_from_bytes(data, str(path))
 
 
 def check_adapter_matches(meta: AdapterMeta, source: str, base_model: str, fingerprint: str) -> None:

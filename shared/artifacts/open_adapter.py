@@ -46,9 +46,9 @@ class OpenedAdapter:
 
 
 def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
-                 task: str | None = None) -> AdapterFile:
+                 task: str | None = None, key_source=None) -> AdapterFile:
     """Load an adapter file; the flags given (--model, --rank, --task) must agree with it."""
-    state, meta = load_adapter(path)
+    state, meta = load_adapter(path, key_source)  # key_source: an adapter encrypted at rest
     if model is not None:
         check_adapter_matches(meta, str(path), canonical_model_id(model), meta.basis_fingerprint)
     if rank is not None and rank != meta.rank:
