@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Merge a LoRA-XS adapter into its base model and export it to ONNX, verified with onnxruntime.",
     )
     parser.add_argument("--adapter", required=True, metavar="FILE", help="the personal adapter (.safetensors)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the merged model to write (.onnx), in an existing folder")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the merged model to write (.onnx); a missing folder is created")
     parser.add_argument("--model", help="base model id or folder; must be the adapter's (default: from the adapter)")
     parser.add_argument("--basis", metavar="FILE", help="the factor bundle the adapter was trained with")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="also write an onnxruntime dynamic int8 model")

@@ -13,7 +13,7 @@ import torch
 
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, save_adapter
 from shared.artifacts.blob import check_output_file
-from shared.artifacts.cache import state_basis_dir, store_basis
+from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
 from shared.artifacts.open_adapter import check_labels, open_adapter, read_adapter
 from shared.base_models import canonical_model_id, load_tokenizer, resolve_device
 from shared.crypto.at_rest import KeySource
@@ -26,6 +26,8 @@ from shared.loraxs.model import adapter_state
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # in the data folder itself (public: docs, tests)
+ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet",
+                       "deberta", "deberta-v2", "camembert", "modernbert"}  # no causal-lm training
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class PersonalizationConfig:
             raise LoraXSError(f"--rank must be a positive integer, got {self.rank}")
         if self.task is not None and self.task not in TASKS:
             raise LoraXSError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0 <= self.seed < 2**32:
+            raise LoraXSError(f"--seed must be in [0, 2**32 - 1], got {self.seed}")
         if self.batch_size < 1:
             raise LoraXSError(f"--batch-size must be positive, got {self.batch_size}")
         if self.max_length < 2:
@@ -110,7 +114,11 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     )
     model, basis, lora, labels = opened.model, opened.basis, opened.lora, opened.labels
     model_id = canonical_model_id(start.meta.base_model if start else config.model)
-    store_basis(state_basis_dir(config.data_dir), basis, model_id)
+    if task == "causal-lm" and model.config.model_type in ENCODER_MODEL_TYPES:
+        raise LoraXSError(f"{model_id} is an encoder ({model.config.model_type}) model and cannot be trained as a "
+                          f"causal LM (the task of a folder of *.txt files); use *.jsonl / *.csv with labels, "
+                          "or --model with a causal LM")
+    store_basis_somewhere(basis_cache_dirs(config.data_dir), basis, model_id)  # a read-only folder: user cache
 
     tokenizer = load_tokenizer(model_id)
     train_loader = make_loader(

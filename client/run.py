@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder of *.jsonl / *.csv (text,label) or *.txt (causal-lm) files")
     local = parser.add_argument_group("local personalization")
     local.add_argument("--adapter", metavar="FILE", help="adapter to start from (e.g. a global one)")
-    local.add_argument("--out", metavar="FILE", help=f"personal adapter to write (default DIR/{DEFAULT_OUT_NAME})")
+    local.add_argument("--out", metavar="FILE", help=f"personal adapter to write (default DIR/{DEFAULT_OUT_NAME}); a missing folder is created")
     local.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     local.add_argument("--basis", metavar="FILE", help="the factor bundle the server shipped")
     local.add_argument("--epochs", type=float, help=f"passes over the training split (default {TrainConfig.epochs:g})")

@@ -116,6 +116,8 @@ def train(
             for batch in loader:
                 batch = _to_device(batch, device)
                 loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise LoraXSError(f"training diverged (non-finite loss at step {step + 1}); try a lower --lr")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
@@ -129,6 +131,8 @@ def train(
                 if step >= steps:
                     break
     seconds = time.perf_counter() - start
+    if not all(torch.isfinite(p).all() for p in trainable):
+        raise LoraXSError(f"training diverged (non-finite weights after step {step}); try a lower --lr")
     model.eval()
     return TrainResult(loss=total_loss / steps, examples=examples, steps=steps, seconds=seconds)
 

@@ -93,7 +93,7 @@ def test_from_global_adapter_keeps_its_metadata_and_uses_the_cache(tiny_bert_dir
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     _, start_meta = load_adapter(start)
     out = tmp_path / "mine.safetensors"
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--out", out)
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--out", out)
     assert code == 0, err
     state, meta = load_adapter(out)
     assert (meta.base_model, meta.rank, meta.alpha, meta.targets, meta.labels, meta.basis_fingerprint) == (
@@ -104,7 +104,7 @@ def test_from_global_adapter_keeps_its_metadata_and_uses_the_cache(tiny_bert_dir
     assert any(not state[k].equal(start_state[k]) for k in state)  # it trained
 
     # second run: the factors come from the cache the first run left; --force replaces the output
-    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--out", out, "--force")
+    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--out", out, "--force")
     assert code == 0, err
     assert "factors from the local cache" in stdout
 
@@ -113,7 +113,7 @@ def test_basis_file_shipped_by_the_server_is_used(tiny_bert_dir, data_dir, tmp_p
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "basis.safetensors", basis, tiny_bert_dir)
-    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--basis", tmp_path / "basis.safetensors",
+    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "basis.safetensors",
                                 "--out", tmp_path / "p.safetensors")
     assert code == 0, err
     assert f"factors from basis file {tmp_path / 'basis.safetensors'}" in stdout
@@ -178,7 +178,7 @@ def test_labels_that_do_not_match_the_adapter(tiny_bert_dir, tmp_path, capsys):
     folder = write_reviews(tmp_path / "device", labels=("good", "bad"))
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     before = snapshot(folder)
-    code, _, err = run_cli(capsys, "--data", folder, "--adapter", start)
+    code, _, err = run_cli(capsys, "--data", folder, "--adapter", start, "--model", tiny_bert_dir)
     assert_one_line_error(code, err, "bad, good", "fresh, rotten")
     assert snapshot(folder) == before
 
@@ -195,7 +195,7 @@ def test_adapter_for_another_base_model(tiny_bert_dir, tiny_llama_dir, data_dir,
         (other / f.name).write_bytes(f.read_bytes())
     _, basis = build_adapted_model(str(other), "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "other-basis.safetensors", basis, str(other))
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--basis", tmp_path / "other-basis.safetensors")
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "other-basis.safetensors")
     assert_one_line_error(code, err, "holds factors of base model", str(other))
     assert snapshot(data_dir) == before
 
@@ -203,13 +203,13 @@ def test_adapter_for_another_base_model(tiny_bert_dir, tiny_llama_dir, data_dir,
 def test_adapter_for_another_fingerprint(tiny_bert_dir, data_dir, tmp_path, capsys):
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors", basis_fingerprint="ab" * 32)
     before = snapshot(data_dir)
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start)
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir)
     assert_one_line_error(code, err, "abababababab", "--basis FILE")
     assert snapshot(data_dir) == before
     # the same with a shipped basis file that does not belong to the adapter
     _, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "basis.safetensors", basis, tiny_bert_dir)
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--basis", tmp_path / "basis.safetensors")
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "basis.safetensors")
     assert_one_line_error(code, err, "abababababab", basis.fingerprint[:12])
     assert snapshot(data_dir) == before
 

@@ -124,10 +124,10 @@ def bert_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bert_export(bert_adapter, bert_data):
+def bert_export(bert_adapter, bert_data, tiny_bert_dir):
     """One CLI run with every option; --out sits beside the adapter, which must stay untouched."""
     adapter_bytes = bert_adapter.read_bytes()
-    code, out, err = run_cli(["--adapter", bert_adapter, "--out", bert_adapter.parent / "model.onnx",
+    code, out, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", bert_adapter.parent / "model.onnx",
                               "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--repeats", 2])
     assert code == 0, err
     return {"folder": bert_adapter.parent, "stdout": out, "adapter_bytes": adapter_bytes}
@@ -137,7 +137,7 @@ def bert_export(bert_adapter, bert_data):
 def llama_export(tiny_llama_dir, tmp_path_factory, private_cache):
     adapter = make_adapter(tiny_llama_dir, "causal-lm", tmp_path_factory.mktemp("llama-adapter") / "personal.safetensors")
     folder = tmp_path_factory.mktemp("llama-export")
-    code, out, err = run_cli(["--adapter", adapter, "--out", folder / "model.onnx", "--adapter-as-input",
+    code, out, err = run_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input",
                               "--repeats", 2])
     assert code == 0, err
     return {"folder": folder, "stdout": out, "adapter": adapter}
@@ -243,10 +243,10 @@ def test_causal_lm_logits_match_pytorch(llama_export, tiny_llama_dir):
 
 # --- failures write nothing -----------------------------------------------------------------
 
-def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tmp_path, monkeypatch):
+def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
     (tmp_path / "model.onnx").write_bytes(b"previous export")
-    code, _, err = run_cli(["--adapter", bert_adapter, "--out", tmp_path / "model.onnx", "--repeats", 1])
+    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1])
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error: onnxruntime fp32 vs PyTorch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -273,46 +273,118 @@ def test_wrong_base_model(bert_adapter, tiny_llama_dir, tmp_path):
     assert "was trained on base model" in line
 
 
-def test_basis_with_another_fingerprint(bert_adapter, tmp_path):
+def test_basis_with_another_fingerprint(bert_adapter, tiny_bert_dir, tmp_path):
     state, meta = load_adapter(bert_adapter)
     model, basis = build_adapted_model(meta.base_model, "seq-cls", LoraXSConfig(rank=4), labels=LABELS)
     other = Basis(rank=4, factors={n: (b * 1.001, a) for n, (b, a) in basis.factors.items()})
     save_basis(tmp_path / "other.basis", other, meta.base_model)
     out = tmp_path / "out"
     out.mkdir()
-    line = one_line_error(["--adapter", bert_adapter, "--out", out / "m.onnx", "--basis", tmp_path / "other.basis"], out)
+    line = one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", out / "m.onnx", "--basis", tmp_path / "other.basis"], out)
     assert "belongs to basis" in line and "--basis" in line
 
 
-def test_adapter_of_another_basis_fails_on_the_fresh_svd(bert_adapter, tmp_path):
+def test_adapter_of_another_basis_fails_on_the_fresh_svd(bert_adapter, tiny_bert_dir, tmp_path):
     state, meta = load_adapter(bert_adapter)
     stranger = tmp_path / "stranger.safetensors"
     save_adapter(stranger, state, dataclasses.replace(meta, basis_fingerprint="0" * 64))
     out = tmp_path / "out"
     out.mkdir()
-    line = one_line_error(["--adapter", stranger, "--out", out / "m.onnx"], out)
+    line = one_line_error(["--adapter", stranger, "--model", tiny_bert_dir, "--out", out / "m.onnx"], out)
     assert "belongs to basis 000000000000" in line
 
 
 @pytest.mark.parametrize("out, message", [
-    ("missing/m.onnx", "does not exist or is not a folder"),
-    ("a-file/m.onnx", "does not exist or is not a folder"),
+    ("a-file/m.onnx", "a-file is not a folder"),
+    ("a-file/deeper/m.onnx", "a-file is not a folder"),
     ("m.txt", "must name an .onnx file"),
     ("folder.onnx", "is a folder"),
 ])
-def test_unusable_output(bert_adapter, tmp_path, out, message):
+def test_unusable_output(bert_adapter, tiny_bert_dir, tmp_path, out, message):
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "folder.onnx").mkdir()
-    assert message in one_line_error(["--adapter", bert_adapter, "--out", tmp_path / out], tmp_path)
+    assert message in one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / out], tmp_path)
 
 
-def test_unwritable_output_folder(bert_adapter, tmp_path, monkeypatch):
+def test_unwritable_output_folder(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     def refuse(**_):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("client.onnx.job.tempfile.mkdtemp", refuse)
-    line = one_line_error(["--adapter", bert_adapter, "--out", tmp_path / "m.onnx"], tmp_path)
+    line = one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "m.onnx"], tmp_path)
     assert f"cannot write to output folder {tmp_path}: Permission denied" in line
+
+
+def test_a_missing_output_folder_is_created_as_client_run_does(bert_adapter, tiny_bert_dir, tmp_path):
+    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir,
+                            "--out", tmp_path / "new" / "deeper" / "m.onnx", "--repeats", 1])
+    assert code == 0, err
+    assert (tmp_path / "new" / "deeper" / "m.onnx").is_file()
+
+
+def test_a_failed_export_removes_the_folder_it_created(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
+    code, _, _ = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "new" / "m.onnx",
+                          "--repeats", 1])
+    assert code == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_an_obstacle_at_the_last_name_replaces_nothing(bert_adapter, tiny_bert_dir, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"previous export")
+    (tmp_path / "model.export.json").mkdir()  # the last file moved into place
+    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
+                            "--repeats", 1])
+    assert code == 1 and "is in the way" in err
+    assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.export.json", "model.onnx"]
+
+
+def test_a_move_failing_halfway_puts_the_old_files_back(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
+    (tmp_path / "model.onnx").write_bytes(b"previous export")
+    (tmp_path / "model.export.json").write_text("previous description")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == tmp_path / "model.export.json" and ".export-old-" not in str(src):  # staged -> target
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("client.onnx.folder.os.replace", replace)
+    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
+                            "--repeats", 1])
+    assert code == 1 and "the folder was left as it was" in err
+    assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
+    assert (tmp_path / "model.export.json").read_text() == "previous description"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.export.json", "model.onnx"]
+
+
+def test_nan_logits_fail_the_parity_check():
+    from client.onnx.job import _check_parity
+    from client.onnx.verify import max_diff_over
+
+    mask = np.ones((1, 2), dtype=np.int64)
+    batches = [{"attention_mask": mask}, {"attention_mask": mask}]
+    expected = [np.zeros((1, 2), np.float32), np.full((1, 2), np.nan, np.float32)]
+    diff = max_diff_over(batches, expected, lambda _b: np.zeros((1, 2), np.float32))
+    assert np.isnan(diff)  # max() of [0.0, nan] would have been 0.0
+    with pytest.raises(LoraXSError, match="max abs difference nan"):
+        _check_parity("onnxruntime fp32 vs PyTorch", diff)
+
+
+def test_export_refuses_a_factor_file_of_another_base_model(bert_adapter, tiny_bert_dir, tmp_path):
+    state, meta = load_adapter(bert_adapter)
+    _, basis = build_adapted_model(meta.base_model, "seq-cls", LoraXSConfig(rank=4), labels=LABELS)
+    save_basis(tmp_path / "other.basis", basis, "/another/model")
+    out = tmp_path / "out"
+    out.mkdir()
+    line = one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", out / "m.onnx",
+                           "--basis", tmp_path / "other.basis"], out)
+    assert "holds factors of base model '/another/model'" in line
+
+
+def test_export_needs_model_for_an_adapter_of_a_non_default_base_model(bert_adapter, tmp_path):
+    line = one_line_error(["--adapter", bert_adapter, "--out", tmp_path / "m.onnx"], tmp_path)
+    assert "pass --model" in line
 
 
 def test_config_checks_its_values(tmp_path):

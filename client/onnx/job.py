@@ -3,8 +3,9 @@ runs with onnxruntime and tokenizers alone.
 
 Everything comes from the adapter's metadata (base model, task, rank, alpha, targets, labels);
 the factors come from `--basis`, the cache, or a fresh SVD, and must carry the adapter's
-fingerprint. Files are staged in a hidden folder beside `--out` and moved into place only after
-every check passed: a failed run leaves the output folder as it was and never touches the adapter.
+fingerprint. A missing output folder is created (and removed again if the export fails). Files are
+staged in a hidden folder beside `--out` and moved into place all or nothing only after every check
+passed: a failed run leaves the output folder as it was and never touches the adapter.
 """
 
 import copy
@@ -117,7 +118,9 @@ def run_export(config: ExportConfig) -> ExportReport:
     splits = load_local_folder(config.data_dir, task=adapter.meta.task) if config.data_dir else None
     if splits is not None:
         check_labels(adapter, splits, config.data_dir)
-    stage = _staging_folder(config.out.parent)  # proves the folder writable before any heavy work
+    created = _make_folder(config.out.parent)
+    stage = _staging_folder(config.out.parent, created)  # proves the folder writable before any heavy work
+    done = False
     try:
         subject = _load_subject(config, adapter)
         report = _export_verified(config, subject, splits, stage)
@@ -132,15 +135,19 @@ def run_export(config: ExportConfig) -> ExportReport:
         ))
         move_into_place(report.files, config.out.parent, config.adapter)
         report.files["adapter"] = config.adapter  # what a user of the adapter-as-input graph sends
+        done = True
         return report
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
 
 
 def _check_output(config: ExportConfig) -> None:
     folder = config.out.parent
-    if not folder.is_dir():
-        raise LoraXSError(f"output folder {folder} does not exist or is not a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise LoraXSError(f"output folder {folder} cannot be made: {existing} is not a folder")
     check_output_file(config.out, force=True, hint="an .onnx file name")
     for kind in (*MODEL_KINDS, "description"):
         if (folder / config.output_name(kind)).resolve() == config.adapter.resolve():
@@ -155,15 +162,36 @@ def _load_subject(config: ExportConfig, adapter: AdapterFile) -> Subject:
     return Subject(model, state, adapter.meta, tokenizer, token_input_names(model, tokenizer), opened.factors_source)
 
 
-def _staging_folder(folder: Path) -> Path:
+def _make_folder(folder: Path) -> list[Path]:
+    """Creates a missing output folder (and its parents), as client.run does; -> those created."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_empty(created)
+        raise LoraXSError(f"cannot create output folder {folder}: {err.strerror or err}") from None
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """A failed export leaves no folder it created (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _staging_folder(folder: Path, created: list[Path]) -> Path:
     try:
         return Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     except OSError as err:
+        _remove_empty(created)
         raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
 
 
 def _check_parity(what: str, diff: float) -> None:
-    if diff > FP32_TOLERANCE:
+    if not diff <= FP32_TOLERANCE:  # NaN (non-finite logits) fails too
         raise LoraXSError(f"{what}: max abs difference {diff:.3g} exceeds {FP32_TOLERANCE:g}; nothing was written")
 
 

@@ -1,11 +1,19 @@
 """Adapter files: safetensors holding only the adapter state, with self-describing metadata.
 
-Loading checks the format, the integrity of the bytes (sha256 in the metadata), and, against a
-model, the base model id, the basis fingerprint and every tensor's shape. Never pickle.
+Loading checks the format, the integrity of the bytes and of the metadata (sha256 of each in the
+metadata, format version 2), the type and range of every metadata value (finite alpha > 0, a
+positive integer rank, ...), every tensor's dtype, finiteness and magnitude, and, against a model,
+the base model id, the basis fingerprint and every tensor's shape. Never pickle.
+
+Files of format version 1 (metadata not checksummed) are still read, with a one-line warning on
+stderr: their values pass the same checks, and their base model is loaded only when it is the
+default one or --model names it (`shared/artifacts/open_adapter.py:read_adapter`).
 """
 
 import hashlib
 import json
+import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,10 +25,17 @@ from shared.base_models import canonical_model_id
 from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, is_encrypted, write_encrypted
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
+from shared.data.text_splits import TASKS
 from shared.loraxs.config import LoraXSConfig, default_targets
 
 ADAPTER_FORMAT = "loraxs-adapter"
-ADAPTER_FORMAT_VERSION = "1"
+ADAPTER_FORMAT_VERSION = "2"  # 2: metadata_sha256 covers the metadata; 1 is read with a warning
+READABLE_VERSIONS = ("1", "2")
+MAX_ABS_WEIGHT = 1e4  # larger adapter weights only come from a diverged run or a crafted file
+MAX_ALPHA = 1e6
+MAX_RANK = 4096
+MAX_LABELS = 1000
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -43,11 +58,71 @@ class AdapterMeta:
 
     @classmethod
     def from_strings(cls, strings: dict[str, str]) -> "AdapterMeta":
-        values = {k: json.loads(strings[k]) for k in cls.__dataclass_fields__}
+        """Parses and checks every value; ValueError (with the field named) when one is wrong."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            if name not in strings:
+                raise ValueError(f"'{name}' is missing")
+            try:
+                values[name] = json.loads(strings[name])
+            except (ValueError, RecursionError):
+                raise ValueError(f"'{name}' is not valid JSON") from None
+        _check_meta_values(values)
         values["targets"] = tuple(values["targets"])
         if values["labels"] is not None:
             values["labels"] = tuple(values["labels"])
+        values["alpha"] = float(values["alpha"])
         return cls(**values)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _check_meta_values(values: dict) -> None:
+    base_model = values["base_model"]
+    if not isinstance(base_model, str) or not base_model.isprintable() or not 0 < len(base_model) <= 1000:
+        raise ValueError("'base_model' must be a model id or folder (printable, at most 1000 characters)")
+    if values["task"] not in TASKS:
+        raise ValueError(f"'task' must be one of {', '.join(TASKS)}")
+    if not _is_int(values["rank"]) or not 1 <= values["rank"] <= MAX_RANK:
+        raise ValueError(f"'rank' must be an integer in [1, {MAX_RANK}], got {str(values['rank'])[:40]!r}")
+    alpha = values["alpha"]
+    if not (_is_int(alpha) or isinstance(alpha, float)) or not (0 < alpha <= MAX_ALPHA and math.isfinite(alpha)):
+        raise ValueError(f"'alpha' must be a finite number in (0, {MAX_ALPHA:g}], got {str(alpha)[:40]!r}")
+    if not _is_str_list(values["targets"]) or not values["targets"]:
+        raise ValueError("'targets' must be a non-empty list of module names")
+    labels = values["labels"]
+    if labels is not None and (not _is_str_list(labels) or not 1 <= len(labels) <= MAX_LABELS):
+        raise ValueError(f"'labels' must be null or a list of 1 to {MAX_LABELS} strings")
+    if not isinstance(values["basis_fingerprint"], str):
+        raise ValueError("'basis_fingerprint' must be a string")
+    extra = values["extra"]
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise ValueError("'extra' must be a table of strings")
+
+
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """sha256 over every metadata entry but itself, sorted by key."""
+    items = sorted((k, v) for k, v in metadata.items() if k != "metadata_sha256")
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def check_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """Float tensors, finite and below MAX_ABS_WEIGHT: anything else is a diverged run or a bad file."""
+    for name, tensor in state.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise LoraXSError(f"{source}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                              "not float32 or float16")
+        if not torch.isfinite(tensor).all():
+            raise LoraXSError(f"{source}: tensor {name} holds NaN or Inf (training diverged? try a lower --lr)")
+        if tensor.numel() and tensor.abs().max().item() > MAX_ABS_WEIGHT:
+            raise LoraXSError(f"{source}: tensor {name} holds values beyond {MAX_ABS_WEIGHT:g} "
+                              "(training diverged? try a lower --lr)")
 
 
 def adapter_meta(
@@ -81,14 +156,17 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def adapter_to_bytes(state: dict[str, torch.Tensor], meta: AdapterMeta) -> bytes:
+def adapter_to_bytes(state: dict[str, torch.Tensor], meta: AdapterMeta, source: str = "the adapter") -> bytes:
+    """Refuses (LoraXSError) a state no loader would accept: non-finite or implausible weights."""
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    check_weights(state, f"not writing {source}")
     metadata = {
         "format": ADAPTER_FORMAT,
         "format_version": ADAPTER_FORMAT_VERSION,
         "state_sha256": state_digest(state),
         **meta.to_strings(),
     }
+    metadata["metadata_sha256"] = metadata_digest(metadata)
     return save_bytes(state, metadata=metadata)
 
 
@@ -97,31 +175,36 @@ def save_adapter(path: str | Path, state: dict[str, torch.Tensor], meta: Adapter
     """Writes atomically; returns the file size in bytes. With `key_source`: encrypted at rest
     (shared/crypto/at_rest.py, one AEAD over the whole file, mode 0600)."""
     if key_source is not None:
-        write_encrypted(path, adapter_to_bytes(state, meta), key_source)
+        write_encrypted(path, adapter_to_bytes(state, meta, str(path)), key_source)
         return Path(path).stat().st_size
-    return write_atomically(path, adapter_to_bytes(state, meta), "adapter")
+    return write_atomically(path, adapter_to_bytes(state, meta, str(path)), "adapter")
 
 
 def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
     state, metadata = read_blob(data, source, "adapter")
     if metadata.get("format") != ADAPTER_FORMAT:
         raise LoraXSError(f"{source} is not a LoRA-XS adapter file (format {metadata.get('format')!r})")
-    if metadata.get("format_version") != ADAPTER_FORMAT_VERSION:
+    version = metadata.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise LoraXSError(
-            f"{source} has adapter format version {metadata.get('format_version')!r}; "
-            f"this version reads {ADAPTER_FORMAT_VERSION}"
+            f"{source} has adapter format version {str(version)[:20]!r}; "
+            f"this version reads {', '.join(READABLE_VERSIONS)}"
         )
+    if version == ADAPTER_FORMAT_VERSION and metadata.get("metadata_sha256") != metadata_digest(metadata):
+        raise LoraXSError(f"{source} is corrupt: its metadata does not match its checksum")
     try:
         meta = AdapterMeta.from_strings(metadata)
     except (KeyError, TypeError, ValueError) as err:
         raise LoraXSError(f"{source} has malformed adapter metadata ({err})") from None
+    check_weights(state, source)
     if metadata.get("state_sha256") != state_digest(state):
         raise LoraXSError(f"{source} is corrupt: its tensors do not match their checksum")
     for name, tensor in state.items():
         if name.endswith("lora_R") and tuple(tensor.shape) != (meta.rank, meta.rank):
             raise LoraXSError(f"{source}: {name} has shape {tuple(tensor.shape)}, not rank {meta.rank}")
-        if not torch.isfinite(tensor).all():
-            raise LoraXSError(f"{source}: tensor {name} holds NaN or Inf")
+    if version != ADAPTER_FORMAT_VERSION:
+        print(f"warning: {source} has adapter format version {version}: its metadata is not "
+              "checksummed (save it again to upgrade)", file=sys.stderr)
     return state, meta
 
 

@@ -47,10 +47,16 @@ class OpenedAdapter:
 
 def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
                  task: str | None = None, key_source=None) -> AdapterFile:
-    """Load an adapter file; the flags given (--model, --rank, --task) must agree with it."""
+    """Load an adapter file; the flags given (--model, --rank, --task) must agree with it.
+
+    The base model an adapter names is loaded only when it is the default one or `model` (--model)
+    names it: a file must never make a device load another folder or download a hub repository."""
     state, meta = load_adapter(path, key_source)  # key_source: an adapter encrypted at rest
     if model is not None:
         check_adapter_matches(meta, str(path), canonical_model_id(model), meta.basis_fingerprint)
+    elif canonical_model_id(meta.base_model) != canonical_model_id(None):
+        raise LoraXSError(f"{path} was trained on base model {meta.base_model[:200]!r}, not the default one; "
+                          "to load that model, pass --model with it")
     if rank is not None and rank != meta.rank:
         raise LoraXSError(f"{path} has rank {meta.rank}, but --rank is {rank}")
     if task is not None and task != meta.task:
