@@ -1,0 +1,116 @@
+"""What the security flags cost: one federation per mode, side by side, same seed and data.
+
+Modes: plain, --encrypt (updates sealed with HPKE to the ServerApp's key). Secure aggregation is
+not wired into the federation yet (shared/crypto/secagg/ is the library): its row is absent.
+Each run: the real ServerApp and ClientApp code on the in-process Grid (tests/in_process_simulation.py,
+messages round-tripped through Flower's protobuf serde, bytes counted by server/traffic.py as in
+every report), the packaged MiniLM (rank 16) unless --model, a synthetic review folder cut into
+--clients iid partitions. Writes benchmarks/results/security_overhead.json and .md.
+
+    python -m benchmarks.security_overhead [--clients 5] [--rounds 3] [--examples 200] [--model ID|DIR]
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from client.app import make_client_app
+from server.federation import run_federation
+from shared.base_models import DEFAULT_MODEL
+from shared.federation.run_config import FederationConfig
+from tests.in_process_simulation import InProcessGrid
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+WORDS = {0: ["bad", "awful", "boring", "dull", "weak", "clumsy"], 1: ["great", "superb", "fun", "moving", "fresh", "sharp"]}
+MODES = {"plain": {}, "encrypt": {"encrypt_updates": True}}
+
+
+def write_reviews(folder: Path, count: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    with open(folder / "reviews.jsonl", "w") as out:
+        for i in range(count):
+            y = i % 2
+            text = " ".join(rng.choice(WORDS[y] + WORDS[1 - y][:2]) for _ in range(8)) + " film"
+            out.write(json.dumps({"text": text, "label": ["neg", "pos"][y]}) + "\n")
+    return folder
+
+
+def run_mode(config: FederationConfig) -> dict:
+    grid = InProcessGrid(make_client_app(config), config.num_clients)
+    started = time.perf_counter()
+    report = run_federation(grid, config)
+    seconds = time.perf_counter() - started
+    final = report["final"]
+    return {
+        "bytes_up_per_client_per_round": final["bytes_up_per_client_per_round"],
+        "bytes_down_per_client_per_round": final["bytes_down_per_client_per_round"],
+        "adapter_payload_bytes": final["adapter_payload_bytes"],
+        "seconds_per_round": round(seconds / config.num_server_rounds, 2),
+        "final_accuracy_global": final.get("accuracy_global"),
+        "rejected_updates": sum(r.get("rejected_updates", 0) for r in report["rounds"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.security_overhead")
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--out", type=Path, default=RESULTS / "security_overhead")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_reviews(Path(tmp) / "reviews", args.examples)
+        base = FederationConfig(
+            num_clients=args.clients, num_server_rounds=args.rounds, fraction_train=1.0, fraction_evaluate=0.0,
+            final_eval_fraction=0.0, model=args.model, dataset=str(data), partition="iid",
+            eval_max_examples=100, seed=0,
+        )
+        for mode, changes in MODES.items():
+            results[mode] = run_mode(replace(base, out_dir=str(Path(tmp) / mode), **changes))
+            print(mode, results[mode], flush=True)
+    plain = results["plain"]
+    for row in results.values():
+        row["bytes_up_vs_plain"] = round(row["bytes_up_per_client_per_round"] / plain["bytes_up_per_client_per_round"], 4)
+        row["bytes_down_vs_plain"] = round(row["bytes_down_per_client_per_round"] / plain["bytes_down_per_client_per_round"], 4)
+    document = {
+        "command": "python -m benchmarks.security_overhead " + " ".join(argv or []),
+        "setup": {"model": args.model, "clients": args.clients, "rounds": args.rounds, "examples": args.examples,
+                  "seed": 0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"},
+        "modes": results,
+        "secure_aggregation": "not measured: not wired into the federation yet (see docs/security.md)",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    lines = [
+        "# Security overhead (same seed, same data, side by side)", "",
+        f"`{document['command'].strip()}` — {args.model}, {args.clients} clients, {args.rounds} rounds, "
+        f"{document['setup']['machine']}.", "",
+        "| mode | bytes up / client / round | vs plain | bytes down / client / round | vs plain | s / round | final accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, row in results.items():
+        acc = row["final_accuracy_global"]
+        lines.append(f"| {mode} | {row['bytes_up_per_client_per_round']:,.0f} | {row['bytes_up_vs_plain']:.3f}x | "
+                     f"{row['bytes_down_per_client_per_round']:,.0f} | {row['bytes_down_vs_plain']:.3f}x | "
+                     f"{row['seconds_per_round']:.2f} | {'-' if acc is None else f'{acc:.4f}'} |")
+    lines += ["", "Bytes are Flower's serialized message objects (server/traffic.py); down includes the factor "
+              "bundle of the first round, spread over the rounds. Secure aggregation: not measured (not wired yet).", ""]
+    args.out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""(slow) A real loopback deployment over TLS with SuperNode auth, running two rounds with
+encrypt-updates: every update sealed to the ServerApp's key (from server-key-file), opened, none
+rejected; each node remembered the key that came with the factors."""
+
+import json
+
+import pytest
+
+from deployment.local import DeploymentConfig, LocalDeployment
+from server.sealed_updates import PUBLIC_KEY_FILE
+from shared.artifacts.cache import STATE_FOLDER
+from shared.crypto.sealing import ServerPrivateKey, load_public_key, save_private_key
+from tests.test_client_run import write_reviews
+from tests.test_deployment import REPO, assert_all_gone, run_config
+
+
+@pytest.mark.slow
+def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
+    data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
+    out_dir = tmp_path / "server-out"
+    key = ServerPrivateKey.generate()
+    save_private_key(key, tmp_path / "server.key")
+    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
+    settings = run_config(tiny_bert_dir, out_dir, "fresh,rotten") + (
+        f" encrypt-updates=true server-key-file='{tmp_path / 'server.key'}'")
+    with LocalDeployment(config) as deployment:
+        deployment.wait_for_supernodes(timeout=60)
+        done = deployment.run(REPO, settings, timeout=180)
+        log = (config.workdir / "flwr-run.log").read_text()
+        assert done.returncode == 0, log[-3000:]
+        pids = deployment.alive_pids()
+    assert_all_gone(pids)
+
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
+    assert [r["rejected_updates"] for r in report["rounds"]] == [0, 0]
+    assert load_public_key(out_dir / PUBLIC_KEY_FILE).raw == key.public_key.raw
+    for data_dir in data_dirs:
+        assert load_public_key(data_dir / STATE_FOLDER / "server_key.pub").raw == key.public_key.raw
