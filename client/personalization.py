@@ -6,10 +6,9 @@ split before and after, and writes a personal adapter atomically. Nothing in the
 changes except the output file and the `.loraxs/` state folder (cached factors).
 """
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, save_adapter
 from shared.artifacts.blob import check_output_file
@@ -17,13 +16,16 @@ from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
 from shared.artifacts.open_adapter import check_labels, open_adapter, read_adapter
 from shared.base_models import canonical_model_id, load_tokenizer, resolve_device
 from shared.crypto.at_rest import KeySource
-from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, make_loader
+from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.data.local_folder import infer_task, load_local_folder
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.loraxs.model import adapter_state
-from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
+from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.personal_training import (
+    PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training,
+)
+from shared.training import EvalResult, evaluate
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # in the data folder itself (public: docs, tests)
 ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet",
@@ -51,11 +53,7 @@ class PersonalizationConfig:
     model: str | None = None
     rank: int | None = None
     task: str | None = None
-    epochs: float = TrainConfig.epochs
-    lr: float = TrainConfig.lr
-    head_lr: float | None = TrainConfig.head_lr
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_length: int = DEFAULT_MAX_LENGTH
+    training: PersonalTrainingConfig = field(default_factory=PersonalTrainingConfig)
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -73,12 +71,6 @@ class PersonalizationConfig:
             raise LoraXSError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not 0 <= self.seed < 2**32:
             raise LoraXSError(f"--seed must be in [0, 2**32 - 1], got {self.seed}")
-        if self.batch_size < 1:
-            raise LoraXSError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.max_length < 2:
-            raise LoraXSError(f"--max-length must be at least 2, got {self.max_length}")
-        if not self.epochs > 0:
-            raise LoraXSError(f"--epochs must be positive, got {self.epochs}")
 
     @property
     def out_path(self) -> Path:
@@ -89,9 +81,10 @@ class PersonalizationConfig:
 class PersonalizationResult:
     out: Path
     num_bytes: int
-    before: EvalResult
+    before: EvalResult  # the start adapter as given (from scratch: an untrained head)
     after: EvalResult
-    training: TrainResult
+    baselines: dict[str, EvalResult]  # name -> held-out result, on the same split
+    recipe: PersonalTrainingResult
     meta: AdapterMeta
     factors_source: str
     num_train: int
@@ -121,26 +114,31 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     store_basis_somewhere(basis_cache_dirs(config.data_dir), basis, model_id)  # a read-only folder: user cache
 
     tokenizer = load_tokenizer(model_id)
-    train_loader = make_loader(
-        splits.train, tokenizer, task, config.batch_size, config.max_length, shuffle=True, seed=config.seed
+    test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
+    recipe_length = choose_max_length(splits.train["text"], tokenizer, config.training, model)
+    before = evaluate(model, test_loader(recipe_length), device)
+    recipe = personal_training(
+        model, splits.train, tokenizer, task, config.training, device,
+        start="the given adapter" if config.adapter else "scratch", progress=config.progress,
     )
-    test_loader = make_loader(splits.test, tokenizer, task, config.batch_size, config.max_length)
-    before = evaluate(model, test_loader, device)
-    torch.manual_seed(config.seed)  # dropout
-    training = train(
-        model, train_loader, TrainConfig(epochs=config.epochs, lr=config.lr, head_lr=config.head_lr),
-        device, progress=config.progress, desc="personalize",
-    )
-    after = evaluate(model, test_loader, device)
+    after = evaluate(model, test_loader(recipe.max_length), device)
+    baselines = {}
+    if recipe.frozen_head_state is not None:
+        chosen = copy.deepcopy(adapter_state(model))
+        load_adapter_state(model, recipe.frozen_head_state)
+        baselines["frozen features + logistic regression"] = evaluate(model, test_loader(recipe.max_length), device)
+        load_adapter_state(model, chosen)
+    if config.adapter:
+        baselines["the given adapter"] = before
 
     meta = adapter_meta(
         model_id, task, lora, basis, labels, kind="personal",
         started_from=config.adapter.name if config.adapter else "scratch",
-        train_examples=str(len(splits.train)),
+        train_examples=str(len(splits.train)), max_length=str(recipe.max_length),
     )
     check_output_file(out, config.force)  # it may have appeared while training
     num_bytes = save_adapter(out, adapter_state(model), meta, config.key_source if config.encrypt_at_rest else None)
     return PersonalizationResult(
-        out=out, num_bytes=num_bytes, before=before, after=after, training=training,
+        out=out, num_bytes=num_bytes, before=before, after=after, baselines=baselines, recipe=recipe,
         meta=meta, factors_source=opened.factors_source, num_train=len(splits.train),
     )

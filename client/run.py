@@ -18,14 +18,14 @@ from client.adapter_key import add_key_flags, key_source
 from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
 from deployment.supernode import SuperNodeConfig, run_supernode
 from shared.cli import run_cli
-from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.training import TrainConfig
+from shared.personal_training import LENGTH_PERCENTILE, PersonalTrainingConfig
 
-LOCAL_ONLY = ("adapter", "out", "basis", "epochs", "model", "rank", "task", "lr", "head_lr",
-              "batch_size", "max_length", "device")  # flags that mean nothing with --superlink
+RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
+RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience")
+LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
 
 
@@ -41,14 +41,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--out", metavar="FILE", help=f"personal adapter to write (default DIR/{DEFAULT_OUT_NAME}); a missing folder is created")
     local.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     local.add_argument("--basis", metavar="FILE", help="the factor bundle the server shipped")
-    local.add_argument("--epochs", type=float, help=f"passes over the training split (default {TrainConfig.epochs:g})")
+    local.add_argument("--epochs", type=float, help=(
+        f"most passes over the training split; early stopping may end sooner (default: "
+        f"{RECIPE.step_budget} steps as {RECIPE.min_epochs}-{RECIPE.max_epochs} epochs)"))
     local.add_argument("--model", help="base model id or folder (default: the packaged MiniLM)")
     local.add_argument("--rank", type=int, help=f"LoRA-XS rank without --adapter (default {LoraXSConfig.rank})")
     local.add_argument("--task", choices=TASKS, help="default: from the adapter, else from the files")
-    local.add_argument("--lr", type=float, help=f"learning rate of the r x r matrices (default {TrainConfig.lr:g})")
-    local.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
-    local.add_argument("--batch-size", type=int, help=f"default {DEFAULT_BATCH_SIZE}")
-    local.add_argument("--max-length", type=int, help=f"tokens per text (default {DEFAULT_MAX_LENGTH})")
+    local.add_argument("--lr", type=float, help=f"learning rate of the r x r matrices (default {RECIPE.lr:g})")
+    local.add_argument("--head-lr", type=float, help=(
+        f"learning rate of the head (default: --lr x {RECIPE.head_lr_scale:g} after its closed-form start)"))
+    local.add_argument("--batch-size", type=int, help=f"default {RECIPE.batch_size}")
+    local.add_argument("--max-length", type=int, help=(
+        f"tokens per text (default: the {LENGTH_PERCENTILE}th percentile of the folder's, "
+        f"{RECIPE.min_length}-{RECIPE.length_cap})"))
+    local.add_argument("--val-fraction", type=float, help=(
+        f"share of the training split held out to choose the epoch (default {RECIPE.val_fraction:g})"))
+    local.add_argument("--patience", type=int, help=(
+        f"epochs without a better validation score before stopping (default {RECIPE.patience})"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")
@@ -76,23 +85,36 @@ def check_mode_flags(args: argparse.Namespace) -> None:
 
 
 def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
-    defaults = {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "max_length", "device")
-                if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
     return PersonalizationConfig(
         data_dir=args.data, adapter=args.adapter, basis_file=args.basis, out=args.out, force=args.force,
-        model=args.model, rank=args.rank, task=args.task, head_lr=args.head_lr, seed=args.seed, **defaults,
+        model=args.model, rank=args.rank, task=args.task, seed=args.seed,
+        training=PersonalTrainingConfig(seed=args.seed, **given),
+        **({"device": args.device} if args.device else {}),
     )
 
 
 def print_report(result: PersonalizationResult) -> None:
-    meta = result.meta
+    meta, recipe = result.meta, result.recipe
     print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
           f"factors from {result.factors_source} (basis {meta.basis_fingerprint[:12]})")
-    print(f"trained on {result.num_train} examples: {result.training.steps} steps in "
-          f"{result.training.seconds:.1f} s, mean loss {result.training.loss:.4f}")
+    training = recipe.training
+    print(f"trained on {recipe.num_fit} of {result.num_train} examples ({recipe.num_val} held out for "
+          f"validation), {recipe.max_length} tokens: {training.steps} steps in {training.seconds:.1f} s, "
+          f"mean loss {training.loss:.4f}")
+    history = ", ".join(f"{score:.3f}" for score in recipe.history)
+    print(f"validation: start ({recipe.start}) {recipe.start_score:.4f}; after each epoch {history}")
+    if recipe.improved:
+        print(f"kept epoch {recipe.best_epoch} (validation {recipe.best_score:.4f})")
+    else:
+        print(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
     print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")
+    for name, baseline in result.baselines.items():
+        verdict = "beaten" if result.after.accuracy > baseline.accuracy else (
+            "tied" if result.after.accuracy == baseline.accuracy else "NOT beaten")
+        print(f"baseline {name}: {baseline.accuracy:.4f} on the same split ({verdict})")
     print(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
 
 

@@ -1,6 +1,7 @@
 """Loading base models and tokenizers (the packaged MiniLM by default, or any HF id / folder),
 and the one way to build an adapted model: base model + LoRA-XS with a given basis or a fresh SVD."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import inject
+from shared.pooled_classifier import POOLINGS, PooledClassifier
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
@@ -71,15 +73,47 @@ def load_tokenizer(model_id: str):
     return tokenizer
 
 
-def load_base_model(model_id: str, task: str, num_labels: int | None = None, seed: int = 0) -> nn.Module:
-    """A float32 model in eval mode; the (new) classification head is initialised from `seed`."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def model_pooling(model_id: str) -> str:
+    """How a classifier on `model_id` pools its tokens: the sentence-transformers pooling of an
+    embedding model ("mean" or "cls", from `modules.json` and `1_Pooling/config.json`), else
+    "pooler" (Hugging Face's classifier: [CLS] through the pretrained pooler)."""
+    folder = Path(model_path(model_id))
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        pooling = next(m for m in modules if str(m.get("type", "")).endswith("models.Pooling"))
+        settings = json.loads((folder / str(pooling.get("path", "")) / "config.json").read_text())
+    except (OSError, ValueError, TypeError, AttributeError, StopIteration):
+        return "pooler"  # not a (local) sentence-transformers folder
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    return "pooler"
+
+
+def load_base_model(
+    model_id: str, task: str, num_labels: int | None = None, seed: int = 0, pooling: str | None = None
+) -> nn.Module:
+    """A float32 model in eval mode; the (new) classification head is initialised from `seed`.
+
+    pooling (seq-cls): "mean" / "cls" = `PooledClassifier` over the backbone, "pooler" = Hugging
+    Face's classifier, None = what the model was trained with (`model_pooling`)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task not in TASKS:
         raise LoraXSError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    pooling = pooling or (model_pooling(model_id) if task == "seq-cls" else "pooler")
+    if pooling not in (*POOLINGS, "pooler"):
+        raise LoraXSError(f"pooling must be mean, cls or pooler, got {pooling!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if task == "seq-cls":
+        if task == "seq-cls" and pooling in POOLINGS:
+            backbone = _from_pretrained(AutoModel, model_id, dtype=torch.float32)
+            model = PooledClassifier(backbone, num_labels or 2, pooling)
+            std = getattr(model.config, "initializer_range", 0.02)
+            nn.init.normal_(model.classifier.weight, std=std)  # as Hugging Face inits its heads
+            nn.init.zeros_(model.classifier.bias)
+        elif task == "seq-cls":
             model = _from_pretrained(
                 AutoModelForSequenceClassification, model_id, num_labels=num_labels or 2,
                 dtype=torch.float32,
@@ -98,8 +132,9 @@ def build_adapted_model(
     labels: list[str] | None = None,
     basis: Basis | None = None,
     seed: int = 0,
+    pooling: str | None = None,
 ) -> tuple[nn.Module, Basis]:
     """Loads the base model (head seeded), injects LoRA-XS with `basis` or a fresh SVD."""
-    model = load_base_model(canonical_model_id(model_id), task, len(labels) if labels else None, seed)
+    model = load_base_model(canonical_model_id(model_id), task, len(labels) if labels else None, seed, pooling)
     basis = inject(model, config, basis=basis, train_head=task == "seq-cls", seed=seed)
     return model, basis

@@ -3,6 +3,7 @@ client and the benchmarks alike. Only parameters with requires_grad (R matrices,
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +99,12 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "train",
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> TrainResult:
-    """AdamW + linear schedule with warmup over `loader`; returns mean loss and throughput."""
+    """AdamW + linear schedule with warmup over `loader`; returns mean loss and throughput.
+
+    after_epoch(steps_done), called after every full pass, may stop training by returning True
+    (early stopping); the model is left in eval mode whenever it is called."""
     if len(loader) == 0:
         raise LoraXSError("no training examples")
     steps = config.max_steps or math.ceil(config.epochs * len(loader))
@@ -113,7 +118,7 @@ def train(
     start = time.perf_counter()
     with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
         while step < steps:
-            for batch in loader:
+            for index, batch in enumerate(loader):
                 batch = _to_device(batch, device)
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
@@ -128,6 +133,10 @@ def train(
                 total_loss += loss.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+                if after_epoch is not None and index == len(loader) - 1:  # a full pass done
+                    if after_epoch(step):
+                        steps = step  # early stop
+                    model.train()
                 if step >= steps:
                     break
     seconds = time.perf_counter() - start

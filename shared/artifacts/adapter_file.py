@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save as save_bytes
 
 from shared.artifacts.blob import read_blob, read_file, write_atomically
-from shared.base_models import canonical_model_id
+from shared.base_models import canonical_model_id, model_pooling
 from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, is_encrypted, write_encrypted
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
@@ -135,6 +135,9 @@ def adapter_meta(
 ) -> AdapterMeta:
     """Metadata for an adapter trained on `basis` (the resolved targets, not an empty default)."""
     targets = config.target_modules or default_targets(list(basis.factors))
+    pooling = model_pooling(canonical_model_id(model_id)) if task == "seq-cls" else "pooler"
+    if pooling != "pooler":  # absent = Hugging Face's classifier, as in files from before pooling
+        extra.setdefault("pooling", pooling)
     return AdapterMeta(
         base_model=canonical_model_id(model_id),
         task=task,

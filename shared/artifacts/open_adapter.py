@@ -114,6 +114,7 @@ def open_adapter(
     basis_file: Path | None = None,
     data_dir: Path | None = None,
     seed: int = 0,
+    pooling: str | None = None,
 ) -> OpenedAdapter:
     """The adapted model of `adapter` (its file rules: base model, task, rank, alpha, targets,
     labels, fingerprint), or of a fresh adapter from `base_model`, `task`, `lora`, `labels`
@@ -124,6 +125,7 @@ def open_adapter(
         base_model, task, fingerprint = meta.base_model, meta.task, meta.basis_fingerprint
         lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets)
         labels = list(meta.labels) if meta.labels else None
+        pooling = meta.extra.get("pooling", "pooler")  # files from before pooling was recorded
     base_model = canonical_model_id(base_model)
     source = "the factors in hand"
     if basis is None:
@@ -131,7 +133,8 @@ def open_adapter(
     if lora is None:
         lora = LoraXSConfig(rank=basis.rank) if basis is not None else LoraXSConfig()
     computed = basis is None
-    model, basis = build_adapted_model(base_model, task, lora, labels=labels, basis=basis, seed=seed)
+    model, basis = build_adapted_model(base_model, task, lora, labels=labels, basis=basis, seed=seed,
+                                       pooling=pooling)
     if computed:
         check_fingerprint(basis, fingerprint, "the factors computed from the base model")
     else:

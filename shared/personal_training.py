@@ -1,0 +1,217 @@
+"""The training recipe for one user's small folder: the defaults `client.run` uses, and the
+ClientApp's personalization with them.
+
+    train split -> fit + validation (stratified, seeded)
+    max length  <- the 95th percentile of the fit texts' token counts (capped)
+    start       <- the better on validation of: the adapter as given, and the same adapter with
+                   its head refitted in closed form (logistic regression on its pooled features)
+    train       -> R (and, slowly, the head) with AdamW, an epoch budget from the folder size,
+                   validation after every epoch, early stopping, the best epoch kept
+    never worse -> when no epoch beats the start on validation, the start is what is kept
+
+No Flower, no files: the callers load data and write adapters.
+"""
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+
+from shared.data.batches import DEFAULT_BATCH_SIZE, EVAL_BATCH_SIZE, make_loader
+from shared.errors import LoraXSError
+from shared.linear_probe import fit_linear_head, head_inputs, linear_head, refit, set_head
+from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
+from shared.training import TrainConfig, TrainResult, evaluate, train
+
+LENGTH_PERCENTILE = 95
+
+
+@dataclass(frozen=True)
+class PersonalTrainingConfig:
+    """lr: AdamW on the r x r matrices. head_lr: None = lr x `head_lr_scale` when the head starts
+    from the closed-form fit (a good head moved fast is undone in one epoch), else lr.
+    max_length: None = from the folder (`LENGTH_PERCENTILE` of token counts, in
+    [min_length, length_cap]). epochs: None = `step_budget` optimizer steps, as whole epochs in
+    [min_epochs, max_epochs]. patience: epochs without a better validation score before stopping.
+    refit_head: after choosing the epoch, refit the head in closed form on fit + validation."""
+
+    lr: float = 5e-3
+    head_lr: float | None = None
+    head_lr_scale: float = 0.1
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_length: int | None = None
+    min_length: int = 32
+    length_cap: int = 256
+    epochs: float | None = None
+    step_budget: int = 400
+    min_epochs: int = 3
+    max_epochs: int = 10
+    val_fraction: float = 0.2
+    patience: int = 2
+    refit_head: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise LoraXSError(f"--lr must be a positive finite number, got {self.lr}")
+        if self.head_lr is not None and not (math.isfinite(self.head_lr) and self.head_lr > 0):
+            raise LoraXSError(f"--head-lr must be a positive finite number, got {self.head_lr}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and 0 < self.epochs <= 1000):
+            raise LoraXSError(f"--epochs must be in (0, 1000], got {self.epochs}")
+        if self.max_length is not None and self.max_length < 2:
+            raise LoraXSError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.batch_size < 1:
+            raise LoraXSError(f"--batch-size must be positive, got {self.batch_size}")
+        if not 0 < self.val_fraction < 0.5:
+            raise LoraXSError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.patience < 1:
+            raise LoraXSError(f"--patience must be at least 1, got {self.patience}")
+
+
+@dataclass
+class PersonalTrainingResult:
+    start: str  # what training started from
+    start_score: float  # validation accuracy (seq-cls) or minus the loss (causal-lm)
+    best_score: float
+    improved: bool  # an epoch beat the start on validation
+    history: list[float]  # validation score after every epoch
+    best_epoch: int  # 0 = the start
+    training: TrainResult | None
+    max_length: int
+    num_fit: int
+    num_val: int
+    frozen_head_score: float | None  # frozen base features + logistic regression, on validation
+    frozen_head_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
+    """`config.max_length`, else the `LENGTH_PERCENTILE` of the texts' token counts (rounded up
+    to 8, in [min_length, length_cap]); never above what the tokenizer and model accept."""
+    limit = model_length_limit(tokenizer, model)
+    if config.max_length is not None:
+        return min(config.max_length, limit) if limit else config.max_length
+    counts = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+    length = int(math.ceil(np.percentile(counts, LENGTH_PERCENTILE) / 8) * 8) if counts else config.min_length
+    limit = min(config.length_cap, limit or config.length_cap)
+    return max(min(length, limit), min(config.min_length, limit))
+
+
+def model_length_limit(tokenizer, model: nn.Module | None = None) -> int | None:
+    limits = [getattr(tokenizer, "model_max_length", None),
+              getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else None
+
+
+def split_validation(train: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[Dataset, Dataset]:
+    """(fit, validation): `fraction` of every class (at least one example of a class with two
+    or more), seeded."""
+    rng = np.random.default_rng(seed)
+    n = len(train)
+    if n < 4:
+        raise LoraXSError(f"{n} training examples are too few to hold some out for validation (need 4)")
+    groups = {}
+    keys = train["label"] if stratify else [0] * n
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    val = []
+    for indices in groups.values():
+        take = int(round(fraction * len(indices)))
+        take = max(take, 1) if len(indices) >= 2 else 0
+        val += list(rng.permutation(indices)[:take])
+    val_set = set(int(i) for i in val)
+    fit = [i for i in range(n) if i not in val_set]
+    return train.select(fit), train.select(sorted(val_set))
+
+
+def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
+    if config.epochs is not None:
+        return config.epochs
+    return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
+
+
+def _score(model: nn.Module, loader, device, task: str) -> float:
+    result = evaluate(model, loader, device)
+    return result.accuracy if task == "seq-cls" else -result.loss
+
+
+def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Set every R to zero (the frozen base model); returns the state to restore."""
+    saved = copy.deepcopy(adapter_state(model))
+    with torch.no_grad():
+        for layer in adapted_layers(model).values():
+            layer.lora_R.zero_()
+    return saved
+
+
+def personal_training(
+    model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
+    device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
+) -> PersonalTrainingResult:
+    """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set` by the recipe above;
+    the model ends holding the chosen adapter state."""
+    seq_cls = task == "seq-cls"
+    fit, val = split_validation(train_set, config.val_fraction, config.seed, stratify=seq_cls)
+    max_length = choose_max_length(fit["text"], tokenizer, config, model)
+    loader = lambda ds, shuffle=False: make_loader(  # noqa: E731
+        ds, tokenizer, task, config.batch_size if shuffle else EVAL_BATCH_SIZE, max_length,
+        shuffle=shuffle, seed=config.seed)
+    fit_eval, val_loader = loader(fit), loader(val)
+    num_classes = len(set(train_set["label"])) if seq_cls else 0
+    head = linear_head(model) if seq_cls else None
+    num_classes = head.out_features if head is not None else num_classes
+
+    best_state, best_score = copy.deepcopy(adapter_state(model)), _score(model, val_loader, device, task)
+    start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
+    if head is not None:
+        # the frozen base model's features + logistic regression: the baseline, and a start
+        saved = _zeroed_adapters(model)
+        fit_features, val_features = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
+        frozen_head, frozen_score = fit_linear_head(fit_features, val_features, num_classes)
+        if config.refit_head:  # as the personal head will be: on fit + validation
+            frozen_head = refit(torch.cat([fit_features[0], val_features[0]]),
+                                torch.cat([fit_features[1], val_features[1]]), num_classes, frozen_head.l2)
+        set_head(model, frozen_head)
+        frozen_state = copy.deepcopy(adapter_state(model))
+        load_adapter_state(model, saved)
+        # the start adapter's own features + logistic regression
+        probe, probe_score = fit_linear_head(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device), num_classes)
+        if probe_score > best_score or start == "scratch":
+            set_head(model, probe)
+            best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
+            start_name = f"{start} + closed-form head" if start != "scratch" else "frozen features + closed-form head"
+    start_score = best_score
+    history: list[float] = []
+    best_epoch, waited = 0, 0
+
+    def after_epoch(_step: int) -> bool:
+        nonlocal best_state, best_score, best_epoch, waited
+        score = _score(model, val_loader, device, task)
+        history.append(score)
+        if score > best_score:
+            best_state, best_score, best_epoch, waited = copy.deepcopy(adapter_state(model)), score, len(history), 0
+        else:
+            waited += 1
+        return waited >= config.patience
+
+    train_loader = loader(fit, shuffle=True)
+    head_lr = config.head_lr or (config.lr * config.head_lr_scale if probe_l2 is not None else config.lr)
+    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr, head_lr=head_lr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # dropout
+        training = train(model, train_loader, train_config, device, progress=progress,
+                         desc="personalize", after_epoch=after_epoch)
+    load_adapter_state(model, best_state)
+    if config.refit_head and probe_l2 is not None:
+        features = [head_inputs(model, loader(ds), device) for ds in (fit, val)]
+        set_head(model, refit(torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features]),
+                              num_classes, probe_l2))
+    return PersonalTrainingResult(
+        start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
+        history=history, best_epoch=best_epoch, training=training, max_length=max_length,
+        num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
+    )
