@@ -10,6 +10,7 @@ from shared.federation.node_data import NodeData
 from shared.federation.run_config import FederationConfig
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.personal_training import MIN_EXAMPLES, personal_training
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
 
 
@@ -37,9 +38,13 @@ def derive_personal(
     model: nn.Module, global_state: dict, data: NodeData, tokenizer, config: FederationConfig,
     seed: int, device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """The personal adapter: the global one after `personal-steps` local steps."""
-    _train_from(model, global_state, data, tokenizer, config, config.personal_train_config(),
-                seed, dropout_seed=seed + 1, device=device)
+    """The personal adapter: the global one trained on the node's data by client.run's recipe
+    (validation split, early stopping); never worse than the global one on that validation."""
+    load_adapter_state(model, global_state)
+    if len(data.train) < MIN_EXAMPLES:
+        return adapter_state(model)  # too few to hold any out: the global adapter is the personal one
+    personal_training(model, data.train, tokenizer, config.task, config.personal_training_config(seed),
+                      device, start="the global adapter")
     return adapter_state(model)
 
 

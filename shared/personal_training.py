@@ -28,6 +28,7 @@ from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_stat
 from shared.training import TrainConfig, TrainResult, evaluate, train
 
 LENGTH_PERCENTILE = 95
+MIN_EXAMPLES = 4  # the fewest training examples that leave some for validation
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ def split_validation(train: Dataset, fraction: float, seed: int, stratify: bool)
     or more), seeded."""
     rng = np.random.default_rng(seed)
     n = len(train)
-    if n < 4:
-        raise LoraXSError(f"{n} training examples are too few to hold some out for validation (need 4)")
+    if n < MIN_EXAMPLES:
+        raise LoraXSError(f"{n} training examples are too few to hold some out for validation "
+                          f"(need {MIN_EXAMPLES})")
     groups = {}
     keys = train["label"] if stratify else [0] * n
     for index, key in enumerate(keys):

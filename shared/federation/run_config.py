@@ -13,6 +13,7 @@ from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 from shared.base_models import DEFAULT_MODEL
+from shared.personal_training import PersonalTrainingConfig
 from shared.training import TrainConfig
 
 PERSONALIZE = ("none", "finetune")
@@ -44,7 +45,8 @@ class FederationConfig:
     local_epochs, lr, head_lr, batch_size, max_length: local training on each client (lr for
                           the r x r matrices, head_lr for the classification head).
     personalize:          "finetune": every client also keeps a personal adapter (the global
-                          one after `personal_steps` local steps), never sent.
+                          one trained by client.run's recipe with a budget of `personal_steps`
+                          steps, kept only where it beats the global one on validation), never sent.
     scenario:             "concept-shift": a seeded `shift_fraction` of the clients flip labels.
     update_dtype:         fp32 | fp16, the precision of the adapter on the wire (both ways).
     eval_max_examples:    cap on the server's held-out set (a seeded sample).
@@ -163,9 +165,14 @@ class FederationConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr)
 
-    def personal_train_config(self) -> TrainConfig:
-        return TrainConfig(max_steps=self.personal_steps, lr=self.lr, head_lr=self.head_lr,
-                           warmup_ratio=0.0)
+    def personal_training_config(self, seed: int) -> PersonalTrainingConfig:
+        """The small-folder recipe of `client.run`, from the global adapter: `personal_steps` is
+        its step budget, and the federation's token length and learning rates hold (the head
+        starts from the global one, not from a closed-form fit, unless that fit is better)."""
+        return PersonalTrainingConfig(
+            lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size, max_length=self.max_length,
+            step_budget=self.personal_steps, seed=seed,
+        )
 
 
 def _key(name: str) -> str:
