@@ -25,6 +25,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import fields, replace  # noqa: E402
 
+from pathlib import Path  # noqa: E402
+
+from server.checkpoint import Checkpoint  # noqa: E402
 from server.run_folder import resolve_out_dir  # noqa: E402
 from server.report import REPORT_MD  # noqa: E402
 from shared.base_models import canonical_model_id, load_tokenizer  # noqa: E402
@@ -35,7 +38,8 @@ from shared.federation.run_config import CHOICES, FederationConfig  # noqa: E402
 from simulations.quiet_logs import quiet_logs  # noqa: E402
 
 SHORT_NAMES = {"num_server_rounds": "--rounds", "fraction_train": "--fraction",
-               "dirichlet_alpha": "--alpha", "out_dir": "--out", "encrypt_updates": "--encrypt"}
+               "dirichlet_alpha": "--alpha", "out_dir": "--out", "encrypt_updates": "--encrypt",
+               "resume_from": "--resume"}
 METAVARS = {int: "N", float: "X", str: "TEXT", "model": "ID|DIR", "dataset": "NAME|DIR", "out_dir": "DIR"}
 HELP = {
     "num_clients": "simulated clients",
@@ -50,6 +54,10 @@ HELP = {
     "scenario": "concept-shift: a seeded share of clients (shift-fraction) flip their labels",
     "update_dtype": "precision of the adapter on the wire",
     "out_dir": "output folder (default runs/<timestamp>)",
+    "resume_from": "continue the run whose folder (checkpoint.safetensors) this is; same flags, "
+                   "--rounds may grow",
+    "fail_rate": "share of client messages that crash, time out or answer garbage (seeded)",
+    "round_timeout": "seconds the server waits for one round's replies",
     "encrypt_updates": "seal each update to the server's HPKE key (docs/security.md)",
     "server_key_file": "server private key file for --encrypt (created if missing)",
 }
@@ -80,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-cpus", type=float, default=1.0,
                         help="CPUs per simulated client; clients in parallel = CPUs / this (%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--ray-address", metavar="HOST:PORT", default="",
+                        help="attach to this running Ray cluster (default: a private local Ray, "
+                             "whatever RAY_ADDRESS or /tmp/ray/ray_current_cluster say)")
     return parser.parse_args(argv)
 
 
@@ -99,12 +110,14 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
     config = FederationConfig.from_run_config(overrides).with_overrides(**flags)
     if args.client_cpus <= 0:
         raise LoraXSError(f"--client-cpus must be > 0, got {args.client_cpus}")
-    return replace(config, out_dir=str(resolve_out_dir(config.out_dir)))
+    return replace(config, out_dir=str(resolve_out_dir(config.resume_from or config.out_dir)))
 
 
 def check_inputs(config: FederationConfig) -> None:
     """Fail before Ray starts: unknown model or dataset, more clients than partitions.
     (What it loads stays cached for the server in this process.)"""
+    if config.resume_from:
+        Checkpoint(Path(config.resume_from)).check_config(config)
     load_tokenizer(canonical_model_id(config.model))
     if config.dataset:
         held_out_union(config, config.eval_max_examples)
@@ -120,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             check_inputs(config)
             from simulations.ray_simulation import run_ray_simulation  # Ray only once input is fine
 
-            report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started)
+            report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started,
+                                        ray_address=args.ray_address)
         print_summary(report, resolve_out_dir(config.out_dir))
         return 0
 
