@@ -16,6 +16,7 @@ from flwr.common.constant import ErrorCode
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.worker_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
+from client import secure_stages
 from client.server_key import remember_server_key, seal_train_reply
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
@@ -24,6 +25,9 @@ from shared.federation.protocol import (
 )
 from shared.federation.run_config import FederationConfig
 from shared.federation.sealed_update import SERVER_KEY
+from shared.federation.secure_messages import (
+    MASKED_INPUT_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION, params_from_config,
+)
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import canonical_model_id, resolve_device
 from shared.errors import LoraXSError
@@ -39,6 +43,11 @@ def make_client_app(config: FederationConfig | None = None, torch_threads: int |
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return _answer(msg, context, config, torch_threads, _evaluate)
+
+    # Secure aggregation's stages 2-4 (client/secure_stages.py); stage 1 is the train reply.
+    client_app.train(SHARE_KEYS_ACTION)(secure_stages.share_keys)
+    client_app.train(MASKED_INPUT_ACTION)(secure_stages.masked_input)
+    client_app.train(UNMASK_ACTION)(secure_stages.unmask)
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -79,6 +88,7 @@ class MessageWork:
     def __init__(self, config: FederationConfig, context: Context, state: NodeState,
                  fingerprint: str, server_round: int):
         self.config, self.state, self.fingerprint, self.round = config, state, fingerprint, server_round
+        self.context = context
         self.data: NodeData = node_data(config, context.node_config)
         self.labels = tuple(self.data.labels) if self.data.labels else None
         self.model = cached_model(canonical_model_id(config.model), config.task, config.lora_config(),
@@ -96,6 +106,11 @@ def _train(msg: Message, work: MessageWork) -> RecordDict:
     update = train_update(work.model, work.global_state(msg), work.data, work.tokenizer,
                           work.config, work.seed, work.device)
     metrics = MetricRecord({"num-examples": len(work.data.train), "train-loss": update.result.loss})
+    params = params_from_config(msg.content[CONFIG])
+    if params is not None:  # secure aggregation: the delta stays here, the reply is stage 1
+        return secure_stages.keys_reply(msg, work.context, params, pack_adapter(update.state, "fp32"), metrics)
+    if work.config.secure_aggregation:
+        raise LoraXSError("this client sends its update only through secure aggregation")
     return RecordDict({ARRAYS: pack_adapter(update.state, work.config.update_dtype), METRICS: metrics})
 
 

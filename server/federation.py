@@ -14,6 +14,7 @@ from server.checkpoint import Checkpoint, save_checkpoint
 from server.report import build_report, write_report
 from server.run_folder import resolve_out_dir, save_global_adapter, save_run_basis
 from server.sealed_updates import UpdateSealing
+from server.secure_rounds import SecureRounds
 from server.strategy import LoraXSFedAvg
 from server.traffic import MeteredGrid, TrafficMeter
 from shared.artifacts.adapter_file import adapter_meta
@@ -61,6 +62,8 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         seed=config.seed, round_offset=resume.round if resume else 0,
         reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
         partition_sizes=_partition_sizes(config),
+        secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples)
+        if config.secure_aggregation else None,
     )
     meter = TrafficMeter()
     metered = MeteredGrid(grid, meter)

@@ -2,16 +2,19 @@
 
 Byte counts come from the TrafficMeter, i.e. from the serialized messages (see server/traffic.py).
 Per round: the train and evaluate traffic of that round; the final evaluation is reported apart.
+With secure aggregation the per-client train figures include its stage messages.
 """
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 from shared.federation.run_config import FederationConfig
 from server.strategy import LoraXSFedAvg
 from server.traffic import PhaseTraffic, TrafficMeter
 
+SECAGG_PHASE = "train.secagg"  # the message types of secure aggregation's stages 2-4
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 ACCURACY_PLOT, BYTES_PLOT = "accuracy_per_round.png", "bytes_per_round.png"
 
@@ -23,13 +26,15 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
               for r in range(1, config.num_server_rounds + 1)]
     final = _final_entry(config, rounds, final_clients)
     train = _sum(p for (_, kind), p in meter.phases.items() if kind == "train")
+    stages = _sum(p for (_, kind), p in meter.phases.items() if kind.startswith(SECAGG_PHASE))
     final_phase = _sum(p for (_, kind), p in meter.phases.items() if kind == "final")
     everything = _sum(meter.phases.values())
     final.update({
         "adapter_payload_bytes": adapter_bytes,
         "basis_payload_bytes": basis_bytes,
-        "bytes_up_per_client_per_round": _mean(train.bytes_up, train.replies_up),
-        "bytes_down_per_client_per_round": _mean(train.bytes_down - train.basis_bytes_down, train.messages_down),
+        "bytes_up_per_client_per_round": _mean(train.bytes_up + stages.bytes_up, train.replies_up),
+        "bytes_down_per_client_per_round": _mean(train.bytes_down + stages.bytes_down - train.basis_bytes_down,
+                                                 train.messages_down),
         "basis_bytes_per_client": _mean(everything.basis_bytes_down, everything.bases_sent),
         "bytes_up_total": everything.bytes_up,
         "bytes_down_total": everything.bytes_down,
@@ -47,6 +52,7 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
 def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter, measured: dict) -> dict:
     stats = strategy.stats.get(server_round)
     train = meter.phases.get((server_round, "train"), PhaseTraffic())
+    stages = _sum(p for (r, kind), p in meter.phases.items() if r == server_round and kind.startswith(SECAGG_PHASE))
     both = _sum(p for (r, kind), p in meter.phases.items() if r == server_round and kind != "final")
     entry = {
         "round": server_round,
@@ -62,10 +68,15 @@ def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter,
         "clipped_weights": stats.clipped_weights if stats else 0,
         "failures": dict(stats.failures) if stats else {},
         "skipped": stats.skipped if stats else "",
-        "bytes_up_per_client": _mean(train.bytes_up, train.replies_up),
-        "bytes_down_per_client": _mean(train.bytes_down - train.basis_bytes_down, train.messages_down),
+        "bytes_up_per_client": _mean(train.bytes_up + stages.bytes_up, train.replies_up),
+        "bytes_down_per_client": _mean(train.bytes_down + stages.bytes_down - train.basis_bytes_down,
+                                       train.messages_down),
         "seconds": round(measured["seconds"], 2) if "seconds" in measured else None,
     }
+    secure = strategy.secure.rounds.get(server_round) if strategy.secure is not None else None
+    if secure is not None:  # the per-client figures above include the stage messages
+        entry["secure_aggregation"] = {**asdict(secure), "stage_bytes_up": stages.bytes_up,
+                                       "stage_bytes_down": stages.bytes_down}
     clients = strategy.evaluate_replies.get(server_round)
     if clients:
         entry["clients_evaluated"] = len(clients)

@@ -18,7 +18,9 @@ client shares one basis: mean_k(s B R_k A) = s B mean_k(R_k) A. What this class 
     clients (Flower's FedAvg samples its random node ids); `discover_partitions` learns which
     node serves which partition once, with a query message;
   * rounds count from `round_offset + 1` (a resumed run; Flower's `start` always counts from 1);
-  * a round with fewer than `min_train_nodes` good updates keeps the global adapter, logged.
+  * a round with fewer than `min_train_nodes` good updates keeps the global adapter, logged;
+  * with `secure` (secure-aggregation), the train step is secure aggregation of the deltas
+    (server/secure_rounds.py): the setup rides in the train config, the replies are its keys.
 Replies are averaged in partition order, so the float sums do not depend on arrival order.
 """
 
@@ -62,7 +64,7 @@ class LoraXSFedAvg(FedAvg):
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,
                  max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
-                 **fedavg_args):
+                 secure=None, **fedavg_args):
         super().__init__(**fedavg_args)
         self.seed = seed
         self.round_offset = round_offset
@@ -71,6 +73,7 @@ class LoraXSFedAvg(FedAvg):
         self.partition_sizes = partition_sizes or {}  # partition -> train examples, when known
         self.partitions: dict[int, int] = {}  # node id -> partition id (discover_partitions)
         self.sealing = sealing  # server/sealed_updates.UpdateSealing, or None
+        self.secure = secure  # server/secure_rounds.SecureRounds, or None
         self.basis_record = basis_record
         self.fingerprint = fingerprint
         self.update_dtype = update_dtype
@@ -146,6 +149,8 @@ class LoraXSFedAvg(FedAvg):
         server_round += self.round_offset
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, stream=0)
         config = ConfigRecord({**config, "server-round": server_round})
+        if self.secure is not None:  # the train reply is the first stage of secure aggregation
+            config = ConfigRecord({**config, **self.secure.setup(nodes, server_round, arrays, self._run_id())})
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -179,6 +184,8 @@ class LoraXSFedAvg(FedAvg):
         replies = self._resend_to_unknown(server_round, list(replies), MessageType.TRAIN)
         self._count_failures(server_round, replies, MessageType.TRAIN)
         expected, _ = self._sent[MessageType.TRAIN]
+        if self.secure is not None:  # server/secure_rounds.py: stages 2-4, then global + mean delta
+            return self.secure.aggregate(self, server_round, replies, expected)
         accepted = []
         for reply in replies:
             if reply.has_error():
@@ -264,9 +271,11 @@ class LoraXSFedAvg(FedAvg):
         """encrypt-updates: why the sealed update does not open (its "arrays" replaced in place)."""
         if self.sealing is None:
             return None
+        return self.sealing.open_reply(reply, self._run_id(), server_round, self.fingerprint)
+
+    def _run_id(self) -> int:
         run = getattr(self._grid, "run", None)  # None on a test Grid: the id new Messages get
-        run_id = run.run_id if run is not None else TaskIdentity.run_id
-        return self.sealing.open_reply(reply, run_id, server_round, self.fingerprint)
+        return run.run_id if run is not None else TaskIdentity.run_id
 
     def _bounded_weight(self, server_round: int, reply: Message, metrics: MetricRecord) -> MetricRecord | str:
         """"num-examples" as an integer at most the node's partition size (when known) and

@@ -63,6 +63,13 @@ class FederationConfig:
     encrypt_updates:      seal every train update to the ServerApp's HPKE key (docs/security.md).
     server_key_file:      the ServerApp's private key file for encrypt-updates (created when
                           missing, with FILE.pub for clients to pin); "" = a fresh key per run.
+    secure_aggregation:   the server learns only the weighted sum of the updates (SecAgg+ style,
+                          server/secure_rounds.py; docs/security.md). Weights are capped at
+                          `max_client_examples`; every round needs at least 2 sampled clients.
+    secagg_timeout:       seconds the server waits for the replies of each secure-aggregation
+                          stage after training (a silent client is dropped, the round goes on).
+    secagg_clipping_range: C: each client's delta x is sent as x * w / max-client-examples, which
+                          must lie in [-C, C] (a client whose delta does not fit sits the round out).
     """
 
     num_clients: int = 100
@@ -102,6 +109,9 @@ class FederationConfig:
     resume_from: str = ""
     encrypt_updates: bool = False
     server_key_file: str = ""
+    secure_aggregation: bool = False
+    secagg_timeout: float = 120.0
+    secagg_clipping_range: float = 8.0
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
@@ -122,6 +132,8 @@ class FederationConfig:
             raise LoraXSError("min-train-nodes and max-client-examples must be at least 1")
         if not 0 < self.round_timeout < float("inf"):
             raise LoraXSError(f"round-timeout must be a positive number of seconds, got {self.round_timeout}")
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
         if not 0.0 <= self.fail_rate <= 1.0:
             raise LoraXSError(f"fail-rate must be in [0, 1], got {self.fail_rate}")
         if not self.dirichlet_alpha > 0:
@@ -135,6 +147,18 @@ class FederationConfig:
         if not self.dataset and self.task == "seq-cls" and not self.label_names():
             raise LoraXSError("without a dataset the server needs the class names: set labels")
         self.lora_config()  # rank / alpha checks
+
+    def _check_secure_aggregation(self) -> None:
+        if self.num_clients < 2 or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < 2:
+            raise LoraXSError("secure aggregation needs at least 2 clients per round "
+                              "(num-clients x fraction-train, or min-train-nodes)")
+        if not 0 < self.secagg_timeout < float("inf"):
+            raise LoraXSError(f"secagg-timeout must be a positive number of seconds, got {self.secagg_timeout}")
+        if not 0 < self.secagg_clipping_range < 1e6:
+            raise LoraXSError(f"secagg-clipping-range must be in (0, 1e6), got {self.secagg_clipping_range}")
+        if self.max_client_examples * self.num_clients >= 2**32:
+            raise LoraXSError("secure aggregation sums weights in 32 bits: "
+                              "max-client-examples x num-clients must stay below 2^32")
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "FederationConfig":

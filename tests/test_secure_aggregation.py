@@ -1,0 +1,136 @@
+"""secure-aggregation: the train step as SecAgg+ on the Message API, in-process (tiny BERT, 5
+clients): the aggregate, a client lost after the key exchange, and what the server receives."""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
+
+from client.app import make_client_app
+from client.secure_stages import DELTA, _load
+from shared.artifacts.adapter_file import load_adapter
+from shared.crypto.secagg.params import quantize
+from shared.crypto.secagg.server import SecAggServer
+from shared.errors import LoraXSError
+from shared.federation.protocol import ARRAYS, CONFIG, METRICS
+from shared.federation.run_config import FederationConfig
+from shared.federation.secure_messages import MASKED_INPUT, SECAGG, UNMASK, flat
+from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
+
+
+@pytest.fixture
+def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=1,
+                       final_eval_fraction=0.0, partition="dirichlet", dirichlet_alpha=1.0)
+
+
+def _global(config):
+    return load_adapter(f"{config.out_dir}/global_adapter.safetensors")[0]
+
+
+def test_secure_aggregate_equals_the_plain_weighted_mean_within_the_quantization_error(config, tmp_path):
+    plain_report, _ = run(config)
+    secure_config = replace(config, out_dir=str(tmp_path / "secure"), secure_aggregation=True)
+    secure_report, grid = run(secure_config)
+
+    entry = secure_report["rounds"][0]
+    secure = entry["secure_aggregation"]
+    assert entry["clients_trained"] == secure["summed"] == secure["participants"] == NUM_CLIENTS
+    assert secure["dropped"] == {} and entry["skipped"] == ""
+    bound = secure["max_quantization_error"]
+    assert 0 < bound < 1e-4
+    plain, mine = _global(config), _global(secure_config)
+    for name in plain:
+        diff = np.abs(plain[name].numpy().astype(np.float64) - mine[name].numpy()).max()
+        assert diff <= bound + 1e-6, (name, diff, bound)  # + float32 rounding of either mean
+    # no train reply carries arrays; every client went through all four stages
+    train = grid.exchanges(kind="train")
+    assert all(ARRAYS not in r.content and SECAGG in r.content for _, r in train)
+    kinds = [m.metadata.message_type for m, _ in grid.log]
+    assert kinds.count(MASKED_INPUT) == kinds.count(UNMASK) == NUM_CLIENTS
+    # stage traffic is counted; the per-client upload includes it
+    assert secure["stage_bytes_up"] > 0 and secure["stage_bytes_down"] > 0
+    assert secure_report["final"]["bytes_up_per_client_per_round"] > plain_report["final"]["bytes_up_per_client_per_round"]
+
+
+def test_a_client_dropping_after_the_key_exchange_does_not_stop_the_round(config, caplog):
+    secure_config = replace(config, secure_aggregation=True)
+    honest = make_client_app(secure_config)
+    dropped = []
+
+    deltas = {}
+
+    def dropping_client(message, context):
+        if message.metadata.message_type == MASKED_INPUT:
+            if context.node_config["partition-id"] == 0:
+                dropped.append(context.node_id)
+                return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="gone"), reply_to=message)
+            if message.content[CONFIG]["server-round"] == 1:
+                deltas[context.node_id] = context.state[DELTA]["x"].numpy().copy()  # kept on the client
+        return honest(message, context)
+
+    with caplog.at_level(logging.WARNING):
+        report, grid = run(replace(secure_config, num_server_rounds=2), client_app=dropping_client)
+    entry = report["rounds"][0]
+    assert entry["skipped"] == "" and entry["clients_trained"] == NUM_CLIENTS - 1
+    assert list(entry["secure_aggregation"]["dropped"]) == [str(dropped[0])]
+    assert entry["failures"] == {"secagg-error": 1} and "node" in caplog.text and "dropped" in caplog.text
+    # the new global adapter: the start + the plain weighted mean of the four survivors' deltas
+    weights, start = {}, None
+    for message, reply in grid.exchanges(server_round=1, kind="train"):
+        weights[message.metadata.dst_node_id] = reply.content[METRICS]["num-examples"]
+        start = flat(message.content[ARRAYS])
+    total = sum(weights[n] for n in deltas)
+    expected = start + sum(weights[n] * deltas[n] for n in deltas) / total
+    got = flat(grid.exchanges(server_round=2, kind="train")[0][0].content[ARRAYS])  # sent in round 2
+    assert len(deltas) == NUM_CLIENTS - 1
+    assert np.abs(got - expected).max() <= entry["secure_aggregation"]["max_quantization_error"] + 1e-6
+
+
+def test_the_server_never_holds_an_individual_clients_unmasked_delta(config, monkeypatch):
+    """Everything SecAggServer receives, and every reply the driver gets, is compared with each
+    client's quantized delta (recorded on the client side): no equality, no correlation."""
+    received = []
+    for method in ("receive_keys", "receive_shares", "receive_masked", "receive_reveal"):
+        original = getattr(SecAggServer, method)
+
+        def recording(self, node, reply, original=original):
+            received.append(reply)
+            return original(self, node, reply)
+
+        monkeypatch.setattr(SecAggServer, method, recording)
+    secure_config = replace(config, secure_aggregation=True)
+    honest = make_client_app(secure_config)
+    quantized = []
+
+    def recording_client(message, context):
+        reply = honest(message, context)
+        if message.metadata.message_type == MASKED_INPUT:
+            x = context.state[DELTA]["x"].numpy()
+            client, weight = _load(context)
+            quantized.append(quantize(x, min(weight, message.content[CONFIG]["weight"]), client.params))
+        return reply
+
+    report, grid = run(secure_config, client_app=recording_client)
+    assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS and len(quantized) == NUM_CLIENTS
+    vectors = [np.asarray(r, dtype=np.float64) for r in received if isinstance(r, np.ndarray)]
+    assert len(vectors) == NUM_CLIENTS
+    chance = 5 / np.sqrt(len(vectors[0]))  # 5 sigma of the correlation of unrelated vectors
+    for y in vectors:
+        for q in quantized:
+            assert not np.array_equal(y, q.astype(np.float64))
+            assert abs(np.corrcoef(y, q.astype(np.float64))[0, 1]) < chance
+    # and nothing the driver got back holds plain adapter arrays
+    for message, reply in grid.log:
+        assert ARRAYS not in reply.content
+
+
+def test_secure_aggregation_config_is_checked():
+    with pytest.raises(LoraXSError, match="at least 2 clients"):
+        FederationConfig(num_clients=10, fraction_train=0.1, secure_aggregation=True)
+    with pytest.raises(LoraXSError, match="secagg-timeout"):
+        FederationConfig(num_clients=10, fraction_train=0.5, secure_aggregation=True, secagg_timeout=0.0)
+    assert FederationConfig(num_clients=10, fraction_train=0.2, secure_aggregation=True).secure_aggregation
