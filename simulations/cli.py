@@ -60,6 +60,9 @@ HELP = {
     "round_timeout": "seconds the server waits for one round's replies",
     "encrypt_updates": "seal each update to the server's HPKE key (docs/security.md)",
     "server_key_file": "server private key file for --encrypt (created if missing)",
+    "secure_aggregation": "the server learns only the sum of the updates (SecAgg+, docs/security.md)",
+    "secagg_timeout": "seconds the server waits for each secure-aggregation stage",
+    "secagg_clipping_range": "C: each client's delta x * weight / max-client-examples must lie in [-C, C]",
 }
 
 

@@ -134,3 +134,24 @@ def test_secure_aggregation_config_is_checked():
     with pytest.raises(LoraXSError, match="secagg-timeout"):
         FederationConfig(num_clients=10, fraction_train=0.5, secure_aggregation=True, secagg_timeout=0.0)
     assert FederationConfig(num_clients=10, fraction_train=0.2, secure_aggregation=True).secure_aggregation
+
+
+@pytest.mark.slow
+def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
+    """The real command (Ray, a process per ClientApp call) with --secure-aggregation."""
+    import json
+    import sys
+
+    from tests.test_simulation import tagged_run
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "2",
+               "--fraction", "1.0", "--partition", "iid", "--dataset", reviews_dir, "--model", tiny_bert_dir,
+               "--rank", "4", "--secure-aggregation", "--secagg-timeout", "120", "--out", str(out),
+               "--no-progress", "--run-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8"]
+    done = tagged_run(command, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for entry in report["rounds"]:
+        assert entry["clients_trained"] == 4 and entry["skipped"] == ""
+        assert entry["secure_aggregation"]["summed"] == 4 and entry["secure_aggregation"]["dropped"] == {}

@@ -13,6 +13,8 @@ Replies:
   unknown   "status" with "error" = "unknown-fingerprint": the node lacks the factors.
 encrypt-updates: config "server-key" rides with "basis"; a train reply carries "sealed" (one HPKE
 ciphertext of its "arrays") in place of "arrays" (shared/federation/sealed_update.py).
+secure-aggregation: the train config holds the round's setup and the train reply its keys in
+  place of "arrays"; three stage messages follow (shared/federation/secure_messages.py).
   query     "status" with "partition-id" (the node config's): asked once per run, so that the
             server samples partitions, not Flower's random node ids.
 Stacking the R matrices keeps the upload to three arrays: one np.save header each, not 26.
