@@ -177,20 +177,12 @@ def test_check_update_never_raises(record):
     assert reason is None or isinstance(reason, str)
 
 
-PROTOCOL_DECODING = pytest.mark.xfail(
-    strict=True,
-    reason="protocol.unpack_adapter/unpack_basis let Array.numpy() errors escape (malformed npy bytes, "
-           "stype 'torch.Tensor'); shared/federation/protocol.py is engineer B's (issue 9): wrap them in LoraXSError")
-
-
-@PROTOCOL_DECODING
 @FUZZ
 @given(records())
 def test_unpack_adapter(record):
     only_own_errors(lambda: unpack_adapter(record, NAMES))
 
 
-@PROTOCOL_DECODING
 @FUZZ
 @given(st.one_of(
     st.dictionaries(st.sampled_from(["layer.0.query.lora_A", "layer.0.query.lora_B", "x.lora_A", "lora_B"]),

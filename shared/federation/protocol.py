@@ -55,8 +55,21 @@ def pack_adapter(state: dict[str, torch.Tensor], update_dtype: str) -> ArrayReco
     return ArrayRecord(arrays)
 
 
+def decoded(record: ArrayRecord, key: str) -> np.ndarray:
+    """One array of a received record as numpy; anything malformed is a LoraXSError."""
+    value = record[key]
+    if not isinstance(value, Array):
+        raise LoraXSError(f"{key} is a {type(value).__name__}, not an array")
+    try:
+        return value.numpy()
+    except Exception as err:  # malformed bytes or an unknown stype from a peer: a reason, not a crash
+        raise LoraXSError(f"{key} cannot be decoded ({type(err).__name__})") from None
+
+
 def unpack_adapter(record: ArrayRecord, state_names: list[str]) -> dict[str, torch.Tensor]:
     """Inverse of `pack_adapter` for a model whose adapter state has `state_names` (in order)."""
+    if not isinstance(record, ArrayRecord):
+        raise LoraXSError(f"the adapter arrays come as a {type(record).__name__}, not an ArrayRecord")
     r_names = [name for name in state_names if name.endswith(STACKED_R)]
     head_names = [name for name in state_names if name not in r_names]
     expected = ([STACKED_R] if r_names else []) + head_names
@@ -64,12 +77,12 @@ def unpack_adapter(record: ArrayRecord, state_names: list[str]) -> dict[str, tor
         raise LoraXSError(f"adapter arrays {list(record.keys())[:4]} do not match {expected[:4]}")
     state = {}
     if r_names:
-        stacked = torch.from_numpy(record[STACKED_R].numpy().astype(np.float32))  # (L, r, r)
+        stacked = torch.from_numpy(decoded(record, STACKED_R).astype(np.float32))  # (L, r, r)
         if stacked.dim() != 3 or stacked.shape[0] != len(r_names):
             raise LoraXSError(f"lora_R has shape {tuple(stacked.shape)}, expected ({len(r_names)}, r, r)")
         state.update({name: stacked[i].clone() for i, name in enumerate(r_names)})  # each (r, r)
     for name in head_names:
-        state[name] = torch.from_numpy(record[name].numpy().astype(np.float32))
+        state[name] = torch.from_numpy(decoded(record, name).astype(np.float32))
     return {name: state[name] for name in state_names}
 
 
@@ -88,7 +101,9 @@ def pack_basis(basis: Basis) -> ArrayRecord:
 
 
 def tensors_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v.numpy())) for k, v in record.items()}
+    if not isinstance(record, ArrayRecord):
+        raise LoraXSError(f"the arrays come as a {type(record).__name__}, not an ArrayRecord")
+    return {k: torch.from_numpy(np.ascontiguousarray(decoded(record, k))) for k in record.keys()}
 
 
 def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
