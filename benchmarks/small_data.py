@@ -160,6 +160,25 @@ def markdown(report: dict) -> str:
             lines.append(f"| {folder}{' (tuning)' if folder in TUNING else ' (held out)'} | "
                          f"{entry['train']}/{entry['test']} | {entry['labels']} | {method} | "
                          f"{row['accuracy']:.3f} | {row['train_seconds']:.1f} | {bytes_} |")
+    lines += ["", "Goals, per folder (from the numbers above): the `client.run` default (loraxs) against "
+              "frozen embeddings + logistic regression (must beat), PEFT LoRA r=8 (within 2 points) and "
+              "TF-IDF + logistic regression (beat on most folders).", "",
+              "| folder | vs frozen | vs LoRA r=8 | vs TF-IDF |", "|---|---|---|---|"]
+    for folder, entry in report["folders"].items():
+        rows = entry["methods"]
+        if "loraxs" not in rows:
+            continue
+        ours = rows["loraxs"]["accuracy"]
+
+        def versus(other: str, margin: float = 0.0) -> str:
+            if other not in rows:
+                return "—"
+            gap = ours - rows[other]["accuracy"]
+            word = ("within 2 pts" if gap >= -margin else "missed") if margin else (
+                "beaten" if gap > 0 else "tied" if gap == 0 else "not beaten")
+            return f"{100 * gap:+.1f} pts, {word}"
+
+        lines.append(f"| {folder} | {versus('frozen')} | {versus('lora', 0.02)} | {versus('tfidf')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +188,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")
+    parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args()
+    if args.render:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
+        return
     torch.manual_seed(0)
     recipe = PersonalTrainingConfig()
     folders = build_folders(args.data_root)
