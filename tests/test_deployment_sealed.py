@@ -1,6 +1,6 @@
-"""(slow) A real loopback deployment over TLS with SuperNode auth, running two rounds with
-encrypt-updates: every update sealed to the ServerApp's key (from server-key-file), opened, none
-rejected; each node remembered the key that came with the factors."""
+"""(slow) Real loopback deployments over TLS with SuperNode auth, two rounds each: with
+encrypt-updates (every update sealed to the ServerApp's key from server-key-file, opened, none
+rejected; each node remembered the key that came with the factors), and with secure-aggregation."""
 
 import json
 
@@ -37,3 +37,28 @@ def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
     assert load_public_key(out_dir / PUBLIC_KEY_FILE).raw == key.public_key.raw
     for data_dir in data_dirs:
         assert load_public_key(data_dir / STATE_FOLDER / "server_key.pub").raw == key.public_key.raw
+
+
+@pytest.mark.slow
+def test_secure_aggregation_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
+    """The SecAgg+ stages (keys, shares, masked deltas, unmasking) through a real SuperLink over
+    TLS: both nodes summed in every round, nothing rejected, the global adapter moved."""
+    data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
+    out_dir = tmp_path / "server-out"
+    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
+    settings = run_config(tiny_bert_dir, out_dir, "fresh,rotten") + " secure-aggregation=true secagg-timeout=120"
+    with LocalDeployment(config) as deployment:
+        deployment.wait_for_supernodes(timeout=60)
+        done = deployment.run(REPO, settings, timeout=240)
+        log = (config.workdir / "flwr-run.log").read_text()
+        assert done.returncode == 0, log[-3000:]
+        pids = deployment.alive_pids()
+    assert_all_gone(pids)
+
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
+    assert [r["rejected_updates"] for r in report["rounds"]] == [0, 0]
+    for entry in report["rounds"]:
+        secure = entry["secure_aggregation"]
+        assert secure["summed"] == 2 and secure["stage_bytes_up"] > 0
+        assert 0 < secure["max_quantization_error"] < 1e-4
