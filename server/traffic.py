@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
 
@@ -42,7 +42,7 @@ class TrafficMeter:
 
     phases: dict[tuple[int, str], PhaseTraffic] = field(default_factory=lambda: defaultdict(PhaseTraffic))
     bases_per_node: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    nodes_contacted: set[int] = field(default_factory=set)
+    nodes_contacted: set[int] = field(default_factory=set)  # nodes sent a train or evaluate message
 
 
 def message_phase(message: Message) -> tuple[int, str]:
@@ -67,7 +67,8 @@ class MeteredGrid(Grid):
             phase.messages_down += 1
             phase.bytes_down += wire_bytes(message)
             node = message.metadata.dst_node_id
-            self.meter.nodes_contacted.add(node)
+            if message.metadata.message_type != MessageType.QUERY:  # the one partition query is not a round
+                self.meter.nodes_contacted.add(node)
             if BASIS in message.content:
                 phase.basis_bytes_down += wire_bytes(message.content[BASIS])
                 phase.bases_sent += 1

@@ -14,26 +14,31 @@ from tests.test_client_run import write_reviews
 from tests.test_deployment import REPO, assert_all_gone, run_config
 
 
-@pytest.mark.slow
-def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
+def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str):
+    """Two rounds on two SuperNodes (TLS + auth) with `extra_settings`; (report, data folders)."""
     data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
     out_dir = tmp_path / "server-out"
-    key = ServerPrivateKey.generate()
-    save_private_key(key, tmp_path / "server.key")
     config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
-    settings = run_config(tiny_bert_dir, out_dir, "fresh,rotten") + (
-        f" encrypt-updates=true server-key-file='{tmp_path / 'server.key'}'")
+    settings = run_config(model_dir, out_dir, "fresh,rotten") + " " + extra_settings
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)
-        done = deployment.run(REPO, settings, timeout=180)
+        done = deployment.run(REPO, settings, timeout=240)
         log = (config.workdir / "flwr-run.log").read_text()
         assert done.returncode == 0, log[-3000:]
         pids = deployment.alive_pids()
     assert_all_gone(pids)
-
     report = json.loads((out_dir / "report.json").read_text())
     assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
     assert [r["rejected_updates"] for r in report["rounds"]] == [0, 0]
+    return report, data_dirs, out_dir
+
+
+@pytest.mark.slow
+def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
+    key = ServerPrivateKey.generate()
+    save_private_key(key, tmp_path / "server.key")
+    _, data_dirs, out_dir = two_rounds_over_tls(
+        tiny_bert_dir, tmp_path, f"encrypt-updates=true server-key-file='{tmp_path / 'server.key'}'")
     assert load_public_key(out_dir / PUBLIC_KEY_FILE).raw == key.public_key.raw
     for data_dir in data_dirs:
         assert load_public_key(data_dir / STATE_FOLDER / "server_key.pub").raw == key.public_key.raw
@@ -42,22 +47,8 @@ def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
 @pytest.mark.slow
 def test_secure_aggregation_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
     """The SecAgg+ stages (keys, shares, masked deltas, unmasking) through a real SuperLink over
-    TLS: both nodes summed in every round, nothing rejected, the global adapter moved."""
-    data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
-    out_dir = tmp_path / "server-out"
-    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
-    settings = run_config(tiny_bert_dir, out_dir, "fresh,rotten") + " secure-aggregation=true secagg-timeout=120"
-    with LocalDeployment(config) as deployment:
-        deployment.wait_for_supernodes(timeout=60)
-        done = deployment.run(REPO, settings, timeout=240)
-        log = (config.workdir / "flwr-run.log").read_text()
-        assert done.returncode == 0, log[-3000:]
-        pids = deployment.alive_pids()
-    assert_all_gone(pids)
-
-    report = json.loads((out_dir / "report.json").read_text())
-    assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
-    assert [r["rejected_updates"] for r in report["rounds"]] == [0, 0]
+    TLS: both nodes summed in every round, nothing rejected."""
+    report, _, _ = two_rounds_over_tls(tiny_bert_dir, tmp_path, "secure-aggregation=true secagg-timeout=120")
     for entry in report["rounds"]:
         secure = entry["secure_aggregation"]
         assert secure["summed"] == 2 and secure["stage_bytes_up"] > 0
