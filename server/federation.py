@@ -50,7 +50,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         loader = make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
 
     personal = config.personalize == "finetune"
-    sealing = UpdateSealing.for_run(config.server_key_file, out_dir) if config.encrypt_updates else None
+    sealing = UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite) if config.encrypt_updates else None
     strategy = LoraXSFedAvg(
         pack_basis(basis), basis.fingerprint, config.update_dtype,
         evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=sealing,

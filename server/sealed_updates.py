@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flwr.app import Message
 
+from shared.errors import LoraXSError
 from shared.crypto.sealing import (
     SealContext, SealError, ServerPrivateKey, load_private_key, save_private_key, save_public_key,
 )
@@ -24,12 +25,15 @@ class UpdateSealing:
         self.private_key = private_key
 
     @classmethod
-    def for_run(cls, key_file: str, out_dir: Path) -> "UpdateSealing":
-        """Loads `key_file` (or creates it, with `<key_file>.pub` beside it); "" = a fresh key."""
+    def for_run(cls, key_file: str, out_dir: Path, suite: str = "x25519") -> "UpdateSealing":
+        """Loads `key_file` (or creates it, with `<key_file>.pub` beside it); "" = a fresh key.
+        A new key is of `suite`; a loaded one must be."""
         if key_file and Path(key_file).exists():
             key = load_private_key(key_file)
+            if key.suite != suite:
+                raise LoraXSError(f"server key file {key_file} holds a {key.suite} key, but hpke-suite is {suite}")
         else:
-            key = ServerPrivateKey.generate()
+            key = ServerPrivateKey.generate(suite)
             if key_file:
                 save_private_key(key, key_file)
                 save_public_key(key.public_key, f"{key_file}.pub")

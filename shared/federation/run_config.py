@@ -19,8 +19,9 @@ from shared.training import TrainConfig
 PERSONALIZE = ("none", "finetune")
 SCENARIOS = ("none", "concept-shift")
 UPDATE_DTYPES = ("fp32", "fp16")
+HPKE_SUITES = ("x25519", "mlkem768-x25519")  # shared/crypto/sealing.py: classic, post-quantum hybrid
 CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
-           "partition": PARTITIONS, "task": TASKS}  # field -> allowed values
+           "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES}  # field -> allowed values
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class FederationConfig:
     encrypt_updates:      seal every train update to the ServerApp's HPKE key (docs/security.md).
     server_key_file:      the ServerApp's private key file for encrypt-updates (created when
                           missing, with FILE.pub for clients to pin); "" = a fresh key per run.
+    hpke_suite:           "x25519" (DHKEM-X25519, 48 B per update) or "mlkem768-x25519" (the
+                          post-quantum hybrid, 1,136 B per update) for a new server key.
     secure_aggregation:   the server learns only the weighted sum of the updates (SecAgg+ style,
                           server/secure_rounds.py; docs/security.md). Weights are capped at
                           `max_client_examples`; every round needs at least 2 sampled clients.
@@ -109,6 +112,7 @@ class FederationConfig:
     resume_from: str = ""
     encrypt_updates: bool = False
     server_key_file: str = ""
+    hpke_suite: str = "x25519"
     secure_aggregation: bool = False
     secagg_timeout: float = 120.0
     secagg_clipping_range: float = 8.0
