@@ -32,7 +32,7 @@ from shared.artifacts.cache import user_cache_dir
 from shared.base_models import DEFAULT_MODEL, load_base_model, load_tokenizer
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.data.local_folder import load_local_folder
-from shared.linear_probe import fit_linear_head, head_inputs, refit, set_head
+from shared.linear_probe import fit_linear_head, head_inputs, refit_on_both, set_head
 from shared.loraxs.config import BERT_TARGETS
 from shared.personal_training import PersonalTrainingConfig, choose_max_length, epoch_budget, split_validation
 from shared.training import TrainConfig, evaluate, train
@@ -62,7 +62,7 @@ def frozen_head(split: Split, seed: int):
     model = load_base_model(DEFAULT_MODEL, "seq-cls", split.num_labels, seed)
     fit, val = head_inputs(model, split.loader(split.fit)), head_inputs(model, split.loader(split.val))
     head, _ = fit_linear_head(fit, val, split.num_labels)
-    head = refit(torch.cat([fit[0], val[0]]), torch.cat([fit[1], val[1]]), split.num_labels, head.l2)
+    head = refit_on_both(fit, val, split.num_labels, head.l2)
     return model, head
 
 

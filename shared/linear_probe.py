@@ -49,9 +49,9 @@ def head_inputs(model: nn.Module, loader, device: torch.device | str = "cpu") ->
     return (features, torch.cat(labels)) if features.dim() == 2 else None
 
 
-def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float) -> nn.Linear:
-    """Minimise mean cross-entropy + l2 * |W|^2 with L-BFGS (a convex problem: same answer
-    whatever the start)."""
+def refit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float) -> LinearHead:
+    """Logistic regression: minimise mean cross-entropy + l2 * |W|^2 with L-BFGS (a convex
+    problem: same answer whatever the start)."""
     mean = features.mean(0)  # (H,)
     scale = (features - mean).pow(2).mean().sqrt().clamp(min=1e-6)  # one number: keeps the geometry
     x = (features - mean) / scale  # (N, H), unit RMS so one l2 grid fits every model
@@ -72,10 +72,7 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: flo
     # fold the scaling back in: W x' + b = (W / s) x + (b - W m / s)
     weight = lin.weight.detach() / scale.double()  # (C, H)
     bias = lin.bias.detach() - weight @ mean.double()  # (C,)
-    out = nn.Linear(x.shape[1], num_classes)
-    out.weight.data.copy_(weight.float())
-    out.bias.data.copy_(bias.float())
-    return out
+    return LinearHead(weight.float(), bias.float(), l2)
 
 
 def accuracy(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -89,19 +86,19 @@ def fit_linear_head(
 ) -> tuple[LinearHead, float]:
     """The logistic regression with the best validation accuracy over `grid` (ties: the
     stronger penalty), and that accuracy."""
-    best: tuple[float, float, nn.Linear] | None = None
+    best: tuple[LinearHead, float] | None = None
     for l2 in sorted(grid, reverse=True):
-        lin = _fit(*train, num_classes, l2)
-        acc = accuracy(lin.weight.data, lin.bias.data, *val)
-        if best is None or acc > best[0]:
-            best = (acc, l2, lin)
-    acc, l2, lin = best
-    return LinearHead(lin.weight.data.clone(), lin.bias.data.clone(), l2), acc
+        head = refit(*train, num_classes, l2)
+        acc = accuracy(head.weight, head.bias, *val)
+        if best is None or acc > best[1]:
+            best = (head, acc)
+    return best
 
 
-def refit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float) -> LinearHead:
-    lin = _fit(features, labels, num_classes, l2)
-    return LinearHead(lin.weight.data.clone(), lin.bias.data.clone(), l2)
+def refit_on_both(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                  num_classes: int, l2: float) -> LinearHead:
+    """The same regression on training + validation features, once `l2` is chosen."""
+    return refit(torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]), num_classes, l2)
 
 
 def set_head(model: nn.Module, head: LinearHead) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from shared.data.batches import DEFAULT_BATCH_SIZE, EVAL_BATCH_SIZE, make_loader
 from shared.errors import LoraXSError
-from shared.linear_probe import fit_linear_head, head_inputs, linear_head, refit, set_head
+from shared.linear_probe import fit_linear_head, head_inputs, linear_head, refit_on_both, set_head
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
 from shared.training import TrainConfig, TrainResult, evaluate, train
 
@@ -163,9 +163,8 @@ def personal_training(
         ds, tokenizer, task, config.batch_size if shuffle else EVAL_BATCH_SIZE, max_length,
         shuffle=shuffle, seed=config.seed)
     fit_eval, val_loader = loader(fit), loader(val)
-    num_classes = len(set(train_set["label"])) if seq_cls else 0
     head = linear_head(model) if seq_cls else None
-    num_classes = head.out_features if head is not None else num_classes
+    num_classes = head.out_features if head is not None else 0
 
     best_state, best_score = copy.deepcopy(adapter_state(model)), _score(model, val_loader, device, task)
     start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
@@ -175,8 +174,7 @@ def personal_training(
         fit_features, val_features = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
         frozen_head, frozen_score = fit_linear_head(fit_features, val_features, num_classes)
         if config.refit_head:  # as the personal head will be: on fit + validation
-            frozen_head = refit(torch.cat([fit_features[0], val_features[0]]),
-                                torch.cat([fit_features[1], val_features[1]]), num_classes, frozen_head.l2)
+            frozen_head = refit_on_both(fit_features, val_features, num_classes, frozen_head.l2)
         set_head(model, frozen_head)
         frozen_state = copy.deepcopy(adapter_state(model))
         load_adapter_state(model, saved)
@@ -209,9 +207,8 @@ def personal_training(
                          desc="personalize", after_epoch=after_epoch)
     load_adapter_state(model, best_state)
     if config.refit_head and probe_l2 is not None:
-        features = [head_inputs(model, loader(ds), device) for ds in (fit, val)]
-        set_head(model, refit(torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features]),
-                              num_classes, probe_l2))
+        set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
+                                      num_classes, probe_l2))
     return PersonalTrainingResult(
         start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
