@@ -15,6 +15,7 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
 
+from server.forwarding_grid import ForwardingGrid
 from shared.federation.protocol import BASIS, CONFIG
 
 OBJECT_ID_BYTES = 64  # hex sha256 id that travels with every object
@@ -51,11 +52,11 @@ def message_phase(message: Message) -> tuple[int, str]:
     return int(config.get("server-round", 0)), phase
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(ForwardingGrid):
     """A Grid that measures what passes through `send_and_receive` (all the strategy uses)."""
 
     def __init__(self, grid: Grid, meter: TrafficMeter):
-        self._grid = grid
+        super().__init__(grid)
         self.meter = meter
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
@@ -79,23 +80,3 @@ class MeteredGrid(Grid):
                 self.meter.phases[key].replies_up += 1
                 self.meter.phases[key].bytes_up += wire_bytes(reply)
         return replies
-
-    # The rest delegates unchanged.
-    def set_run(self, run):
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self):
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages):
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)

@@ -23,7 +23,7 @@ from client.app import make_client_app
 from server.app import make_server_app
 from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
-from simulations.failing_clients import failing_client_app
+from simulations.failing_clients import SilencedGrid, failing_client_app
 from simulations.quiet_logs import quiet_logs
 
 CONNECT_TIMEOUT = 5.0  # seconds for an attached cluster's head to accept a connection
@@ -40,9 +40,11 @@ def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progr
     if ray_address:
         check_reachable(ray_address)
     reports: list[dict] = []
-    server_app = make_server_app(config, progress=progress, on_report=reports.append, started=started)
+    failing = config.fail_rate > 0
+    server_app = make_server_app(config, progress=progress, on_report=reports.append, started=started,
+                                 wrap_grid=(lambda grid: SilencedGrid(grid, config)) if failing else None)
     client_app = make_client_app(config, torch_threads=max(1, int(client_cpus)))
-    if config.fail_rate > 0:
+    if failing:
         client_app = failing_client_app(client_app, config)
     backend_config = {"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0}}
     try:
