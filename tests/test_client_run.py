@@ -109,6 +109,22 @@ def test_from_global_adapter_keeps_its_metadata_and_uses_the_cache(tiny_bert_dir
     assert "factors from the local cache" in stdout
 
 
+def test_a_read_only_data_folder_caches_the_factors_in_the_user_cache(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    """The state folder cannot be created (a read-only mount; root ignores chmod, so a file
+    stands in its way here): the run still succeeds, the factors go to $LORAXS_CACHE."""
+    data = write_reviews(tmp_path / "read-only")
+    (data / STATE_FOLDER).write_text("not a folder")
+    before = snapshot(data)
+    monkeypatch.setenv("LORAXS_CACHE", str(tmp_path / "user-cache"))
+    out = tmp_path / "mine.safetensors"
+    code, _, err = run_cli(capsys, "--data", data, "--model", tiny_bert_dir, "--rank", RANK, "--epochs", 1, "--out", out)
+    assert code == 0, err
+    assert f"note: factors not cached in {data / STATE_FOLDER / 'basis'}" in err
+    _, meta = load_adapter(out)
+    assert cached_basis_path(tmp_path / "user-cache" / "basis", meta.basis_fingerprint).is_file()
+    assert snapshot(data) == before
+
+
 def test_basis_file_shipped_by_the_server_is_used(tiny_bert_dir, data_dir, tmp_path, capsys):
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
