@@ -108,6 +108,10 @@ def print_report(result: PersonalizationResult) -> None:
         print(f"kept epoch {recipe.best_epoch} (validation {recipe.best_score:.4f})")
     else:
         print(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
+    if recipe.lam_scores:
+        scores = ", ".join(f"{lam:g}: {score:.3f}" for lam, score in recipe.lam_scores.items())
+        print(f"interpolation toward the best epoch, validation by lam ({scores}): kept lam = {recipe.lam:g}"
+              + (" (the start adapter itself)" if recipe.lam == 0.0 else ""))
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
     print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")

@@ -6,8 +6,14 @@ ClientApp's personalization with them.
     start       <- the better on validation of: the adapter as given, and the same adapter with
                    its head refitted in closed form (logistic regression on its pooled features)
     train       -> R (and, slowly, the head) with AdamW, an epoch budget from the folder size,
-                   validation after every epoch, early stopping, the best epoch kept
-    never worse -> when no epoch beats the start on validation, the start is what is kept
+                   validation after every epoch, early stopping, the best epoch kept; with a
+                   closed-form head, an epoch is scored with the head refitted on the fit
+                   split's current features (the head it would end with)
+    interpolate -> the point R_ref + lam (R_best - R_ref) on the line from the reference (the
+                   adapter as given, or from scratch the closed-form start) to the best epoch,
+                   lam chosen on validation (shared/interpolation.py); from a given adapter a
+                   lam > 0 must beat it by `significance` standard errors
+    never worse -> lam = 0 wins ties: the reference is what is kept when nothing beats it
 
 No Flower, no files: the callers load data and write adapters.
 """
@@ -23,7 +29,11 @@ from torch import nn
 
 from shared.data.batches import DEFAULT_BATCH_SIZE, EVAL_BATCH_SIZE, make_loader
 from shared.errors import LoraXSError
-from shared.linear_probe import fit_linear_head, head_inputs, linear_head, refit_on_both, set_head
+from shared.data.batches import IGNORE_INDEX
+from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate
+from shared.linear_probe import (
+    LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, refit, refit_on_both, set_head,
+)
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
 from shared.training import TrainConfig, TrainResult, evaluate, train
 
@@ -54,6 +64,8 @@ class PersonalTrainingConfig:
     val_fraction: float = 0.2
     patience: int = 2
     refit_head: bool = True
+    interpolate: bool = True
+    significance: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -71,6 +83,8 @@ class PersonalTrainingConfig:
             raise LoraXSError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.patience < 1:
             raise LoraXSError(f"--patience must be at least 1, got {self.patience}")
+        if not (math.isfinite(self.significance) and self.significance >= 0):
+            raise LoraXSError(f"significance must be a finite number >= 0, got {self.significance}")
 
 
 @dataclass
@@ -87,6 +101,8 @@ class PersonalTrainingResult:
     num_val: int
     frozen_head_score: float | None  # frozen base features + logistic regression, on validation
     frozen_head_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    lam: float = 1.0  # where on the line reference -> best epoch the kept adapter lies
+    lam_scores: dict[float, float] = field(default_factory=dict)  # lam -> validation score
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -141,6 +157,26 @@ def _score(model: nn.Module, loader, device, task: str) -> float:
     return result.accuracy if task == "seq-cls" else -result.loss
 
 
+@torch.no_grad()
+def example_scores(model: nn.Module, loader, device, task: str) -> list[float]:
+    """One score per example (higher is better): 1.0 / 0.0 for a right / wrong class, or minus
+    the example's mean next-token loss (causal-lm)."""
+    model.to(device).eval()
+    scores: list[float] = []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits, labels = model(**batch).logits, batch["labels"]
+        if task == "seq-cls":
+            scores += (logits.argmax(-1) == labels).float().tolist()
+            continue
+        target = labels[:, 1:]  # (B, T-1)
+        losses = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target,
+                                             ignore_index=IGNORE_INDEX, reduction="none")  # (B, T-1)
+        mask = (target != IGNORE_INDEX).float()
+        scores += (-(losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).tolist()
+    return scores
+
+
 def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Set every R to zero (the frozen base model); returns the state to restore."""
     saved = copy.deepcopy(adapter_state(model))
@@ -148,6 +184,16 @@ def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
         for layer in adapted_layers(model).values():
             layer.lora_R.zero_()
     return saved
+
+
+def _state_with_head(model: nn.Module, head: LinearHead) -> dict[str, torch.Tensor]:
+    """The model's adapter state with `head` in place of its own (the model is left as it was)."""
+    own = linear_head(model)
+    kept = LinearHead(own.weight.detach().clone(), own.bias.detach().clone(), head.l2)
+    set_head(model, head)
+    state = copy.deepcopy(adapter_state(model))
+    set_head(model, kept)
+    return state
 
 
 def personal_training(
@@ -166,7 +212,8 @@ def personal_training(
     head = linear_head(model) if seq_cls else None
     num_classes = head.out_features if head is not None else 0
 
-    best_state, best_score = copy.deepcopy(adapter_state(model)), _score(model, val_loader, device, task)
+    given = copy.deepcopy(adapter_state(model))
+    best_state, best_score = given, _score(model, val_loader, device, task)
     start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
     if head is not None:
         # the frozen base model's features + logistic regression: the baseline, and a start
@@ -184,16 +231,28 @@ def personal_training(
             set_head(model, probe)
             best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
             start_name = f"{start} + closed-form head" if start != "scratch" else "frozen features + closed-form head"
+    closed_form = config.refit_head and probe_l2 is not None
+    reference = given if start != "scratch" else best_state
     start_score = best_score
     history: list[float] = []
     best_epoch, waited = 0, 0
 
+    def scored_state() -> tuple[float, dict[str, torch.Tensor] | None]:
+        """This epoch's validation score and, with a closed-form head, the state with the head
+        refitted on the fit split's current features (None: the model's own state)."""
+        if not closed_form:
+            return _score(model, val_loader, device, task), None
+        fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
+        refitted = refit(*fit_now, num_classes, probe_l2)
+        return accuracy(refitted.weight, refitted.bias, *val_now), _state_with_head(model, refitted)
+
     def after_epoch(_step: int) -> bool:
         nonlocal best_state, best_score, best_epoch, waited
-        score = _score(model, val_loader, device, task)
+        score, state = scored_state()
         history.append(score)
         if score > best_score:
-            best_state, best_score, best_epoch, waited = copy.deepcopy(adapter_state(model)), score, len(history), 0
+            best_state = state if state is not None else copy.deepcopy(adapter_state(model))
+            best_score, best_epoch, waited = score, len(history), 0
         else:
             waited += 1
         return waited >= config.patience
@@ -205,12 +264,23 @@ def personal_training(
         torch.manual_seed(config.seed)  # dropout
         training = train(model, train_loader, train_config, device, progress=progress,
                          desc="personalize", after_epoch=after_epoch)
-    load_adapter_state(model, best_state)
-    if config.refit_head and probe_l2 is not None:
+
+    lam, lam_scores = (0.0 if best_state is reference else 1.0), {}
+    if config.interpolate and best_state is not reference:
+        significance = config.significance if start != "scratch" else 0.0
+        per_example = {}
+        for candidate in LAMBDA_GRID:
+            load_adapter_state(model, interpolate(reference, best_state, candidate))
+            per_example[candidate] = example_scores(model, val_loader, device, task)
+        lam = choose_lambda(per_example, significance)
+        lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
+    load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
+    if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
         set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
                                       num_classes, probe_l2))
     return PersonalTrainingResult(
         start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
+        lam=lam, lam_scores=lam_scores,
     )
