@@ -1,7 +1,8 @@
 """The ClientApp: thin Flower glue. The work is in client/local_round.py.
 
-Every message: store the factors if they came along (after checking their fingerprint),
-answer "unknown-fingerprint" if this node does not hold the announced factors, else load the
+Every message: store the factors if they came along (after checking their fingerprint), or
+derive them if their recipe came along (client/derived_factors.py), answer "unknown-fingerprint"
+if this node does not hold the announced factors, else load the
 global adapter into the process's cached model and train / evaluate on this node's data.
 A user-caused problem (wrong labels, bad data folder) becomes an error reply with one line.
 `app` reads its settings from the run config (`flwr run .`); `make_client_app(config)` binds
@@ -13,6 +14,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from client.derived_factors import derive_announced_factors
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.worker_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
@@ -20,7 +22,7 @@ from client import secure_stages
 from client.server_key import remember_server_key, seal_train_reply
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
+    ARRAYS, BASIS, CONFIG, FACTORS, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
     unpack_basis,
 )
 from shared.federation.run_config import FederationConfig
@@ -68,14 +70,16 @@ def _answer(msg, context, bound_config, torch_threads, work) -> Message:
         state = node_state_for(context)
         if BASIS in msg.content:
             state.store_basis(unpack_basis(msg.content[BASIS], fingerprint), canonical_model_id(config.model))
+        factors = derive_announced_factors(msg.content[CONFIG], config, state, fingerprint)
+        told = {FACTORS: factors} if factors else {}  # what the node did with a recipe
         if SERVER_KEY in msg.content[CONFIG]:
             remember_server_key(context, msg.content[CONFIG][SERVER_KEY])
         if not state.has_basis(fingerprint):
-            status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint})
+            status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint, **told})
             return Message(RecordDict({STATUS: status}), reply_to=msg)
         job = MessageWork(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
         content = seal_train_reply(work(msg, job), msg, context, config.encrypt_updates, fingerprint, job.round)
-        content[STATUS] = ConfigRecord({"fingerprint": fingerprint})
+        content[STATUS] = ConfigRecord({"fingerprint": fingerprint, **told})
         return Message(content, reply_to=msg)
     except LoraXSError as err:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)

@@ -1,5 +1,6 @@
-"""The ServerApp's work, apart from Flower's entry point: compute the basis once, run FedAvg over
-the r x r matrices and head, evaluate, save the artifacts and the report."""
+"""The ServerApp's work, apart from Flower's entry point: compute the basis once (the canonical,
+reproducible SVD, rounded to basis-dtype), run FedAvg over the r x r matrices and head, evaluate,
+save the artifacts and the report."""
 
 import random
 import time
@@ -20,6 +21,7 @@ from server.traffic import MeteredGrid, TrafficMeter
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
+from shared.federation.basis_recipe import BasisRecipe
 from shared.federation.node_data import held_out_union, simulated_node_data
 from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
 from shared.federation.run_config import FederationConfig
@@ -52,7 +54,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     personal = config.personalize == "finetune"
     sealing = UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite) if config.encrypt_updates else None
     strategy = LoraXSFedAvg(
-        pack_basis(basis), basis.fingerprint, config.update_dtype,
+        pack_basis(basis, config.basis_dtype), basis.fingerprint, config.update_dtype,
         evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=sealing,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
@@ -62,6 +64,8 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         seed=config.seed, round_offset=resume.round if resume else 0,
         reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
         partition_sizes=_partition_sizes(config),
+        recipe=BasisRecipe.of(model_id, config.lora_config()).to_config()
+        if config.basis_delivery == "derive" else None,
         secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples)
         if config.secure_aggregation else None,
     )

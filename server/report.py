@@ -42,6 +42,9 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
         "final_evaluation_bytes_down": final_phase.bytes_down,
         "final_evaluation_bytes_up": final_phase.bytes_up,
         "bases_sent": everything.bases_sent,
+        "factors_derived": everything.bases_derived,
+        "factors_shipped": everything.bases_sent,
+        "recipes_sent": everything.recipes_sent,
         "clients_reached": len(meter.nodes_contacted),
         "max_bases_per_client": max(meter.bases_per_node.values(), default=0),
         "wall_seconds": round(wall_seconds, 1),
@@ -63,6 +66,8 @@ def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter,
         "accuracy_global": measured.get("accuracy"),
         "loss_global": measured.get("loss"),
         "bases_sent": both.bases_sent,
+        "factors_derived": both.bases_derived,
+        "factors_shipped": both.bases_sent,
         "bases_resent": stats.bases_resent if stats else 0,
         "rejected_updates": stats.rejected_updates if stats else 0,
         "clipped_weights": stats.clipped_weights if stats else 0,
@@ -154,15 +159,17 @@ def report_markdown(report: dict) -> str:
         f"model `{config['model']}`, dataset `{config['dataset']}` ({config['partition']} partition), "
         f"{config['num-clients']} clients, {config['num-server-rounds']} rounds, fraction "
         f"{config['fraction-train']}, rank {config['rank']}, update dtype {config['update-dtype']}, "
-        f"personalize {config['personalize']}, scenario {config['scenario']}, seed {config['seed']}",
+        f"personalize {config['personalize']}, scenario {config['scenario']}, seed {config['seed']}, "
+        f"factors {config.get('basis-delivery', 'ship')} ({config.get('basis-dtype', 'fp32')})",
         "",
-        "| round | clients | accuracy (global) | bytes up | bytes down | of which basis | up / client |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | clients | accuracy (global) | bytes up | bytes down | of which basis | factors derived / shipped | up / client |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rounds"]:
         lines.append(
             f"| {r['round']} | {r['clients_trained']} | {_fmt(r['accuracy_global'])} | "
             f"{_fmt(r['bytes_up'])} | {_fmt(r['bytes_down'])} | {_fmt(r['basis_bytes_down'])} | "
+            f"{r.get('factors_derived', 0)} / {r.get('factors_shipped', r['bases_sent'])} | "
             f"{_fmt(r['bytes_up_per_client'])} |"
         )
     lines += ["", "## Final", "", "| metric | value |", "|---|---:|"]

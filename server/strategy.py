@@ -3,8 +3,10 @@
 Built on `flwr.serverapp.strategy.FedAvg`: its sampling, round loop and weighted mean are used
 as they are. Averaging the stacked r x r matrices and the head is exact in delta W, since every
 client shares one basis: mean_k(s B R_k A) = s B mean_k(R_k) A. What this class adds:
-  * per-node messages: the factor bundle rides along only to nodes not known to hold it;
-  * a node answering "unknown-fingerprint" (cache lost) gets the bundle again, in the same round;
+  * per-node messages: the factors' recipe (basis-delivery derive: the node derives them) or
+    bundle (ship) rides along only to nodes not known to hold them (server/basis_delivery.py);
+  * a node answering "unknown-fingerprint" (cache lost, or derived factors that differ) gets the
+    bundle, in the same round;
   * replies with wrong keys/shapes/dtype, NaN/Inf or another fingerprint are rejected with a
     logged reason, and the round goes on with the rest;
   * fp16 updates are widened to fp32 before averaging;
@@ -38,9 +40,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 from flwr.supercore.task_identity import TaskIdentity
 
+from server.basis_delivery import BasisDelivery
 from shared.federation.sealed_update import SERVER_KEY
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, METRICS, PARTITION_ID, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
+    ARRAYS, CONFIG, METRICS, PARTITION_ID, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
     cast_record, check_update, clean_metrics,
 )
 from shared.errors import LoraXSError
@@ -64,7 +67,7 @@ class LoraXSFedAvg(FedAvg):
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,
                  max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
-                 secure=None, **fedavg_args):
+                 secure=None, recipe: dict | None = None, **fedavg_args):
         super().__init__(**fedavg_args)
         self.seed = seed
         self.round_offset = round_offset
@@ -74,11 +77,10 @@ class LoraXSFedAvg(FedAvg):
         self.partitions: dict[int, int] = {}  # node id -> partition id (discover_partitions)
         self.sealing = sealing  # server/sealed_updates.UpdateSealing, or None
         self.secure = secure  # server/secure_rounds.SecureRounds, or None
-        self.basis_record = basis_record
+        self.delivery = BasisDelivery(basis_record, recipe)  # recipe None: the factors are shipped
         self.fingerprint = fingerprint
         self.update_dtype = update_dtype
         self.evaluate_metrics = evaluate_metrics
-        self.nodes_with_basis: set[int] = set()
         self.stats: dict[int, RoundStats] = {}
         self.evaluate_replies: dict[int, list[MetricRecord]] = {}
         self._grid: Grid | None = None
@@ -97,12 +99,17 @@ class LoraXSFedAvg(FedAvg):
 
     def _message(self, node_id: int, wire: ArrayRecord, config: ConfigRecord, message_type: str) -> Message:
         content = RecordDict({ARRAYS: wire, CONFIG: config})
-        if node_id not in self.nodes_with_basis:
-            content[BASIS] = self.basis_record
-            self.nodes_with_basis.add(node_id)
-            if self.sealing is not None:
-                content[CONFIG] = ConfigRecord({**config, SERVER_KEY: self.sealing.public_key})
+        if self.delivery.attach(node_id, content) and self.sealing is not None:
+            content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key})
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
+
+    @property
+    def nodes_with_basis(self) -> set[int]:
+        return self.delivery.holding
+
+    @nodes_with_basis.setter
+    def nodes_with_basis(self, nodes: set[int]) -> None:
+        self.delivery.holding = set(nodes)
 
     # --- sampling by partition -------------------------------------------------------------
     def discover_partitions(self, grid: Grid) -> dict[int, int]:
@@ -170,7 +177,7 @@ class LoraXSFedAvg(FedAvg):
             return replies
         nodes = [r.metadata.src_node_id for r in lost]
         log(WARNING, "round %s: node(s) %s lack the factors; sending them again", server_round, nodes)
-        self.nodes_with_basis.difference_update(nodes)
+        self.delivery.lost(nodes)
         self._round(server_round).bases_resent += len(nodes)
         wire, config = self._sent[message_type]
         again = self._grid.send_and_receive(

@@ -16,7 +16,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import InflatableObject, get_all_nested_objects
 
 from server.forwarding_grid import ForwardingGrid
-from shared.federation.protocol import BASIS, CONFIG
+from shared.federation.basis_recipe import KEYS as RECIPE_KEYS
+from shared.federation.protocol import BASIS, CONFIG, DERIVED, FACTORS, STATUS
 
 OBJECT_ID_BYTES = 64  # hex sha256 id that travels with every object
 
@@ -32,7 +33,9 @@ class PhaseTraffic:
     messages_down: int = 0
     bytes_down: int = 0
     basis_bytes_down: int = 0
-    bases_sent: int = 0
+    bases_sent: int = 0  # factor bundles shipped
+    recipes_sent: int = 0  # messages carrying the factors' recipe (basis-delivery derive)
+    bases_derived: int = 0  # replies of nodes that derived the factors themselves (and matched)
     replies_up: int = 0
     bytes_up: int = 0
 
@@ -74,9 +77,21 @@ class MeteredGrid(ForwardingGrid):
                 phase.basis_bytes_down += wire_bytes(message.content[BASIS])
                 phase.bases_sent += 1
                 self.meter.bases_per_node[node] += 1
+            if CONFIG in message.content and RECIPE_KEYS[0] in message.content[CONFIG]:
+                phase.recipes_sent += 1
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         if key is not None:
             for reply in replies:
                 self.meter.phases[key].replies_up += 1
                 self.meter.phases[key].bytes_up += wire_bytes(reply)
+                if _derived(reply):
+                    self.meter.phases[key].bases_derived += 1
         return replies
+
+
+def _derived(reply: Message) -> bool:
+    """The node says it derived the factors for this message (a client's claim, only counted)."""
+    try:
+        return not reply.has_error() and reply.content[STATUS].get(FACTORS) == DERIVED
+    except Exception:  # noqa: BLE001 - no or malformed status: not derived
+        return False

@@ -53,6 +53,9 @@ HELP = {
     "personalize": "finetune: clients also keep a personal adapter",
     "scenario": "concept-shift: a seeded share of clients (shift-fraction) flip their labels",
     "update_dtype": "precision of the adapter on the wire",
+    "basis_delivery": "derive: nodes derive the factors (reproducible SVD, fingerprint-checked; "
+                      "the factors are shipped only to a node that cannot); ship: always send them",
+    "basis_dtype": "precision of the factors (everyone, server included, uses the rounded ones)",
     "out_dir": "output folder (default runs/<timestamp>)",
     "resume_from": "continue the run whose folder (checkpoint.safetensors) this is; same flags, "
                    "--rounds may grow",
@@ -156,8 +159,9 @@ def print_summary(report: dict, out_dir) -> None:
             parts.append(f"{key.removeprefix('accuracy_').replace('_', ' ')} {final[key]:.4f}")
     print("final: " + ", ".join(parts))
     print(f"per client per round: up {final['bytes_up_per_client_per_round']:,.0f} B, down "
-          f"{final['bytes_down_per_client_per_round']:,.0f} B; factors {final['basis_bytes_per_client']:,.0f} B "
-          f"sent {final['bases_sent']} times to {final['clients_reached']} clients")
+          f"{final['bytes_down_per_client_per_round']:,.0f} B; factors derived by {final['factors_derived']} and "
+          f"shipped to {final['factors_shipped']} of {final['clients_reached']} clients "
+          f"({final['basis_bytes_down_total']:,} B shipped)")
     print(f"wall time {final['wall_seconds']:.0f} s; report: {out_dir / REPORT_MD}")
 
 

@@ -14,7 +14,9 @@ from flwr.app import Array
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client.app import make_client_app
-from client.node_state import FEDERATION_PERSONAL_ADAPTER, PERSONAL_INFO, PERSONAL_RECORD
+from client.node_state import BASIS_INFO, FEDERATION_PERSONAL_ADAPTER, PERSONAL_INFO, PERSONAL_RECORD
+from shared.artifacts import open_adapter as open_adapter_module
+from shared.loraxs.basis import Basis
 from shared.federation.node_data import shifted_partitions, simulated_node_data
 from server.federation import run_federation
 from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
@@ -125,13 +127,20 @@ def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
     return config, report, grid, personal_at_train
 
 
-def test_factors_go_to_each_client_once_and_uploads_are_payload_plus_framing(shared_run):
+def test_each_client_derives_the_factors_once_and_uploads_are_payload_plus_framing(shared_run):
     config, report, grid, _ = shared_run
 
-    bundles = [m.metadata.dst_node_id for m, _ in grid.log if BASIS in m.content]
-    assert sorted(bundles) == sorted(grid.get_node_ids())  # every node once, final evaluation included
+    recipes = [m.metadata.dst_node_id for m, _ in grid.log if "basis-model" in m.content["config"]]
+    assert sorted(recipes) == sorted(grid.get_node_ids())  # every node once, final evaluation included
+    assert not any(BASIS in m.content for m, _ in grid.log)  # basis-delivery derive: nothing shipped
+    derived = [r for _, r in grid.log if r.content[STATUS].get("factors") == "derived"]
+    assert len(derived) == NUM_CLIENTS
     final = report["final"]
-    assert (final["bases_sent"], final["clients_reached"], final["max_bases_per_client"]) == (5, 5, 1)
+    assert (final["factors_derived"], final["factors_shipped"], final["recipes_sent"]) == (5, 0, 5)
+    assert (final["clients_reached"], final["max_bases_per_client"], final["basis_bytes_down_total"]) == (5, 0, 0)
+    basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
+    for context in grid.contexts.values():  # what every node derived is what the server has
+        assert context.state[BASIS_INFO]["fingerprint"] == basis.fingerprint
 
     adapter_bytes = final["adapter_payload_bytes"]
     assert adapter_bytes == 4 * (8 * 4 * 4 + 2 * 32 + 2)  # 8 R (4x4) + head (2x32 + 2), fp32
@@ -147,8 +156,9 @@ def test_factors_go_to_each_client_once_and_uploads_are_payload_plus_framing(sha
         assert entry["bytes_up"] == sum(wire_bytes(r) for _, r in both)
         assert entry["bytes_down"] == sum(wire_bytes(m) for m, _ in both)
         assert entry["basis_bytes_down"] == sum(wire_bytes(m.content[BASIS]) for m, _ in both if BASIS in m.content)
-    assert len({r["bytes_up_per_client"] for r in report["rounds"]}) == 1  # same size every round
-    assert report["rounds"][0]["basis_bytes_down"] > 0 and report["rounds"][1]["basis_bytes_down"] == 0
+    ups = [r["bytes_up_per_client"] for r in report["rounds"]]
+    assert len(set(ups[1:])) == 1 and 0 < ups[0] - ups[1] < 64  # round 1: status says "factors": "derived"
+    assert report["rounds"][0]["factors_derived"] > 0 and report["rounds"][1]["factors_derived"] == 0
 
 
 def test_global_r_is_the_weighted_mean_of_the_clients_r_exact_in_delta_w(shared_run):
@@ -195,7 +205,60 @@ def test_a_client_that_lost_its_cache_gets_the_factors_again_in_the_same_round(c
     assert BASIS in again.content and ARRAYS in update.content
     assert report["rounds"][1]["bases_resent"] == 1
     assert report["rounds"][1]["clients_trained"] == NUM_CLIENTS
-    assert report["final"]["bases_sent"] == NUM_CLIENTS + 1
+    assert (report["final"]["factors_derived"], report["final"]["factors_shipped"]) == (NUM_CLIENTS, 1)
+
+
+def test_a_node_whose_derived_factors_differ_is_shipped_them_and_the_round_is_whole(config, monkeypatch):
+    """The fallback: the first node to derive gets factors one float32 ulp off (as another
+    machine's SVD might); it answers unknown-fingerprint, is shipped the bundle, and trains."""
+    derive = open_adapter_module.compute_basis
+    calls = []
+
+    def one_ulp_off_the_first_time(model, lora):
+        basis = derive(model, lora)
+        calls.append(1)
+        if len(calls) > 1:
+            return basis
+        name = next(iter(basis.factors))
+        lora_B, lora_A = basis.factors[name]
+        lora_B = lora_B.clone()
+        lora_B[0, 0] = torch.nextafter(lora_B[0, 0], torch.tensor(float("inf")))
+        return Basis(basis.rank, {**basis.factors, name: (lora_B, lora_A)})
+
+    monkeypatch.setattr(open_adapter_module, "compute_basis", one_ulp_off_the_first_time)
+    report, grid = run(replace(config, final_eval_fraction=0.0))
+    victim = grid.exchanges(1, "train")[0][0].metadata.dst_node_id
+    to_victim = [(m, r) for m, r in grid.exchanges(1, "train") if m.metadata.dst_node_id == victim]
+    (recipe, unknown), (bundle, update) = to_victim
+    assert "basis-model" in recipe.content["config"] and BASIS not in recipe.content
+    assert (unknown.content[STATUS]["error"], unknown.content[STATUS]["factors"]) == ("unknown-fingerprint", "mismatch")
+    assert BASIS in bundle.content and ARRAYS in update.content
+    first = report["rounds"][0]
+    assert (first["clients_trained"], first["bases_resent"], first["rejected_updates"]) == (NUM_CLIENTS, 1, 0)
+    assert (first["factors_derived"], first["factors_shipped"]) == (NUM_CLIENTS - 1, 1)
+    assert report["rounds"][1]["clients_trained"] == NUM_CLIENTS  # it keeps the shipped factors
+    basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
+    assert grid.contexts[victim].state[BASIS_INFO]["fingerprint"] == basis.fingerprint
+
+
+@pytest.mark.parametrize("basis_dtype, wire_dtype", [("fp32", "float32"), ("fp16", "float16"), ("bf16", "uint16")])
+def test_shipped_factors_travel_in_basis_dtype_and_everyone_uses_the_rounded_ones(config, basis_dtype, wire_dtype):
+    shipped = replace(config, basis_delivery="ship", basis_dtype=basis_dtype, num_server_rounds=1,
+                      final_eval_fraction=0.0)
+    report, grid = run(shipped)
+    bundles = [m.content[BASIS] for m, _ in grid.log if BASIS in m.content]
+    assert len(bundles) == NUM_CLIENTS and not any("basis-model" in m.content["config"] for m, _ in grid.log)
+    assert {a.dtype for bundle in bundles for a in bundle.values()} == {wire_dtype}
+    basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
+    assert payload_bytes(bundles[0]) == basis.num_bytes() * {"fp32": 4, "fp16": 2, "bf16": 2}[basis_dtype] // 4
+    rounding = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[basis_dtype]
+    for lora_B, lora_A in basis.factors.values():  # the server's own factors are the rounded ones
+        assert torch.equal(lora_B.to(rounding).float(), lora_B) and torch.equal(lora_A.to(rounding).float(), lora_A)
+    for context in grid.contexts.values():
+        assert context.state[BASIS_INFO]["fingerprint"] == basis.fingerprint
+    final = report["final"]
+    assert (final["factors_shipped"], final["factors_derived"], final["max_bases_per_client"]) == (5, 0, 1)
+    assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS
 
 
 def test_personal_adapters_persist_across_rounds_and_never_travel(shared_run):
@@ -281,7 +344,7 @@ def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_
         _, meta = load_adapter(folder / STATE_FOLDER / FEDERATION_PERSONAL_ADAPTER)
         assert (meta.extra["round"], meta.extra["kind"]) == ("2", "personal")
         assert len(context.state) == 0  # nothing kept in memory between messages
-    assert report["final"]["max_bases_per_client"] == 1
+    assert (report["final"]["max_bases_per_client"], report["final"]["factors_derived"]) == (0, 2)  # derived, on disk
     assert report["rounds"][-1]["accuracy_global"] is None  # no server-side data in deployment
     assert report["final"]["accuracy_global"] == report["final"]["accuracy_global_clients"]
 

@@ -45,7 +45,7 @@ def test_delta_weight_is_scale_U_R_Sigma_Vt():
     torch.manual_seed(0)
     base = nn.Linear(12, 10)
     W = base.weight.detach().clone()
-    config = LoraXSConfig(rank=4, alpha=8.0, target_modules=("query",))
+    config = LoraXSConfig(rank=4, alpha=8.0, target_modules=("query",), svd_method="exact")  # LAPACK signs
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # independent SVD
     model = nn.Module()
     model.query = base

@@ -17,7 +17,7 @@ from server.strategy import LoraXSFedAvg
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.sealing import SealContext, ServerPrivateKey, load_public_key
 from shared.errors import LoraXSError
-from shared.federation.protocol import ARRAYS, BASIS, CONFIG, METRICS, STATUS, STACKED_R
+from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS, STACKED_R
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE, SERVER_KEY, seal_arrays
 from tests.in_process_simulation import RUN_ID
 from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
@@ -46,7 +46,7 @@ def test_sealed_round_gives_exactly_the_plain_aggregate_and_relays_see_only_ciph
     public = load_public_key(f"{sealed_config.out_dir}/{PUBLIC_KEY_FILE}")
     train = grid.exchanges(kind="train")
     with_key = [m for m, _ in train if SERVER_KEY in m.content[CONFIG]]
-    assert len(with_key) == NUM_CLIENTS and all(BASIS in m.content for m in with_key)  # with the factors only
+    assert len(with_key) == NUM_CLIENTS and all("basis-model" in m.content[CONFIG] for m in with_key)  # first message only
     assert all(m.content[CONFIG][SERVER_KEY] == public.raw for m in with_key)
     for message, reply in train:
         assert set(reply.content.keys()) == {SEALED, METRICS, STATUS}

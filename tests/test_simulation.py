@@ -103,7 +103,10 @@ def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tin
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
     final = report["final"]
-    assert (final["bases_sent"], final["clients_reached"], final["max_bases_per_client"]) == (5, 5, 1)
+    # basis-delivery derive in Ray workers: each node derives the factors or, where its SVD differs
+    # from the server's, is shipped them once (benchmarks/results/basis_reproducibility.md)
+    assert final["factors_derived"] + final["factors_shipped"] == final["clients_reached"] == 5
+    assert final["max_bases_per_client"] <= 1
     assert final["clients_shifted"] == 1 and final["clients_unshifted"] == 4
     for key in ("accuracy_global", "accuracy_personalized", "accuracy_global_shifted",
                 "accuracy_personalized_shifted", "wall_seconds"):
@@ -133,6 +136,7 @@ def test_the_real_command_on_minilm_with_few_clients(rotten_tomatoes, tmp_path):
     assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
     assert final["adapter_payload_bytes"] == 24 * 16 * 16 * 4 + 770 * 4
     assert final["bytes_up_per_client_per_round"] <= 32 * 1024
-    assert final["max_bases_per_client"] == 1 and final["bases_sent"] == final["clients_reached"]
-    assert final["basis_bytes_per_client"] > 1_600_000  # 24 (B, A) pairs, float32
+    assert final["max_bases_per_client"] <= 1  # derived by each client, or shipped once where that fails
+    assert final["factors_derived"] + final["factors_shipped"] == final["clients_reached"]
+    assert final["basis_bytes_down_total"] == final["factors_shipped"] * (final["basis_bytes_per_client"] or 0)
     assert 0.3 < final["accuracy_global"] < 1.0

@@ -138,6 +138,10 @@ def adapter_meta(
     pooling = model_pooling(canonical_model_id(model_id)) if task == "seq-cls" else "pooler"
     if pooling != "pooler":  # absent = Hugging Face's classifier, as in files from before pooling
         extra.setdefault("pooling", pooling)
+    if config.svd_method != "canonical":  # absent = the canonical SVD, so the factors can be derived
+        extra.setdefault("svd_method", config.svd_method)
+    if config.basis_dtype != "fp32":
+        extra.setdefault("basis_dtype", config.basis_dtype)
     return AdapterMeta(
         base_model=canonical_model_id(model_id),
         task=task,

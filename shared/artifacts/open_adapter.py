@@ -5,9 +5,12 @@ export and the ClientApp alike.
 
 Factors come from, in order: factors already in hand (a federation's node state), a `--basis`
 file (which must be for this base model), the cache (a data folder's `.loraxs/basis/`, then
-$LORAXS_CACHE/basis/), else a fresh SVD of the base model. Whichever it is, its fingerprint must be
-the adapter's: SVD results differ across machines, so a fresh SVD can fail where the shipped file
-would not.
+$LORAXS_CACHE/basis/), else they are derived: the adapter's SVD recipe (the canonical one unless
+its metadata names another, rounded to its basis dtype) on the base model. Whichever it is, its
+fingerprint must be the adapter's; the canonical SVD reproduces bit for bit on the machines
+measured (benchmarks/results/basis_reproducibility.md), and where it does not, the error says to
+pass the basis file the server shipped. A ClientApp derives a federation's factors the same way
+(`derived_basis`).
 """
 
 from dataclasses import dataclass
@@ -19,12 +22,14 @@ from torch import nn
 from shared.artifacts.adapter_file import AdapterMeta, check_adapter_matches, load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.artifacts.cache import basis_cache_dirs, find_cached_basis
-from shared.base_models import build_adapted_model, canonical_model_id
+from shared.base_models import build_adapted_model, canonical_model_id, load_base_model
 from shared.data.text_splits import TextSplits
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
-from shared.loraxs.model import load_adapter_state
+from shared.loraxs.model import compute_basis, load_adapter_state
+
+DERIVED_SOURCE = "the factors derived from the base model"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,16 @@ def find_basis(base_model: str, fingerprint: str | None, basis_file: Path | None
     return None, "an SVD of the base model"
 
 
+def derived_basis(base_model: str, task: str, lora: LoraXSConfig, fingerprint: str,
+                  pooling: str | None = None) -> Basis:
+    """The factors derived on this device from the base weights by `lora`'s recipe, checked
+    against `fingerprint` (LoraXSError when they differ). The head is not part of the factors."""
+    model = load_base_model(canonical_model_id(base_model), task, pooling=pooling)
+    basis = compute_basis(model, lora)
+    check_fingerprint(basis, fingerprint, DERIVED_SOURCE)
+    return basis
+
+
 def open_adapter(
     adapter: AdapterFile | None,
     *,
@@ -123,7 +138,9 @@ def open_adapter(
     if adapter is not None:
         meta = adapter.meta
         base_model, task, fingerprint = meta.base_model, meta.task, meta.basis_fingerprint
-        lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets)
+        lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets,
+                            svd_method=meta.extra.get("svd_method", "canonical"),
+                            basis_dtype=meta.extra.get("basis_dtype", "fp32"))
         labels = list(meta.labels) if meta.labels else None
         pooling = meta.extra.get("pooling", "pooler")  # files from before pooling was recorded
     base_model = canonical_model_id(base_model)
@@ -136,7 +153,7 @@ def open_adapter(
     model, basis = build_adapted_model(base_model, task, lora, labels=labels, basis=basis, seed=seed,
                                        pooling=pooling)
     if computed:
-        check_fingerprint(basis, fingerprint, "the factors computed from the base model")
+        check_fingerprint(basis, fingerprint, DERIVED_SOURCE)
     else:
         check_fingerprint(basis, fingerprint, source)
     if adapter is not None:

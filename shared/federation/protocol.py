@@ -5,12 +5,17 @@ Message content (RecordDict):
             order, plus one array per head tensor (e.g. "classifier.weight"), in update-dtype.
   "config"  ConfigRecord: "server-round", "fingerprint" (of the basis the adapter belongs to).
   "basis"   ArrayRecord, the frozen factors "<module>.lora_B" (out, r) / "<module>.lora_A" (r, in),
-            float32; only in the first message to a node, or after it answered "unknown-fingerprint".
+            in basis-dtype (float32, float16, or bfloat16 bits as uint16); with basis-delivery ship
+            in the first message to a node; always after it answered "unknown-fingerprint".
+  recipe    with basis-delivery derive, the first message's config carries "basis-model",
+            "basis-rank", "basis-targets", "basis-method", "basis-dtype" in place of "basis"
+            (shared/federation/basis_recipe.py): the node derives the factors itself.
 Replies:
   train     "arrays" (same keys/shapes/dtype as sent), "metrics" ("num-examples", "train-loss"),
-            "status" ("fingerprint").
+            "status" ("fingerprint"; "factors" = "derived" when the node derived them for it).
   evaluate  "metrics" ("num-examples", "accuracy-global", ... ), "status".
-  unknown   "status" with "error" = "unknown-fingerprint": the node lacks the factors.
+  unknown   "status" with "error" = "unknown-fingerprint": the node lacks the factors ("factors" =
+            "mismatch" when it derived factors of another fingerprint).
 encrypt-updates: config "server-key" rides with "basis"; a train reply carries "sealed" (one HPKE
 ciphertext of its "arrays") in place of "arrays" (shared/federation/sealed_update.py).
 secure-aggregation: the train config holds the round's setup and the train reply its keys in
@@ -34,6 +39,7 @@ from shared.loraxs.basis import Basis
 ARRAYS, CONFIG, BASIS, METRICS, STATUS = "arrays", "config", "basis", "metrics", "status"
 STACKED_R = "lora_R"
 UNKNOWN_FINGERPRINT = "unknown-fingerprint"
+FACTORS, DERIVED, MISMATCH = "factors", "derived", "mismatch"  # status: what a node did with a recipe
 PARTITION_ID = "partition-id"
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 TRAIN_METRICS = ("num-examples", "train-loss")
@@ -96,8 +102,23 @@ def payload_bytes(record: ArrayRecord) -> int:
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in record.values())
 
 
-def pack_basis(basis: Basis) -> ArrayRecord:
-    return ArrayRecord({k: Array(v.float().numpy()) for k, v in basis_to_tensors(basis).items()})
+def pack_basis(basis: Basis, basis_dtype: str = "fp32") -> ArrayRecord:
+    """The factors in `basis_dtype` (their values are already rounded to it, so nothing is lost);
+    bf16 travels as its bits in uint16 (numpy has no bfloat16)."""
+    return ArrayRecord({k: Array(_wire_factor(v.float(), basis_dtype)) for k, v in basis_to_tensors(basis).items()})
+
+
+def _wire_factor(factor: torch.Tensor, basis_dtype: str) -> np.ndarray:
+    if basis_dtype == "bf16":
+        return factor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return factor.numpy().astype(NUMPY_DTYPES[basis_dtype])
+
+
+def _factor_from_wire(array: np.ndarray) -> torch.Tensor:
+    """float32 / float16 / bf16 bits (uint16) -> float32 (exact)."""
+    if array.dtype == np.uint16:
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def tensors_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -108,7 +129,9 @@ def tensors_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
     """The factors of a received (or stored) bundle; their fingerprint must be the announced one."""
-    tensors = tensors_from_record(record)
+    if not isinstance(record, ArrayRecord):
+        raise LoraXSError(f"the factors come as a {type(record).__name__}, not an ArrayRecord")
+    tensors = {k: _factor_from_wire(decoded(record, k)) for k in record.keys()}
     if not tensors:
         raise LoraXSError("the factor bundle is empty")
     a_keys = [key for key in tensors if key.endswith(".lora_A")]

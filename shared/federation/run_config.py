@@ -11,7 +11,7 @@ from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 from shared.data.partition import PARTITIONS
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
-from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.config import BASIS_DTYPES, LoraXSConfig
 from shared.base_models import DEFAULT_MODEL
 from shared.personal_training import PersonalTrainingConfig
 from shared.training import TrainConfig
@@ -19,8 +19,10 @@ from shared.training import TrainConfig
 PERSONALIZE = ("none", "finetune")
 SCENARIOS = ("none", "concept-shift")
 UPDATE_DTYPES = ("fp32", "fp16")
+BASIS_DELIVERIES = ("derive", "ship")  # server/basis_delivery.py
 HPKE_SUITES = ("x25519", "mlkem768-x25519")  # shared/crypto/sealing.py: classic, post-quantum hybrid
 CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
+           "basis_delivery": BASIS_DELIVERIES, "basis_dtype": BASIS_DTYPES,
            "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES}  # field -> allowed values
 
 
@@ -50,6 +52,13 @@ class FederationConfig:
                           steps, kept only where it beats the global one on validation), never sent.
     scenario:             "concept-shift": a seeded `shift_fraction` of the clients flip labels.
     update_dtype:         fp32 | fp16, the precision of the adapter on the wire (both ways).
+    basis_delivery:       "derive": a node's first message carries the recipe of the factors (model,
+                          rank, targets, method, dtype) and their fingerprint; the node derives
+                          them from its base weights (reproducible SVD) and checks the
+                          fingerprint; one that cannot answers "unknown-fingerprint" and is sent
+                          the factors in the same round. "ship": the factors ride along instead.
+    basis_dtype:          fp32 | fp16 | bf16: the factors' values are rounded to this precision
+                          (and shipped in it); everyone, the server included, uses the rounded ones.
     eval_max_examples:    cap on the server's held-out set (a seeded sample).
     out_dir:              where the global adapter, basis and report go ("" = runs/<timestamp>).
     min_train_nodes:      good updates a round needs; with fewer it is skipped (logged) and the
@@ -102,6 +111,8 @@ class FederationConfig:
     scenario: str = "none"
     shift_fraction: float = 0.2
     update_dtype: str = "fp32"
+    basis_delivery: str = "derive"
+    basis_dtype: str = "fp32"
     eval_max_examples: int = 500
     seed: int = 0
     out_dir: str = ""
@@ -188,7 +199,7 @@ class FederationConfig:
         return names or None
 
     def lora_config(self) -> LoraXSConfig:
-        return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha)
+        return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha, basis_dtype=self.basis_dtype)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr)

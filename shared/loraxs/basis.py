@@ -4,8 +4,14 @@ For W (out, in) ~= U_r Sigma_r V_r^T:
     B = U_r                (out, r)
     A = Sigma_r V_r^T      (r, in)
 Every client must hold bit-identical factors, since averaging R matrices averages delta W
-exactly only over one shared basis. SVD results can differ across machines (signs, last bits),
-so the server computes the factors once and ships them; the fingerprint names them.
+exactly only over one shared basis; the fingerprint names them. A float32 SVD differs across
+machines and thread counts (signs, last bits), so the default recipe is canonical:
+    "canonical"  SVD in float64, the sign of every singular pair fixed (the largest-magnitude
+                 entry of each column of B is positive), then rounded once to float32,
+and a client derives the factors itself from the base weights it holds; the fingerprint proves
+the result (a mismatch falls back to receiving them). `basis_dtype` then rounds the factors to
+fp16 / bf16 values (kept in float32 tensors): everyone, server included, uses the rounded ones.
+benchmarks/basis_reproducibility.py measures which recipe reproduces where.
 """
 
 import hashlib
@@ -13,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 
 FINGERPRINT_VERSION = b"loraxs-basis/1"
+FACTOR_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,39 @@ def basis_fingerprint(rank: int, factors: dict[str, tuple[torch.Tensor, torch.Te
 
 
 def svd_factors(weight: torch.Tensor, config: LoraXSConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated SVD of one weight (out, in) in float32 -> (B (out, r), A (r, in))."""
+    """Truncated SVD of one weight (out, in) -> (B (out, r), A (r, in)), float32 on the CPU,
+    rounded to `config.basis_dtype` values."""
+    if config.svd_method == "canonical":
+        lora_B, lora_A = canonical_factors(weight.detach().cpu(), config.rank)
+    else:
+        lora_B, lora_A = float32_factors(weight, config)
+    return round_factor(lora_B, config.basis_dtype), round_factor(lora_A, config.basis_dtype)
+
+
+def canonical_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The canonical recipe on `weight`'s device: float64 SVD, fixed signs, one rounding to float32."""
+    w = weight.double()  # (out, in)
+    U, S, Vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
+    U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
+    pivot = U.abs().argmax(dim=0)  # (r,) row of each column's largest-magnitude entry
+    signs = torch.where(U.gather(0, pivot[None, :])[0] < 0, -1.0, 1.0).to(U)  # (r,)
+    lora_B = (U * signs[None, :]).float().contiguous()  # (out, r) * (1, r) -> (out, r)
+    lora_A = ((signs * S)[:, None] * Vh).float().contiguous()  # (r, 1) * (r, in) -> (r, in)
+    return lora_B.cpu(), lora_A.cpu()
+
+
+def round_factor(factor: torch.Tensor, basis_dtype: str) -> torch.Tensor:
+    """float32 tensor -> the same tensor with values rounded to fp16 / bf16 (still float32)."""
+    if basis_dtype == "fp32":
+        return factor
+    rounded = factor.to(FACTOR_DTYPES[basis_dtype]).float()
+    if not torch.isfinite(rounded).all():
+        raise LoraXSError(f"a factor exceeds the range of {basis_dtype}; use basis dtype bf16 or fp32")
+    return rounded
+
+
+def float32_factors(weight: torch.Tensor, config: LoraXSConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 recipes: "exact" (torch.linalg.svd) and "randomized" (torch.svd_lowrank)."""
     w = weight.detach().float().cpu()  # (out, in)
     r = config.rank
     if config.svd_method == "exact":

@@ -7,7 +7,8 @@ from shared.errors import LoraXSError
 BERT_TARGETS = ("query", "value", "attention.output.dense", "output.dense")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INITS = ("normal", "zeros")
-SVD_METHODS = ("exact", "randomized")
+SVD_METHODS = ("canonical", "exact", "randomized")
+BASIS_DTYPES = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,11 @@ class LoraXSConfig:
     target_modules:  name suffixes of the nn.Linear modules to adapt; empty = defaults for the
                      model family (BERT-like or LLaMA/Mistral-like, see `default_targets`).
     init:            "normal" draws R from N(0, init_std^2); "zeros" starts at R = 0.
-    svd_method:      "exact" (torch.linalg.svd) or "randomized" (torch.svd_lowrank, for large W).
+    svd_method:      "canonical" (float64 SVD, fixed signs, rounded to float32: reproducible, so a
+                     client can derive the factors itself), "exact" (float32 torch.linalg.svd) or
+                     "randomized" (float32 torch.svd_lowrank, for large W).
+    basis_dtype:     fp32 | fp16 | bf16: the factors' values are rounded to this precision
+                     (stored as float32); everyone, server included, uses the rounded factors.
     """
 
     rank: int = 16
@@ -27,9 +32,10 @@ class LoraXSConfig:
     target_modules: tuple[str, ...] = ()
     init: str = "normal"
     init_std: float = 1e-5
-    svd_method: str = "exact"
+    svd_method: str = "canonical"
     svd_niter: int = 4
     svd_oversample: int = 8
+    basis_dtype: str = "fp32"
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -44,6 +50,10 @@ class LoraXSConfig:
         if self.svd_method not in SVD_METHODS:
             raise LoraXSError(
                 f"svd method must be one of {', '.join(SVD_METHODS)}, got {self.svd_method!r}"
+            )
+        if self.basis_dtype not in BASIS_DTYPES:
+            raise LoraXSError(
+                f"basis dtype must be one of {', '.join(BASIS_DTYPES)}, got {self.basis_dtype!r}"
             )
         if self.svd_niter < 0 or self.svd_oversample < 0:
             raise LoraXSError("svd_niter and svd_oversample must be >= 0")

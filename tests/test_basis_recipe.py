@@ -1,0 +1,87 @@
+"""The canonical SVD recipe (float64, fixed signs, one rounding), basis dtypes, and the recipe
+that travels in place of the factors (basis-delivery derive)."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord
+
+from shared.errors import LoraXSError
+from shared.federation.basis_recipe import BasisRecipe
+from shared.federation.protocol import pack_basis, payload_bytes, unpack_basis
+from shared.loraxs.basis import Basis, svd_factors
+from shared.loraxs.config import LoraXSConfig
+
+
+def _weight(seed=0, shape=(48, 40)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_canonical_factors_match_an_independent_float64_svd_with_the_sign_convention():
+    W = _weight()
+    lora_B, lora_A = svd_factors(W, LoraXSConfig(rank=5))
+    U, S, Vh = np.linalg.svd(W.double().numpy(), full_matrices=False)  # numpy's LAPACK, not torch's
+    U, S, Vh = U[:, :5], S[:5], Vh[:5]
+    signs = np.sign(U[np.abs(U).argmax(axis=0), np.arange(5)])  # largest |entry| of each column > 0
+    np.testing.assert_allclose(lora_B.numpy(), (U * signs).astype(np.float32), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(lora_A.numpy(), ((signs * S)[:, None] * Vh).astype(np.float32), rtol=0, atol=2e-6)
+    assert lora_B.dtype == lora_A.dtype == torch.float32
+    pivots = lora_B.abs().argmax(dim=0)
+    assert (lora_B[pivots, torch.arange(5)] > 0).all()
+
+
+def test_canonical_factors_do_not_depend_on_the_sign_lapack_picks():
+    """W and -W have singular vectors of opposite LAPACK signs; the recipe fixes B's signs, so
+    B is identical and A flips exactly (B A = W_r)."""
+    W = _weight(1)
+    config = LoraXSConfig(rank=4)
+    B1, A1 = svd_factors(W, config)
+    B2, A2 = svd_factors(-W, config)
+    assert torch.equal(B1, B2) and torch.equal(A1, -A2)
+
+
+def test_same_weights_same_bits_and_other_threads_same_bits():
+    W = _weight(2, (96, 64))
+    config = LoraXSConfig(rank=8)
+    first = Basis(8, {"w": svd_factors(W, config)}).fingerprint
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert Basis(8, {"w": svd_factors(W, config)}).fingerprint == first
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("basis_dtype, rounding, wire, width", [
+    ("fp16", torch.float16, "float16", 2), ("bf16", torch.bfloat16, "uint16", 2), ("fp32", torch.float32, "float32", 4),
+])
+def test_basis_dtype_rounds_the_factors_and_ships_them_losslessly(basis_dtype, rounding, wire, width):
+    W = _weight(3)
+    lora_B, lora_A = svd_factors(W, LoraXSConfig(rank=4, basis_dtype=basis_dtype))
+    exact_B, _ = svd_factors(W, LoraXSConfig(rank=4))
+    assert torch.equal(lora_B.to(rounding).float(), lora_B) and lora_B.dtype == torch.float32
+    assert torch.allclose(lora_B, exact_B, atol=1e-2) and (basis_dtype == "fp32") == torch.equal(lora_B, exact_B)
+    basis = Basis(4, {"w": (lora_B, lora_A)})
+    record = pack_basis(basis, basis_dtype)
+    assert {a.dtype for a in record.values()} == {wire}
+    assert payload_bytes(record) == basis.num_bytes() * width // 4
+    back = unpack_basis(record, basis.fingerprint)  # exact: the fingerprint is the proof
+    assert torch.equal(back.factors["w"][0], lora_B) and torch.equal(back.factors["w"][1], lora_A)
+
+
+def test_a_factor_out_of_fp16_range_is_one_clear_error():
+    with pytest.raises(LoraXSError, match="range of fp16"):
+        svd_factors(_weight() * 1e6, LoraXSConfig(rank=2, basis_dtype="fp16"))
+    with pytest.raises(LoraXSError, match="basis dtype"):
+        LoraXSConfig(basis_dtype="int8")
+
+
+def test_the_recipe_round_trips_and_malformed_recipes_are_none():
+    recipe = BasisRecipe.of("some/model", LoraXSConfig(rank=4, target_modules=("query", "value"), basis_dtype="bf16"))
+    assert recipe == BasisRecipe("some/model", 4, "query,value", "canonical", "bf16")
+    assert BasisRecipe.from_config(ConfigRecord({**recipe.to_config(), "server-round": 1})) == recipe
+    assert BasisRecipe.from_config(ConfigRecord({"server-round": 1})) is None
+    assert BasisRecipe.from_config(ConfigRecord({**recipe.to_config(), "basis-rank": "4"})) is None
+    assert BasisRecipe.from_config(ConfigRecord({**recipe.to_config(), "basis-rank": True})) is None
+    assert BasisRecipe.from_config(None) is None
