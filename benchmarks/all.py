@@ -1,0 +1,160 @@
+"""Every benchmark of issue 14, one after another, then benchmarks/RESULTS.md.
+
+    python -m benchmarks.all                 # everything (<= 45 min on 2 cores): results/ + RESULTS.md
+    python -m benchmarks.all --quick         # a <= 5 min subset: results/quick/ + results/quick/RESULTS.md
+    python -m benchmarks.all --only pareto   # some of them; the others keep their earlier results
+    python -m benchmarks.all --page-only     # RESULTS.md again from the result files, nothing run
+
+Each benchmark is a module run alone as `python -m <module> ...` (a child process, so one
+failure or crash never stops the others); it writes `<result>.json` and `<result>.md` into the
+results folder (benchmarks/result_files.py). A benchmark whose module does not exist (yet) is
+reported as missing, one that exits non-zero as failed with its last output line. The first
+module of a benchmark's candidates that exists is the one run.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.result_files import RESULTS, machine_now
+from benchmarks.results_page import STATUS_FILE, load_json, write_page
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = Path(__file__).resolve().parent / "RESULTS.md"
+QUICK = RESULTS / "quick"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One registered benchmark. candidates: (module, result file stem) alternatives; quick /
+    full: its arguments, "{out}" standing for the results folder; timeout in seconds (full)."""
+
+    name: str
+    item: str
+    runner: str
+    candidates: tuple[tuple[str, str], ...]
+    quick: tuple[str, ...] = ("--quick", "--out", "{out}")
+    full: tuple[str, ...] = ("--out", "{out}")
+    timeout: float = 900.0
+
+    def resolve(self) -> tuple[str, str] | None:
+        for module, result in self.candidates:
+            try:
+                if importlib.util.find_spec(module) is not None:
+                    return module, result
+            except ModuleNotFoundError:
+                continue
+        return None
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(module for module, _ in self.candidates)
+
+    @property
+    def result(self) -> str:
+        found = self.resolve()
+        return found[1] if found else self.candidates[0][1]
+
+
+REGISTRY = (
+    Benchmark("bytes_per_round", "1 Bytes", "`wire_bytes` of Flower Messages built as the apps build them",
+              (("benchmarks.bytes_per_round", "bytes_per_round"),), timeout=600),
+    Benchmark("participation_bytes", "1 Bytes (derived factors, issue 11)",
+              "`wire_bytes` per participation, factors derived vs shipped",
+              (("benchmarks.participation_bytes", "participation_bytes"),), timeout=900),
+    Benchmark("pareto", "2 Accuracy vs bytes", "in-process FedAvg loop `benchmarks/federated_loop.py` (same "
+              "sampling, data and `shared/training.py` for every method)",
+              (("benchmarks.pareto", "pareto"),), timeout=1800),
+    Benchmark("personalization", "3 Personalization", "its own (issue 12/13)",
+              (("benchmarks.personalization", "personalization"),)),
+    Benchmark("privacy_robustness", "4 Privacy and robustness", "its own (DP, poisoning)",
+              (("benchmarks.privacy_robustness", "privacy_robustness"), ("benchmarks.robustness", "robustness"))),
+    Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
+              "`flower-simulation` (Ray) for round times and RSS",
+              (("benchmarks.speed_memory", "speed_memory"),), timeout=1200),
+    Benchmark("onnx", "6 ONNX", "`client.export` (onnxruntime)",
+              (("benchmarks.onnx", "onnx"), ("benchmarks.export", "export")),
+              quick=("--train", "0", "--test", "100", "--repeats", "5", "--out", "{out}")),
+)
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
+    """Runs one benchmark in a child process; its status (output kept in <out>/logs/<name>.log)."""
+    found = bench.resolve()
+    if found is None:
+        return {"state": "missing", "module": bench.modules[0],
+                "error": f"no module {' or '.join(bench.modules)} (not built yet)", "seconds": 0.0}
+    module, _ = found
+    args = [a.replace("{out}", str(out)) for a in (bench.quick if quick else bench.full)]
+    command = [sys.executable, "-m", module, *args]
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"== {bench.name}: {' '.join(command[1:])}", flush=True)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              timeout=bench.timeout if not quick else max(300.0, bench.timeout / 3))
+        output, code = done.stdout + done.stderr, done.returncode
+        (logs / f"{bench.name}.log").write_text(output)
+        error = None if code == 0 else f"exit {code}: {last_line(done.stderr or done.stdout)}"
+    except subprocess.TimeoutExpired as err:
+        error = f"ran past its {err.timeout:.0f} s limit"
+    seconds = round(time.perf_counter() - started, 1)
+    status = {"state": "ran" if error is None else "failed", "module": module, "seconds": seconds,
+              "command": "python -m " + " ".join([module, *args])}
+    if error:
+        status["error"] = error
+    print(f"== {bench.name}: {status['state']} in {seconds:.0f} s" + (f" ({error})" if error else ""), flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the <= 5 min subset, into results/quick/")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all)")
+    parser.add_argument("--page-only", action="store_true", help="only rewrite RESULTS.md from the result files")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default results/, quick: results/quick/)")
+    parser.add_argument("--page", type=Path, default=None, help="RESULTS.md path (default benchmarks/RESULTS.md; "
+                        "quick: inside the results folder)")
+    args = parser.parse_args(argv)
+    out = args.out or (QUICK if args.quick else RESULTS)
+    page = args.page or (out / "RESULTS.md" if args.quick else PAGE)
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - {b.name for b in REGISTRY}
+    if unknown:
+        parser.error(f"unknown benchmarks {sorted(unknown)}; registered: {', '.join(b.name for b in REGISTRY)}")
+    out.mkdir(parents=True, exist_ok=True)
+    previous = load_json(out / STATUS_FILE) or {}
+    run = {**previous, "statuses": dict(previous.get("statuses", {}))}
+    if not args.page_only:
+        command = "python -m benchmarks.all " + " ".join(argv if argv is not None else sys.argv[1:])
+        machine = machine_now()
+        run.update(command=command.strip(), started=machine["date"], machine=machine)
+        for bench in REGISTRY:
+            if names and bench.name not in names:
+                continue
+            run["statuses"][bench.name] = run_benchmark(bench, args.quick, out)
+        run["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+        run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (out / STATUS_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    written = write_page(REGISTRY, out, page, run)
+    print(f"wrote {written}")
+    if args.page_only:
+        return 0
+    failed = [n for n, s in run["statuses"].items() if s.get("state") == "failed" and (not names or n in names)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""benchmarks.all: RESULTS.md assembled from fake result files; missing and failing benchmarks
+are reported with their reason and never hide the others. (No heavy benchmark runs here.)"""
+
+import json
+
+from benchmarks.all import REGISTRY, Benchmark, main, run_benchmark
+from benchmarks.results_page import STATUS_FILE, build_page
+
+
+def fake_results(folder):
+    bytes_doc = {"command": "python -m benchmarks.bytes_per_round", "machine": {"date": "2026-01-02T03:04:05Z"},
+                 "goals": [{"goal": "LoRA-XS 25x below LoRA r=8", "measured": "27.7x", "met": True, "limit": ""},
+                           {"goal": "fp16 even smaller", "measured": "12.0x", "met": False,
+                            "limit": "the head dominates"}]}
+    (folder / "bytes_per_round.json").write_text(json.dumps(bytes_doc))
+    (folder / "bytes_per_round.md").write_text("# Bytes\n\n| method | up |\n|---|---:|\n| LoRA-XS | 30,532 |\n")
+    pareto_doc = {"command": "python -m benchmarks.pareto", "machine": {"date": "2026-01-01T00:00:00Z"}, "goals": []}
+    (folder / "pareto.json").write_text(json.dumps(pareto_doc))
+    (folder / "pareto.md").write_text("| run | acc |\n|---|---|\n| r=16 | 0.78 |\n\n![plot](pareto.png)\n")
+    return {
+        "command": "python -m benchmarks.all --quick", "started": "2026-01-02T03:00:00Z",
+        "finished": "2026-01-02T03:05:00Z",
+        "machine": {"cores": 2, "platform": "Linux", "torch": "2", "load_average_before": 1.5,
+                    "load_average_after": 2.5},
+        "statuses": {
+            "bytes_per_round": {"state": "ran", "module": "benchmarks.bytes_per_round", "seconds": 31.0},
+            "pareto": {"state": "failed", "module": "benchmarks.pareto", "seconds": 12.0,
+                       "error": "exit 1: LoraXSError: training diverged"},
+            "personalization": {"state": "missing", "module": "benchmarks.personalization",
+                                "error": "no module benchmarks.personalization (not built yet)", "seconds": 0.0},
+        },
+    }
+
+
+def test_page_from_fake_results(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    run = fake_results(results)
+    page = build_page(REGISTRY, results, tmp_path / "RESULTS.md", run)
+
+    assert "`python -m benchmarks.all --quick`" in page
+    assert "2 cores" in page and "1.5 before" in page and "2.5 after" in page
+    assert "| LoRA-XS | 30,532 |" in page  # the benchmark's own table, included
+    assert "| fp16 even smaller | 12.0x | **no** | the head dominates |" in page  # a missed goal and its limit
+    assert "| LoRA-XS 25x below LoRA r=8 | 27.7x | yes |" in page
+    assert "**failed** after 12 s: `exit 1: LoraXSError: training diverged`" in page
+    assert "| r=16 | 0.78 |" in page  # a failed benchmark still shows its older results, marked so
+    assert "(the results below are older)" in page
+    assert "**missing**: no module benchmarks.personalization" in page
+    assert "![plot](results/pareto.png)" in page  # the plot linked from where the page lives
+    assert "### Bytes" in page  # included headings sit below the page's sections
+    for bench in REGISTRY:  # every registered benchmark has its section, results or not
+        assert f": {bench.name}\n" in page
+
+
+def test_missing_and_failing_benchmarks_are_reported(tmp_path):
+    missing = Benchmark("ghost", "9 Ghost", "none", (("benchmarks.no_such_benchmark", "ghost"),))
+    status = run_benchmark(missing, quick=True, out=tmp_path)
+    assert status["state"] == "missing" and "benchmarks.no_such_benchmark" in status["error"]
+
+    failing = Benchmark("broken", "9 Broken", "none", (("json.tool", "broken"),),
+                        quick=(str(tmp_path / "no_such_file.json"),))
+    status = run_benchmark(failing, quick=True, out=tmp_path)
+    assert status["state"] == "failed"
+    assert status["error"].startswith("exit 2: ") and "no_such_file.json" in status["error"]
+    assert (tmp_path / "logs" / "broken.log").exists()
+
+
+def test_page_only_rewrites_the_page_from_files(tmp_path):
+    run = fake_results(tmp_path)
+    (tmp_path / STATUS_FILE).write_text(json.dumps(run))
+    page = tmp_path / "PAGE.md"
+    code = main(["--page-only", "--out", str(tmp_path), "--page", str(page)])
+    assert code == 0  # nothing ran this time, so nothing failed this time
+    text = page.read_text()
+    assert "| LoRA-XS | 30,532 |" in text and "**missing**" in text
+    assert "![plot](pareto.png)" in text  # page beside the results
