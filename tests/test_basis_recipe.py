@@ -85,3 +85,24 @@ def test_the_recipe_round_trips_and_malformed_recipes_are_none():
     assert BasisRecipe.from_config(ConfigRecord({**recipe.to_config(), "basis-rank": "4"})) is None
     assert BasisRecipe.from_config(ConfigRecord({**recipe.to_config(), "basis-rank": True})) is None
     assert BasisRecipe.from_config(None) is None
+
+
+@pytest.mark.parametrize("basis_dtype", ["fp32", "bf16"])
+def test_an_adapter_file_opens_without_basis_file_or_cache_by_deriving_its_factors(
+        tiny_bert_dir, tmp_path, monkeypatch, basis_dtype):
+    """client.run / client.export without --basis: the factors are derived by the recipe the
+    adapter file names (canonical SVD, its basis dtype) and checked against its fingerprint."""
+    from shared.artifacts.adapter_file import adapter_meta, save_adapter
+    from shared.artifacts.open_adapter import open_adapter, read_adapter
+    from shared.base_models import build_adapted_model
+    from shared.loraxs.model import adapter_state
+
+    monkeypatch.setenv("LORAXS_CACHE", str(tmp_path / "empty-cache"))
+    lora = LoraXSConfig(rank=4, alpha=4.0, basis_dtype=basis_dtype)
+    model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", lora, labels=["neg", "pos"])
+    meta = adapter_meta(tiny_bert_dir, "seq-cls", lora, basis, ["neg", "pos"])
+    assert meta.extra.get("basis_dtype") == (None if basis_dtype == "fp32" else basis_dtype)
+    save_adapter(tmp_path / "a.safetensors", adapter_state(model), meta)
+    opened = open_adapter(read_adapter(tmp_path / "a.safetensors", model=tiny_bert_dir))
+    assert opened.factors_source == "an SVD of the base model"
+    assert opened.basis.fingerprint == basis.fingerprint and opened.lora.basis_dtype == basis_dtype

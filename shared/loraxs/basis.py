@@ -6,8 +6,9 @@ For W (out, in) ~= U_r Sigma_r V_r^T:
 Every client must hold bit-identical factors, since averaging R matrices averages delta W
 exactly only over one shared basis; the fingerprint names them. A float32 SVD differs across
 machines and thread counts (signs, last bits), so the default recipe is canonical:
-    "canonical"  SVD in float64, the sign of every singular pair fixed (the largest-magnitude
-                 entry of each column of B is positive), then rounded once to float32,
+    "canonical"  SVD in float64 on one thread, the sign of every singular pair fixed (the
+                 largest-magnitude entry of each column of B is positive), then rounded once
+                 to float32,
 and a client derives the factors itself from the base weights it holds; the fingerprint proves
 the result (a mismatch falls back to receiving them). `basis_dtype` then rounds the factors to
 fp16 / bf16 values (kept in float32 tensors): everyone, server included, uses the rounded ones.
@@ -64,10 +65,18 @@ def svd_factors(weight: torch.Tensor, config: LoraXSConfig) -> tuple[torch.Tenso
     return round_factor(lora_B, config.basis_dtype), round_factor(lora_A, config.basis_dtype)
 
 
-def canonical_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The canonical recipe on `weight`'s device: float64 SVD, fixed signs, one rounding to float32."""
+def canonical_factors(weight: torch.Tensor, rank: int, one_thread: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The canonical recipe on `weight`'s device: float64 SVD (on one CPU thread: LAPACK's float64
+    results change in the last bits with the thread count, enough to flip a few float32
+    roundings), fixed signs, one rounding to float32."""
     w = weight.double()  # (out, in)
-    U, S, Vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
+    threads = torch.get_num_threads()
+    if one_thread:
+        torch.set_num_threads(1)
+    try:
+        U, S, Vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
+    finally:
+        torch.set_num_threads(threads)
     U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
     pivot = U.abs().argmax(dim=0)  # (r,) row of each column's largest-magnitude entry
     signs = torch.where(U.gather(0, pivot[None, :])[0] < 0, -1.0, 1.0).to(U)  # (r,)
