@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from client.dp_clipping import client_clipping_mod
 from client.derived_factors import derive_announced_factors
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.worker_cache import cached_model, cached_tokenizer
@@ -36,7 +37,7 @@ from shared.errors import LoraXSError
 
 
 def make_client_app(config: FederationConfig | None = None, torch_threads: int | None = None) -> ClientApp:
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[client_clipping_mod])  # acts only with dp = client-fixed
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

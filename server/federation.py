@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
 from server.after_round import AfterRound
+from server.aggregators import make_aggregator
 from server.checkpoint import Checkpoint, save_checkpoint
 from server.report import build_report, write_report
 from server.run_folder import resolve_out_dir, save_global_adapter, save_run_basis
@@ -68,6 +69,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         if config.basis_delivery == "derive" else None,
         secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples)
         if config.secure_aggregation else None,
+        aggregator=None if config.secure_aggregation else make_aggregator(config),
     )
     meter = TrafficMeter()
     metered = MeteredGrid(grid, meter)

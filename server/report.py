@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from shared.federation.run_config import FederationConfig
+from server.aggregators import privacy_spent
 from server.strategy import LoraXSFedAvg
 from server.traffic import PhaseTraffic, TrafficMeter
 
@@ -48,7 +49,15 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
         "clients_reached": len(meter.nodes_contacted),
         "max_bases_per_client": max(meter.bases_per_node.values(), default=0),
         "wall_seconds": round(wall_seconds, 1),
+        "strategy": config.strategy,
     })
+    if config.dp != "none":
+        spent = privacy_spent(strategy.aggregator) if strategy.aggregator is not None else None
+        final["privacy"] = {"dp": config.dp, "noise_multiplier": config.dp_noise_multiplier,
+                            "clipping_norm": config.dp_clipping_norm,
+                            "epsilon": spent["epsilon"] if spent else None,
+                            "delta": spent["delta"] if spent else config.dp_delta,
+                            "releases": spent["releases"] if spent else None}
     return {"config": config.to_run_config(), "rounds": rounds, "final": final}
 
 

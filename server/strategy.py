@@ -1,8 +1,14 @@
-"""FedAvg for LoRA-XS: the factors go once to each node, updates are checked, then averaged.
+"""The LoRA-XS layer around any Flower aggregator: the factors go once to each node, updates
+are checked, then the aggregator (`strategy`: FedAvg, FedAvgM, FedAdam, ..., Krum, optionally
+inside Flower's DP wrapper; server/aggregators.py) combines the good ones.
 
-Built on `flwr.serverapp.strategy.FedAvg`: its sampling, round loop and weighted mean are used
-as they are. Averaging the stacked r x r matrices and the head is exact in delta W, since every
-client shares one basis: mean_k(s B R_k A) = s B mean_k(R_k) A. What this class adds:
+Built on `flwr.serverapp.strategy.FedAvg` for the round loop and the evaluation metrics; the
+train aggregation is the aggregator's. Averaging the stacked r x r matrices and the head is exact
+in delta W, since every client shares one basis: mean_k(s B R_k A) = s B mean_k(R_k) A. The
+aggregator sees each round through `configure_train` (on a Grid holding only the sampled nodes:
+its state, e.g. FedAdam's current arrays, and its settings, e.g. FedProx's proximal-mu or the
+client-side clipping norm, ride in the train config) and only good fp32 replies in
+`aggregate_train`. What this class adds:
   * per-node messages: the factors' recipe (basis-delivery derive: the node derives them) or
     bundle (ship) rides along only to nodes not known to hold them (server/basis_delivery.py);
   * a node answering "unknown-fingerprint" (cache lost, or derived factors that differ) gets the
@@ -36,10 +42,12 @@ import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 from flwr.supercore.task_identity import TaskIdentity
 
+from server.aggregators import aggregator_state, dp_wrapper, restore_aggregator
+from server.forwarding_grid import ForwardingGrid
 from server.basis_delivery import BasisDelivery
 from shared.federation.sealed_update import SERVER_KEY
 from shared.federation.protocol import (
@@ -67,8 +75,9 @@ class LoraXSFedAvg(FedAvg):
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,
                  max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
-                 secure=None, recipe: dict | None = None, **fedavg_args):
+                 secure=None, recipe: dict | None = None, aggregator: Strategy | None = None, **fedavg_args):
         super().__init__(**fedavg_args)
+        self.aggregator = aggregator  # None: FedAvg's own weighted mean
         self.seed = seed
         self.round_offset = round_offset
         self.reply_timeout = reply_timeout
@@ -158,7 +167,21 @@ class LoraXSFedAvg(FedAvg):
         config = ConfigRecord({**config, "server-round": server_round})
         if self.secure is not None:  # the train reply is the first stage of secure aggregation
             config = ConfigRecord({**config, **self.secure.setup(nodes, server_round, arrays, self._run_id())})
+        config = self._aggregator_config(server_round, arrays, config, grid, nodes)
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
+
+    def _aggregator_config(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid, nodes: list[int]) -> ConfigRecord:
+        """The aggregator configures this round on the sampled nodes alone; what it adds to the
+        train config (proximal-mu, clipping_norm) travels in ours."""
+        if self.aggregator is None or not nodes:
+            return config
+        wrapper = dp_wrapper(self.aggregator)
+        if wrapper is not None:
+            wrapper.num_sampled_clients = len(nodes)
+        messages = list(self.aggregator.configure_train(server_round, arrays, ConfigRecord(dict(config)),
+                                                        SampledGrid(grid, nodes)))
+        return ConfigRecord({**config, **messages[0].content[CONFIG]}) if messages else config
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -215,8 +238,38 @@ class LoraXSFedAvg(FedAvg):
         if len(accepted) < max(1, self.min_train_nodes):
             stats.skipped = f"{len(accepted)} good update(s), fewer than min-train-nodes {self.min_train_nodes}"
             log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, stats.skipped)
+            self._forget_round(server_round)
             return None, None
-        return super().aggregate_train(server_round, accepted)
+        if self.aggregator is None:
+            return super().aggregate_train(server_round, accepted)
+        return self._aggregated(server_round, accepted)
+
+    def _aggregated(self, server_round: int, accepted: list[Message]):
+        """The aggregator's result on the good replies, or (None, None) with a logged reason:
+        it raised, or gave something that is not finite fp32 arrays of the adapter's keys."""
+        wrapper = dp_wrapper(self.aggregator)
+        if wrapper is not None:  # DP-FedAvg: equal weights; the noise is calibrated to the n good ones
+            wrapper.num_sampled_clients = len(accepted)
+            for reply in accepted:
+                reply.content[METRICS] = MetricRecord({**reply.content[METRICS], "num-examples": 1})
+        stats = self._round(server_round)
+        try:
+            arrays, metrics = self.aggregator.aggregate_train(server_round, accepted)
+            expected, _ = self._sent[MessageType.TRAIN]
+            problem = "it returned nothing" if arrays is None else check_update(cast_record(arrays, "fp32"), cast_record(expected, "fp32"))
+        except Exception as err:  # the aggregator's failure is this round's, not the run's
+            arrays, metrics, problem = None, None, f"{type(err).__name__}: {str(err)[:120]}"
+        if problem:
+            stats.skipped = f"the aggregator gave no usable adapter ({problem})"
+            log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, stats.skipped)
+            return None, None
+        return cast_record(arrays, "fp32"), metrics
+
+    def _forget_round(self, server_round: int) -> None:
+        """A skipped round releases nothing: drop the DP accountant's pending event for it."""
+        wrapper = dp_wrapper(self.aggregator) if self.aggregator is not None else None
+        if wrapper is not None:
+            wrapper._pending_events.pop(server_round, None)  # noqa: SLF001 - Flower keeps it private
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
@@ -341,6 +394,7 @@ class LoraXSFedAvg(FedAvg):
             "stats": {str(r): asdict(s) for r, s in self.stats.items()},
             "evaluate_replies": {str(r): [dict(m) for m in ms] for r, ms in self.evaluate_replies.items()},
             "partitions_with_basis": sorted(self.partitions[n] for n in self.nodes_with_basis if n in self.partitions),
+            "aggregator": aggregator_state(self.aggregator) if self.aggregator is not None else {},
         }
 
     def restore(self, state: dict, grid: Grid, factors_held: bool = True) -> None:
@@ -351,6 +405,19 @@ class LoraXSFedAvg(FedAvg):
         self.discover_partitions(grid)
         holding = set(state["partitions_with_basis"]) if factors_held else set()
         self.nodes_with_basis = {n for n, p in self.partitions.items() if p in holding}
+        if self.aggregator is not None:
+            restore_aggregator(self.aggregator, state.get("aggregator", {}))
+
+
+class SampledGrid(ForwardingGrid):
+    """The Grid as the aggregator sees it in `configure_train`: only this round's sampled nodes."""
+
+    def __init__(self, grid: Grid, nodes: list[int]):
+        super().__init__(grid)
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return list(self.nodes)
 
 
 def metric_range_problem(metrics: MetricRecord) -> str | None:

@@ -18,7 +18,8 @@ from shared.loraxs.model import head_parameter_names
 @dataclass(frozen=True)
 class TrainConfig:
     """epochs: passes over the loader; max_steps (> 0) caps the optimizer steps instead.
-    lr: for the r x r matrices; head_lr: for the task head (None = lr)."""
+    lr: for the r x r matrices; head_lr: for the task head (None = lr).
+    proximal_mu: FedProx's mu / 2 * ||theta - theta_start||^2 over the trainable parameters."""
 
     epochs: float = 1.0
     lr: float = 2e-3
@@ -27,6 +28,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_steps: int = 0
+    proximal_mu: float = 0.0
 
     def __post_init__(self):
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -35,6 +37,8 @@ class TrainConfig:
             raise LoraXSError("learning rates must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise LoraXSError("warmup_ratio must be in [0, 1)")
+        if not self.proximal_mu >= 0:
+            raise LoraXSError("proximal_mu must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ def train(
     )
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if config.proximal_mu > 0 else []
     total_loss, examples, step = 0.0, 0, 0
     start = time.perf_counter()
     with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
@@ -121,6 +126,8 @@ def train(
             for index, batch in enumerate(loader):
                 batch = _to_device(batch, device)
                 loss = model(**batch).loss
+                if anchor:  # FedProx: stay near where the round started
+                    loss = loss + config.proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor))
                 if not torch.isfinite(loss):
                     raise LoraXSError(f"training diverged (non-finite loss at step {step + 1}); try a lower --lr")
                 loss.backward()

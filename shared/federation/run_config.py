@@ -21,9 +21,13 @@ SCENARIOS = ("none", "concept-shift")
 UPDATE_DTYPES = ("fp32", "fp16")
 BASIS_DELIVERIES = ("derive", "ship")  # server/basis_delivery.py
 HPKE_SUITES = ("x25519", "mlkem768-x25519")  # shared/crypto/sealing.py: classic, post-quantum hybrid
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian",
+              "fedtrimmedavg", "krum")  # Flower's own strategies (server/aggregators.py)
+DP_MODES = ("none", "server-fixed", "client-fixed")  # Flower's fixed-clipping DP wrappers
 CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
            "basis_delivery": BASIS_DELIVERIES, "basis_dtype": BASIS_DTYPES,
-           "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES}  # field -> allowed values
+           "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES, "strategy": STRATEGIES,
+           "dp": DP_MODES}  # field -> allowed values
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,21 @@ class FederationConfig:
                           `max_client_examples`; every round needs at least 2 sampled clients.
     secagg_timeout:       seconds the server waits for the replies of each secure-aggregation
                           stage after training (a silent client is dropped, the round goes on).
+    strategy:             the aggregator inside the LoRA-XS layer, one of Flower's strategies:
+                          fedavg | fedavgm | fedadam | fedyogi | fedadagrad | fedprox | fedmedian |
+                          fedtrimmedavg | krum (server/aggregators.py; docs/federation.md).
+    server_lr, server_momentum: FedAvgM's server learning rate and momentum; server_lr is also
+                          the FedAdam / FedYogi / FedAdagrad step eta.
+    beta_1, beta_2, tau:  FedAdam / FedYogi moments and their epsilon (FedAdagrad: tau).
+    proximal_mu:          FedProx's proximal term mu / 2 * ||R - R_global||^2 in local training.
+    trimmed_beta, krum_malicious: FedTrimmedAvg's trimmed share per side; Krum's assumed
+                          number of malicious clients.
+    dp:                   none | server-fixed | client-fixed: Flower's fixed-clipping DP wrapper
+                          around the aggregator (client-fixed clips on the device with Flower's
+                          fixedclipping_mod); updates are then weighted equally, as DP-FedAvg assumes.
+    dp_noise_multiplier, dp_clipping_norm: z and C of the Gaussian mechanism (noise std z C / n
+                          on the mean of the n good updates); dp_delta: the delta at which the
+                          privacy budget epsilon is reported (Flower's RDP accountant, fedavg only).
     secagg_clipping_range: C: each client's delta x is sent as x * w / max-client-examples, which
                           must lie in [-C, C] (a client whose delta does not fit sits the round out).
     """
@@ -127,6 +146,19 @@ class FederationConfig:
     secure_aggregation: bool = False
     secagg_timeout: float = 120.0
     secagg_clipping_range: float = 8.0
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    proximal_mu: float = 0.0
+    trimmed_beta: float = 0.2
+    krum_malicious: int = 0
+    dp: str = "none"
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
@@ -149,6 +181,7 @@ class FederationConfig:
             raise LoraXSError(f"round-timeout must be a positive number of seconds, got {self.round_timeout}")
         if self.secure_aggregation:
             self._check_secure_aggregation()
+        self._check_aggregator()
         if not 0.0 <= self.fail_rate <= 1.0:
             raise LoraXSError(f"fail-rate must be in [0, 1], got {self.fail_rate}")
         if not self.dirichlet_alpha > 0:
@@ -162,6 +195,22 @@ class FederationConfig:
         if not self.dataset and self.task == "seq-cls" and not self.label_names():
             raise LoraXSError("without a dataset the server needs the class names: set labels")
         self.lora_config()  # rank / alpha checks
+
+    def _check_aggregator(self) -> None:
+        if not (self.server_lr > 0 and 0 <= self.server_momentum < 1 and 0 <= self.beta_1 < 1
+                and 0 <= self.beta_2 < 1 and self.tau > 0 and self.proximal_mu >= 0):
+            raise LoraXSError("server-lr and tau must be > 0, server-momentum / beta-1 / beta-2 in [0, 1), "
+                              "proximal-mu >= 0")
+        if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
+            raise LoraXSError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
+        if self.dp != "none":
+            if not (self.dp_noise_multiplier >= 0 and self.dp_clipping_norm > 0 and 0 < self.dp_delta < 1):
+                raise LoraXSError("dp needs dp-noise-multiplier >= 0, dp-clipping-norm > 0, dp-delta in (0, 1)")
+            if self.secure_aggregation or (self.dp == "client-fixed" and self.encrypt_updates):
+                raise LoraXSError(f"dp {self.dp} cannot be combined with "
+                                  f"{'secure-aggregation' if self.secure_aggregation else 'encrypt-updates'}")
+        if self.secure_aggregation and self.strategy != "fedavg":
+            raise LoraXSError("secure aggregation sums the updates: it needs strategy fedavg")
 
     def _check_secure_aggregation(self) -> None:
         if self.num_clients < 2 or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < 2:
@@ -202,7 +251,8 @@ class FederationConfig:
         return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha, basis_dtype=self.basis_dtype)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr)
+        return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr,
+                           proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0)
 
     def personal_training_config(self, seed: int) -> PersonalTrainingConfig:
         """The small-folder recipe of `client.run`, from the global adapter: `personal_steps` is
