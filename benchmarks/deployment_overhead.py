@@ -10,7 +10,10 @@ deployment (SuperLink + 1 SuperNode on that folder, `flwr run`) for a few rounds
 the steady-state round time with the training time. Medians of a few repeats go to
     benchmarks/results/deployment_overhead.json and .md
 
-    python -m benchmarks.deployment_overhead [--repeats 3] [--examples 100] [--rounds 3]
+    python -m benchmarks.deployment_overhead [--repeats 3] [--examples 100] [--rounds 3] [--compare-tree DIR]
+
+With --compare-tree DIR (another checkout, e.g. `git archive <old commit> | tar -x -C DIR`) the
+same children and deployment run on both trees, interleaved, and the table has both columns.
 
 The numbers depend on the machine; the table says where it was measured.
 """
@@ -30,9 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = ["0", "1"]  # the synthetic folder's integer labels
 BATCH_SIZE, MAX_LENGTH = 16, 64
 RESULTS = REPO / "benchmarks" / "results"
+UNNEEDED_MODULES = ("flwr_datasets", "seaborn", "matplotlib", "scipy", "onnx", "onnxruntime", "onnxscript", "peft")
 PHASES = {
     "process_start_s": "process start (python interpreter)",
-    "imports_s": "imports (torch, transformers, flwr, project)",
+    "imports_s": "imports of the ClientApp module (torch, flwr, datasets, project)",
+    "model_code_s": "import transformers' model code (BERT)",
     "model_cache_hit_s": "model load + inject, factors from the cache",
     "model_fresh_svd_s": "model load + inject, fresh SVD of the weights",
     "data_s": "tokenizer + data loaders",
@@ -41,19 +46,28 @@ PHASES = {
 
 
 def child(mode: str, cache_dir: str, data_dir: str) -> None:
-    """One client 'message' in a fresh process: prints its phase timestamps as JSON."""
+    """One client 'message' in a fresh process: prints its phase timestamps as JSON.
+
+    Imports are what `flwr-clientapp` imports for this project: flwr's client side and the
+    ClientApp module `client.app` (with everything it imports at module level). The model phase
+    is split into importing transformers' model code and building the adapted model (weights,
+    factors from the cache, inject), as `client.worker_cache.cached_model` does per message."""
     stamps = {"main": time.time()}
-    import flwr.clientapp  # noqa: F401  (what the ClientApp process imports)
+    import flwr.clientapp  # noqa: F401
+    import client.app  # noqa: F401  (the ClientApp module, as flwr-clientapp loads it)
 
     from shared.artifacts.cache import find_cached_basis, store_basis
-    from shared.base_models import build_adapted_model
+    from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_tokenizer
     from shared.data.batches import make_loader
     from shared.data.local_folder import load_local_folder
     from shared.loraxs.config import LoraXSConfig
-    from shared.base_models import DEFAULT_MODEL, load_tokenizer
     from shared.training import TrainConfig, train
 
     stamps["imports"] = time.time()
+    from transformers import AutoModel  # noqa: F401
+    from transformers.models.bert import modeling_bert  # noqa: F401  (MiniLM is a BERT)
+
+    stamps["model_code"] = time.time()
     config = LoraXSConfig(rank=16)
     fingerprint_file = Path(cache_dir) / "fingerprint"
     basis = None
@@ -77,6 +91,18 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
     print(json.dumps(result))
 
 
+def heavy_modules_in(tree: Path) -> list[str]:
+    """Modules that importing the ClientApp pulls in although a plain train message never
+    needs them (plotting, partitioning, ONNX): the lazy-import cuts, checked in a fresh process."""
+    code = ("import sys, client.app; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+            f"{set(UNNEEDED_MODULES)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)})
+    if done.returncode != 0:
+        raise SystemExit(f"importing client.app failed:\n{done.stderr[-2000:]}")
+    return done.stdout.split()
+
+
 def write_synthetic_reviews(folder: Path, n: int) -> Path:
     """A data folder of deterministic review-like texts of 20-40 words (no download at run time)."""
     good = "wonderful moving clever funny superb gripping charming fresh".split()
@@ -94,12 +120,15 @@ def write_synthetic_reviews(folder: Path, n: int) -> Path:
     return folder
 
 
-def run_child(mode: str, cache_dir: str, data_dir: str) -> dict[str, float]:
+def run_child(mode: str, cache_dir: str, data_dir: str, tree: Path = REPO) -> dict[str, float]:
+    """The child in a fresh process, importing the project from `tree` (this checkout, or an
+    older one to compare with: the same measuring code runs on both)."""
     spawned = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.deployment_overhead", "--child", mode, "--cache-dir", cache_dir,
+        [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--cache-dir", cache_dir,
          "--data-dir", data_dir],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600,
+        cwd=tree, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)},
+        capture_output=True, text=True, timeout=600,
     )
     if done.returncode != 0:
         raise SystemExit(f"benchmark child ({mode}) failed:\n{done.stderr[-2000:]}")
@@ -108,7 +137,8 @@ def run_child(mode: str, cache_dir: str, data_dir: str) -> dict[str, float]:
     times = {
         "process_start_s": stamps["main"] - spawned,
         "imports_s": stamps["imports"] - stamps["main"],
-        "model_cache_hit_s" if mode == "cache" else "model_fresh_svd_s": stamps["model"] - stamps["imports"],
+        "model_code_s": stamps["model_code"] - stamps["imports"],
+        "model_cache_hit_s" if mode == "cache" else "model_fresh_svd_s": stamps["model"] - stamps["model_code"],
     }
     if mode == "cache":
         times["data_s"] = stamps["data"] - stamps["model"]
@@ -118,8 +148,9 @@ def run_child(mode: str, cache_dir: str, data_dir: str) -> dict[str, float]:
     return times
 
 
-def deployment_rounds(data_dir: Path, workdir: Path, rounds: int) -> list[float]:
-    """Seconds per round of a real loopback deployment: SuperLink + 1 SuperNode on `data_dir`."""
+def deployment_rounds(data_dir: Path, workdir: Path, rounds: int, app_dir: Path = REPO) -> list[float]:
+    """Seconds per round of a real loopback deployment: SuperLink + 1 SuperNode on `data_dir`,
+    the ServerApp and ClientApp built from `app_dir` (`flwr run app_dir`)."""
     from deployment.supernode import quoted_config_value
     from deployment.local import DeploymentConfig, LocalDeployment
 
@@ -132,7 +163,7 @@ def deployment_rounds(data_dir: Path, workdir: Path, rounds: int) -> list[float]
     ])
     with LocalDeployment(DeploymentConfig(data_dirs=(data_dir,), workdir=workdir / "deployment")) as deployment:
         deployment.wait_for_supernodes(timeout=120)
-        done = deployment.run(REPO, run_config, timeout=600)
+        done = deployment.run(app_dir, run_config, timeout=600)
     report_path = out_dir / "report.json"
     if done.returncode != 0 or not report_path.is_file():
         raise SystemExit(f"the deployment run failed; see {workdir / 'deployment' / 'flwr-run.log'}")
@@ -143,43 +174,63 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def markdown(summary: dict, meta: dict) -> str:
-    m = {k: v["median"] for k, v in summary.items()}
-    overhead = m["process_start_s"] + m["imports_s"] + m["model_cache_hit_s"] + m["data_s"]
+def overhead_of(m: dict[str, float]) -> float:
+    return m["process_start_s"] + m["imports_s"] + m["model_code_s"] + m["model_cache_hit_s"] + m["data_s"]
+
+
+def markdown(summaries: dict[str, dict], meta: dict) -> str:
+    """One column of medians per code tree ("now", and "before" with --compare-tree)."""
+    labels = list(summaries)
+    med = {label: {k: v["median"] for k, v in summaries[label].items()} for label in labels}
     lines = [
         "# Per-round client overhead in deployment (fresh process per message)",
         "",
         f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, torch threads {meta['torch_threads']}), "
         f"{meta['model']}, rank 16, {meta['train_examples']} training examples (batch {BATCH_SIZE}, max length "
-        f"{MAX_LENGTH}, {meta['train_steps']} steps); medians of {meta['repeats']} runs. "
-        "Command: `python -m benchmarks.deployment_overhead`.",
+        f"{MAX_LENGTH}, {meta['train_steps']} steps); medians of {meta['repeats']} runs"
+        + (f", children of both trees interleaved; before = {meta['compare_tree']}" if len(labels) > 1 else "")
+        + f". Command: `{meta['command']}`.",
         "",
-        "| phase (one fresh process, as for each Flower message) | median (s) | min (s) | max (s) |",
-        "|---|---:|---:|---:|",
+        "| phase (one fresh process, as for each Flower message) | " + " | ".join(f"{l} median (s)" for l in labels)
+        + " | min (s) | max (s) |",
+        "|---|" + "---:|" * (len(labels) + 2),
     ]
+    now = summaries[labels[0]]
     for key, label in PHASES.items():
-        s = summary[key]
-        lines.append(f"| {label} | {s['median']:.2f} | {s['min']:.2f} | {s['max']:.2f} |")
-    lines.append(f"| **client overhead per round** (start + imports + cache-hit load + data) | **{overhead:.2f}** | | |")
-    if "deployment_round_s" in summary:
-        s = summary["deployment_round_s"]
+        cells = " | ".join(f"{med[l][key]:.2f}" for l in labels)
+        lines.append(f"| {label} | {cells} | {now[key]['min']:.2f} | {now[key]['max']:.2f} |")
+    cells = " | ".join(f"**{overhead_of(med[l]):.2f}**" for l in labels)
+    lines.append(f"| **client overhead per round** (start + imports + model code + cache-hit load + data) | {cells} | | |")
+    if all("deployment_round_s" in med[l] for l in labels):
+        cells = " | ".join(f"{med[l]['deployment_round_s']:.2f}" for l in labels)
+        s = now["deployment_round_s"]
         lines.append(f"| real deployment: one round, rounds 2..{meta['rounds']} (1 SuperNode, same data) | "
-                     f"{s['median']:.2f} | {s['min']:.2f} | {s['max']:.2f} |")
-        lines.append(f"| real deployment: first round (factors shipped, app installed) | "
-                     f"{meta['first_round_s']:.2f} | | |")
+                     f"{cells} | {s['min']:.2f} | {s['max']:.2f} |")
+        cells = " | ".join(f"{meta['first_round_s'][l]:.2f}" for l in labels)
+        lines.append(f"| real deployment: first round (factors shipped, app installed) | {cells} | | |")
+    m = med[labels[0]]
+    overhead = overhead_of(m)
     lines += [
         "",
-        f"Client overhead / training time: {overhead / m['train_s']:.2f}x. A factor-cache miss (fresh "
+        f"Now: client overhead / training time {overhead / m['train_s']:.2f}x. A factor-cache miss (fresh "
         f"SVD) costs {m['model_fresh_svd_s'] - m['model_cache_hit_s']:.2f} s more per round than a hit. "
-        "The model-load rows include importing transformers' model classes on first use.",
+        f"Building the adapted model once its code is imported (weights + factors + inject) takes "
+        f"{m['model_cache_hit_s']:.2f} s: that is all a snapshot of the adapted model could save.",
+        f"Modules importing `client.app` loads that a train message does not need: "
+        f"{', '.join(meta['unneeded_modules'][labels[0]]) or 'none'}"
+        + (f" (before: {', '.join(meta['unneeded_modules'][labels[1]]) or 'none'})" if len(labels) > 1 else "") + ".",
     ]
-    if "deployment_round_s" in summary:
-        flower = summary["deployment_round_s"]["median"] - overhead - m["train_s"]
+    if "deployment_round_s" in m:
+        flower = m["deployment_round_s"] - overhead - m["train_s"]
         lines.append(
-            f"In the real deployment a steady-state round takes {summary['deployment_round_s']['median']:.2f} s: "
+            f"In the real deployment a steady-state round takes {m['deployment_round_s']:.2f} s: "
             f"training {m['train_s']:.2f} s, client overhead {overhead:.2f} s, and {flower:.2f} s left for "
-            "Flower (starting flwr-clientapp, pulling/pushing messages) and the server."
+            "Flower (starting flwr-clientapp, installing the FAB, pulling/pushing messages) and the server."
         )
+    if len(labels) > 1:
+        before = med[labels[1]]
+        lines.append(f"Client overhead {overhead_of(before):.2f} s before -> {overhead:.2f} s now "
+                     f"({overhead_of(before) - overhead:.2f} s less per message).")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement")
     parser.add_argument("--examples", type=int, default=100, help="synthetic reviews in the data folder (80%% train)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the real deployment (0 = skip it)")
+    parser.add_argument("--compare-tree", metavar="DIR",
+                        help="another checkout of this project (e.g. `git archive` of an older commit) "
+                             "measured side by side, as the 'before' column")
     parser.add_argument("--child", choices=("svd", "cache"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
@@ -198,17 +252,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.time()
+    trees = {"now": REPO}
+    if args.compare_tree:
+        trees["before"] = Path(args.compare_tree).resolve()
+        if not (trees["before"] / "client" / "app.py").is_file():
+            raise SystemExit(f"--compare-tree {args.compare_tree} is not a checkout of this project")
+    runs: dict[str, dict[str, list]] = {label: {"svd": [], "cache": []} for label in trees}
+    round_seconds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="loraxs-overhead-") as tmp:
         data_dir = write_synthetic_reviews(Path(tmp) / "device", args.examples)
-        cache_dir = str(Path(tmp) / "cache")
-        Path(cache_dir).mkdir()
-        svd_runs = [run_child("svd", cache_dir, str(data_dir)) for _ in range(args.repeats)]
-        cache_runs = [run_child("cache", cache_dir, str(data_dir)) for _ in range(args.repeats)]
-        runs = svd_runs + cache_runs
-        summary = {key: summarize([run[key] for run in runs if key in run]) for key in PHASES}
-        round_seconds = deployment_rounds(data_dir, Path(tmp), args.rounds) if args.rounds else []
-    if len(round_seconds) > 1:
-        summary["deployment_round_s"] = summarize(round_seconds[1:])
+        for mode in ("svd", "cache"):
+            for _ in range(args.repeats):
+                for label, tree in trees.items():  # interleaved: load drifts hit both alike
+                    cache_dir = Path(tmp) / f"cache-{label}"
+                    cache_dir.mkdir(exist_ok=True)
+                    runs[label][mode].append(run_child(mode, str(cache_dir), str(data_dir), tree))
+        for label, tree in trees.items():
+            round_seconds[label] = (deployment_rounds(data_dir, Path(tmp) / label, args.rounds, tree)
+                                    if args.rounds else [])
+    summaries = {}
+    for label in trees:
+        every = runs[label]["svd"] + runs[label]["cache"]
+        summaries[label] = {key: summarize([run[key] for run in every if key in run]) for key in PHASES}
+        if len(round_seconds[label]) > 1:
+            summaries[label]["deployment_round_s"] = summarize(round_seconds[label][1:])
     import torch
 
     meta = {
@@ -216,19 +283,23 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min_at_end": os.getloadavg()[0],
         "model": "sentence-transformers/all-MiniLM-L6-v2",
-        "train_examples": cache_runs[0]["train_examples"],
-        "train_steps": cache_runs[0]["train_steps"],
+        "train_examples": runs["now"]["cache"][0]["train_examples"],
+        "train_steps": runs["now"]["cache"][0]["train_steps"],
         "repeats": args.repeats,
         "rounds": args.rounds,
-        "first_round_s": round_seconds[0] if round_seconds else None,
+        "compare_tree": args.compare_tree,
+        "command": "python -m benchmarks.deployment_overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "unneeded_modules": {label: heavy_modules_in(tree) for label, tree in trees.items()},
+        "first_round_s": {label: r[0] if r else None for label, r in round_seconds.items()},
         "wall_s": round(time.time() - started, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "deployment_overhead.json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "runs": {"svd": svd_runs, "cache": cache_runs},
+        {"meta": meta, "summary": summaries["now"], "summaries": summaries, "runs": runs,
          "deployment_round_seconds": round_seconds}, indent=2) + "\n")
-    table = markdown(summary, meta)
+    table = markdown(summaries, meta)
     (RESULTS / "deployment_overhead.md").write_text(table)
     print(table)
     return 0

@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from shared.errors import LoraXSError
 
@@ -40,6 +39,8 @@ def partition_dataset(
     if method == "natural":
         partitions = _natural_partitions(ds, num_partitions, seed)
     elif method == "iid":
+        from flwr_datasets.partitioner import IidPartitioner  # lazy: flwr_datasets imports seaborn (~2 s)
+
         partitioner = IidPartitioner(num_partitions=num_partitions)
         partitioner.dataset = ds.shuffle(seed=seed)
         partitions = [partitioner.load_partition(i) for i in range(num_partitions)]
@@ -71,6 +72,8 @@ def _natural_partitions(ds: Dataset, num_partitions: int, seed: int) -> list[Dat
     user_of_movie = {movies[m]: position % num_partitions for position, m in enumerate(shuffled)}
     with_users = ds.add_column(USER_COLUMN, [user_of_movie[m] for m in ds["movie_name"]])
 
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
     partitioner = NaturalIdPartitioner(partition_by=USER_COLUMN)
     partitioner.dataset = with_users
     # Natural ids are sorted, so partition i holds the rows of user i.
@@ -87,6 +90,8 @@ def _dirichlet_partitions(
             "dirichlet partitioning needs a 'label' column, which this dataset lacks; "
             "use iid partitioning"
         )
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
