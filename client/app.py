@@ -23,8 +23,8 @@ from client import secure_stages
 from client.server_key import remember_server_key, seal_train_reply
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, FACTORS, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, pack_adapter, unpack_adapter,
-    unpack_basis,
+    ARRAYS, BASIS, CONFIG, FACTORS, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, nested_basis,
+    pack_adapter, top_left_adapter, unpack_adapter, unpack_basis,
 )
 from shared.federation.run_config import FederationConfig
 from shared.federation.sealed_update import SERVER_KEY
@@ -96,15 +96,20 @@ class MessageWork:
         self.context = context
         self.data: NodeData = node_data(config, context.node_config)
         self.labels = tuple(self.data.labels) if self.data.labels else None
-        self.model = cached_model(canonical_model_id(config.model), config.task, config.lora_config(),
-                                  self.labels, fingerprint, lambda: state.basis(fingerprint))
+        self.rank = config.node_rank(context.node_config)  # mixed ranks: this device's r' <= rank
+        self.lora = config.node_lora_config(self.rank)
+        nested = self.rank < config.rank
+        load = (lambda: nested_basis(state.basis(fingerprint), self.rank)) if nested else (lambda: state.basis(fingerprint))
+        self.model = cached_model(canonical_model_id(config.model), config.task, self.lora, self.labels,
+                                  f"{fingerprint}/rank-{self.rank}" if nested else fingerprint, load,
+                                  verify=not nested)
         self.tokenizer = cached_tokenizer(canonical_model_id(config.model))
         self.device = resolve_device("auto")
         self.seed = shuffle_seed(config, server_round, int(context.node_config.get("partition-id", 0)))
 
     def global_state(self, msg: Message) -> dict[str, torch.Tensor]:
         names = [name for name, p in self.model.named_parameters() if p.requires_grad]
-        return unpack_adapter(msg.content[ARRAYS], names)
+        return unpack_adapter(top_left_adapter(msg.content[ARRAYS], self.rank), names)
 
 
 def _train(msg: Message, work: MessageWork) -> RecordDict:
@@ -144,7 +149,7 @@ def _personal_adapter(work: MessageWork, global_state: dict) -> tuple[dict[str, 
     personal = derive_personal(work.model, global_state, work.data, work.tokenizer, work.config,
                                work.seed, work.device)
     config = work.config
-    meta = adapter_meta(config.model, config.task, config.lora_config(),
+    meta = adapter_meta(config.model, config.task, work.lora,
                         work.state.basis(work.fingerprint), list(work.labels) if work.labels else None,
                         round=str(work.round), kind="personal")
     work.state.store_personal_adapter(personal, meta, work.round)

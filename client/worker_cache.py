@@ -27,14 +27,17 @@ def cached_model(
     labels: tuple[str, ...] | None,
     fingerprint: str,
     load_basis: Callable[[], Basis],
+    verify: bool = True,
 ) -> nn.Module:
+    """`verify`: the factors must have `fingerprint` (False for factors derived from checked
+    ones, e.g. a smaller rank's nested factors; `fingerprint` then only names them here)."""
     key = (model_id, task, lora, labels, fingerprint)
     if key not in _models:
         if len(_models) >= MAX_MODELS:
             _models.pop(next(iter(_models)))
         _models[key] = open_adapter(None, base_model=model_id, task=task, lora=lora,
                                     labels=list(labels) if labels else None, basis=load_basis(),
-                                    fingerprint=fingerprint).model
+                                    fingerprint=fingerprint if verify else None).model
     return _models[key]
 
 

@@ -69,6 +69,7 @@ def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter,
     entry = {
         "round": server_round,
         "clients_trained": stats.clients_trained if stats else 0,
+        "examples_trained": stats.examples_trained if stats else 0,
         "bytes_up": both.bytes_up,
         "bytes_down": both.bytes_down,
         "basis_bytes_down": both.basis_bytes_down,

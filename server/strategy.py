@@ -40,7 +40,7 @@ from logging import WARNING
 
 import numpy as np
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
@@ -51,9 +51,10 @@ from server.forwarding_grid import ForwardingGrid
 from server.basis_delivery import BasisDelivery
 from shared.federation.sealed_update import SERVER_KEY
 from shared.federation.protocol import (
-    ARRAYS, CONFIG, METRICS, PARTITION_ID, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
-    cast_record, check_update, clean_metrics,
+    ARRAYS, CONFIG, METRICS, PARTITION_ID, STACKED_R, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
+    cast_record, check_update, clean_metrics, top_left_adapter,
 )
+from shared.loraxs.mixed_rank import per_entry_from_zero_padded, zero_pad
 from shared.errors import LoraXSError
 
 SAMPLE_STREAM = 11  # the sampling draw's own random stream, apart from the data's
@@ -63,6 +64,8 @@ NODES_WAIT_SECONDS = 300.0  # how long to wait for `min_available_nodes` before 
 @dataclass
 class RoundStats:
     clients_trained: int = 0
+    examples_trained: int = 0  # the accepted updates' (bounded) num-examples
+    ranks: dict[int, int] = field(default_factory=dict)  # node -> its smaller rank (mixed ranks)
     rejected_updates: int = 0
     bases_resent: int = 0
     clipped_weights: int = 0
@@ -75,8 +78,10 @@ class LoraXSFedAvg(FedAvg):
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,
                  max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
-                 secure=None, recipe: dict | None = None, aggregator: Strategy | None = None, **fedavg_args):
+                 secure=None, recipe: dict | None = None, aggregator: Strategy | None = None,
+                 mixed_rank_aggregation: str = "zero-pad", **fedavg_args):
         super().__init__(**fedavg_args)
+        self.mixed_rank_aggregation = mixed_rank_aggregation
         self.aggregator = aggregator  # None: FedAvg's own weighted mean
         self.seed = seed
         self.round_offset = round_offset
@@ -235,14 +240,29 @@ class LoraXSFedAvg(FedAvg):
                                      r.metadata.src_node_id))  # sums independent of arrival order
         stats = self._round(server_round)
         stats.clients_trained = len(accepted)
+        stats.examples_trained = sum(int(r.content[METRICS]["num-examples"]) for r in accepted)
         if len(accepted) < max(1, self.min_train_nodes):
             stats.skipped = f"{len(accepted)} good update(s), fewer than min-train-nodes {self.min_train_nodes}"
             log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, stats.skipped)
             self._forget_round(server_round)
             return None, None
         if self.aggregator is None:
-            return super().aggregate_train(server_round, accepted)
-        return self._aggregated(server_round, accepted)
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+        else:
+            arrays, metrics = self._aggregated(server_round, accepted)
+        if arrays is not None and stats.ranks and self.mixed_rank_aggregation == "per-entry":
+            arrays = self._per_entry(arrays, accepted, stats.ranks)
+        return arrays, metrics
+
+    def _per_entry(self, arrays: ArrayRecord, accepted: list[Message], ranks: dict[int, int]) -> ArrayRecord:
+        """Mixed ranks, per-entry: each entry of R averaged over the clients that hold it."""
+        expected, _ = self._sent[MessageType.TRAIN]
+        full = int(expected[STACKED_R].shape[-1])
+        node_ranks = [ranks.get(r.metadata.src_node_id, full) for r in accepted]
+        weights = [float(r.content[METRICS]["num-examples"]) for r in accepted]
+        stacked = per_entry_from_zero_padded(arrays[STACKED_R].numpy(), node_ranks, weights,
+                                             cast_record(expected, "fp32")[STACKED_R].numpy())
+        return ArrayRecord({k: Array(stacked) if k == STACKED_R else v for k, v in arrays.items()})
 
     def _aggregated(self, server_round: int, accepted: list[Message]):
         """The aggregator's result on the good replies, or (None, None) with a logged reason:
@@ -316,7 +336,9 @@ class LoraXSFedAvg(FedAvg):
             return problem
         if ARRAYS not in reply.content:
             return "the reply carries no adapter arrays"
-        problem = check_update(reply.content[ARRAYS], expected)
+        arrays = reply.content[ARRAYS]
+        rank = reply_rank(arrays, expected)  # mixed ranks: a device may train a top-left block
+        problem = check_update(arrays, top_left_adapter(expected, rank) if rank else expected)
         if problem:
             return problem
         metrics = clean_metrics(reply.content[METRICS], TRAIN_METRICS)
@@ -325,7 +347,11 @@ class LoraXSFedAvg(FedAvg):
         metrics = self._bounded_weight(server_round, reply, metrics)
         if isinstance(metrics, str):
             return metrics
-        return RecordDict({ARRAYS: cast_record(reply.content[ARRAYS], "fp32"), METRICS: metrics})
+        arrays = cast_record(arrays, "fp32")
+        if rank:
+            arrays[STACKED_R] = Array(zero_pad(arrays[STACKED_R].numpy(), int(expected[STACKED_R].shape[-1])))
+            self._round(server_round).ranks[reply.metadata.src_node_id] = rank
+        return RecordDict({ARRAYS: arrays, METRICS: metrics})
 
     def _opened(self, server_round: int, reply: Message) -> str | None:
         """encrypt-updates: why the sealed update does not open (its "arrays" replaced in place)."""
@@ -427,6 +453,18 @@ def metric_range_problem(metrics: MetricRecord) -> str | None:
             return f"metric {key} is {value!r}, outside [0, 1]"
         if key.startswith("loss") and value < 0:
             return f"metric {key} is {value!r}, negative"
+    return None
+
+
+def reply_rank(arrays, expected: ArrayRecord) -> int | None:
+    """r' when the reply's lora_R is a smaller square (L, r', r') than the (L, r, r) sent, else None
+    (None also for anything malformed: check_update then names the problem)."""
+    try:
+        got, want = tuple(arrays[STACKED_R].shape), tuple(expected[STACKED_R].shape)
+        if len(got) == 3 and got[0] == want[0] and got[1] == got[2] and 1 <= got[1] < want[1]:
+            return int(got[1])
+    except Exception:  # noqa: BLE001 - a peer's record: anything odd is for check_update to name
+        pass
     return None
 
 

@@ -35,6 +35,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from shared.artifacts.basis_file import basis_from_tensors, basis_to_tensors
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
+from shared.loraxs.mixed_rank import top_left, truncated_factors
 
 ARRAYS, CONFIG, BASIS, METRICS, STATUS = "arrays", "config", "basis", "metrics", "status"
 STACKED_R = "lora_R"
@@ -90,6 +91,18 @@ def unpack_adapter(record: ArrayRecord, state_names: list[str]) -> dict[str, tor
     for name in head_names:
         state[name] = torch.from_numpy(decoded(record, name).astype(np.float32))
     return {name: state[name] for name in state_names}
+
+
+def top_left_adapter(record: ArrayRecord, rank: int) -> ArrayRecord:
+    """The adapter as a device at rank r' sees it: lora_R (L, r, r) -> (L, r', r'); head as is."""
+    if STACKED_R not in record or decoded(record, STACKED_R).shape[-1] == rank:
+        return record
+    return ArrayRecord({k: Array(top_left(decoded(record, k), rank)) if k == STACKED_R else v for k, v in record.items()})
+
+
+def nested_basis(basis: Basis, rank: int) -> Basis:
+    """The rank-r' factors nested in `basis` (first r' columns of B, rows of A)."""
+    return Basis(rank, truncated_factors(basis.factors, rank))
 
 
 def cast_record(record: ArrayRecord, update_dtype: str) -> ArrayRecord:

@@ -24,10 +24,11 @@ HPKE_SUITES = ("x25519", "mlkem768-x25519")  # shared/crypto/sealing.py: classic
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian",
               "fedtrimmedavg", "krum")  # Flower's own strategies (server/aggregators.py)
 DP_MODES = ("none", "server-fixed", "client-fixed")  # Flower's fixed-clipping DP wrappers
+MIXED_RANK_AGGREGATION = ("zero-pad", "per-entry")  # shared/loraxs/mixed_rank.py
 CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
            "basis_delivery": BASIS_DELIVERIES, "basis_dtype": BASIS_DTYPES,
            "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES, "strategy": STRATEGIES,
-           "dp": DP_MODES}  # field -> allowed values
+           "dp": DP_MODES, "mixed_rank_aggregation": MIXED_RANK_AGGREGATION}  # field -> allowed values
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ class FederationConfig:
     dp_noise_multiplier, dp_clipping_norm: z and C of the Gaussian mechanism (noise std z C / n
                           on the mean of the n good updates); dp_delta: the delta at which the
                           privacy budget epsilon is reported (Flower's RDP accountant, fedavg only).
+    client_ranks:         mixed ranks: comma-separated ranks <= rank, partition p trains at
+                          ranks[p mod len] ("" = every client at `rank`); a node config `rank`
+                          overrides it. A device at r' trains the top-left r' x r' block of
+                          each R with the federation's scale alpha / rank.
+    mixed_rank_aggregation: zero-pad (exact mean of the clients' delta W) | per-entry (each
+                          entry over the clients holding it; fedavg only).
     secagg_clipping_range: C: each client's delta x is sent as x * w / max-client-examples, which
                           must lie in [-C, C] (a client whose delta does not fit sits the round out).
     """
@@ -159,6 +166,8 @@ class FederationConfig:
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    client_ranks: str = ""
+    mixed_rank_aggregation: str = "zero-pad"
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
@@ -209,6 +218,14 @@ class FederationConfig:
             if self.secure_aggregation or (self.dp == "client-fixed" and self.encrypt_updates):
                 raise LoraXSError(f"dp {self.dp} cannot be combined with "
                                   f"{'secure-aggregation' if self.secure_aggregation else 'encrypt-updates'}")
+        try:
+            ranks = self.client_rank_list()
+        except ValueError:
+            raise LoraXSError(f"client-ranks must be comma-separated integers, got {self.client_ranks!r}") from None
+        if any(not 1 <= r <= self.rank for r in ranks):
+            raise LoraXSError(f"client-ranks must lie in [1, rank {self.rank}], got {self.client_ranks!r}")
+        if self.mixed_rank_aggregation == "per-entry" and (self.strategy != "fedavg" or self.dp != "none"):
+            raise LoraXSError("mixed-rank-aggregation per-entry needs strategy fedavg without dp")
         if self.secure_aggregation and self.strategy != "fedavg":
             raise LoraXSError("secure aggregation sums the updates: it needs strategy fedavg")
 
@@ -246,6 +263,24 @@ class FederationConfig:
     def label_names(self) -> list[str] | None:
         names = [n.strip() for n in self.labels.split(",") if n.strip()]
         return names or None
+
+    def client_rank_list(self) -> list[int]:
+        return [int(r) for r in self.client_ranks.split(",") if r.strip()]
+
+    def node_rank(self, node_config: dict) -> int:
+        """The rank this node trains at: node config `rank`, else client-ranks by partition."""
+        if "rank" in node_config:
+            rank = int(node_config["rank"])
+            if not 1 <= rank <= self.rank:
+                raise LoraXSError(f"node config rank {rank} must lie in [1, the federation's rank {self.rank}]")
+            return rank
+        ranks = self.client_rank_list()
+        return ranks[int(node_config.get("partition-id", 0)) % len(ranks)] if ranks else self.rank
+
+    def node_lora_config(self, node_rank: int) -> LoraXSConfig:
+        """The federation's adapter at a smaller rank, with the federation's scale alpha / rank."""
+        full = self.lora_config()
+        return full if node_rank == full.rank else replace(full, rank=node_rank, alpha=full.alpha * node_rank / full.rank)
 
     def lora_config(self) -> LoraXSConfig:
         return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha, basis_dtype=self.basis_dtype)

@@ -1,0 +1,71 @@
+"""Mixed ranks: devices train the top-left r' x r' block of each R with the federation's scale."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from server.federation import run_federation
+from shared.errors import LoraXSError
+from shared.federation.protocol import ARRAYS, STACKED_R
+from shared.federation.run_config import FederationConfig
+from shared.loraxs.mixed_rank import per_entry_from_zero_padded, top_left, truncated_factors, zero_pad
+from tests.test_federation import RecordingGrid, config, one_torch_thread, reviews_dir  # noqa: F401 (fixtures)
+
+RNG = np.random.default_rng(3)
+
+
+def test_zero_padded_mean_is_exactly_the_mean_of_the_clients_delta_w():
+    """Client k at rank r_k: delta W_k = s B[:, :r_k] R_k A[:r_k]; the weighted mean of
+    zero_pad(R_k) gives s B mean A = the weighted mean of the delta W_k (one layer)."""
+    out_dim, in_dim, rank, s = 9, 7, 6, 0.25
+    b, a = RNG.standard_normal((out_dim, rank)), RNG.standard_normal((rank, in_dim))  # (out, r), (r, in)
+    ranks, weights = [2, 4, 6], [3.0, 5.0, 1.0]
+    blocks = [RNG.standard_normal((1, r, r)) for r in ranks]  # (1, r_k, r_k)
+    delta_w = [s * b[:, :r] @ blk[0] @ a[:r] for r, blk in zip(ranks, blocks)]
+    mean_w = sum(w * d for w, d in zip(weights, delta_w)) / sum(weights)
+    mean_r = sum(w * zero_pad(blk, rank) for w, blk in zip(weights, blocks)) / sum(weights)  # (1, r, r)
+    np.testing.assert_allclose(s * b @ mean_r[0] @ a, mean_w, rtol=1e-12, atol=1e-12)
+
+
+def test_per_entry_mean_averages_each_entry_over_its_holders_only():
+    ranks, weights = [1, 2], [1.0, 3.0]
+    blocks = [np.full((1, 1, 1), 10.0), np.full((1, 2, 2), 2.0)]
+    mean_padded = sum(w * zero_pad(blk, 3) for w, blk in zip(weights, blocks)) / sum(weights)
+    global_r = np.full((1, 3, 3), -7.0)
+    out = per_entry_from_zero_padded(mean_padded, ranks, weights, global_r)[0]
+    assert out[0, 0] == pytest.approx((1 * 10 + 3 * 2) / 4)  # both hold it
+    assert out[0, 1] == out[1, 1] == pytest.approx(2.0)  # only the rank-2 client
+    assert out[2, 2] == out[0, 2] == -7.0  # nobody: the global value stays
+
+
+def test_nested_factors_are_the_first_columns_and_rows():
+    b, a = torch.randn(8, 4), torch.randn(4, 5)
+    small_b, small_a = truncated_factors({"m": (b, a)}, 2)["m"]
+    assert torch.equal(small_b, b[:, :2]) and torch.equal(small_a, a[:2])
+    assert top_left(np.arange(2 * 4 * 4).reshape(2, 4, 4), 2).shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("mode", ["zero-pad", "per-entry"])
+def test_a_federation_of_mixed_ranks_trains_and_uploads_smaller_blocks(config, mode):
+    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", mixed_rank_aggregation=mode,
+                    num_server_rounds=2, final_eval_fraction=1.0)
+    grid = RecordingGrid(mixed)
+    report = run_federation(grid, mixed)
+    assert all(r["clients_trained"] == mixed.num_clients and r["skipped"] == "" for r in report["rounds"])
+    for message, reply in grid.exchanges(kind="train"):
+        rank = mixed.node_rank(grid.contexts[message.metadata.dst_node_id].node_config)
+        sent, got = message.content[ARRAYS][STACKED_R], reply.content[ARRAYS][STACKED_R]
+        assert tuple(sent.shape)[1:] == (4, 4) and tuple(got.shape)[1:] == (rank, rank)
+    assert report["final"]["accuracy_global"] is not None
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"client_ranks": "4,32"}, "client-ranks must lie in"),
+    ({"client_ranks": "4,x"}, "comma-separated integers"),
+    ({"mixed_rank_aggregation": "per-entry", "strategy": "fedadam"}, "per-entry needs strategy fedavg"),
+])
+def test_bad_mixed_rank_settings_are_one_clear_error(changes, message):
+    with pytest.raises(LoraXSError, match=message):
+        FederationConfig(**changes)
