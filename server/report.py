@@ -7,6 +7,7 @@ With secure aggregation the per-client train figures include its stage messages.
 
 import json
 import math
+from statistics import median
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter,
         "round": server_round,
         "clients_trained": stats.clients_trained if stats else 0,
         "examples_trained": stats.examples_trained if stats else 0,
+        "median_update_norm": float(median(stats.update_norms)) if stats and stats.update_norms else None,
         "bytes_up": both.bytes_up,
         "bytes_down": both.bytes_down,
         "basis_bytes_down": both.basis_bytes_down,

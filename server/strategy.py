@@ -66,6 +66,7 @@ class RoundStats:
     clients_trained: int = 0
     examples_trained: int = 0  # the accepted updates' (bounded) num-examples
     ranks: dict[int, int] = field(default_factory=dict)  # node -> its smaller rank (mixed ranks)
+    update_norms: list[float] = field(default_factory=list)  # L2 of each good update's delta (fp32)
     rejected_updates: int = 0
     bases_resent: int = 0
     clipped_weights: int = 0
@@ -351,6 +352,9 @@ class LoraXSFedAvg(FedAvg):
         if rank:
             arrays[STACKED_R] = Array(zero_pad(arrays[STACKED_R].numpy(), int(expected[STACKED_R].shape[-1])))
             self._round(server_round).ranks[reply.metadata.src_node_id] = rank
+        start = cast_record(expected, "fp32")
+        self._round(server_round).update_norms.append(
+            float(np.sqrt(sum(((arrays[k].numpy() - start[k].numpy()).astype(np.float64) ** 2).sum() for k in start.keys()))))
         return RecordDict({ARRAYS: arrays, METRICS: metrics})
 
     def _opened(self, server_round: int, reply: Message) -> str | None:

@@ -63,6 +63,7 @@ HELP = {
     "round_timeout": "seconds the server waits for one round's replies",
     "strategy": "the aggregator inside the LoRA-XS layer (Flower's strategy of that name)",
     "dp": "Flower's fixed-clipping differential privacy, clipped on the server or the device",
+    "malicious_fraction": "share of clients that poison every update (seeded; see --malicious-attack)",
     "encrypt_updates": "seal each update to the server's HPKE key (docs/security.md)",
     "server_key_file": "server private key file for --encrypt (created if missing)",
     "secure_aggregation": "the server learns only the sum of the updates (SecAgg+, docs/security.md)",

@@ -24,6 +24,7 @@ from server.app import make_server_app
 from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
 from simulations.failing_clients import SilencedGrid, failing_client_app
+from simulations.malicious_clients import malicious_client_app
 from simulations.quiet_logs import quiet_logs
 
 CONNECT_TIMEOUT = 5.0  # seconds for an attached cluster's head to accept a connection
@@ -44,6 +45,8 @@ def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progr
     server_app = make_server_app(config, progress=progress, on_report=reports.append, started=started,
                                  wrap_grid=(lambda grid: SilencedGrid(grid, config)) if failing else None)
     client_app = make_client_app(config, torch_threads=max(1, int(client_cpus)))
+    if config.malicious_fraction > 0:
+        client_app = malicious_client_app(client_app, config)
     if failing:
         client_app = failing_client_app(client_app, config)
     backend_config = {"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0}}

@@ -159,3 +159,24 @@ def test_the_same_seed_gives_the_same_report(config):
             entry.pop("seconds")
         report["config"].pop("out-dir")
     assert first == second
+
+
+def test_malicious_clients_poison_fedavg_and_fedmedian_limits_them(config):
+    """Two of five clients upload global - 10 * delta: FedAvg's step is several times larger than
+    an honest one, FedMedian's stays at an honest client's size."""
+    from client.app import make_client_app
+    from simulations.malicious_clients import malicious_client_app, malicious_partitions
+
+    steps = {}
+    for strategy in ("fedavg", "fedmedian"):
+        attacked = replace(config, strategy=strategy, malicious_fraction=0.4, num_server_rounds=2,
+                           final_eval_fraction=0.0, fraction_train=1.0)
+        assert len(malicious_partitions(attacked)) == 2
+        grid = RecordingGrid(attacked, client_app=malicious_client_app(make_client_app(attacked), attacked))
+        run_federation(grid, attacked)
+        first = grid.exchanges(1, "train")[0][0].content[ARRAYS][STACKED_R].numpy()
+        second = grid.exchanges(2, "train")[0][0].content[ARRAYS][STACKED_R].numpy()
+        honest = [r.content[ARRAYS][STACKED_R].numpy() - first for m, r in grid.exchanges(1, "train")
+                  if grid.partition_of(m.metadata.dst_node_id) not in malicious_partitions(attacked)]
+        steps[strategy] = np.linalg.norm(second - first) / np.mean([np.linalg.norm(h) for h in honest])
+    assert steps["fedavg"] > 2.0 and steps["fedmedian"] < 1.5

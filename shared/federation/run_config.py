@@ -25,10 +25,12 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"
               "fedtrimmedavg", "krum")  # Flower's own strategies (server/aggregators.py)
 DP_MODES = ("none", "server-fixed", "client-fixed")  # Flower's fixed-clipping DP wrappers
 MIXED_RANK_AGGREGATION = ("zero-pad", "per-entry")  # shared/loraxs/mixed_rank.py
+MALICIOUS_ATTACKS = ("flip-scale", "flip", "scale")  # simulations/malicious_clients.py
 CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
            "basis_delivery": BASIS_DELIVERIES, "basis_dtype": BASIS_DTYPES,
            "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES, "strategy": STRATEGIES,
-           "dp": DP_MODES, "mixed_rank_aggregation": MIXED_RANK_AGGREGATION}  # field -> allowed values
+           "dp": DP_MODES, "mixed_rank_aggregation": MIXED_RANK_AGGREGATION,
+           "malicious_attack": MALICIOUS_ATTACKS}  # field -> allowed values
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ class FederationConfig:
                           each R with the federation's scale alpha / rank.
     mixed_rank_aggregation: zero-pad (exact mean of the clients' delta W) | per-entry (each
                           entry over the clients holding it; fedavg only).
+    malicious_fraction:   simulation only: a seeded share of the clients poison every update
+                          (global + k * delta, k from malicious_attack: flip-scale -10, flip -1,
+                          scale 10; simulations/malicious_clients.py).
     secagg_clipping_range: C: each client's delta x is sent as x * w / max-client-examples, which
                           must lie in [-C, C] (a client whose delta does not fit sits the round out).
     """
@@ -168,6 +173,8 @@ class FederationConfig:
     dp_delta: float = 1e-5
     client_ranks: str = ""
     mixed_rank_aggregation: str = "zero-pad"
+    malicious_fraction: float = 0.0
+    malicious_attack: str = "flip-scale"
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
@@ -191,6 +198,8 @@ class FederationConfig:
         if self.secure_aggregation:
             self._check_secure_aggregation()
         self._check_aggregator()
+        if not 0.0 <= self.malicious_fraction <= 1.0:
+            raise LoraXSError(f"malicious-fraction must be in [0, 1], got {self.malicious_fraction}")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise LoraXSError(f"fail-rate must be in [0, 1], got {self.fail_rate}")
         if not self.dirichlet_alpha > 0:
