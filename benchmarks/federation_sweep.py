@@ -15,13 +15,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.simulation_runs import RESULTS, run_case
 CANDIDATES = {  # name -> run-config overrides of the defaults
     "fedavg-lr0.02-head0.05": "strategy='fedavg' lr=0.02 head-lr=0.05",
     "fedavg-lr0.02-head0.01": "strategy='fedavg' lr=0.02 head-lr=0.01",
@@ -30,28 +27,8 @@ CANDIDATES = {  # name -> run-config overrides of the defaults
 }
 
 
-def summarize(report: dict) -> dict:
-    accuracies = [r["accuracy_global"] for r in report["rounds"]]
-    drops = [before - after for before, after in zip(accuracies[3:], accuracies[4:])]  # rounds 5.. vs previous
-    return {
-        "final_accuracy": report["final"]["accuracy_global"],
-        "accuracy_per_round": accuracies,
-        "max_drop_after_round_4": round(max(drops, default=0.0), 4),
-        "mean_last_3": round(sum(accuracies[-3:]) / len(accuracies[-3:]), 4),
-        "examples_trained": sum(r.get("examples_trained", 0) for r in report["rounds"]),
-        "wall_seconds": report["final"]["wall_seconds"],
-    }
-
-
 def run_candidate(name: str, overrides: str, rounds: int) -> dict:
-    out = RESULTS / "federation_sweep" / name
-    command = [str(Path(sys.executable).with_name("flower-simulation")), "--num-clients", "100",
-               "--rounds", str(rounds), "--out", str(out), "--no-progress", "--run-config", overrides]
-    began = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=3600)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1], "seconds": time.time() - began}
-    return summarize(json.loads((out / "report.json").read_text()))
+    return run_case(RESULTS / "federation_sweep" / name, overrides, rounds)
 
 
 def write_markdown(results: dict, meta: dict) -> str:
