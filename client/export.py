@@ -1,7 +1,7 @@
 """Export a personalized model to ONNX, verified with onnxruntime.
 
     python -m client.export --adapter PERSONAL.safetensors --out model.onnx [--model M]
-                            [--basis FILE] [--quantize int8] [--adapter-as-input] [--opset N]
+                            [--basis FILE] [--quantize int8] [--adapter-as-input] [--onnx-adapter] [--opset N]
                             [--data DIR] [--repeats N] [--max-length N]
 
 Writes the merged fp32 model, optionally its int8 quantization and the adapter-as-input graph,
@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="also write an onnxruntime dynamic int8 model")
     parser.add_argument("--adapter-as-input", action="store_true",
                         help="also write one graph taking the r x r matrices and the head as inputs")
+    parser.add_argument("--onnx-adapter", action="store_true",
+                        help="also write the shared base graph and this adapter as an onnxruntime .onnx_adapter")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--data", metavar="DIR", help="data folder: accuracy on its test split; its factor cache")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency median (default 20)")
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def export_config(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(
         adapter=args.adapter, out=args.out, model=args.model, basis_file=args.basis, data_dir=args.data,
-        quantize=args.quantize, adapter_as_input=args.adapter_as_input, opset=args.opset,
+        quantize=args.quantize, adapter_as_input=args.adapter_as_input,
+        onnx_adapter=args.onnx_adapter, opset=args.opset,
         repeats=args.repeats, max_length=args.max_length, key_source=key_source(args, args.adapter),
     )
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from client.onnx.graph import OUTPUT_NAME, TOKEN_AXES
+from client.onnx.onnx_adapter import basis_version
 from shared.artifacts.adapter_file import AdapterMeta
 from shared.errors import LoraXSError
 
-MODEL_KINDS = ("fp32", "int8", "adapter-input")
+MODEL_KINDS = ("fp32", "int8", "adapter-input", "adapter-base")
 DESCRIPTION_FORMAT, DESCRIPTION_VERSION = "loraxs-onnx-export", "1"
 
 
@@ -25,8 +26,11 @@ def describe_export(
     models: dict[str, str],
     adapter_inputs: dict[str, torch.Tensor] | None,
     adapter_file: str,
+    onnx_adapter: str | None = None,
 ) -> dict:
-    """models: kind -> file name; adapter_inputs: the adapter-as-input graph's extra inputs."""
+    """models: kind -> file name; adapter_inputs: the adapter parameters the adapter-as-input graph
+    takes as inputs and the base graph as overridable initializers; onnx_adapter: the
+    `.onnx_adapter` file written for this adapter."""
     output_axes = ["batch", "label"] if meta.task == "seq-cls" else [*TOKEN_AXES, "vocab"]
     description = {
         "format": DESCRIPTION_FORMAT,
@@ -46,6 +50,8 @@ def describe_export(
     }
     if adapter_inputs is not None:  # float32, named as in the adapter file
         description["adapter_inputs"] = {name: list(value.shape) for name, value in adapter_inputs.items()}
+    if onnx_adapter is not None:
+        description["onnx_adapter"] = {"file": onnx_adapter, "model_version": basis_version(meta.basis_fingerprint)}
     return description
 
 

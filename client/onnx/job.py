@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from client.onnx.folder import MODEL_KINDS, describe_export, move_into_place, write_description
-from client.onnx.graph import LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
+from client.onnx.graph import OUTPUT_NAME, LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
+from client.onnx.onnx_adapter import SUFFIX, load_onnx_adapter, make_overridable, run_with_adapter, write_onnx_adapter
 from client.onnx.verify import (
     FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, max_diff_over, median_ms,
     ort_accuracy, ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
@@ -44,7 +45,8 @@ EVAL_BATCH_SIZE = 32
 class ExportConfig:
     """adapter: the personal adapter file. out: the merged fp32 model (`*.onnx`); its folder also
     receives `<stem>.int8.onnx`, `<stem>.adapter-input.onnx`, `<stem>.export.json` and the
-    tokenizer files (existing ones are replaced). model: must name the adapter's base model.
+    tokenizer files (existing ones are replaced); with onnx_adapter also the shared base graph
+    `<stem>.adapter-base.onnx` and `<adapter stem>.onnx_adapter`. model: must name the adapter's base model.
     data_dir: its test split measures accuracy; its `.loraxs/` cache may hold the factors.
     opset: None = the exporter's default. repeats: timed runs behind each latency median."""
 
@@ -55,6 +57,7 @@ class ExportConfig:
     data_dir: Path | None = None
     quantize: str | None = None
     adapter_as_input: bool = False
+    onnx_adapter: bool = False
     opset: int | None = None
     repeats: int = 20
     max_length: int = DEFAULT_MAX_LENGTH
@@ -79,7 +82,8 @@ class ExportConfig:
     def output_name(self, kind: str) -> str:
         stem = self.out.stem
         return {"fp32": self.out.name, "int8": f"{stem}.int8.onnx",
-                "adapter-input": f"{stem}.adapter-input.onnx", "description": f"{stem}.export.json"}[kind]
+                "adapter-input": f"{stem}.adapter-input.onnx", "adapter-base": f"{stem}.adapter-base.onnx",
+                "onnx-adapter": self.adapter.stem + SUFFIX, "description": f"{stem}.export.json"}[kind]
 
 
 @dataclass
@@ -99,7 +103,7 @@ class ExportReport:
     meta: AdapterMeta
     factors_source: str
     opset: int
-    files: dict[str, Path]  # fp32 / int8 / adapter-input / description / tokenizer:<name> -> path
+    files: dict[str, Path]  # fp32 / int8 / adapter-input / adapter-base / onnx-adapter / description / tokenizer:<name>
     diffs: dict[str, float]  # what was compared -> max abs difference of the logits
     latency_ms: dict[str, float]  # runtime -> median ms at (LATENCY_BATCH, LATENCY_LENGTH)
     repeats: int
@@ -131,7 +135,9 @@ def run_export(config: ExportConfig) -> ExportReport:
         write_description(report.files["description"], describe_export(
             subject.meta, subject.token_names, report.opset, config.max_length,
             models={kind: config.output_name(kind) for kind in MODEL_KINDS if kind in report.files},
-            adapter_inputs=subject.state if config.adapter_as_input else None, adapter_file=config.adapter.name,
+            adapter_inputs=subject.state if config.adapter_as_input or config.onnx_adapter else None,
+            adapter_file=config.adapter.name,
+            onnx_adapter=config.output_name("onnx-adapter") if config.onnx_adapter else None,
         ))
         move_into_place(report.files, config.out.parent, config.adapter)
         report.files["adapter"] = config.adapter  # what a user of the adapter-as-input graph sends
@@ -149,7 +155,7 @@ def _check_output(config: ExportConfig) -> None:
     if not existing.is_dir():
         raise LoraXSError(f"output folder {folder} cannot be made: {existing} is not a folder")
     check_output_file(config.out, force=True, hint="an .onnx file name")
-    for kind in (*MODEL_KINDS, "description"):
+    for kind in (*MODEL_KINDS, "onnx-adapter", "description"):
         if (folder / config.output_name(kind)).resolve() == config.adapter.resolve():
             raise LoraXSError(f"--out {config.out} would overwrite the adapter {config.adapter}")
 
@@ -220,16 +226,27 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         what = "onnxruntime int8 vs PyTorch (unmerged, not checked)"
         diffs[what] = max_diff_over(batches, expected, lambda b: ort_logits(sessions["int8"], b))
 
-    if config.adapter_as_input:
-        files["adapter-input"] = stage / config.output_name("adapter-input")
-        _step(f"exporting the adapter-as-input graph to {files['adapter-input'].name}")
+    if config.adapter_as_input or config.onnx_adapter:
+        kind = "adapter-input" if config.adapter_as_input else "adapter-base"
+        files[kind] = stage / config.output_name(kind)
+        _step(f"exporting the adapter-as-input graph to {files[kind].name}")
         graph = LogitsGraph(subject.model, task, names, adapter_names=list(subject.state))
-        export_graph(graph, subject.state, files["adapter-input"], config.opset, external)
-        sessions["adapter-input"] = ort_session(files["adapter-input"], threads)
-        diffs.update(_verify_adapter_input(config, subject, batches, sessions, stage, external))
+        export_graph(graph, subject.state, files[kind], config.opset, external)
+        if config.onnx_adapter:
+            files["onnx-adapter"] = stage / config.output_name("onnx-adapter")
+            write_onnx_adapter(files["onnx-adapter"], _numpy_state(subject.state), subject.meta.basis_fingerprint)
+        if config.adapter_as_input and config.onnx_adapter:  # the base is the same graph, its inputs given defaults
+            files["adapter-base"] = stage / config.output_name("adapter-base")
+            shutil.copyfile(files["adapter-input"], files["adapter-base"])
+            if files["adapter-input"].with_name(files["adapter-input"].name + ".data").exists():
+                raise LoraXSError("--onnx-adapter with --adapter-as-input is not supported above 2 GiB; pass one")
+        if config.onnx_adapter:
+            make_overridable(files["adapter-base"], _shapes(subject.state), external)
+        sessions.update({k: ort_session(files[k], threads) for k in ("adapter-input", "adapter-base") if k in files})
+        diffs.update(_verify_adapter_graphs(config, subject, batches, sessions, stage, external))
 
     _step(f"timing batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
-    latency = _latencies(config.repeats, subject, reference, merged, sessions)
+    latency = _latencies(config.repeats, subject, reference, merged, sessions, files)
     report = ExportReport(meta=subject.meta, factors_source=subject.factors_source, opset=opset, files=files,
                           diffs=diffs, latency_ms=latency, repeats=config.repeats, threads=threads)
     if splits is not None:
@@ -244,9 +261,14 @@ def _numpy_state(state: dict[str, torch.Tensor]) -> dict:
     return {name: value.float().numpy() for name, value in state.items()}
 
 
-def _verify_adapter_input(config, subject: Subject, batches, sessions, stage: Path, external: bool) -> dict:
-    """The one adapter-as-input graph fed user A (this adapter) and user B (a seeded other one)
-    must match each user's merged export; fails above the fp32 tolerance."""
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {name: list(value.shape) for name, value in state.items()}
+
+
+def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: Path, external: bool) -> dict:
+    """The one adapter-as-input graph fed user A (this adapter) and user B (a seeded other one),
+    and the shared base graph with A's and B's `.onnx_adapter` active, must match each user's
+    merged export; fails above the fp32 tolerance."""
     state_b = other_user_adapter(subject.state)
     model_b = copy.deepcopy(subject.model)
     load_adapter_state(model_b, state_b)
@@ -259,11 +281,25 @@ def _verify_adapter_input(config, subject: Subject, batches, sessions, stage: Pa
     del merged_b
     for path in stage.glob(merged_b_path.name + "*"):  # a scratch file, never moved into place
         path.unlink()
-    graph, user_a, user_b = sessions["adapter-input"], _numpy_state(subject.state), _numpy_state(state_b)
-    diffs = {
-        "adapter-as-input (user A) vs merged export A": max_diff_over(batches, out_a, lambda b: ort_logits(graph, b, user_a)),
-        "adapter-as-input (user B) vs merged export B": max_diff_over(batches, out_b, lambda b: ort_logits(graph, b, user_b)),
-    }
+    user_a, user_b = _numpy_state(subject.state), _numpy_state(state_b)
+    diffs = {}
+    if "adapter-input" in sessions:
+        graph = sessions["adapter-input"]
+        diffs["adapter-as-input (user A) vs merged export A"] = max_diff_over(
+            batches, out_a, lambda b: ort_logits(graph, b, user_a))
+        diffs["adapter-as-input (user B) vs merged export B"] = max_diff_over(
+            batches, out_b, lambda b: ort_logits(graph, b, user_b))
+    if "adapter-base" in sessions:
+        base, fingerprint, shapes = sessions["adapter-base"], subject.meta.basis_fingerprint, _shapes(subject.state)
+        user_b_path = stage / ("user-b.check" + SUFFIX)
+        write_onnx_adapter(user_b_path, user_b, fingerprint)
+        adapter_a = load_onnx_adapter(stage / config.output_name("onnx-adapter"), shapes, fingerprint)
+        adapter_b = load_onnx_adapter(user_b_path, shapes, fingerprint)
+        for user, adapter, expected in (("A", adapter_a, out_a), ("B", adapter_b, out_b)):
+            diffs[f"base + .onnx_adapter (user {user}) vs merged export {user}"] = max_diff_over(
+                batches, expected, lambda b: run_with_adapter(base, OUTPUT_NAME, b, adapter))
+        del adapter_a, adapter_b
+        user_b_path.unlink()
     for what, diff in diffs.items():
         _check_parity(what, diff)
     diffs["merged export A vs merged export B (how much the users differ)"] = max(
@@ -272,7 +308,8 @@ def _verify_adapter_input(config, subject: Subject, batches, sessions, stage: Pa
     return diffs
 
 
-def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict) -> dict:
+def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,
+               files: dict[str, Path]) -> dict:
     batch = latency_batch(subject.tokenizer, subject.token_names)
     tensors = [torch.from_numpy(batch[name]) for name in subject.token_names]
     user_a = _numpy_state(subject.state)
@@ -284,6 +321,12 @@ def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: L
     runs = {"fp32": ("onnxruntime fp32, merged", None), "int8": ("onnxruntime int8, merged", None),
             "adapter-input": ("onnxruntime fp32, adapter as input", user_a)}
     for kind, session in sessions.items():
-        label, adapter = runs[kind]
-        latency[label] = median_ms(lambda: ort_logits(session, batch, adapter), repeats)
+        if kind in runs:
+            label, adapter = runs[kind]
+            latency[label] = median_ms(lambda: ort_logits(session, batch, adapter), repeats)
+    if "adapter-base" in sessions:
+        loaded = load_onnx_adapter(files["onnx-adapter"], {n: list(v.shape) for n, v in user_a.items()},
+                                   subject.meta.basis_fingerprint)
+        latency["onnxruntime fp32, base + .onnx_adapter"] = median_ms(
+            lambda: run_with_adapter(sessions["adapter-base"], OUTPUT_NAME, batch, loaded), repeats)
     return latency
