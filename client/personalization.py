@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, save_adapter
 from shared.artifacts.blob import check_output_file
 from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
-from shared.artifacts.open_adapter import check_labels, open_adapter, read_adapter
+from shared.artifacts.open_adapter import check_labels, nested_adapter, open_adapter, read_adapter
 from shared.base_models import canonical_model_id, load_tokenizer, resolve_device
 from shared.crypto.at_rest import KeySource
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
@@ -100,9 +100,12 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     if start:
         check_labels(start, splits, config.data_dir)
     device = resolve_device(config.device)
+    nested = None
+    if start and config.rank and config.rank < start.meta.rank:  # mixed ranks: train the top-left block
+        start, nested = nested_adapter(start, config.rank, config.basis_file, config.data_dir)
     opened = open_adapter(
         start, base_model=config.model, task=task, labels=splits.labels,
-        lora=LoraXSConfig(rank=config.rank) if config.rank else None,
+        lora=LoraXSConfig(rank=config.rank) if config.rank else None, basis=nested,
         basis_file=config.basis_file, data_dir=config.data_dir, seed=config.seed,
     )
     model, basis, lora, labels = opened.model, opened.basis, opened.lora, opened.labels

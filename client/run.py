@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"most passes over the training split; early stopping may end sooner (default: "
         f"{RECIPE.step_budget} steps as {RECIPE.min_epochs}-{RECIPE.max_epochs} epochs)"))
     local.add_argument("--model", help="base model id or folder (default: the packaged MiniLM)")
-    local.add_argument("--rank", type=int, help=f"LoRA-XS rank without --adapter (default {LoraXSConfig.rank})")
+    local.add_argument("--rank", type=int, help=f"LoRA-XS rank without --adapter (default {LoraXSConfig.rank}); "
+                       "with one, a smaller rank trains only its top-left block (mixed ranks)")
     local.add_argument("--task", choices=TASKS, help="default: from the adapter, else from the files")
     local.add_argument("--lr", type=float, help=f"learning rate of the r x r matrices (default {RECIPE.lr:g})")
     local.add_argument("--head-lr", type=float, help=(

@@ -125,6 +125,23 @@ def test_a_read_only_data_folder_caches_the_factors_in_the_user_cache(tiny_bert_
     assert snapshot(data) == before
 
 
+def test_a_smaller_rank_trains_the_top_left_block_of_the_global_adapter(tiny_bert_dir, data_dir, tmp_path, capsys):
+    """Mixed ranks on a device: --rank 2 with a rank-4 adapter trains its top-left 2 x 2 blocks
+    on the nested factors, with the federation's scale alpha / r (alpha halves with the rank)."""
+    start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
+    out = tmp_path / "small.safetensors"
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir,
+                           "--rank", 2, "--out", out)
+    assert code == 0, err
+    state, meta = load_adapter(out)
+    _, start_meta = load_adapter(start)
+    assert meta.rank == 2 and meta.alpha / meta.rank == start_meta.alpha / start_meta.rank
+    assert all(tuple(v.shape) == (2, 2) for k, v in state.items() if k.endswith("lora_R"))
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir,
+                           "--rank", 8, "--out", tmp_path / "big.safetensors")
+    assert code == 1 and "cannot exceed it" in err
+
+
 def test_basis_file_shipped_by_the_server_is_used(tiny_bert_dir, data_dir, tmp_path, capsys):
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])

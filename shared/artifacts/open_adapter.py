@@ -13,7 +13,7 @@ pass the basis file the server shipped. A ClientApp derives a federation's facto
 (`derived_basis`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from shared.data.text_splits import TextSplits
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.mixed_rank import truncated_factors
 from shared.loraxs.model import compute_basis, load_adapter_state
 
 DERIVED_SOURCE = "the factors derived from the base model"
@@ -62,11 +63,31 @@ def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
     elif canonical_model_id(meta.base_model) != canonical_model_id(None):
         raise LoraXSError(f"{path} was trained on base model {meta.base_model[:200]!r}, not the default one; "
                           "to load that model, pass --model with it")
-    if rank is not None and rank != meta.rank:
-        raise LoraXSError(f"{path} has rank {meta.rank}, but --rank is {rank}")
+    if rank is not None and rank > meta.rank:
+        raise LoraXSError(f"{path} has rank {meta.rank}; --rank {rank} cannot exceed it "
+                          "(a smaller --rank trains its top-left block)")
     if task is not None and task != meta.task:
         raise LoraXSError(f"{path} is for task {meta.task}, but --task is {task}")
     return AdapterFile(Path(path), state, meta)
+
+
+def nested_adapter(adapter: AdapterFile, rank: int, basis_file: Path | None = None,
+                   data_dir: Path | None = None) -> tuple[AdapterFile, Basis]:
+    """The adapter as a device at rank r' < r trains it (mixed ranks): the top-left r' x r' block
+    of each R, the nested factors (first r' columns of B, rows of A), and the same scale
+    alpha / r (so alpha becomes alpha * r' / r). Its factors are looked up or derived first."""
+    meta = adapter.meta
+    basis, _ = find_basis(canonical_model_id(meta.base_model), meta.basis_fingerprint, basis_file, data_dir)
+    if basis is None:
+        lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets,
+                            svd_method=meta.extra.get("svd_method", "canonical"),
+                            basis_dtype=meta.extra.get("basis_dtype", "fp32"))
+        basis = derived_basis(meta.base_model, meta.task, lora, meta.basis_fingerprint,
+                              pooling=meta.extra.get("pooling", "pooler"))
+    nested = Basis(rank, truncated_factors(basis.factors, rank))
+    state = {k: v[:rank, :rank].clone() if k.endswith("lora_R") else v for k, v in adapter.state.items()}
+    small = replace(meta, rank=rank, alpha=meta.alpha * rank / meta.rank, basis_fingerprint=nested.fingerprint)
+    return AdapterFile(adapter.path, state, small), nested
 
 
 def check_labels(adapter: AdapterFile, splits: TextSplits, data_dir: Path) -> None:
