@@ -1,0 +1,417 @@
+"""A SuperLink under load: N SuperNodes on loopback (one process each), R federated rounds, for
+several N, to see what one SuperLink serves and where a one-machine deployment breaks.
+
+    python -m benchmarks.deployment_load [--nodes 10 25 50] [--rounds 3] [--model tiny|minilm]
+                                         [--examples 20] [--level-timeout 900] [--min-free-gib 3]
+
+For each N: a SuperLink and N SuperNodes (deployment/local.py), each on its own data folder of
+synthetic reviews, then `flwr run` with every node training in every round. Measured:
+  - seconds until all N SuperNodes are online, and per round (the ServerApp's report.json);
+  - bytes up / down per round (the report's byte counters: serialized arrays, factors included);
+  - CPU seconds and peak memory (RSS) of the SuperLink process tree, sampled every 0.5 s from
+    /proc through psutil: flower-superlink itself, and with its flower-superexec and flwr-serverapp;
+  - the peak number of flwr-clientapp processes alive at once, the peak RSS of everything started,
+    and the machine's lowest MemAvailable.
+A level that runs out of time, or brings MemAvailable under --min-free-gib (then it is stopped
+before the kernel's OOM killer picks a process of someone else), is recorded as broken with the
+reason; larger levels are then skipped. Every process a level starts carries an environment tag;
+after the level none may be left (any leftover is killed and the benchmark fails).
+Results: benchmarks/results/deployment_load.json and .md.
+
+Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of tests/tiny_models.py, rank 4. On a
+2-core machine a round costs every node a fresh flwr-clientapp process (torch + transformers
+imports, ~5 CPU-seconds, benchmarks/results/deployment_overhead.md) whatever the model, so the
+client side is what saturates; MiniLM would add its training and model load per message on top
+and leave no room to see the SuperLink itself. `minilm` is there for a small N.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from benchmarks.deployment_overhead import LABELS, write_synthetic_reviews
+from deployment.local import DeploymentConfig, LocalDeployment
+from deployment.supernode import quoted_config_value
+from shared.errors import LoraXSError
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TAG_VARIABLE = "LORAXS_LOAD_RUN"  # every process a level starts inherits it
+SUPERLINK_TREE = ("flower-superlink", "flower-superexec", "flwr-serverapp")
+SAMPLE_EVERY_S = 0.5
+IDLE_WINDOW_S = 10.0  # SuperLink CPU with all nodes connected and no run: the cost of their polling
+GIB = 1024 ** 3
+
+
+@dataclass
+class Samples:
+    """What the sampler saw during one level."""
+
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds (user + system)
+    peak_rss: dict[str, int] = field(default_factory=dict)  # role -> peak summed RSS, bytes
+    peak_clientapps: int = 0
+    peak_everything_rss: int = 0
+    min_available: int = 0
+    samples: int = 0
+
+
+def role_of(proc: psutil.Process) -> str:
+    """flower-superlink / flower-superexec / flwr-serverapp / flwr-clientapp / flower-supernode / other."""
+    try:
+        text = " ".join(proc.cmdline()[:3])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "gone"
+    for name in ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flower-supernode"):
+        if name in text:
+            return name
+    return "other"
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Processes whose environment holds our tag: everything a level started, however detached."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+class Sampler(threading.Thread):
+    """Samples the tagged processes every 0.5 s; `over_memory` is set when MemAvailable drops
+    under the floor. CPU seconds per process are its last seen cumulative times, summed per role
+    (a flwr-clientapp that lived between two samples is missed: its CPU is the clients', not the
+    SuperLink's, and the SuperLink tree lives for the whole level)."""
+
+    def __init__(self, tag: str, min_free: int):
+        super().__init__(daemon=True)
+        self.tag, self.min_free = tag, min_free
+        self.result = Samples(min_available=psutil.virtual_memory().available)
+        self.over_memory = threading.Event()
+        self._halt = threading.Event()
+        self._procs: dict[int, psutil.Process] = {}
+        self._roles: dict[int, str] = {}
+        self._cpu: dict[int, float] = {}
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(SAMPLE_EVERY_S)
+
+    def sample(self) -> None:
+        rss: dict[str, int] = {}
+        clientapps = 0
+        for pid in tagged_pids(self.tag):
+            if pid not in self._procs:
+                try:
+                    self._procs[pid] = psutil.Process(pid)
+                except psutil.NoSuchProcess:
+                    continue
+                self._roles[pid] = role_of(self._procs[pid])
+            proc, role = self._procs[pid], self._roles[pid]
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    memory = proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            self._cpu[pid] = times.user + times.system
+            rss[role] = rss.get(role, 0) + memory
+            clientapps += role == "flwr-clientapp"
+        result = self.result
+        result.samples += 1
+        for role, value in rss.items():
+            result.peak_rss[role] = max(result.peak_rss.get(role, 0), value)
+        result.peak_everything_rss = max(result.peak_everything_rss, sum(rss.values()))
+        result.peak_clientapps = max(result.peak_clientapps, clientapps)
+        available = psutil.virtual_memory().available
+        result.min_available = min(result.min_available, available)
+        if available < self.min_free:
+            self.over_memory.set()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        cpu: dict[str, float] = {}
+        for pid, seconds in list(self._cpu.items()):
+            cpu[self._roles[pid]] = cpu.get(self._roles[pid], 0.0) + seconds
+        return cpu
+
+    def stop(self) -> Samples:
+        self._halt.set()
+        self.join(timeout=10)
+        self.result.cpu_s = {role: round(value, 2) for role, value in self.cpu_by_role().items()}
+        return self.result
+
+
+def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout: float) -> str:
+    values = {
+        "num-clients": nodes, "num-server-rounds": rounds, "fraction-train": 1.0, "min-train-nodes": 1,
+        "final-eval-fraction": 0.0, "dataset": "", "labels": ",".join(LABELS), "personalize": "none",
+        "local-epochs": 1.0, "batch-size": 8, "max-length": 32, "round-timeout": round_timeout,
+        "out-dir": str(out_dir),
+    }
+    if model == "tiny":
+        values.update({"model": str(tiny_model_dir()), "rank": 4})
+    else:
+        values.update({"rank": 16})
+    return " ".join(f"{k}={quoted_config_value(v) if isinstance(v, str) else v}" for k, v in values.items())
+
+
+_TINY: list[Path] = []
+
+
+def tiny_model_dir() -> Path:
+    if not _TINY:
+        from tests.tiny_models import make_tiny_bert
+
+        folder = Path(tempfile.mkdtemp(prefix="loraxs-load-model-"))
+        _TINY.append(make_tiny_bert(folder / "tiny-bert"))
+    return _TINY[0]
+
+
+def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float, min_free: int,
+              workdir: Path) -> dict:
+    """One level: N SuperNodes, R rounds; everything it started is gone when it returns."""
+    tag = uuid.uuid4().hex
+    os.environ[TAG_VARIABLE] = tag  # inherited by the SuperLink, SuperNodes and all they start
+    data_dirs = tuple(write_synthetic_reviews(workdir / f"node-{i}", examples) for i in range(nodes))
+    out_dir = workdir / "server-out"
+    config = run_config(nodes, rounds, model, out_dir, round_timeout=timeout)
+    level = {"nodes": nodes, "rounds_asked": rounds, "broken": None}
+    sampler = Sampler(tag, min_free)
+    cpu_at_submission = None
+    started = time.monotonic()
+    deadline = started + timeout
+    try:
+        sampler.start()
+        with LocalDeployment(DeploymentConfig(data_dirs=data_dirs, workdir=workdir / "deployment")) as deployment:
+            try:
+                deployment.wait_for_supernodes(timeout=max(60.0, min(timeout / 2, 2.0 * nodes)))
+            except LoraXSError as err:
+                level["broken"] = f"registration: {err}"
+                return level
+            level["seconds_until_all_online"] = round(time.monotonic() - started, 1)
+            sampler.sample()  # idle: N nodes connected, polling, no run yet
+            idle_from, idle_started = sampler.cpu_by_role().get("flower-superlink", 0.0), time.monotonic()
+            time.sleep(IDLE_WINDOW_S)
+            sampler.sample()
+            cpu_at_submission = sampler.cpu_by_role()
+            level["superlink_idle_cores"] = round(
+                (cpu_at_submission.get("flower-superlink", 0.0) - idle_from) / (time.monotonic() - idle_started), 4)
+            with open(workdir / "flwr-run.log", "ab") as log:
+                submitted = time.monotonic()
+                flwr_run = subprocess.Popen(deployment.flwr_run_command(".", config), env=deployment.cli_env(),
+                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    while flwr_run.poll() is None:
+                        if sampler.over_memory.is_set():
+                            level["broken"] = (f"memory: MemAvailable fell under {min_free / GIB:.1f} GiB "
+                                               "(stopped before the OOM killer)")
+                            break
+                        if time.monotonic() > deadline:
+                            level["broken"] = f"timeout: the run did not finish within {timeout:.0f} s"
+                            break
+                        deployment.check_running()
+                        time.sleep(0.5)
+                finally:
+                    if flwr_run.poll() is None:
+                        flwr_run.terminate()
+                        try:
+                            flwr_run.wait(10)
+                        except subprocess.TimeoutExpired:
+                            flwr_run.kill()
+                            flwr_run.wait()
+            level["run_seconds"] = round(time.monotonic() - submitted, 1)
+            if level["broken"] is None and flwr_run.returncode != 0:
+                level["broken"] = f"flwr run exited with {flwr_run.returncode} (see {workdir / 'flwr-run.log'})"
+    except LoraXSError as err:
+        level["broken"] = level["broken"] or f"deployment: {err}"
+    finally:
+        samples = sampler.stop()
+        level["leftover_processes"] = reap(tag)
+        del os.environ[TAG_VARIABLE]
+    level.update(summarize_samples(samples))
+    if cpu_at_submission is not None:  # the run alone, without start-up and registration
+        run_cpu = {role: samples.cpu_s.get(role, 0.0) - cpu_at_submission.get(role, 0.0) for role in SUPERLINK_TREE}
+        level["superlink_run_cpu_s"] = round(run_cpu["flower-superlink"], 2)
+        level["superlink_tree_run_cpu_s"] = round(sum(run_cpu.values()), 2)
+    report = out_dir / "report.json"
+    if report.is_file():
+        level.update(from_report(json.loads(report.read_text())))
+    if level["broken"] is None and level.get("rounds_completed", 0) < rounds:
+        level["broken"] = f"only {level.get('rounds_completed', 0)} of {rounds} rounds in the report"
+    return level
+
+
+def reap(tag: str) -> int:
+    """Kills whatever of ours outlived the deployment's own stop (there should be nothing)."""
+    deadline = time.monotonic() + 20
+    while (left := tagged_pids(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(left)
+
+
+def summarize_samples(samples: Samples) -> dict:
+    tree_cpu = sum(samples.cpu_s.get(role, 0.0) for role in SUPERLINK_TREE)
+    tree_rss = sum(samples.peak_rss.get(role, 0) for role in SUPERLINK_TREE)
+    return {
+        "superlink_cpu_s": samples.cpu_s.get("flower-superlink", 0.0),
+        "superlink_tree_cpu_s": round(tree_cpu, 2),
+        "superlink_peak_rss_mib": round(samples.peak_rss.get("flower-superlink", 0) / 2 ** 20, 1),
+        "superlink_tree_peak_rss_mib": round(tree_rss / 2 ** 20, 1),
+        "cpu_s_by_role": samples.cpu_s,
+        "peak_rss_mib_by_role": {role: round(v / 2 ** 20, 1) for role, v in samples.peak_rss.items()},
+        "peak_clientapps_alive": samples.peak_clientapps,
+        "peak_rss_everything_mib": round(samples.peak_everything_rss / 2 ** 20, 1),
+        "min_mem_available_gib": round(samples.min_available / GIB, 2),
+        "samples": samples.samples,
+    }
+
+
+def from_report(report: dict) -> dict:
+    rounds = report.get("rounds", [])
+    seconds = [r["seconds"] for r in rounds if r.get("seconds") is not None]
+    return {
+        "rounds_completed": len(rounds),
+        "round_seconds": seconds,
+        "round_seconds_median": statistics.median(seconds) if seconds else None,
+        "clients_trained": [r["clients_trained"] for r in rounds],
+        "failures": [r.get("failures", {}) for r in rounds],
+        "bytes_up_per_round": [r["bytes_up"] for r in rounds],
+        "bytes_down_per_round": [r["bytes_down"] for r in rounds],
+        "basis_bytes_down_per_round": [r["basis_bytes_down"] for r in rounds],
+        "bytes_up_per_client_per_round": report["final"].get("bytes_up_per_client_per_round"),
+        "bytes_down_per_client_per_round": report["final"].get("bytes_down_per_client_per_round"),
+        "server_wall_seconds": report["final"].get("wall_seconds"),
+    }
+
+
+def markdown(levels: list[dict], meta: dict) -> str:
+    lines = [
+        "# One SuperLink under load (SuperNodes as processes on loopback)",
+        "",
+        f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, {meta['memory_gib']} GiB), "
+        f"model {meta['model']}, {meta['examples']} synthetic reviews per node, every node trains every "
+        f"round, {meta['rounds']} rounds. Command: `{meta['command']}`. SuperLink tree = flower-superlink + "
+        "flower-superexec + flwr-serverapp; CPU = user + system seconds over the whole level.",
+        "",
+        "| SuperNodes | all online after (s) | round seconds (median; each) | bytes up / round | "
+        "bytes down / round (round 1; later) | SuperLink CPU s, whole level (tree) | SuperLink peak RSS MiB (tree) | "
+        "flwr-clientapp alive at once (peak) | RSS of everything, peak MiB | lowest MemAvailable GiB | result |",
+        "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for lv in levels:
+        if lv.get("skipped"):
+            lines.append(f"| {lv['nodes']} | | | | | | | | | | skipped: {lv['skipped']} |")
+            continue
+        rounds = lv.get("round_seconds") or []
+        each = ", ".join(f"{s:.1f}" for s in rounds)
+        med = f"{lv['round_seconds_median']:.1f} ({each})" if rounds else "-"
+        up = lv.get("bytes_up_per_round") or []
+        down = lv.get("bytes_down_per_round") or []
+        up_text = f"{statistics.median(up):,.0f}" if up else "-"
+        down_text = f"{down[0]:,}; {down[-1]:,}" if len(down) > 1 else (f"{down[0]:,}" if down else "-")
+        lines.append(
+            f"| {lv['nodes']} | {lv.get('seconds_until_all_online', '-')} | {med} | {up_text} | {down_text} | "
+            f"{lv['superlink_cpu_s']:.1f} ({lv['superlink_tree_cpu_s']:.1f}) | "
+            f"{lv['superlink_peak_rss_mib']:.0f} ({lv['superlink_tree_peak_rss_mib']:.0f}) | "
+            f"{lv['peak_clientapps_alive']} | {lv['peak_rss_everything_mib']:.0f} | {lv['min_mem_available_gib']:.2f} | "
+            f"{'ok' if not lv['broken'] else 'BROKE: ' + lv['broken']} |"
+        )
+    ok = [lv for lv in levels if not lv.get("skipped") and not lv["broken"] and lv.get("round_seconds")]
+    if ok:
+        lines += ["", "Per message, from the levels that completed (train messages = nodes x rounds):", ""]
+        for lv in ok:
+            messages = lv["nodes"] * lv["rounds_completed"]
+            lines.append(
+                f"- {lv['nodes']} nodes: during the run (after registration) flower-superlink used "
+                f"{lv['superlink_run_cpu_s']:.1f} CPU s = {lv['superlink_run_cpu_s'] / messages * 1000:.0f} ms per train "
+                f"message ({messages} = {lv['nodes']} x {lv['rounds_completed']}), the SuperLink tree (with the "
+                f"ServerApp) {lv['superlink_tree_run_cpu_s']:.1f} s = {lv['superlink_tree_run_cpu_s'] / messages * 1000:.0f} ms; "
+                f"a round of {lv['nodes']} took {lv['round_seconds_median']:.1f} s "
+                f"({lv['round_seconds_median'] / lv['nodes']:.2f} s per node). flower-superlink kept "
+                f"{lv['superlink_run_cpu_s'] / lv['run_seconds']:.3f} cores busy during the run, "
+                f"{lv['superlink_idle_cores']:.3f} with the {lv['nodes']} nodes connected and idle."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deployment_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="SuperNodes per level")
+    parser.add_argument("--rounds", type=int, default=3, help="federated rounds per level")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
+    parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
+    parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
+    parser.add_argument("--min-free-gib", type=float, default=3.0,
+                        help="stop a level when the machine's MemAvailable falls under this")
+    parser.add_argument("--out", default=str(RESULTS / "deployment_load"), help="results path without suffix")
+    args = parser.parse_args(argv)
+    if min(args.nodes) < 1 or args.rounds < 1:
+        raise SystemExit("--nodes and --rounds must be positive")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    levels: list[dict] = []
+    broke_at = None
+    started = time.time()
+    for nodes in sorted(args.nodes):
+        if broke_at is not None:
+            levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
+            continue
+        print(f"level: {nodes} SuperNodes, {args.rounds} rounds ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"loraxs-load-{nodes}-") as tmp:
+            level = run_level(nodes, args.rounds, args.model, args.examples, args.level_timeout,
+                              int(args.min_free_gib * GIB), Path(tmp))
+        levels.append(level)
+        print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
+        if level["broken"]:
+            broke_at = nodes
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "model": "tiny seeded BERT (tests/tiny_models.py), rank 4" if args.model == "tiny"
+        else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
+        "examples": args.examples,
+        "rounds": args.rounds,
+        "command": "python -m benchmarks.deployment_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "wall_s": round(time.time() - started, 1),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "levels": levels}, indent=2) + "\n")
+    table = markdown(levels, meta)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    for path in _TINY:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    leftovers = sum(lv.get("leftover_processes", 0) for lv in levels)
+    if leftovers:
+        print(f"error: {leftovers} process(es) outlived their level (killed)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
