@@ -33,15 +33,17 @@ QUICK = RESULTS / "quick"
 @dataclass(frozen=True)
 class Benchmark:
     """One registered benchmark. candidates: (module, result file stem) alternatives; quick /
-    full: its arguments, "{out}" standing for the results folder; timeout in seconds (full)."""
+    full: its arguments, "{out}" standing for the results folder (quick None: not in the quick
+    subset); fixed_out: it always writes into benchmarks/results/ (no --out); timeout in seconds."""
 
     name: str
     item: str
     runner: str
     candidates: tuple[tuple[str, str], ...]
-    quick: tuple[str, ...] = ("--quick", "--out", "{out}")
+    quick: tuple[str, ...] | None = ("--quick", "--out", "{out}")
     full: tuple[str, ...] = ("--out", "{out}")
     timeout: float = 900.0
+    fixed_out: bool = False
 
     def resolve(self) -> tuple[str, str] | None:
         for module, result in self.candidates:
@@ -61,26 +63,37 @@ class Benchmark:
         found = self.resolve()
         return found[1] if found else self.candidates[0][1]
 
+    def folder(self, out: Path) -> Path:
+        """Where its result files are: `out`, or benchmarks/results/ for a fixed_out benchmark."""
+        return RESULTS if self.fixed_out else out
 
+
+# Others' benchmarks (issues 11, 12/13, 15, DP / poisoning) are run with their own defaults; they
+# join the quick subset when they get a quick mode that writes into --out.
 REGISTRY = (
     Benchmark("bytes_per_round", "1 Bytes", "`wire_bytes` of Flower Messages built as the apps build them",
               (("benchmarks.bytes_per_round", "bytes_per_round"),), timeout=600),
-    Benchmark("participation_bytes", "1 Bytes (derived factors, issue 11)",
-              "`wire_bytes` per participation, factors derived vs shipped",
-              (("benchmarks.participation_bytes", "participation_bytes"),), timeout=900),
+    Benchmark("participation_bytes", "1 Bytes per participation (derived factors, issue 11)",
+              "real ServerApp + ClientApp on the in-process Grid, `wire_bytes`",
+              (("benchmarks.participation_bytes", "participation_bytes"),), quick=None, full=(),
+              fixed_out=True),
     Benchmark("pareto", "2 Accuracy vs bytes", "in-process FedAvg loop `benchmarks/federated_loop.py` (same "
               "sampling, data and `shared/training.py` for every method)",
               (("benchmarks.pareto", "pareto"),), timeout=1800),
     Benchmark("personalization", "3 Personalization", "its own (issue 12/13)",
-              (("benchmarks.personalization", "personalization"),)),
-    Benchmark("privacy_robustness", "4 Privacy and robustness", "its own (DP, poisoning)",
-              (("benchmarks.privacy_robustness", "privacy_robustness"), ("benchmarks.robustness", "robustness"))),
+              (("benchmarks.personalization", "personalization"),), quick=None),
+    Benchmark("robustness", "4 Privacy and robustness", "`flower-simulation` (DP, poisoning)",
+              (("benchmarks.robustness", "robustness"), ("benchmarks.privacy_robustness", "privacy_robustness")),
+              quick=None, full=(), timeout=3000, fixed_out=True),
     Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
               "`flower-simulation` (Ray) for round times and RSS",
               (("benchmarks.speed_memory", "speed_memory"),), timeout=1200),
     Benchmark("onnx", "6 ONNX", "`client.export` (onnxruntime)",
-              (("benchmarks.onnx", "onnx"), ("benchmarks.export", "export")),
-              quick=("--train", "0", "--test", "100", "--repeats", "5", "--out", "{out}")),
+              (("benchmarks.onnx", "onnx"), ("benchmarks.export", "export")), quick=None),
+    Benchmark("int8_recipes", "6 ONNX int8 on trained adapters", "onnxruntime quantization recipes",
+              (("benchmarks.int8_recipes", "int8_recipes"),), quick=None),
+    Benchmark("predict_startup", "6 ONNX start-up", "`client.predict` vs the PyTorch path, fresh processes",
+              (("benchmarks.predict_startup", "predict_startup"),), quick=None),
 )
 
 
@@ -96,6 +109,8 @@ def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
         return {"state": "missing", "module": bench.modules[0],
                 "error": f"no module {' or '.join(bench.modules)} (not built yet)", "seconds": 0.0}
     module, _ = found
+    if quick and bench.quick is None:
+        return {"state": "not in the quick subset", "module": module, "seconds": 0.0}
     args = [a.replace("{out}", str(out)) for a in (bench.quick if quick else bench.full)]
     command = [sys.executable, "-m", module, *args]
     logs = out / "logs"

@@ -8,6 +8,7 @@ error line, missing, not run this time). Pure text work: no benchmark runs here.
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 STATUS_FILE = "all_status.json"
@@ -36,6 +37,14 @@ def _relinked(markdown: str, results: Path, page: Path) -> str:
 def _demoted(markdown: str) -> str:
     """Headings of an included file pushed two levels down, below the page's own."""
     return re.sub(r"^(#{1,4}) ", lambda m: "#" * min(6, len(m.group(1)) + 2) + " ", markdown, flags=re.M)
+
+
+def _date(document: dict, path: Path) -> str:
+    """When a result file was made: its own date field, else the file's modification time."""
+    for where in (document.get("machine"), document, document.get("config"), document.get("meta")):
+        if isinstance(where, dict) and where.get("date"):
+            return str(where["date"])
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ (file time)", time.gmtime(path.stat().st_mtime))
 
 
 def _status_line(status: dict | None) -> str:
@@ -68,13 +77,13 @@ def build_page(registry, results: Path, page: Path, run: dict) -> str:
     documents = {}
     for bench in registry:
         status = statuses.get(bench.name)
-        document = load_json(results / f"{bench.result}.json") if bench.result else None
+        folder = bench.folder(results)
+        document = load_json(folder / f"{bench.result}.json")
         if status and status.get("state") in ("failed", "missing"):
             document = document if status.get("state") == "failed" else None
         documents[bench.name] = document
-        when = (document.get("machine", {}).get("date") or document.get("date")
-                or document.get("config", {}).get("date", "?")) if document else "—"
-        module = (status or {}).get("module") or bench.modules[0]
+        when = _date(document, folder / f"{bench.result}.json") if document else "—"
+        module = (status or {}).get("module") or (bench.resolve() or bench.candidates[0])[0]
         lines.append(f"| {bench.item} | {bench.name} | `{module}` | {bench.runner} | {_status_line(status)} | {when} |")
 
     lines += ["", "## Goals", "", "| benchmark | goal | measured | met | what limits it |", "|---|---|---|---|---|"]
@@ -93,17 +102,18 @@ def build_page(registry, results: Path, page: Path, run: dict) -> str:
         lines += ["", f"## {bench.item}: {bench.name}", ""]
         status = statuses.get(bench.name)
         document = documents[bench.name]
-        markdown_file = results / f"{bench.result}.md" if bench.result else None
+        folder = bench.folder(results)
+        markdown_file = folder / f"{bench.result}.md"
         if status and status.get("state") == "missing":
             lines.append(f"Missing: {status['error']}")
             continue
         if status and status.get("state") == "failed":
             lines.append(f"Failed this time: `{status['error']}`" + (" (the results below are older)" if document else ""))
-        if document is None or markdown_file is None or not markdown_file.exists():
+        if document is None or not markdown_file.exists():
             lines.append("No results yet.")
             continue
         lines.append(f"Command: `{document.get('command', document.get('config', {}).get('command', '?'))}`; runner: {bench.runner}.")
-        lines += ["", _demoted(_relinked(markdown_file.read_text().strip(), results, page))]
+        lines += ["", _demoted(_relinked(markdown_file.read_text().strip(), folder, page))]
     return "\n".join(lines) + "\n"
 
 
