@@ -2,7 +2,7 @@
 several N, to see what one SuperLink serves and where a one-machine deployment breaks.
 
     python -m benchmarks.deployment_load [--nodes 10 25 50] [--rounds 3] [--model tiny|minilm]
-                                         [--examples 20] [--level-timeout 900] [--min-free-gib 3]
+                                         [--examples 20] [--level-timeout 900] [--min-free-gib 4]
 
 For each N: a SuperLink and N SuperNodes (deployment/local.py), each on its own data folder of
 synthetic reviews, then `flwr run` with every node training in every round. Measured:
@@ -12,9 +12,9 @@ synthetic reviews, then `flwr run` with every node training in every round. Meas
     /proc through psutil: flower-superlink itself, and with its flower-superexec and flwr-serverapp;
   - the peak number of flwr-clientapp processes alive at once, the peak RSS of everything started,
     and the machine's lowest MemAvailable.
-A level that runs out of time, or brings MemAvailable under --min-free-gib (then it is stopped
-before the kernel's OOM killer picks a process of someone else), is recorded as broken with the
-reason; larger levels are then skipped. Every process a level starts carries an environment tag;
+A level that runs out of time, or brings MemAvailable under --min-free-gib (its flwr-clientapp
+processes are killed at once, then the level is stopped, before the kernel's OOM killer picks a
+process of someone else), is recorded as broken with the reason; larger levels are skipped. Every process a level starts carries an environment tag;
 after the level none may be left (any leftover is killed and the benchmark fails).
 Results: benchmarks/results/deployment_load.json and .md.
 
@@ -52,6 +52,7 @@ RESULTS = REPO / "benchmarks" / "results"
 TAG_VARIABLE = "LORAXS_LOAD_RUN"  # every process a level starts inherits it
 SUPERLINK_TREE = ("flower-superlink", "flower-superexec", "flwr-serverapp")
 SAMPLE_EVERY_S = 0.5
+MEMORY_CHECK_EVERY_S = 0.1
 IDLE_WINDOW_S = 10.0  # SuperLink CPU with all nodes connected and no run: the cost of their polling
 GIB = 1024 ** 3
 
@@ -112,7 +113,11 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             self.sample()
-            self._halt.wait(SAMPLE_EVERY_S)
+            for _ in range(int(SAMPLE_EVERY_S / MEMORY_CHECK_EVERY_S)):  # memory checked more often
+                if self._halt.wait(MEMORY_CHECK_EVERY_S):
+                    return
+                if psutil.virtual_memory().available < self.min_free:
+                    self.sample()
 
     def sample(self) -> None:
         rss: dict[str, int] = {}
@@ -144,6 +149,17 @@ class Sampler(threading.Thread):
         result.min_available = min(result.min_available, available)
         if available < self.min_free:
             self.over_memory.set()
+            self.kill_clientapps()
+
+    def kill_clientapps(self) -> None:
+        """Memory runs out: our flwr-clientapp processes go at once (50 of them grow by ~2 GB/s
+        while importing torch), before the orderly stop and before the OOM killer picks anyone's."""
+        for pid, proc in list(self._procs.items()):
+            if self._roles.get(pid) == "flwr-clientapp":
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
 
     def cpu_by_role(self) -> dict[str, float]:
         cpu: dict[str, float] = {}
@@ -201,7 +217,7 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
         sampler.start()
         with LocalDeployment(DeploymentConfig(data_dirs=data_dirs, workdir=workdir / "deployment")) as deployment:
             try:
-                deployment.wait_for_supernodes(timeout=max(60.0, min(timeout / 2, 2.0 * nodes)))
+                deployment.wait_for_supernodes(timeout=max(120.0, min(timeout / 2, 6.0 * nodes)))
             except LoraXSError as err:
                 level["broken"] = f"registration: {err}"
                 return level
@@ -363,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
     parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
-    parser.add_argument("--min-free-gib", type=float, default=3.0,
+    parser.add_argument("--min-free-gib", type=float, default=4.0,
                         help="stop a level when the machine's MemAvailable falls under this")
     parser.add_argument("--out", default=str(RESULTS / "deployment_load"), help="results path without suffix")
     args = parser.parse_args(argv)
