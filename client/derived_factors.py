@@ -7,9 +7,11 @@ only when their fingerprint is the announced one, and says what it did in its re
 a node that could not derive them answers "unknown-fingerprint" and is shipped them.
 """
 
+from functools import lru_cache
+
 from client.node_state import NodeState
 from shared.artifacts.open_adapter import derived_basis
-from shared.base_models import canonical_model_id
+from shared.base_models import canonical_model_id, load_base_model
 from shared.errors import LoraXSError
 from shared.federation.basis_recipe import BasisRecipe
 from shared.federation.protocol import DERIVED, MISMATCH
@@ -28,8 +30,16 @@ def derive_announced_factors(message_config, config: FederationConfig, state: No
     if recipe != BasisRecipe.of(model_id, lora):
         return MISMATCH
     try:
-        basis = derived_basis(model_id, config.task, lora, fingerprint)
+        basis = derived_basis(model_id, config.task, lora, fingerprint, model=_base_model(model_id, config.task))
     except LoraXSError:  # another fingerprint (or the model would not load): the bundle will come
         return MISMATCH
     state.store_basis(basis, model_id)
     return DERIVED
+
+
+@lru_cache(maxsize=1)
+def _base_model(model_id: str, task: str):
+    """The base weights, loaded once per process and only read: a Ray worker serves many
+    simulated nodes in turn, and each still runs its own SVD (in deployment every message is a
+    fresh process, so this saves nothing there)."""
+    return load_base_model(model_id, task)

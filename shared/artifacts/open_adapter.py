@@ -129,10 +129,12 @@ def find_basis(base_model: str, fingerprint: str | None, basis_file: Path | None
 
 
 def derived_basis(base_model: str, task: str, lora: LoraXSConfig, fingerprint: str,
-                  pooling: str | None = None) -> Basis:
+                  pooling: str | None = None, model: nn.Module | None = None) -> Basis:
     """The factors derived on this device from the base weights by `lora`'s recipe, checked
-    against `fingerprint` (LoraXSError when they differ). The head is not part of the factors."""
-    model = load_base_model(canonical_model_id(base_model), task, pooling=pooling)
+    against `fingerprint` (LoraXSError when they differ). The head is not part of the factors.
+    `model`: the base model already loaded (only read)."""
+    if model is None:
+        model = load_base_model(canonical_model_id(base_model), task, pooling=pooling)
     basis = compute_basis(model, lora)
     check_fingerprint(basis, fingerprint, DERIVED_SOURCE)
     return basis
