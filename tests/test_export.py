@@ -204,8 +204,25 @@ def test_adapter_as_input_matches_each_users_merged_model(bert_export, bert_adap
 
 
 def test_int8_is_smaller_close_and_reports_accuracy(bert_export):
+    import onnx
+
     folder = bert_export["folder"]
-    assert (folder / "model.int8.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+    assert (folder / "model.int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+    graph = onnx.load(folder / "model.int8.onnx").graph
+    fp32 = onnx.load(folder / "model.onnx").graph
+    constant = {t.name for t in fp32.initializer}
+    linear = [n for n in fp32.node if n.op_type in ("MatMul", "Gemm") and any(i in constant for i in n.input)]
+    weights = {t.name: t for t in graph.initializer}
+    int8_matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(int8_matmuls) == len(linear) - 1 > 0  # every Linear but the head
+    for node in int8_matmuls:  # the recipe: int8 weights with one zero point (and scale) per output channel
+        weight = weights[node.input[1]]
+        assert weight.data_type == onnx.TensorProto.INT8
+        assert list(weights[node.input[3]].dims) == [weight.dims[1]]
+    head = next(n for n in graph.node if "logits" in n.output)
+    assert head.op_type in ("Gemm", "Add", "MatMul")  # fp32, not a quantized op
+    embedding = next(n for n in graph.node if n.op_type == "Gather" and "word_embeddings" in n.input[0])
+    assert weights[embedding.input[0]].data_type == onnx.TensorProto.FLOAT  # embeddings stay fp32
     batch = device_batch(folder, TEXTS)
     fp32 = session(folder / "model.onnx").run(["logits"], batch)[0]
     int8 = session(folder / "model.int8.onnx").run(["logits"], batch)[0]
@@ -389,7 +406,8 @@ def test_export_needs_model_for_an_adapter_of_a_non_default_base_model(bert_adap
 
 def test_config_checks_its_values(tmp_path):
     for kwargs, message in [({"opset": 5}, "--opset"), ({"quantize": "int4"}, "--quantize"),
-                            ({"repeats": 0}, "--repeats"), ({"max_length": 1}, "--max-length")]:
+                            ({"repeats": 0}, "--repeats"), ({"max_length": 1}, "--max-length"),
+                            ({"latency_batches": (1, 0)}, "latency batch sizes")]:
         with pytest.raises(LoraXSError, match=message):
             ExportConfig(adapter=tmp_path / "a.safetensors", out=tmp_path / "m.onnx", **kwargs)
 

@@ -120,13 +120,40 @@ def export_graph(
     return written
 
 
+INT8_RECIPE = ("onnxruntime dynamic quantization of the MatMul weights only, int8 per output channel; "
+               "embeddings, attention (activation x activation) and the head stay fp32")
+
+
+def head_nodes(model) -> list[str]:
+    """The node writing the logits and, when that is an Add (bias), the MatMul feeding it."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    head = producer.get(OUTPUT_NAME)
+    if head is None:
+        return []
+    names = [head.name]
+    if head.op_type == "Add":
+        names += [producer[i].name for i in head.input if i in producer and producer[i].op_type in ("MatMul", "Gemm")]
+    # quantize_dynamic first splits a Gemm into `<name>_MatMul` + `<name>_Add`, then applies the exclusions
+    return names + [f"{name}_MatMul" for name in names]
+
+
 def quantize_int8(source: Path, target: Path, external_data: bool) -> None:
-    """onnxruntime dynamic quantization: int8 weights, activations quantized at run time."""
+    """onnxruntime dynamic quantization, INT8_RECIPE: int8 weights, activations quantized at run time.
+
+    What costs a trained adapter's accuracy (docs/export.md, benchmarks/results/int8_recipes.md):
+    per-tensor weight scales (a few large columns set the step for all) and the int8
+    word-embedding table. Per-channel MatMul weights with fp32 embeddings keep nearly every
+    prediction. The head (a few thousand weights, the logits themselves) is kept fp32 at no cost;
+    the attention MatMuls (no constant weight) are never quantized (MatMulConstBOnly).
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    head = head_nodes(onnx.load(str(source), load_external_data=False))
     with _quiet():
         quantize_dynamic(
-            source, target, weight_type=QuantType.QInt8, use_external_data_format=external_data
+            source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True,
+            nodes_to_exclude=head, use_external_data_format=external_data,
         )
 
 

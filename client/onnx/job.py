@@ -61,6 +61,7 @@ class ExportConfig:
     opset: int | None = None
     repeats: int = 20
     max_length: int = DEFAULT_MAX_LENGTH
+    latency_batches: tuple[int, ...] = (LATENCY_BATCH,)  # batch sizes timed; others than 1 are labelled
     key_source: object = field(default=None, repr=False)  # shared/crypto/at_rest.KeySource of an encrypted adapter
 
     def __post_init__(self):
@@ -74,6 +75,8 @@ class ExportConfig:
         newest = onnx.defs.onnx_opset_version()
         if self.opset is not None and not MIN_OPSET <= self.opset <= newest:
             raise LoraXSError(f"--opset must be between {MIN_OPSET} and {newest}, got {self.opset}")
+        if not self.latency_batches or min(self.latency_batches) < 1:
+            raise LoraXSError(f"latency batch sizes must be positive, got {self.latency_batches}")
         if self.repeats < 1:
             raise LoraXSError(f"--repeats must be positive, got {self.repeats}")
         if self.max_length < 2:
@@ -105,7 +108,7 @@ class ExportReport:
     opset: int
     files: dict[str, Path]  # fp32 / int8 / adapter-input / adapter-base / onnx-adapter / description / tokenizer:<name>
     diffs: dict[str, float]  # what was compared -> max abs difference of the logits
-    latency_ms: dict[str, float]  # runtime -> median ms at (LATENCY_BATCH, LATENCY_LENGTH)
+    latency_ms: dict[str, float]  # runtime [", batch N"] -> median ms at (LATENCY_BATCH or N, LATENCY_LENGTH)
     repeats: int
     threads: int
     accuracy: dict[str, float] = field(default_factory=dict)  # fp32 / int8 on the --data test split
@@ -245,8 +248,13 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         sessions.update({k: ort_session(files[k], threads) for k in ("adapter-input", "adapter-base") if k in files})
         diffs.update(_verify_adapter_graphs(config, subject, batches, sessions, stage, external))
 
-    _step(f"timing batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
-    latency = _latencies(config.repeats, subject, reference, merged, sessions, files)
+    sizes = " and ".join(str(b) for b in config.latency_batches)
+    _step(f"timing batch {sizes} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
+    latency = {}
+    for batch_size in config.latency_batches:
+        timed = _latencies(config.repeats, subject, reference, merged, sessions, files, batch_size)
+        suffix = "" if batch_size == LATENCY_BATCH else f", batch {batch_size}"
+        latency.update({f"{label}{suffix}": ms for label, ms in timed.items()})
     report = ExportReport(meta=subject.meta, factors_source=subject.factors_source, opset=opset, files=files,
                           diffs=diffs, latency_ms=latency, repeats=config.repeats, threads=threads)
     if splits is not None:
@@ -309,8 +317,8 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
 
 
 def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,
-               files: dict[str, Path]) -> dict:
-    batch = latency_batch(subject.tokenizer, subject.token_names)
+               files: dict[str, Path], batch_size: int = LATENCY_BATCH) -> dict:
+    batch = latency_batch(subject.tokenizer, subject.token_names, batch_size)
     tensors = [torch.from_numpy(batch[name]) for name in subject.token_names]
     user_a = _numpy_state(subject.state)
     with torch.no_grad():

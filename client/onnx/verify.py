@@ -36,10 +36,10 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_batch(tokenizer, token_names: list[str]) -> Batch:
-    """(1, 64) real tokens: the shape latency is measured at."""
+def latency_batch(tokenizer, token_names: list[str], batch_size: int = LATENCY_BATCH) -> Batch:
+    """(batch_size, 64) real tokens: the shape latency is measured at."""
     text = " ".join(SAMPLE_TEXTS * 8)
-    encoded = tokenizer([text] * LATENCY_BATCH, max_length=LATENCY_LENGTH, truncation=True,
+    encoded = tokenizer([text] * batch_size, max_length=LATENCY_LENGTH, truncation=True,
                         padding="max_length", return_tensors="np")
     return {name: encoded[name].astype(np.int64) for name in token_names}
 
