@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import shutil
 import statistics
 import subprocess
@@ -372,35 +373,11 @@ def markdown(levels: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.deployment_load", description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="SuperNodes per level")
-    parser.add_argument("--rounds", type=int, default=3, help="federated rounds per level")
-    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
-    parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
-    parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
-    parser.add_argument("--min-free-gib", type=float, default=4.0,
-                        help="stop a level when the machine's MemAvailable falls under this")
-    parser.add_argument("--out", default=str(RESULTS / "deployment_load"), help="results path without suffix")
-    args = parser.parse_args(argv)
-    if min(args.nodes) < 1 or args.rounds < 1:
-        raise SystemExit("--nodes and --rounds must be positive")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    levels: list[dict] = []
-    broke_at = None
-    started = time.time()
-    for nodes in sorted(args.nodes):
-        if broke_at is not None:
-            levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
-            continue
-        print(f"level: {nodes} SuperNodes, {args.rounds} rounds ...", flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"loraxs-load-{nodes}-") as tmp:
-            level = run_level(nodes, args.rounds, args.model, args.examples, args.level_timeout,
-                              int(args.min_free_gib * GIB), Path(tmp))
-        levels.append(level)
-        print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
-        if level["broken"]:
-            broke_at = nodes
+def stop_on_sigterm(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds through LocalDeployment.__exit__ and the reaping
+
+
+def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float) -> str:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.processor() or platform.machine(),
@@ -419,7 +396,41 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "levels": levels}, indent=2) + "\n")
     table = markdown(levels, meta)
     out.with_suffix(".md").write_text(table)
-    print(table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.deployment_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="SuperNodes per level")
+    parser.add_argument("--rounds", type=int, default=3, help="federated rounds per level")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
+    parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
+    parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
+    parser.add_argument("--min-free-gib", type=float, default=4.0,
+                        help="stop a level when the machine's MemAvailable falls under this")
+    parser.add_argument("--out", default=str(RESULTS / "deployment_load"), help="results path without suffix")
+    args = parser.parse_args(argv)
+    if min(args.nodes) < 1 or args.rounds < 1:
+        raise SystemExit("--nodes and --rounds must be positive")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # `timeout` ends us: stop every process first
+    levels: list[dict] = []
+    broke_at = None
+    started = time.time()
+    for nodes in sorted(args.nodes):
+        if broke_at is not None:
+            levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
+            continue
+        print(f"level: {nodes} SuperNodes, {args.rounds} rounds ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"loraxs-load-{nodes}-") as tmp:
+            level = run_level(nodes, args.rounds, args.model, args.examples, args.level_timeout,
+                              int(args.min_free_gib * GIB), Path(tmp))
+        levels.append(level)
+        print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
+        write_results(levels, args, argv, started)  # after every level: a later one may not end
+        if level["broken"]:
+            broke_at = nodes
+    print(write_results(levels, args, argv, started))
     for path in _TINY:
         shutil.rmtree(path.parent, ignore_errors=True)
     leftovers = sum(lv.get("leftover_processes", 0) for lv in levels)

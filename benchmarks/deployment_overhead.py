@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.cache_dir, args.data_dir)
         return 0
 
+    # `timeout` ends us with SIGTERM: unwind, so LocalDeployment stops every process it started
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     started = time.time()
     trees = {"now": REPO}
     if args.compare_tree:
@@ -267,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                     cache_dir = Path(tmp) / f"cache-{label}"
                     cache_dir.mkdir(exist_ok=True)
                     runs[label][mode].append(run_child(mode, str(cache_dir), str(data_dir), tree))
-        for label, tree in trees.items():
-            round_seconds[label] = (deployment_rounds(data_dir, Path(tmp) / label, args.rounds, tree)
-                                    if args.rounds else [])
+        for label, tree in trees.items():  # a fresh data folder each: the node keeps state in it
+            device = write_synthetic_reviews(Path(tmp) / f"device-{label}", args.examples)
+            round_seconds[label] = deployment_rounds(device, Path(tmp) / label, args.rounds, tree) if args.rounds else []
     summaries = {}
     for label in trees:
         every = runs[label]["svd"] + runs[label]["cache"]
