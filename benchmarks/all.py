@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,6 +103,20 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def stop_group(child: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the child's process group, SIGKILL after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
     """Runs one benchmark in a child process; its status (output kept in <out>/logs/<name>.log)."""
     found = bench.resolve()
@@ -117,14 +132,20 @@ def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"== {bench.name}: {' '.join(command[1:])}", flush=True)
+    limit = bench.timeout if not quick else max(300.0, bench.timeout / 3)
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # its own process group: a timeout ends all it started
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                              timeout=bench.timeout if not quick else max(300.0, bench.timeout / 3))
-        output, code = done.stdout + done.stderr, done.returncode
-        (logs / f"{bench.name}.log").write_text(output)
-        error = None if code == 0 else f"exit {code}: {last_line(done.stderr or done.stdout)}"
-    except subprocess.TimeoutExpired as err:
-        error = f"ran past its {err.timeout:.0f} s limit"
+        stdout, stderr = child.communicate(timeout=limit)
+        error = None if child.returncode == 0 else f"exit {child.returncode}: {last_line(stderr or stdout)}"
+    except subprocess.TimeoutExpired:
+        stop_group(child)
+        stdout, stderr = child.communicate()
+        error = f"ran past its {limit:.0f} s limit"
+    except BaseException:  # the runner itself stopped (Ctrl-C, SIGTERM): so is the benchmark
+        stop_group(child)
+        raise
+    (logs / f"{bench.name}.log").write_text(stdout + stderr)
     seconds = round(time.perf_counter() - started, 1)
     status = {"state": "ran" if error is None else "failed", "module": module, "seconds": seconds,
               "command": "python -m " + " ".join([module, *args])}
@@ -143,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", type=Path, default=None, help="RESULTS.md path (default benchmarks/RESULTS.md; "
                         "quick: inside the results folder)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ends the running benchmark's group too
     out = args.out or (QUICK if args.quick else RESULTS)
     page = args.page or (out / "RESULTS.md" if args.quick else PAGE)
     names = [n for n in args.only.split(",") if n]

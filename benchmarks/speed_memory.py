@@ -123,7 +123,11 @@ def simulate(config: FederationConfig, fraction: float, rounds: int, timeout: fl
             except psutil.Error:
                 pass
             if time.perf_counter() - started > timeout:
-                process.kill()
+                process.terminate()  # flower-simulation ends its Ray on SIGTERM
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
                 raise RuntimeError(f"flower-simulation --fraction {fraction} ran past {timeout:.0f} s")
             time.sleep(POLL_SECONDS)
         output = process.stdout.read()
