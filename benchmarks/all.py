@@ -181,16 +181,28 @@ def main(argv: list[str] | None = None) -> int:
         for bench in REGISTRY:
             if names and bench.name not in names:
                 continue
-            run["statuses"][bench.name] = run_benchmark(bench, args.quick, out)
-        run["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
-        run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        (out / STATUS_FILE).write_text(json.dumps(run, indent=2) + "\n")
-    written = write_page(REGISTRY, out, page, run)
-    print(f"wrote {written}")
+            try:
+                run["statuses"][bench.name] = run_benchmark(bench, args.quick, out)
+            except (SystemExit, KeyboardInterrupt):  # stopped: say so on the page, then stop
+                run["statuses"][bench.name] = {"state": "failed", "module": bench.resolve()[0], "seconds": 0.0,
+                                               "error": "stopped while running (SIGTERM / Ctrl-C)"}
+                finish(run, out, page)
+                raise
+        finish(run, out, page)
+    else:
+        print(f"wrote {write_page(REGISTRY, out, page, run)}")
     if args.page_only:
         return 0
     failed = [n for n, s in run["statuses"].items() if s.get("state") == "failed" and (not names or n in names)]
     return 1 if failed else 0
+
+
+def finish(run: dict, out: Path, page: Path) -> None:
+    """The status file and the page, after the run (or when it is stopped)."""
+    run["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (out / STATUS_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    print(f"wrote {write_page(REGISTRY, out, page, run)}")
 
 
 if __name__ == "__main__":
