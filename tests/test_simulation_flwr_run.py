@@ -80,6 +80,8 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
     assert not left, f"processes outlived the test: {left}"
     assert report["config"]["num-clients"] == 5 and report["config"]["rank"] == 4
     assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
-    assert report["final"]["max_bases_per_client"] == 1
+    final = report["final"]  # each node derived the factors, or was shipped them once
+    assert final["factors_derived"] + final["factors_shipped"] == final["clients_reached"] == 5
+    assert final["max_bases_per_client"] <= 1
     assert (out / "global_adapter.safetensors").is_file() and (out / "basis.safetensors").is_file()
     assert not list(ROOT.glob("*.fab"))
