@@ -8,8 +8,8 @@ For each N: a SuperLink and N SuperNodes (deployment/local.py), each on its own 
 synthetic reviews, then `flwr run` with every node training in every round. Measured:
   - seconds until all N SuperNodes are online, and per round (the ServerApp's report.json);
   - bytes up / down per round (the report's byte counters: serialized arrays, factors included);
-  - CPU seconds and peak memory (RSS) of the SuperLink process tree, sampled every 0.5 s from
-    /proc through psutil: flower-superlink itself, and with its flower-superexec and flwr-serverapp;
+  - CPU seconds and peak memory (RSS) of the SuperLink, sampled every 0.5 s from /proc through
+    psutil: flower-superlink itself, and with the ServerApp it runs (flwr-serverapp);
   - the peak number of flwr-clientapp processes alive at once, the peak RSS of everything started,
     and the machine's lowest MemAvailable.
 A level that runs out of time, or brings MemAvailable under --min-free-gib (its flwr-clientapp
@@ -51,7 +51,10 @@ from shared.errors import LoraXSError
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TAG_VARIABLE = "LORAXS_LOAD_RUN"  # every process a level starts inherits it
-SUPERLINK_TREE = ("flower-superlink", "flower-superexec", "flwr-serverapp")
+# The SuperLink side: flower-superlink and the ServerApp it runs (flwr-serverapp). The
+# flower-superexec launchers are left out: every SuperNode runs one too, and the name alone does
+# not tell them apart.
+SUPERLINK_TREE = ("flower-superlink", "flwr-serverapp")
 SAMPLE_EVERY_S = 0.5
 MEMORY_CHECK_EVERY_S = 0.1
 IDLE_WINDOW_S = 10.0  # SuperLink CPU with all nodes connected and no run: the cost of their polling
@@ -262,6 +265,9 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
         samples = sampler.stop()
         level["leftover_processes"] = reap(tag)
         del os.environ[TAG_VARIABLE]
+    if level["broken"] or not (out_dir / "report.json").is_file():  # the why, before the folder goes
+        level["log_tails"] = {name: log_tail(workdir / "deployment" / name) for name in ("superlink.log", "flwr-run.log", "supernode-0.log")}
+        level["log_tails"]["flwr-run.log"] = log_tail(workdir / "flwr-run.log")
     level.update(summarize_samples(samples))
     if cpu_at_submission is not None:  # the run alone, without start-up and registration
         run_cpu = {role: samples.cpu_s.get(role, 0.0) - cpu_at_submission.get(role, 0.0) for role in SUPERLINK_TREE}
@@ -273,6 +279,13 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
     if level["broken"] is None and level.get("rounds_completed", 0) < rounds:
         level["broken"] = f"only {level.get('rounds_completed', 0)} of {rounds} rounds in the report"
     return level
+
+
+def log_tail(path: Path, lines: int = 40) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 def reap(tag: str) -> int:
@@ -329,11 +342,11 @@ def markdown(levels: list[dict], meta: dict) -> str:
         "",
         f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, {meta['memory_gib']} GiB), "
         f"model {meta['model']}, {meta['examples']} synthetic reviews per node, every node trains every "
-        f"round, {meta['rounds']} rounds. Command: `{meta['command']}`. SuperLink tree = flower-superlink + "
-        "flower-superexec + flwr-serverapp; CPU = user + system seconds over the whole level.",
+        f"round, {meta['rounds']} rounds. Command: `{meta['command']}`. SuperLink + ServerApp = flower-superlink "
+        "+ flwr-serverapp (RSS: the sum of their peaks); CPU = user + system seconds over the whole level.",
         "",
         "| SuperNodes | all online after (s) | round seconds (median; each) | bytes up / round | "
-        "bytes down / round (round 1; later) | SuperLink CPU s, whole level (tree) | SuperLink peak RSS MiB (tree) | "
+        "bytes down / round (round 1; later) | SuperLink CPU s, whole level (+ ServerApp) | SuperLink peak RSS MiB (+ ServerApp) | "
         "flwr-clientapp alive at once (peak) | RSS of everything, peak MiB | lowest MemAvailable GiB | result |",
         "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -363,8 +376,8 @@ def markdown(levels: list[dict], meta: dict) -> str:
             lines.append(
                 f"- {lv['nodes']} nodes: during the run (after registration) flower-superlink used "
                 f"{lv['superlink_run_cpu_s']:.1f} CPU s = {lv['superlink_run_cpu_s'] / messages * 1000:.0f} ms per train "
-                f"message ({messages} = {lv['nodes']} x {lv['rounds_completed']}), the SuperLink tree (with the "
-                f"ServerApp) {lv['superlink_tree_run_cpu_s']:.1f} s = {lv['superlink_tree_run_cpu_s'] / messages * 1000:.0f} ms; "
+                f"message ({messages} = {lv['nodes']} x {lv['rounds_completed']}), with the ServerApp "
+                f"{lv['superlink_tree_run_cpu_s']:.1f} s = {lv['superlink_tree_run_cpu_s'] / messages * 1000:.0f} ms; "
                 f"a round of {lv['nodes']} took {lv['round_seconds_median']:.1f} s "
                 f"({lv['round_seconds_median'] / lv['nodes']:.2f} s per node). flower-superlink kept "
                 f"{lv['superlink_run_cpu_s'] / lv['run_seconds']:.3f} cores busy during the run, "
