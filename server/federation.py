@@ -69,7 +69,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         if config.basis_delivery == "derive" else None,
         secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples)
         if config.secure_aggregation else None,
-        aggregator=None if config.secure_aggregation else make_aggregator(config),
+        aggregator=make_aggregator(config),
         mixed_rank_aggregation=config.mixed_rank_aggregation,
     )
     meter = TrafficMeter()

@@ -221,7 +221,14 @@ class LoraXSFedAvg(FedAvg):
         self._count_failures(server_round, replies, MessageType.TRAIN)
         expected, _ = self._sent[MessageType.TRAIN]
         if self.secure is not None:  # server/secure_rounds.py: stages 2-4, then global + mean delta
-            return self.secure.aggregate(self, server_round, replies, expected)
+            arrays, metrics = self.secure.aggregate(self, server_round, replies, expected)
+            if arrays is None or self.aggregator is None:
+                return arrays, metrics
+            # A mean-based aggregator (FedAvgM, FedAdam, ...) needs only the mean: one reply of it.
+            mean = Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
+                           dst_node_id=0, message_type=MessageType.TRAIN)
+            stepped, _ = self._aggregated(server_round, [mean])
+            return stepped, metrics
         accepted = []
         for reply in replies:
             if reply.has_error():

@@ -139,7 +139,7 @@ def test_fedadam_state_survives_a_checkpoint_bit_for_bit():
     ({"strategy": "fedsgd"}, "strategy must be one of"),
     ({"dp": "server-fixed", "dp_clipping_norm": 0.0}, "dp-clipping-norm > 0"),
     ({"dp": "client-fixed", "encrypt_updates": True}, "cannot be combined with encrypt-updates"),
-    ({"strategy": "krum", "secure_aggregation": True}, "needs strategy fedavg"),
+    ({"strategy": "krum", "secure_aggregation": True}, "reveals only the mean"),
     ({"trimmed_beta": 0.5}, "trimmed-beta"),
 ])
 def test_bad_aggregator_settings_are_one_clear_error(changes, message):
@@ -180,3 +180,13 @@ def test_malicious_clients_poison_fedavg_and_fedmedian_limits_them(config):
                   if grid.partition_of(m.metadata.dst_node_id) not in malicious_partitions(attacked)]
         steps[strategy] = np.linalg.norm(second - first) / np.mean([np.linalg.norm(h) for h in honest])
     assert steps["fedavg"] > 2.0 and steps["fedmedian"] < 1.5
+
+
+def test_secure_aggregation_feeds_its_mean_to_a_mean_based_aggregator(config):
+    """SecAgg reveals only the mean; FedAvgM needs no more: its momentum step runs on that mean."""
+    secure = replace(config, secure_aggregation=True, strategy="fedavgm", server_lr=0.5, server_momentum=0.5,
+                     num_server_rounds=2, final_eval_fraction=0.0)
+    report = run_federation(RecordingGrid(secure), secure)
+    assert [r["skipped"] for r in report["rounds"]] == ["", ""]
+    assert all(r["secure_aggregation"] for r in report["rounds"])
+    assert math.isfinite(report["final"]["accuracy_global"])
