@@ -3,16 +3,17 @@
 The draw is a pure function of (seed, round, partition, message type), so a run is repeatable.
 A failing message, one of three kinds (equally likely):
   crash    the ClientApp raises: the server gets an error reply;
-  timeout  the node goes silent: `SilencedGrid` (wrapped around the ServerApp's Grid) withholds
-           its reply and returns the round's other replies only when the timeout
-           (`round-timeout`) has passed, as a server waiting for a silent node experiences it.
-           Nothing sleeps in a client, so a silent node never holds a Ray worker that honest
-           clients queue behind (they did, and missed the deadline with it);
+  timeout  the node goes silent: `SilencedGrid` (wrapped around the ServerApp's Grid) drops its
+           reply, so the server aggregates exactly what a server that waited out `round-timeout`
+           would: every honest reply that came in time, none from the silent node. The waiting
+           itself is not spent (it would add `round-timeout` seconds of idle wall time to every
+           round with a silent node), and nothing sleeps in a client, so a silent node never
+           holds a Ray worker that honest clients queue behind (they did, and missed the deadline
+           with it). Honest replies still face the real `round-timeout`;
   garbage  the reply has the wrong record type for the adapter, or NaN in it / in its metrics.
 Partition queries never fail (they happen once, before any round).
 """
 
-import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -56,9 +57,9 @@ def failing_client_app(inner: ClientApp, config: FederationConfig) -> ClientApp:
 
 
 class SilencedGrid(ForwardingGrid):
-    """Withholds the replies of the nodes whose message draws "timeout"; when it withheld one, the
-    others are returned only once `timeout` has passed since sending (the server waited for it).
-    Nodes are known by partition from the replies to the partition query passing through."""
+    """Drops the replies of the nodes whose message draws "timeout" (the server never hears from
+    them); the others come back as they arrive. Nodes are known by partition from the replies to
+    the partition query passing through."""
 
     def __init__(self, grid: Grid, config: FederationConfig):
         super().__init__(grid)
@@ -67,16 +68,12 @@ class SilencedGrid(ForwardingGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         messages = list(messages)
-        sent = time.monotonic()
         silent = {m.metadata.dst_node_id for m in messages if self._silent(m)}
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
             if reply.metadata.message_type == MessageType.QUERY and not reply.has_error():
                 self.partitions[reply.metadata.src_node_id] = int(reply.content[STATUS][PARTITION_ID])
-        heard = [r for r in replies if r.metadata.src_node_id not in silent]
-        if len(heard) < len(replies) and timeout is not None:
-            time.sleep(max(0.0, sent + timeout - time.monotonic()))
-        return heard
+        return [r for r in replies if r.metadata.src_node_id not in silent]
 
     def _silent(self, message: Message) -> bool:
         partition = self.partitions.get(message.metadata.dst_node_id)

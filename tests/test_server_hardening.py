@@ -3,7 +3,6 @@ tiny model): a bad reply is one logged rejection, never the end of the run."""
 
 import logging
 import random
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -151,9 +150,7 @@ def test_failing_clients_are_counted_and_every_round_completes(config):
     kinds = [failing_clients.failure_kind(shaky, r, p, "train") for r in (1, 2, 3) for p in range(NUM_CLIENTS)]
     assert {"crash", "timeout", "garbage"} <= set(kinds)  # this seed exercises every kind
     app = failing_clients.failing_client_app(make_client_app(shaky), shaky)
-    began = time.monotonic()
     report = run_federation(failing_clients.SilencedGrid(RecordingGrid(shaky, client_app=app), shaky), shaky)
-    waited = time.monotonic() - began
     for r, entry in enumerate(report["rounds"], start=1):
         drawn = [failing_clients.failure_kind(shaky, r, p, "train") for p in range(NUM_CLIENTS)]
         assert entry["failures"].get("train-error", 0) == drawn.count("crash")
@@ -161,9 +158,6 @@ def test_failing_clients_are_counted_and_every_round_completes(config):
         assert entry["rejected_updates"] == drawn.count("garbage")
         assert entry["clients_trained"] == drawn.count(None)
         assert entry["skipped"] == ("" if drawn.count(None) else entry["skipped"])
-    rounds_with_silence = sum("timeout" in [failing_clients.failure_kind(shaky, r, p, "train")
-                                            for p in range(NUM_CLIENTS)] for r in (1, 2, 3))
-    assert waited >= rounds_with_silence * shaky.round_timeout  # the server waited out each silent node
 
 
 def test_a_round_with_too_few_good_updates_is_skipped_and_the_adapter_kept(config, caplog):
