@@ -86,6 +86,9 @@ REGISTRY = (
     Benchmark("robustness", "4 Privacy and robustness", "`flower-simulation` (DP, poisoning)",
               (("benchmarks.robustness", "robustness"), ("benchmarks.privacy_robustness", "privacy_robustness")),
               quick=None, full=(), timeout=3000, fixed_out=True),
+    Benchmark("dp_noise", "4 Privacy: accuracy vs DP noise", "in-process loop `benchmarks/federated_loop.py` "
+              "with Flower's DP-FedAvg functions", (("benchmarks.dp_noise", "dp_noise"),), quick=None, full=(),
+              timeout=1800, fixed_out=True),
     Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
               "`flower-simulation` (Ray) for round times and RSS",
               (("benchmarks.speed_memory", "speed_memory"),), timeout=1200),
