@@ -449,4 +449,5 @@ def test_real_minilm_export_through_the_command_line(tmp_path, monkeypatch):
     batch = device_batch(tmp_path, TEXTS)
     got = session(tmp_path / "model.onnx").run(["logits"], batch)[0]
     assert np.abs(got - torch_logits(model, batch, "seq-cls")).max() <= TOLERANCE
-    assert (tmp_path / "model.int8.onnx").stat().st_size < 0.35 * (tmp_path / "model.onnx").stat().st_size
+    # int8 MatMul weights, fp32 embeddings and head (the accuracy-keeping recipe): about 0.65x of fp32
+    assert (tmp_path / "model.int8.onnx").stat().st_size < 0.7 * (tmp_path / "model.onnx").stat().st_size
