@@ -24,15 +24,11 @@ import numpy as np
 import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
-from benchmarks.federated_loop import held_out_loader, sampled_partitions
+from benchmarks.federated_loop import held_out_loader, run_federated, sampled_partitions
 from benchmarks.federated_methods import build
 from benchmarks.simulation_runs import RESULTS
-from client.local_round import shuffle_seed
 from shared.base_models import DEFAULT_MODEL, load_tokenizer
-from shared.data.batches import make_loader
-from shared.federation.node_data import simulated_node_data
 from shared.federation.run_config import FederationConfig
-from shared.training import evaluate, train
 
 RANKS = {"loraxs": 16, "lora": 8}
 
@@ -56,24 +52,12 @@ def dp_fedavg(global_state: dict, states: list[dict], clip: float, noise: float,
 def run(method: str, noise: float, config: FederationConfig, clip: float, tokenizer, eval_loader) -> dict:
     labels = config.label_names() or ["fresh", "rotten"]
     federated = build(method, RANKS[method], labels, seed=config.seed)
-    global_state = federated.state()
     began = time.perf_counter()
-    for server_round in range(1, config.num_server_rounds + 1):
-        states = []
-        for partition in sampled_partitions(config, server_round):
-            data = simulated_node_data(config, partition)
-            federated.load(global_state)
-            seed = shuffle_seed(config, server_round, partition)
-            loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
-                                 shuffle=True, seed=seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                train(federated.model, loader, config.train_config())
-            states.append(federated.state())
-        global_state = dp_fedavg(global_state, states, clip, noise, rng_seed=config.seed * 1000 + server_round)
-    federated.load(global_state)
-    return {"accuracy": evaluate(federated.model, eval_loader).accuracy,
-            "trainable_parameters": federated.trainable_parameters(),
+    result = run_federated(
+        federated, config, config.train_config(), tokenizer, eval_loader,
+        aggregate=lambda start, states, weights, r: dp_fedavg(start, states, clip, noise, config.seed * 1000 + r),
+    )
+    return {"accuracy": result.accuracy, "trainable_parameters": federated.trainable_parameters(),
             "seconds": round(time.perf_counter() - began, 1)}
 
 

@@ -11,6 +11,7 @@ training splits.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +43,10 @@ class LoopResult:
 
 
 def run_federated(federated: Federated, config: FederationConfig, train_config: TrainConfig, tokenizer,
-                  eval_loader) -> LoopResult:
-    """`config.num_server_rounds` rounds of FedAvg; the final global model's held-out accuracy."""
+                  eval_loader, aggregate: Callable[[dict, list[dict], list[int], int], dict] | None = None
+                  ) -> LoopResult:
+    """`config.num_server_rounds` rounds; the final global model's held-out accuracy. `aggregate`
+    (global state, client states, weights, round) -> new global state; default FedAvg."""
     global_state = federated.state()
     seen, seconds = 0, 0.0
     for server_round in range(1, config.num_server_rounds + 1):
@@ -61,7 +64,8 @@ def run_federated(federated: Federated, config: FederationConfig, train_config: 
             weights.append(len(data.train))
             seen += result.examples
             seconds += result.seconds
-        global_state = weighted_mean(states, weights)
+        global_state = (aggregate(global_state, states, weights, server_round) if aggregate is not None
+                        else weighted_mean(states, weights))
     federated.load(global_state)
     return LoopResult(evaluate(federated.model, eval_loader).accuracy, seen, seconds)
 
