@@ -69,6 +69,13 @@ class Benchmark:
         return RESULTS if self.fixed_out else out
 
 
+# The full run's sizes keep `python -m benchmarks.all` near 45 minutes on 2 cores: the federated
+# benchmarks run 2-3 rounds here (alone, each defaults to more), robustness runs the poisoning cases
+# only (dp_noise measures DP), and the ONNX benchmarks share two trained adapters (--work).
+POISON_CASES = tuple(f"poison{share}-{name}" for share in (10, 20)
+                     for name in ("fedavg", "fedmedian", "fedtrimmedavg", "norm-bound"))
+ONNX_FOLDERS = ("rotten", "debian")
+
 # Others' benchmarks (issues 11, 12/13, 15, DP / poisoning) are run with their own defaults; they
 # join the quick subset when they get a quick mode that writes into --out.
 REGISTRY = (
@@ -81,21 +88,25 @@ REGISTRY = (
     Benchmark("pareto", "2 Accuracy vs bytes", "in-process FedAvg loop `benchmarks/federated_loop.py` (same "
               "sampling, data and `shared/training.py` for every method)",
               (("benchmarks.pareto", "pareto"),), timeout=1800),
-    Benchmark("personalization", "3 Personalization", "its own (issue 12/13)",
-              (("benchmarks.personalization", "personalization"),), quick=None),
+    Benchmark("personalization", "3 Personalization", "`flower-simulation --personalize finetune` "
+              "(concept-shift, Dirichlet(0.1))", (("benchmarks.personalization", "personalization"),), quick=None,
+              full=("--rounds", "3", "--out", "{out}"), timeout=1200),
     Benchmark("robustness", "4 Privacy and robustness", "`flower-simulation` (DP, poisoning)",
               (("benchmarks.robustness", "robustness"), ("benchmarks.privacy_robustness", "privacy_robustness")),
-              quick=None, full=(), timeout=3000, fixed_out=True),
+              quick=None, full=("--rounds", "2", "--only", "clean-fedavg", *POISON_CASES), timeout=1800,
+              fixed_out=True),
     Benchmark("dp_noise", "4 Privacy: accuracy vs DP noise", "in-process loop `benchmarks/federated_loop.py` "
-              "with Flower's DP-FedAvg functions", (("benchmarks.dp_noise", "dp_noise"),), quick=None, full=(),
+              "with Flower's DP-FedAvg functions", (("benchmarks.dp_noise", "dp_noise"),), quick=None, full=("--rounds", "2"),
               timeout=1800, fixed_out=True),
     Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
               "`flower-simulation` (Ray) for round times and RSS",
               (("benchmarks.speed_memory", "speed_memory"),), timeout=1200),
     Benchmark("onnx", "6 ONNX", "`client.export` (onnxruntime)",
-              (("benchmarks.onnx", "onnx"), ("benchmarks.export", "export")), quick=None),
+              (("benchmarks.onnx", "onnx"), ("benchmarks.export", "export")), quick=None,
+              full=("--folders", *ONNX_FOLDERS, "--work", "{out}/onnx_work", "--out", "{out}")),
     Benchmark("int8_recipes", "6 ONNX int8 on trained adapters", "onnxruntime quantization recipes",
-              (("benchmarks.int8_recipes", "int8_recipes"),), quick=None),
+              (("benchmarks.int8_recipes", "int8_recipes"),), quick=None,
+              full=("--folders", *ONNX_FOLDERS, "--work", "{out}/onnx_work", "--out", "{out}")),
     Benchmark("predict_startup", "6 ONNX start-up", "`client.predict` vs the PyTorch path, fresh processes",
               (("benchmarks.predict_startup", "predict_startup"),), quick=None),
 )

@@ -254,13 +254,25 @@ class LoraXSFedAvg(FedAvg):
             log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, stats.skipped)
             self._forget_round(server_round)
             return None, None
+        if stats.ranks and self.mixed_rank_aggregation == "per-entry":
+            return self._per_entry_round(server_round, accepted, stats.ranks)
         if self.aggregator is None:
-            arrays, metrics = super().aggregate_train(server_round, accepted)
-        else:
-            arrays, metrics = self._aggregated(server_round, accepted)
-        if arrays is not None and stats.ranks and self.mixed_rank_aggregation == "per-entry":
-            arrays = self._per_entry(arrays, accepted, stats.ranks)
-        return arrays, metrics
+            return super().aggregate_train(server_round, accepted)
+        return self._aggregated(server_round, accepted)
+
+    def _per_entry_round(self, server_round: int, accepted: list[Message], ranks: dict[int, int]):
+        """Mixed ranks, per-entry: the per-entry weighted mean of the replies, then (a mean-based
+        aggregator: FedAvgM, FedAdam, ...) the aggregator's step from that mean as its one reply."""
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # FedAvg of the zero-padded R
+        if arrays is None:
+            return None, None
+        arrays = self._per_entry(arrays, accepted, ranks)
+        if self.aggregator is None:
+            return arrays, metrics
+        mean = Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
+                       dst_node_id=0, message_type=MessageType.TRAIN)
+        stepped, _ = self._aggregated(server_round, [mean])
+        return stepped, metrics
 
     def _per_entry(self, arrays: ArrayRecord, accepted: list[Message], ranks: dict[int, int]) -> ArrayRecord:
         """Mixed ranks, per-entry: each entry of R averaged over the clients that hold it."""

@@ -61,10 +61,27 @@ def test_a_federation_of_mixed_ranks_trains_and_uploads_smaller_blocks(config, m
     assert report["final"]["accuracy_global"] is not None
 
 
+def test_per_entry_under_fedavgm_is_fedavgm_stepping_from_the_per_entry_mean(config, tmp_path):
+    """FedAvgM with server-lr 1 and no momentum steps exactly to the mean it is given: the same
+    global model as per-entry FedAvg, round after round."""
+    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", mixed_rank_aggregation="per-entry",
+                    num_server_rounds=2, final_eval_fraction=0.0)
+    plain = run_federation(RecordingGrid(mixed), replace(mixed, out_dir=str(tmp_path / "fedavg")))
+    stepped = run_federation(RecordingGrid(mixed), replace(mixed, strategy="fedavgm", server_lr=1.0,
+                                                           server_momentum=0.0, out_dir=str(tmp_path / "fedavgm")))
+    for a, b in zip(plain["rounds"], stepped["rounds"]):
+        assert a["skipped"] == b["skipped"] == ""
+        assert a["loss_global"] == pytest.approx(b["loss_global"], abs=1e-6)
+    half = run_federation(RecordingGrid(mixed), replace(mixed, strategy="fedavgm", server_lr=0.5,
+                                                        server_momentum=0.0, out_dir=str(tmp_path / "half")))
+    assert half["rounds"][0]["loss_global"] != pytest.approx(plain["rounds"][0]["loss_global"], abs=1e-6)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"client_ranks": "4,32"}, "client-ranks must lie in"),
     ({"client_ranks": "4,x"}, "comma-separated integers"),
-    ({"mixed_rank_aggregation": "per-entry", "strategy": "fedadam"}, "per-entry needs strategy fedavg"),
+    ({"mixed_rank_aggregation": "per-entry", "strategy": "fedmedian"}, "per-entry needs a mean-based strategy"),
+    ({"mixed_rank_aggregation": "per-entry", "dp": "server-fixed"}, "per-entry needs a mean-based strategy"),
 ])
 def test_bad_mixed_rank_settings_are_one_clear_error(changes, message):
     with pytest.raises(LoraXSError, match=message):

@@ -237,8 +237,9 @@ class FederationConfig:
             raise LoraXSError(f"client-ranks must be comma-separated integers, got {self.client_ranks!r}") from None
         if any(not 1 <= r <= self.rank for r in ranks):
             raise LoraXSError(f"client-ranks must lie in [1, rank {self.rank}], got {self.client_ranks!r}")
-        if self.mixed_rank_aggregation == "per-entry" and (self.strategy != "fedavg" or self.dp != "none"):
-            raise LoraXSError("mixed-rank-aggregation per-entry needs strategy fedavg without dp")
+        if self.mixed_rank_aggregation == "per-entry" and (self.strategy not in MEAN_BASED or self.dp != "none"):
+            raise LoraXSError("mixed-rank-aggregation per-entry needs a mean-based strategy "
+                              f"({', '.join(MEAN_BASED)}) without dp")
         if self.secure_aggregation and self.strategy not in MEAN_BASED:
             raise LoraXSError(f"secure aggregation reveals only the mean: strategy {self.strategy} needs each "
                               f"update (use one of {', '.join(MEAN_BASED)})")
