@@ -18,7 +18,10 @@ import os
 import sys
 import time
 
+from benchmarks.result_files import goal
 from benchmarks.simulation_runs import RESULTS, run_case
+
+GOAL_POINTS = 2.0
 
 ROBUST = {"fedavg": "strategy='fedavg'", "fedmedian": "strategy='fedmedian'",
           "fedtrimmedavg": "strategy='fedtrimmedavg' trimmed-beta=0.2",
@@ -33,6 +36,20 @@ def cases(clip: float, quick: bool) -> dict[str, str]:
     for z in ((1.0,) if quick else (0.5, 1.0, 2.0)):
         out[f"dp-z{z:g}"] = f"strategy='fedavg' dp='server-fixed' dp-noise-multiplier={z} dp-clipping-norm={clip}"
     return out
+
+
+def poisoning_goals(results: dict) -> list[dict]:
+    """At most GOAL_POINTS lost at 10 % poisoned with the best robust aggregator, vs clean FedAvg."""
+    clean = results.get("clean-fedavg", {}).get("final_accuracy")
+    robust = {name: results[f"poison10-{name}"]["final_accuracy"] for name in ROBUST if name != "fedavg"
+              and "final_accuracy" in results.get(f"poison10-{name}", {})}
+    if clean is None or not robust:
+        return []
+    best = max(robust, key=robust.get)
+    lost = (clean - robust[best]) * 100
+    return [goal(f"<= {GOAL_POINTS:g} points lost at 10 % poisoned clients with a robust aggregator",
+                 f"{best}: {robust[best]:.3f} vs clean {clean:.3f} ({-lost:+.1f} points)", lost <= GOAL_POINTS,
+                 "the robust rules also discard or clip honest updates in rounds of 10 clients")]
 
 
 def write_markdown(results: dict, meta: dict) -> str:
@@ -53,6 +70,8 @@ def write_markdown(results: dict, meta: dict) -> str:
     norms = [n for n in results.get("clean-fedavg", {}).get("median_update_norm", []) if n is not None]
     if norms:
         lines += ["", f"Median L2 norm of a clean update (R + head), per round: {', '.join(f'{n:.2f}' for n in norms)}."]
+    lines += ["", *(f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})"
+                    for g in poisoning_goals(results))]
     lines += ["", f"Command: `{meta['command']}`; load average before {meta['load_before']}, after {meta.get('load_after')}."]
     return "\n".join(lines) + "\n"
 
@@ -79,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  -> final {results[name].get('final_accuracy', results[name].get('error'))}", flush=True)
         path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     meta["load_after"] = round(os.getloadavg()[0], 2)
-    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    path.write_text(json.dumps({"meta": meta, "command": meta["command"], "results": results,
+                                "goals": poisoning_goals(results)}, indent=2))
     (RESULTS / "robustness.md").write_text(write_markdown(results, meta))
     print((RESULTS / "robustness.md").read_text())
     return 0

@@ -34,3 +34,33 @@ def test_missing_personal_accuracy_gives_no_rows():
 def test_federated_examples_sum_the_rounds():
     report = {"rounds": [{"examples_trained": 1058}, {"examples_trained": 1040}, {"examples_trained": None}, {}]}
     assert federated_examples(report) == 2098
+
+
+def test_export_goals_judge_the_worst_folder_and_batch():
+    from benchmarks.export import export_goals
+
+    per_folder = {"a": {"latency_vs_pytorch": {"fp32 / PyTorch, batch 1": 0.5, "int8 / PyTorch, batch 1": 0.3,
+                                               "int8 / PyTorch, batch 32": 0.45}, "accuracy_int8_minus_fp32": 0.0},
+                  "b": {"latency_vs_pytorch": {}, "accuracy_int8_minus_fp32": -0.02}}
+    fp32, int8, accuracy = export_goals(per_folder)
+    assert fp32["met"] and not int8["met"] and "0.45x (a, batch 32)" in int8["measured"]
+    assert not accuracy["met"] and "-2.0 points (b)" in accuracy["measured"]
+
+
+def test_dp_goal_compares_each_method_with_its_own_noiseless_run():
+    from benchmarks.dp_noise import noise_goals
+
+    results = {f"{m}-z{z:g}": {"accuracy": a} for m, accs in (("loraxs", (0.80, 0.70)), ("lora", (0.60, 0.55)))
+               for z, a in zip((0.0, 1.0), accs)}
+    (only,) = noise_goals(results, [0.0, 1.0])
+    assert not only["met"]  # LoRA-XS lost 10 points, LoRA 5, whatever the starting accuracies
+
+
+def test_poisoning_goal_takes_the_best_robust_aggregator():
+    from benchmarks.robustness import poisoning_goals
+
+    results = {"clean-fedavg": {"final_accuracy": 0.80}, "poison10-fedavg": {"final_accuracy": 0.50},
+               "poison10-fedmedian": {"final_accuracy": 0.785}, "poison10-norm-bound": {"error": "x"}}
+    (only,) = poisoning_goals(results)
+    assert only["met"] and "fedmedian" in only["measured"]
+    assert poisoning_goals({"poison10-fedmedian": {"final_accuracy": 0.7}}) == []
