@@ -142,15 +142,19 @@ def _evaluate(msg: Message, work: MessageWork) -> RecordDict:
 
 
 def _personal_adapter(work: MessageWork, global_state: dict) -> tuple[dict[str, torch.Tensor], int]:
-    """The stored personal adapter, re-derived first when this global adapter is newer."""
-    stored = work.state.personal_adapter(work.fingerprint)
+    """The stored personal adapter, re-derived first when this global adapter is newer. A node
+    at a smaller rank (mixed ranks) keeps its adapter on the nested factors, under their
+    fingerprint, as `client.run --rank` writes it."""
+    config = work.config
+    basis = work.state.basis(work.fingerprint)
+    if work.rank < config.rank:
+        basis = nested_basis(basis, work.rank)
+    stored = work.state.personal_adapter(basis.fingerprint)
     if stored is not None and stored[1] >= work.round:
         return stored
     personal = derive_personal(work.model, global_state, work.data, work.tokenizer, work.config,
                                work.seed, work.device)
-    config = work.config
-    meta = adapter_meta(config.model, config.task, work.lora,
-                        work.state.basis(work.fingerprint), list(work.labels) if work.labels else None,
+    meta = adapter_meta(config.model, config.task, work.lora, basis, list(work.labels) if work.labels else None,
                         round=str(work.round), kind="personal")
     work.state.store_personal_adapter(personal, meta, work.round)
     return personal, work.round

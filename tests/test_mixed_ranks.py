@@ -86,3 +86,27 @@ def test_per_entry_under_fedavgm_is_fedavgm_stepping_from_the_per_entry_mean(con
 def test_bad_mixed_rank_settings_are_one_clear_error(changes, message):
     with pytest.raises(LoraXSError, match=message):
         FederationConfig(**changes)
+
+
+def test_a_small_rank_node_keeps_its_personal_adapter_on_the_nested_factors(config):
+    """Personalization at r' < r: the personal adapter is r' x r' and recorded under the nested
+    factors' fingerprint (as `client.run --rank` writes it), so it is found again next time."""
+    from client.node_state import PERSONAL_INFO, PERSONAL_RECORD
+    from shared.federation.protocol import nested_basis
+    from shared.base_models import build_adapted_model
+
+    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", num_server_rounds=1,
+                    final_eval_fraction=1.0, personalize="finetune", personal_steps=2)
+    grid = RecordingGrid(mixed)
+    report = run_federation(grid, mixed)
+    assert report["final"]["accuracy_personalized"] is not None
+    _, basis = build_adapted_model(mixed.model, mixed.task, mixed.lora_config(), mixed.label_names() or ["neg", "pos"])
+    seen = set()
+    for node_id, context in grid.contexts.items():
+        rank = mixed.node_rank(context.node_config)
+        info, record = context.state[PERSONAL_INFO], context.state[PERSONAL_RECORD]
+        expected = basis if rank == mixed.rank else nested_basis(basis, rank)
+        assert info["fingerprint"] == expected.fingerprint
+        assert {tuple(a.shape)[-2:] for k, a in record.items() if k.endswith("lora_R")} == {(rank, rank)}
+        seen.add(rank)
+    assert seen == {2, 4}
