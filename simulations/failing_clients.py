@@ -11,7 +11,8 @@ A failing message, one of three kinds (equally likely):
            holds a Ray worker that honest clients queue behind (they did, and missed the deadline
            with it). Honest replies still face the real `round-timeout`;
   garbage  the reply has the wrong record type for the adapter, or NaN in it / in its metrics.
-Partition queries never fail (they happen once, before any round).
+Partition queries never fail (they happen once, before any round), nor do secure aggregation's
+stage 2-4 messages (their dropouts are SecAgg+'s own test: tests/test_secure_aggregation.py).
 """
 
 from collections.abc import Iterable
@@ -24,9 +25,11 @@ from flwr.serverapp import Grid
 from server.forwarding_grid import ForwardingGrid
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, PARTITION_ID, STACKED_R, STATUS
 from shared.federation.run_config import FederationConfig
+from shared.federation.secure_messages import MASKED_INPUT_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION
 
 FAIL_STREAM = 13
 KINDS = ("crash", "timeout", "garbage")
+SECURE_STAGE_ACTIONS = (SHARE_KEYS_ACTION, MASKED_INPUT_ACTION, UNMASK_ACTION)
 
 
 def failure_kind(config: FederationConfig, server_round: int, partition: int, message_type: str) -> str | None:
@@ -53,6 +56,8 @@ def failing_client_app(inner: ClientApp, config: FederationConfig) -> ClientApp:
     app.train()(answer)
     app.evaluate()(answer)
     app.query()(inner)
+    for action in SECURE_STAGE_ACTIONS:  # secure aggregation's later stages: a node failed or silenced
+        app.train(action)(inner)         # at stage 1 (the train message) is already out of the round
     return app
 
 

@@ -18,6 +18,7 @@ from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS
 from shared.federation.run_config import FederationConfig
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, UNMASK, flat
+from server.federation import run_federation
 from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
 
 
@@ -155,3 +156,23 @@ def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, t
     for entry in report["rounds"]:
         assert entry["clients_trained"] == 4 and entry["skipped"] == ""
         assert entry["secure_aggregation"]["summed"] == 4 and entry["secure_aggregation"]["dropped"] == {}
+
+
+def test_failing_clients_in_a_secure_round_drop_out_and_the_rest_aggregate(config):
+    """--fail-rate with --secure-aggregation: crashed and silent clients leave at stage 1;
+    the stage 2-4 messages reach the survivors (the failing wrapper routes them) and rounds complete."""
+    from simulations import failing_clients
+    from tests.test_federation import RecordingGrid
+
+    shaky = replace(config, secure_aggregation=True, fail_rate=0.3, seed=8, num_server_rounds=2,
+                    round_timeout=5.0, secagg_timeout=5.0)
+    drawn = {r: [failing_clients.failure_kind(shaky, r, p, "train") for p in range(NUM_CLIENTS)] for r in (1, 2)}
+    assert {"crash", "timeout", "garbage"} <= {k for kinds in drawn.values() for k in kinds}  # every kind
+    app = failing_clients.failing_client_app(make_client_app(shaky), shaky)
+    grid = failing_clients.SilencedGrid(RecordingGrid(shaky, client_app=app), shaky)
+    report = run_federation(grid, shaky)
+    for r, entry in enumerate(report["rounds"], start=1):
+        # a garbage reply at stage 1 carries no update to spoil (the masked input comes later, and
+        # is bounded by the clipping range): that client stays in; crashed and silent ones leave
+        assert entry["skipped"] == "" and entry["clients_trained"] == sum(k in (None, "garbage") for k in drawn[r])
+        assert not any("no" in key and "registered" in key for key in entry["failures"])
