@@ -1,22 +1,31 @@
 """A SuperLink under load: N SuperNodes on loopback (one process each), R federated rounds, for
 several N, to see what one SuperLink serves and where a one-machine deployment breaks.
 
-    python -m benchmarks.deployment_load [--nodes 10 25 50] [--rounds 3] [--model tiny|minilm]
-                                         [--examples 20] [--level-timeout 900] [--min-free-gib 4]
+    python -m benchmarks.deployment_load [--nodes 10 25 50] [--rounds 3] [--fraction 1.0]
+                                         [--model tiny|minilm] [--examples 20] [--level-timeout 900]
+                                         [--min-free-gib 4]
 
 For each N: a SuperLink and N SuperNodes (deployment/local.py), each on its own data folder of
-synthetic reviews, then `flwr run` with every node training in every round. Measured:
+synthetic reviews, then `flwr run` with a seeded `--fraction` of the nodes training in each round
+(the run config's fraction-train; 1.0 = every node, every round) and no federated evaluation
+(fraction-evaluate 0, final-eval-fraction 0). Before round 1 the ServerApp asks every node once
+which partition it serves (server/strategy.py): one flwr-clientapp per node, whatever the fraction.
+Measured:
   - seconds until all N SuperNodes are online, and per round (the ServerApp's report.json);
   - bytes up / down per round (the report's byte counters: serialized arrays, factors included);
   - CPU seconds and peak memory (RSS) of the SuperLink, sampled every 0.5 s from /proc through
     psutil: flower-superlink itself, and with the ServerApp it runs (flwr-serverapp);
-  - the peak number of flwr-clientapp processes alive at once, the peak RSS of everything started,
-    and the machine's lowest MemAvailable.
+  - the peak number of flwr-clientapp processes alive at once and the largest one's RSS, the peak
+    RSS of everything started, and the machine's MemAvailable before the level and at its lowest;
+  - with all N nodes connected and no run yet: the RSS and PSS of the SuperNode processes and their
+    flower-superexec launchers, and MemAvailable, i.e. what an idle node costs.
 A level that runs out of time, or brings MemAvailable under --min-free-gib (its flwr-clientapp
 processes are killed at once, then the level is stopped, before the kernel's OOM killer picks a
-process of someone else), is recorded as broken with the reason; larger levels are skipped. Every process a level starts carries an environment tag;
-after the level none may be left (any leftover is killed and the benchmark fails).
-Results: benchmarks/results/deployment_load.json and .md.
+process of someone else), is recorded as broken with the reason, the logs' last lines and the line
+that says why (benchmarks/deployment_load_report.py); larger levels are skipped. Every process a
+level starts carries an environment tag; after the level none may be left (any leftover is killed
+and the benchmark fails). Results: benchmarks/results/deployment_load.json and .md, one run per
+fraction kept side by side (a new run replaces only the one with its fraction).
 
 Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of tests/tiny_models.py, rank 4. On a
 2-core machine a round costs every node a fresh flwr-clientapp process (torch + transformers
@@ -43,6 +52,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
 from benchmarks.deployment_overhead import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
 from deployment.supernode import quoted_config_value
@@ -51,10 +61,11 @@ from shared.errors import LoraXSError
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TAG_VARIABLE = "LORAXS_LOAD_RUN"  # every process a level starts inherits it
-# The SuperLink side: flower-superlink and the ServerApp it runs (flwr-serverapp). The
-# flower-superexec launchers are left out: every SuperNode runs one too, and the name alone does
-# not tell them apart.
+# The SuperLink side: flower-superlink and the ServerApp it runs (flwr-serverapp). Its
+# flower-superexec launcher (role "flower-superexec-superlink", told from the SuperNodes' by its
+# parent) is left out, as in the first run of this benchmark.
 SUPERLINK_TREE = ("flower-superlink", "flwr-serverapp")
+NODE_ROLES = ("flower-supernode", "flower-superexec")  # what an idle SuperNode costs: itself and its launcher
 SAMPLE_EVERY_S = 0.5
 MEMORY_CHECK_EVERY_S = 0.1
 IDLE_WINDOW_S = 10.0  # SuperLink CPU with all nodes connected and no run: the cost of their polling
@@ -68,20 +79,26 @@ class Samples:
     cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds (user + system)
     peak_rss: dict[str, int] = field(default_factory=dict)  # role -> peak summed RSS, bytes
     peak_clientapps: int = 0
+    peak_process_rss: dict[str, int] = field(default_factory=dict)  # role -> the largest single process
     peak_everything_rss: int = 0
     min_available: int = 0
     samples: int = 0
+    memory_guard: dict | None = None  # what the sampler saw when MemAvailable first fell under the floor
 
 
 def role_of(proc: psutil.Process) -> str:
-    """flower-superlink / flower-superexec / flwr-serverapp / flwr-clientapp / flower-supernode / other."""
+    """flower-superlink / flower-superexec (a SuperNode's launcher) / flower-superexec-superlink /
+    flwr-serverapp / flwr-clientapp / flower-supernode / other."""
     try:
         text = " ".join(proc.cmdline()[:3])
+        for name in ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flower-supernode"):
+            if name in text:
+                parent = proc.parent() if name == "flower-superexec" else None
+                if parent is not None and "flower-superlink" in " ".join(parent.cmdline()[:3]):
+                    return "flower-superexec-superlink"
+                return name
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "gone"
-    for name in ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flower-supernode"):
-        if name in text:
-            return name
     return "other"
 
 
@@ -108,6 +125,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.tag, self.min_free = tag, min_free
         self.result = Samples(min_available=psutil.virtual_memory().available)
+        self.started = time.monotonic()
         self.over_memory = threading.Event()
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
@@ -125,6 +143,7 @@ class Sampler(threading.Thread):
 
     def sample(self) -> None:
         rss: dict[str, int] = {}
+        largest: dict[str, int] = {}
         clientapps = 0
         for pid in tagged_pids(self.tag):
             if pid not in self._procs:
@@ -142,16 +161,26 @@ class Sampler(threading.Thread):
                 continue
             self._cpu[pid] = times.user + times.system
             rss[role] = rss.get(role, 0) + memory
+            largest[role] = max(largest.get(role, 0), memory)
             clientapps += role == "flwr-clientapp"
         result = self.result
         result.samples += 1
         for role, value in rss.items():
             result.peak_rss[role] = max(result.peak_rss.get(role, 0), value)
+            result.peak_process_rss[role] = max(result.peak_process_rss.get(role, 0), largest[role])
         result.peak_everything_rss = max(result.peak_everything_rss, sum(rss.values()))
         result.peak_clientapps = max(result.peak_clientapps, clientapps)
         available = psutil.virtual_memory().available
         result.min_available = min(result.min_available, available)
         if available < self.min_free:
+            if result.memory_guard is None:
+                result.memory_guard = {
+                    "seconds_into_level": round(time.monotonic() - self.started, 1),
+                    "clientapps_alive": clientapps,
+                    "clientapp_rss_mib": round(rss.get("flwr-clientapp", 0) / 2 ** 20, 1),
+                    "everything_rss_mib": round(sum(rss.values()) / 2 ** 20, 1),
+                    "mem_available_gib": round(available / GIB, 2),
+                }
             self.over_memory.set()
             self.kill_clientapps()
 
@@ -164,6 +193,29 @@ class Sampler(threading.Thread):
                     proc.kill()
                 except psutil.NoSuchProcess:
                     pass
+
+    def idle_snapshot(self, nodes: int) -> dict:
+        """Per role: processes, summed RSS and PSS (shared pages split between their users); and
+        what one idle SuperNode costs (itself + its launcher, RSS and PSS, per node)."""
+        by_role: dict[str, dict] = {}
+        for pid in tagged_pids(self.tag):
+            proc = self._procs.get(pid)
+            if proc is None:
+                continue
+            try:
+                memory = proc.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            entry = by_role.setdefault(self._roles[pid], {"processes": 0, "rss_mib": 0.0, "pss_mib": 0.0})
+            entry["processes"] += 1
+            entry["rss_mib"] += memory.rss / 2 ** 20
+            entry["pss_mib"] += getattr(memory, "pss", 0) / 2 ** 20
+        nodes_part = [by_role.get(role, {}) for role in NODE_ROLES]
+        return {
+            "by_role": {role: {k: round(v, 1) for k, v in e.items()} for role, e in by_role.items()},
+            "node_rss_mib_per_node": round(sum(e.get("rss_mib", 0.0) for e in nodes_part) / nodes, 1),
+            "node_pss_mib_per_node": round(sum(e.get("pss_mib", 0.0) for e in nodes_part) / nodes, 1),
+        }
 
     def cpu_by_role(self) -> dict[str, float]:
         cpu: dict[str, float] = {}
@@ -178,10 +230,12 @@ class Sampler(threading.Thread):
         return self.result
 
 
-def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout: float) -> str:
+def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout: float,
+               fraction: float = 1.0) -> str:
+    """The `--run-config` of one level: `fraction` of the nodes train per round, none evaluates."""
     values = {
-        "num-clients": nodes, "num-server-rounds": rounds, "fraction-train": 1.0, "min-train-nodes": 1,
-        "final-eval-fraction": 0.0, "dataset": "", "labels": ",".join(LABELS), "personalize": "none",
+        "num-clients": nodes, "num-server-rounds": rounds, "fraction-train": fraction, "min-train-nodes": 1,
+        "fraction-evaluate": 0.0, "final-eval-fraction": 0.0, "dataset": "", "labels": ",".join(LABELS), "personalize": "none",
         "local-epochs": 1.0, "batch-size": 8, "max-length": 32, "round-timeout": round_timeout,
         "out-dir": str(out_dir),
     }
@@ -205,14 +259,15 @@ def tiny_model_dir() -> Path:
 
 
 def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float, min_free: int,
-              workdir: Path) -> dict:
+              workdir: Path, fraction: float = 1.0) -> dict:
     """One level: N SuperNodes, R rounds; everything it started is gone when it returns."""
     tag = uuid.uuid4().hex
     os.environ[TAG_VARIABLE] = tag  # inherited by the SuperLink, SuperNodes and all they start
     data_dirs = tuple(write_synthetic_reviews(workdir / f"node-{i}", examples) for i in range(nodes))
     out_dir = workdir / "server-out"
-    config = run_config(nodes, rounds, model, out_dir, round_timeout=timeout)
-    level = {"nodes": nodes, "rounds_asked": rounds, "broken": None}
+    config = run_config(nodes, rounds, model, out_dir, round_timeout=timeout, fraction=fraction)
+    level = {"nodes": nodes, "rounds_asked": rounds, "fraction_train": fraction, "broken": None,
+             "mem_available_before_gib": round(psutil.virtual_memory().available / GIB, 2)}
     sampler = Sampler(tag, min_free)
     cpu_at_submission = None
     started = time.monotonic()
@@ -230,6 +285,11 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
             idle_from, idle_started = sampler.cpu_by_role().get("flower-superlink", 0.0), time.monotonic()
             time.sleep(IDLE_WINDOW_S)
             sampler.sample()
+            idle_available = psutil.virtual_memory().available
+            level["idle"] = sampler.idle_snapshot(nodes)
+            level["idle"]["mem_available_drop_mib_per_node"] = round(
+                (level["mem_available_before_gib"] * GIB - idle_available) / nodes / 2 ** 20, 1)
+            level["mem_available_idle_gib"] = round(idle_available / GIB, 2)
             cpu_at_submission = sampler.cpu_by_role()
             level["superlink_idle_cores"] = round(
                 (cpu_at_submission.get("flower-superlink", 0.0) - idle_from) / (time.monotonic() - idle_started), 4)
@@ -240,7 +300,11 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
                 try:
                     while flwr_run.poll() is None:
                         if sampler.over_memory.is_set():
-                            level["broken"] = (f"memory: MemAvailable fell under {min_free / GIB:.1f} GiB "
+                            guard = sampler.result.memory_guard or {}
+                            level["broken"] = (f"memory: MemAvailable fell under {min_free / GIB:.1f} GiB with "
+                                               f"{guard.get('clientapps_alive', '?')} flwr-clientapp alive "
+                                               f"({guard.get('clientapp_rss_mib', 0):,.0f} MiB RSS), "
+                                               f"{time.monotonic() - submitted:.0f} s into the run "
                                                "(stopped before the OOM killer)")
                             break
                         if time.monotonic() > deadline:
@@ -258,16 +322,13 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
                             flwr_run.wait()
             level["run_seconds"] = round(time.monotonic() - submitted, 1)
             if level["broken"] is None and flwr_run.returncode != 0:
-                level["broken"] = f"flwr run exited with {flwr_run.returncode} (see {workdir / 'flwr-run.log'})"
+                level["broken"] = f"flwr run exited with {flwr_run.returncode}"
     except LoraXSError as err:
         level["broken"] = level["broken"] or f"deployment: {err}"
     finally:
         samples = sampler.stop()
         level["leftover_processes"] = reap(tag)
         del os.environ[TAG_VARIABLE]
-    if level["broken"] or not (out_dir / "report.json").is_file():  # the why, before the folder goes
-        level["log_tails"] = {name: log_tail(workdir / "deployment" / name) for name in ("superlink.log", "flwr-run.log", "supernode-0.log")}
-        level["log_tails"]["flwr-run.log"] = log_tail(workdir / "flwr-run.log")
     level.update(summarize_samples(samples))
     if cpu_at_submission is not None:  # the run alone, without start-up and registration
         run_cpu = {role: samples.cpu_s.get(role, 0.0) - cpu_at_submission.get(role, 0.0) for role in SUPERLINK_TREE}
@@ -277,7 +338,17 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
     if report.is_file():
         level.update(from_report(json.loads(report.read_text())))
     if level["broken"] is None and level.get("rounds_completed", 0) < rounds:
-        level["broken"] = f"only {level.get('rounds_completed', 0)} of {rounds} rounds in the report"
+        level["broken"] = (f"only {level.get('rounds_completed', 0)} of {rounds} rounds completed" if report.is_file()
+                           else "the ServerApp wrote no report (it stopped before the end)")
+    run_log = log_tail(workdir / "flwr-run.log", lines=2000)
+    level["last_round_started"] = last_round_started(run_log)
+    if level["broken"]:  # the why, before the temporary folder goes
+        tails = {name: log_tail(workdir / "deployment" / name) for name in ("superlink.log", "supernode-0.log")}
+        tails["flwr-run.log"] = run_log[-40:]
+        level["log_tails"] = tails
+        level["broken_why"] = break_reason(tails)
+        level["log_errors"] = error_summary({path.name: log_tail(path, lines=100_000)
+                                             for path in sorted((workdir / "deployment").glob("*.log"))})
     return level
 
 
@@ -312,6 +383,9 @@ def summarize_samples(samples: Samples) -> dict:
         "cpu_s_by_role": samples.cpu_s,
         "peak_rss_mib_by_role": {role: round(v / 2 ** 20, 1) for role, v in samples.peak_rss.items()},
         "peak_clientapps_alive": samples.peak_clientapps,
+        "clientapp_peak_rss_mib_each": round(samples.peak_process_rss.get("flwr-clientapp", 0) / 2 ** 20, 1),
+        "peak_process_rss_mib_by_role": {role: round(v / 2 ** 20, 1) for role, v in samples.peak_process_rss.items()},
+        "memory_guard": samples.memory_guard,
         "peak_rss_everything_mib": round(samples.peak_everything_rss / 2 ** 20, 1),
         "min_mem_available_gib": round(samples.min_available / GIB, 2),
         "samples": samples.samples,
@@ -319,10 +393,12 @@ def summarize_samples(samples: Samples) -> dict:
 
 
 def from_report(report: dict) -> dict:
+    """The level's numbers from the ServerApp's report.json; a round counts as completed when the
+    ServerApp timed it (its list holds every round asked for, run or not)."""
     rounds = report.get("rounds", [])
     seconds = [r["seconds"] for r in rounds if r.get("seconds") is not None]
     return {
-        "rounds_completed": len(rounds),
+        "rounds_completed": len(seconds),
         "round_seconds": seconds,
         "round_seconds_median": statistics.median(seconds) if seconds else None,
         "clients_trained": [r["clients_trained"] for r in rounds],
@@ -334,56 +410,6 @@ def from_report(report: dict) -> dict:
         "bytes_down_per_client_per_round": report["final"].get("bytes_down_per_client_per_round"),
         "server_wall_seconds": report["final"].get("wall_seconds"),
     }
-
-
-def markdown(levels: list[dict], meta: dict) -> str:
-    lines = [
-        "# One SuperLink under load (SuperNodes as processes on loopback)",
-        "",
-        f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, {meta['memory_gib']} GiB), "
-        f"model {meta['model']}, {meta['examples']} synthetic reviews per node, every node trains every "
-        f"round, {meta['rounds']} rounds. Command: `{meta['command']}`. SuperLink + ServerApp = flower-superlink "
-        "+ flwr-serverapp (RSS: the sum of their peaks); CPU = user + system seconds over the whole level.",
-        "",
-        "| SuperNodes | all online after (s) | round seconds (median; each) | bytes up / round | "
-        "bytes down / round (round 1; later) | SuperLink CPU s, whole level (+ ServerApp) | SuperLink peak RSS MiB (+ ServerApp) | "
-        "flwr-clientapp alive at once (peak) | RSS of everything, peak MiB | lowest MemAvailable GiB | result |",
-        "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for lv in levels:
-        if lv.get("skipped"):
-            lines.append(f"| {lv['nodes']} | | | | | | | | | | skipped: {lv['skipped']} |")
-            continue
-        rounds = lv.get("round_seconds") or []
-        each = ", ".join(f"{s:.1f}" for s in rounds)
-        med = f"{lv['round_seconds_median']:.1f} ({each})" if rounds else "-"
-        up = lv.get("bytes_up_per_round") or []
-        down = lv.get("bytes_down_per_round") or []
-        up_text = f"{statistics.median(up):,.0f}" if up else "-"
-        down_text = f"{down[0]:,}; {down[-1]:,}" if len(down) > 1 else (f"{down[0]:,}" if down else "-")
-        lines.append(
-            f"| {lv['nodes']} | {lv.get('seconds_until_all_online', '-')} | {med} | {up_text} | {down_text} | "
-            f"{lv['superlink_cpu_s']:.1f} ({lv['superlink_tree_cpu_s']:.1f}) | "
-            f"{lv['superlink_peak_rss_mib']:.0f} ({lv['superlink_tree_peak_rss_mib']:.0f}) | "
-            f"{lv['peak_clientapps_alive']} | {lv['peak_rss_everything_mib']:.0f} | {lv['min_mem_available_gib']:.2f} | "
-            f"{'ok' if not lv['broken'] else 'BROKE: ' + lv['broken']} |"
-        )
-    ok = [lv for lv in levels if not lv.get("skipped") and not lv["broken"] and lv.get("round_seconds")]
-    if ok:
-        lines += ["", "Per message, from the levels that completed (train messages = nodes x rounds):", ""]
-        for lv in ok:
-            messages = lv["nodes"] * lv["rounds_completed"]
-            lines.append(
-                f"- {lv['nodes']} nodes: during the run (after registration) flower-superlink used "
-                f"{lv['superlink_run_cpu_s']:.1f} CPU s = {lv['superlink_run_cpu_s'] / messages * 1000:.0f} ms per train "
-                f"message ({messages} = {lv['nodes']} x {lv['rounds_completed']}), with the ServerApp "
-                f"{lv['superlink_tree_run_cpu_s']:.1f} s = {lv['superlink_tree_run_cpu_s'] / messages * 1000:.0f} ms; "
-                f"a round of {lv['nodes']} took {lv['round_seconds_median']:.1f} s "
-                f"({lv['round_seconds_median'] / lv['nodes']:.2f} s per node). flower-superlink kept "
-                f"{lv['superlink_run_cpu_s'] / lv['run_seconds']:.3f} cores busy during the run, "
-                f"{lv['superlink_idle_cores']:.3f} with the {lv['nodes']} nodes connected and idle."
-            )
-    return "\n".join(lines) + "\n"
 
 
 def stop_on_sigterm(signum, _frame):
@@ -401,13 +427,19 @@ def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] 
         else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
         "examples": args.examples,
         "rounds": args.rounds,
+        "fraction": args.fraction,
         "command": "python -m benchmarks.deployment_load " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_s": round(time.time() - started, 1),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "levels": levels}, indent=2) + "\n")
-    table = markdown(levels, meta)
+    try:  # runs with another fraction stay in the file, side by side
+        previous = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    runs = merged_runs(previous, {"meta": meta, "levels": levels})
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    table = markdown(runs)
     out.with_suffix(".md").write_text(table)
     return table
 
@@ -416,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deployment_load", description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="SuperNodes per level")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds per level")
+    parser.add_argument("--fraction", type=float, default=1.0,
+                        help="fraction-train: the share of the nodes sampled to train each round (1.0 = all)")
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
     parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
@@ -425,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.nodes) < 1 or args.rounds < 1:
         raise SystemExit("--nodes and --rounds must be positive")
+    if not 0.0 < args.fraction <= 1.0:
+        raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
     os.environ["HF_HUB_OFFLINE"] = "1"
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # `timeout` ends us: stop every process first
     levels: list[dict] = []
@@ -434,10 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         if broke_at is not None:
             levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
             continue
-        print(f"level: {nodes} SuperNodes, {args.rounds} rounds ...", flush=True)
+        print(f"level: {nodes} SuperNodes, {args.rounds} rounds, fraction-train {args.fraction} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"loraxs-load-{nodes}-") as tmp:
             level = run_level(nodes, args.rounds, args.model, args.examples, args.level_timeout,
-                              int(args.min_free_gib * GIB), Path(tmp))
+                              int(args.min_free_gib * GIB), Path(tmp), args.fraction)
         levels.append(level)
         print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
         write_results(levels, args, argv, started)  # after every level: a later one may not end

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.deployment_load import run_config
+from benchmarks.deployment_load_report import break_reason, last_round_started, merged_runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,10 +23,51 @@ def test_load_benchmark_on_two_supernodes_measures_and_cleans_up(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=420,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # non-zero also if a process was left
-    level = json.loads(out.with_suffix(".json").read_text())["levels"][0]
+    level = json.loads(out.with_suffix(".json").read_text())["runs"][0]["levels"][0]
     assert level["broken"] is None and level["leftover_processes"] == 0
     assert level["rounds_completed"] == 1 and level["clients_trained"] == [2]
     assert level["bytes_up_per_round"][0] > 0 and level["bytes_down_per_round"][0] > 0
     assert level["superlink_cpu_s"] > 0 and level["superlink_peak_rss_mib"] > 0
-    assert level["peak_clientapps_alive"] >= 1
+    assert level["peak_clientapps_alive"] >= 1 and level["clientapp_peak_rss_mib_each"] > 0
+    assert level["idle"]["by_role"]["flower-supernode"]["processes"] == 2
+    assert level["idle"]["node_rss_mib_per_node"] > 0 and level["last_round_started"] == 1
     assert "| 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_break_reason_prefers_the_exception_of_the_run_log():
+    tails = {
+        "superlink.log": ["INFO :      [Fleet] pull", "ERROR :     something on the SuperLink"],
+        "flwr-run.log": ["INFO :      [ROUND 1/3]", "Traceback (most recent call last):",
+                         '  File "server/strategy.py", line 152, in _wait_for_nodes',
+                         "shared.errors.LoraXSError: only 20 of 25 nodes connected within 300 s", "done"],
+    }
+    assert break_reason(tails) == "flwr-run.log: shared.errors.LoraXSError: only 20 of 25 nodes connected within 300 s"
+    assert break_reason({"superlink.log": ["ok", "ERROR :     ServerApp failed", "later"],
+                         "flwr-run.log": ["INFO : fine"]}) == "superlink.log: ERROR :     ServerApp failed"
+    assert break_reason({"flwr-run.log": ["INFO : all good"], "superlink.log": []}) is None
+    assert break_reason({"flwr-run.log": ["x" * 1000 + "Error: y"]}) is None  # not a line that starts an exception
+    assert len(break_reason({"flwr-run.log": ["ValueError: " + "z" * 1000]})) == 300
+
+
+def test_last_round_started_reads_the_serverapps_round_lines():
+    assert last_round_started(["INFO :      [ROUND 1/3]", "x", "INFO :      [ROUND 2/3]", "y"]) == 2
+    assert last_round_started(["INFO : Starting", "no rounds"]) is None
+
+
+def test_runs_with_another_fraction_stay_side_by_side():
+    old = {"meta": {"date": "d0"}, "levels": [{"nodes": 10}]}  # the file before fractions: all-train
+    sampled = {"meta": {"date": "d1", "fraction": 0.2}, "levels": [{"nodes": 50}]}
+    runs = merged_runs(old, sampled)
+    assert [r["meta"]["fraction"] for r in runs] == [1.0, 0.2] and runs[0]["levels"] == [{"nodes": 10}]
+    again = {"meta": {"date": "d2", "fraction": 0.2}, "levels": [{"nodes": 75}]}
+    runs = merged_runs({"runs": runs}, again)
+    assert [r["meta"]["date"] for r in runs] == ["d0", "d2"]
+    assert merged_runs(None, again) == [again] and merged_runs({"runs": "junk"}, again) == [again]
+
+
+def test_run_config_samples_the_fraction_and_evaluates_nowhere(tmp_path):
+    config = dict(item.split("=", 1) for item in
+                  run_config(50, 3, "minilm", tmp_path, round_timeout=900, fraction=0.2).split())
+    assert config["fraction-train"] == "0.2" and config["num-clients"] == "50"
+    assert config["fraction-evaluate"] == "0.0" and config["final-eval-fraction"] == "0.0"
+    assert run_config(5, 1, "minilm", tmp_path, round_timeout=60).split()[2] == "fraction-train=1.0"
