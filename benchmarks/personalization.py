@@ -60,6 +60,15 @@ def scenario_goals(name: str, rows: list[dict]) -> list[dict]:
     return out
 
 
+def load_previous(path: Path, rounds: int) -> dict:
+    """The scenarios of an earlier result file with the same number of rounds ({} if none)."""
+    try:
+        document = json.loads(path.read_text())
+        return dict(document["scenarios"]) if document.get("rounds") == rounds else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def markdown(document: dict) -> str:
     lines = ["# Personalization: global vs personal adapter on each client's own test split", "",
              f"`flower-simulation`, 100 clients, 10 per round, {document['rounds']} rounds, `--personalize finetune`; "
@@ -86,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     machine = machine_now()
-    scenarios, goals = {}, []
+    previous = load_previous(args.out / f"{NAME}.json", args.rounds)  # --only keeps the other scenario
+    scenarios = {name: previous[name] for name in SCENARIOS if name in previous and name not in (args.only or SCENARIOS)}
     for name in args.only or list(SCENARIOS):
         print(f"{name}: {SCENARIOS[name]}", flush=True)
         run_dir = args.out / NAME / name
@@ -97,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         final = json.loads((run_dir / "report.json").read_text())["final"]
         scenarios[name] = {"final_accuracy": summary["final_accuracy"], "wall_seconds": summary["wall_seconds"],
                            "groups": groups(final)}
-        goals += scenario_goals(name, scenarios[name]["groups"])
         print(f"  -> {scenarios[name]['groups']}", flush=True)
+    scenarios = {name: scenarios[name] for name in SCENARIOS if name in scenarios}
+    goals = [g for name, result in scenarios.items() if "groups" in result for g in scenario_goals(name, result["groups"])]
     document = {"command": command_line("benchmarks.personalization", argv), "machine": machine,
                 "rounds": args.rounds, "scenarios": scenarios, "goals": goals}
     write_result(args.out, NAME, document, markdown(document))

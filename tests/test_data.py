@@ -468,10 +468,20 @@ def test_a_partition_too_small_suggests_fewer_clients():
     assert_one_line_error(lambda: partition_dataset(ds, 3, "iid"), "fewer clients")
 
 
-def test_dirichlet_failure_suggests_fewer_clients():
-    ds = Dataset.from_dict({"text": [str(i) for i in range(40)], "label": [0] * 40})
-    assert_one_line_error(lambda: partition_dataset(ds, 20, "dirichlet", alpha=0.01),
-                          "fewer clients")
+def test_a_small_dirichlet_alpha_tops_up_the_nearly_empty_clients():
+    """Dirichlet(0.1) over 100 clients and 2 labels: Flower's partitioner cannot give every
+    client 2 rows in any redraw; the repaired draw does, stays disjoint and label-skewed."""
+    ds = Dataset.from_dict({"text": [str(i) for i in range(2000)], "label": [0, 1] * 1000})
+    parts = partition_dataset(ds, 100, "dirichlet", alpha=0.1, seed=3)
+    rows = [t for part in parts for t in part["text"]]
+    assert min(len(part) for part in parts) >= 2 and sorted(rows) == sorted(ds["text"])
+    majority = [max(part["label"].count(0), part["label"].count(1)) / len(part) for part in parts]
+    assert sorted(majority)[len(majority) // 2] > 0.9  # most clients hold (almost) one label only
+    again = partition_dataset(ds, 100, "dirichlet", alpha=0.1, seed=3)
+    assert [p["text"] for p in parts] == [p["text"] for p in again]
+
+
+def test_dirichlet_needs_labels():
     unlabelled = Dataset.from_dict({"text": [str(i) for i in range(10)]})
     assert_one_line_error(lambda: partition_dataset(unlabelled, 2, "dirichlet"), "'label'")
 
