@@ -60,6 +60,19 @@ def _status_line(status: dict | None) -> str:
     return state
 
 
+def _duration_lines(run: dict) -> list[str]:
+    """The run's total benchmark time against its budget (45 min full, 5 min --quick); nothing
+    for an --only run, whose total says nothing about the budget."""
+    command = run.get("command", "")
+    if not run.get("statuses") or "--only" in command or "--page-only" in command:
+        return []
+    total = sum(float(s.get("seconds") or 0) for s in run["statuses"].values())
+    budget = 5 if "--quick" in command else 45
+    verdict = "within" if total <= budget * 60 else "over"
+    return [f"Total benchmark time of this run: **{total / 60:.1f} min**, {verdict} the {budget}-minute budget "
+            "(the status table gives each benchmark's share).", ""]
+
+
 def build_page(registry, results: Path, page: Path, run: dict) -> str:
     """The whole RESULTS.md. `registry`: the Benchmark entries of benchmarks/all.py; `run`: the
     runner's command, dates, machine and per-benchmark status."""
@@ -74,6 +87,7 @@ def build_page(registry, results: Path, page: Path, run: dict) -> str:
               "No benchmark has been run by `benchmarks.all` in this folder yet.")
              + " Each section names the command and date that produced it (a benchmark not run this time "
              "keeps its earlier results).", "",
+             *_duration_lines(run),
              "## Status", "", "| item | benchmark | module | runner | status | results from |",
              "|---|---|---|---|---|---|"]
     documents = {}

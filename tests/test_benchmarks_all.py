@@ -75,3 +75,13 @@ def test_page_only_rewrites_the_page_from_files(tmp_path):
     text = page.read_text()
     assert "| LoRA-XS | 30,532 |" in text and "**missing**" in text
     assert "![plot](pareto.png)" in text  # page beside the results
+
+
+def test_the_page_judges_a_full_run_against_its_45_minutes():
+    from benchmarks.results_page import _duration_lines
+
+    full = {"command": "python -m benchmarks.all", "statuses": {"a": {"seconds": 1800.0}, "b": {"seconds": 1200.0}}}
+    assert "50.0 min**, over the 45-minute" in _duration_lines(full)[0]
+    quick = {"command": "python -m benchmarks.all --quick", "statuses": {"a": {"seconds": 240.0}}}
+    assert "within the 5-minute" in _duration_lines(quick)[0]
+    assert _duration_lines({"command": "python -m benchmarks.all --only pareto", "statuses": {"a": {"seconds": 1}}}) == []
