@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, concatenate_datasets
 
-from benchmarks.result_files import RESULTS, command_line, goal, machine_now, write_result
+from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.federation.node_data import held_out_union, simulated_node_data
@@ -87,10 +87,7 @@ def markdown(document: dict) -> str:
     for run in runs:
         lines.append(f"| centralized, lr {run['lr']:g}, head-lr {run['head_lr']:g}, seed {run['seed']} | {run['examples']:,} | {run['accuracy_held_out']:.3f} | "
                      f"{run['accuracy_all_client_tests']:.3f} |")
-    lines += ["", *(f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})"
-                    for g in document["goals"]),
-              "", f"Command: `{document['command']}` ({document['machine']['date']}, load average "
-              f"{document['machine']['load_average_before']} before)."]
+    lines += ["", *goal_lines(document["goals"]), "", footer(document)]
     return "\n".join(lines) + "\n"
 
 

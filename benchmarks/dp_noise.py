@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
-from benchmarks.result_files import goal
+from benchmarks.result_files import goal, goal_lines
 from benchmarks.federated_loop import held_out_loader, run_federated, sampled_partitions
 from benchmarks.federated_methods import build
 from benchmarks.simulation_runs import RESULTS
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{results[f'{m}-z{z:g}']['accuracy']:.3f}" for m in args.methods]
         lines.append(f"| {z:g} | " + " | ".join(cells) + " |")
     params = ", ".join(f"{m}: {results[f'{m}-z{args.noise[0]:g}']['trainable_parameters']:,}" for m in args.methods)
-    lines += ["", *(f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})" for g in goals)]
+    lines += ["", *goal_lines(goals)]
     lines += ["", f"Trainable parameters (what the noise is spread over): {params}.",
               f"Command: `{meta['command']}`; load average before {meta['load_before']}, after {meta['load_after']}."]
     (RESULTS / "dp_noise.md").write_text("\n".join(lines) + "\n")

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.result_files import RESULTS, command_line, goal, machine_now, write_result
+from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from benchmarks.simulation_runs import run_case
 
 NAME = "personalization"
@@ -81,10 +81,7 @@ def markdown(document: dict) -> str:
         for row in result["groups"]:
             lines.append(f"| {name} | {row['group']} | {row['clients']} | {row['global']:.3f} | {row['personal']:.3f} | "
                          f"{row['points']:+.1f} |")
-    lines += ["", *(f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})"
-                    for g in document["goals"]),
-              "", f"Command: `{document['command']}` ({document['machine']['date']}, load average "
-              f"{document['machine']['load_average_before']} before)."]
+    lines += ["", *goal_lines(document["goals"]), "", footer(document)]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,18 @@ def goal(text: str, measured: str, met: bool, limit: str = "") -> dict:
     return {"goal": text, "measured": measured, "met": bool(met), "limit": "" if met else limit}
 
 
+def goal_lines(goals: list[dict]) -> list[str]:
+    """One markdown bullet per goal: what, measured, met or missed and why."""
+    return [f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})" for g in goals]
+
+
+def footer(document: dict) -> str:
+    """The command and when it ran, for the end of a benchmark's markdown."""
+    machine = document["machine"]
+    return (f"Command: `{document['command']}` ({machine['date']}, load average "
+            f"{machine['load_average_before']} before).")
+
+
 def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("a non-finite number would be written")

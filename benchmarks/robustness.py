@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from benchmarks.result_files import goal
+from benchmarks.result_files import goal, goal_lines
 from benchmarks.simulation_runs import RESULTS, run_case
 
 GOAL_POINTS = 2.0
@@ -70,8 +70,7 @@ def write_markdown(results: dict, meta: dict) -> str:
     norms = [n for n in results.get("clean-fedavg", {}).get("median_update_norm", []) if n is not None]
     if norms:
         lines += ["", f"Median L2 norm of a clean update (R + head), per round: {', '.join(f'{n:.2f}' for n in norms)}."]
-    lines += ["", *(f"- {g['goal']}: {g['measured']} ({'met' if g['met'] else 'missed: ' + g['limit']})"
-                    for g in poisoning_goals(results))]
+    lines += ["", *goal_lines(poisoning_goals(results))]
     lines += ["", f"Command: `{meta['command']}`; load average before {meta['load_before']}, after {meta.get('load_after')}."]
     return "\n".join(lines) + "\n"
 
