@@ -56,6 +56,7 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
     stamps = {"main": time.time()}
     import flwr.clientapp  # noqa: F401
     import client.app  # noqa: F401  (the ClientApp module, as flwr-clientapp loads it)
+    import client.message_work  # noqa: F401  (what client.app imports when a train message arrives)
 
     from shared.artifacts.cache import find_cached_basis, store_basis
     from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_tokenizer
@@ -95,7 +96,7 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
 def heavy_modules_in(tree: Path) -> list[str]:
     """Modules that importing the ClientApp pulls in although a plain train message never
     needs them (plotting, partitioning, ONNX): the lazy-import cuts, checked in a fresh process."""
-    code = ("import sys, client.app; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+    code = ("import sys, client.app, client.message_work; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
             f"{set(UNNEEDED_MODULES)!r})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)})

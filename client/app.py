@@ -1,56 +1,48 @@
-"""The ClientApp: thin Flower glue. The work is in client/local_round.py.
+"""The ClientApp: thin Flower glue. What a train or evaluate message does is in
+client/message_work.py, the work itself in client/local_round.py.
 
-Every message: store the factors if they came along (after checking their fingerprint), or
-derive them if their recipe came along (client/derived_factors.py), answer "unknown-fingerprint"
-if this node does not hold the announced factors, else load the
-global adapter into the process's cached model and train / evaluate on this node's data.
-A user-caused problem (wrong labels, bad data folder) becomes an error reply with one line.
+Every Flower message runs in a fresh `flwr-clientapp` process that imports this module, so it
+imports no torch: the partition query each node answers once per run (server/strategy.py) costs
+the process Flower's own imports, not torch's and transformers' (benchmarks/results/deployment_load.md:
+25 such queries at once were 25 processes of ~417 MiB); a train or evaluate message imports
+client/message_work.py when it arrives.
 `app` reads its settings from the run config (`flwr run .`); `make_client_app(config)` binds
 them instead (the in-process simulation, where the run config is empty).
 """
 
-import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from typing import TYPE_CHECKING
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
 from client.dp_clipping import client_clipping_mod
-from client.derived_factors import derive_announced_factors
-from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
-from client.worker_cache import cached_model, cached_tokenizer
-from client.node_state import NodeState, node_state_for
-from client import secure_stages
-from client.server_key import remember_server_key, seal_train_reply
-from shared.federation.node_data import NodeData, node_data
-from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, FACTORS, METRICS, PARTITION_ID, STATUS, UNKNOWN_FINGERPRINT, nested_basis,
-    pack_adapter, top_left_adapter, unpack_adapter, unpack_basis,
-)
-from shared.federation.run_config import FederationConfig
-from shared.federation.sealed_update import SERVER_KEY
-from shared.federation.secure_messages import (
-    MASKED_INPUT_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION, params_from_config,
-)
-from shared.artifacts.adapter_file import adapter_meta
-from shared.base_models import canonical_model_id, resolve_device
-from shared.errors import LoraXSError
+from shared.federation.keys import PARTITION_ID, STATUS
+from shared.federation.secure_messages import MASKED_INPUT_ACTION, SHARE_KEYS_ACTION, UNMASK_ACTION
+
+if TYPE_CHECKING:
+    from shared.federation.run_config import FederationConfig
+
+# Secure aggregation's stages 2-4 (client/secure_stages.py); stage 1 is the train reply.
+SECURE_STAGES = {SHARE_KEYS_ACTION: "share_keys", MASKED_INPUT_ACTION: "masked_input", UNMASK_ACTION: "unmask"}
 
 
-def make_client_app(config: FederationConfig | None = None, torch_threads: int | None = None) -> ClientApp:
+def make_client_app(config: "FederationConfig | None" = None, torch_threads: int | None = None) -> ClientApp:
     client_app = ClientApp(mods=[client_clipping_mod])  # acts only with dp = client-fixed
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        return _answer(msg, context, config, torch_threads, _train)
+        from client import message_work
+
+        return message_work.answer(msg, context, config, torch_threads, message_work.train_reply)
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return _answer(msg, context, config, torch_threads, _evaluate)
+        from client import message_work
 
-    # Secure aggregation's stages 2-4 (client/secure_stages.py); stage 1 is the train reply.
-    client_app.train(SHARE_KEYS_ACTION)(secure_stages.share_keys)
-    client_app.train(MASKED_INPUT_ACTION)(secure_stages.masked_input)
-    client_app.train(UNMASK_ACTION)(secure_stages.unmask)
+        return message_work.answer(msg, context, config, torch_threads, message_work.evaluate_reply)
+
+    for action, stage in SECURE_STAGES.items():
+        client_app.train(action)(_secure_stage(stage))
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -62,102 +54,14 @@ def make_client_app(config: FederationConfig | None = None, torch_threads: int |
     return client_app
 
 
-def _answer(msg, context, bound_config, torch_threads, work) -> Message:
-    try:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        config = bound_config or FederationConfig.from_run_config(context.run_config)
-        fingerprint = str(msg.content[CONFIG]["fingerprint"])
-        state = node_state_for(context)
-        if BASIS in msg.content:
-            state.store_basis(unpack_basis(msg.content[BASIS], fingerprint), canonical_model_id(config.model))
-        factors = derive_announced_factors(msg.content[CONFIG], config, state, fingerprint)
-        told = {FACTORS: factors} if factors else {}  # what the node did with a recipe
-        if SERVER_KEY in msg.content[CONFIG]:
-            remember_server_key(context, msg.content[CONFIG][SERVER_KEY])
-        if not state.has_basis(fingerprint):
-            status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint, **told})
-            return Message(RecordDict({STATUS: status}), reply_to=msg)
-        job = MessageWork(config, context, state, fingerprint, int(msg.content[CONFIG]["server-round"]))
-        content = seal_train_reply(work(msg, job), msg, context, config.encrypt_updates, fingerprint, job.round)
-        content[STATUS] = ConfigRecord({"fingerprint": fingerprint, **told})
-        return Message(content, reply_to=msg)
-    except LoraXSError as err:
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg)
+def _secure_stage(name: str):
+    def stage(msg: Message, context: Context) -> Message:
+        from client import secure_stages
 
+        return getattr(secure_stages, name)(msg, context)
 
-class MessageWork:
-    """Everything one message is worked on with: config, node data, the worker's cached model,
-    the node state and the seeds. Built per message; the model comes from client/worker_cache."""
-
-    def __init__(self, config: FederationConfig, context: Context, state: NodeState,
-                 fingerprint: str, server_round: int):
-        self.config, self.state, self.fingerprint, self.round = config, state, fingerprint, server_round
-        self.context = context
-        self.data: NodeData = node_data(config, context.node_config)
-        self.labels = tuple(self.data.labels) if self.data.labels else None
-        self.rank = config.node_rank(context.node_config)  # mixed ranks: this device's r' <= rank
-        self.lora = config.node_lora_config(self.rank)
-        nested = self.rank < config.rank
-        load = (lambda: nested_basis(state.basis(fingerprint), self.rank)) if nested else (lambda: state.basis(fingerprint))
-        self.model = cached_model(canonical_model_id(config.model), config.task, self.lora, self.labels,
-                                  f"{fingerprint}/rank-{self.rank}" if nested else fingerprint, load,
-                                  verify=not nested)
-        self.tokenizer = cached_tokenizer(canonical_model_id(config.model))
-        self.device = resolve_device("auto")
-        self.seed = shuffle_seed(config, server_round, int(context.node_config.get("partition-id", 0)))
-
-    def global_state(self, msg: Message) -> dict[str, torch.Tensor]:
-        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
-        return unpack_adapter(top_left_adapter(msg.content[ARRAYS], self.rank), names)
-
-
-def _train(msg: Message, work: MessageWork) -> RecordDict:
-    update = train_update(work.model, work.global_state(msg), work.data, work.tokenizer,
-                          work.config, work.seed, work.device)
-    metrics = MetricRecord({"num-examples": len(work.data.train), "train-loss": update.result.loss})
-    params = params_from_config(msg.content[CONFIG])
-    if params is not None:  # secure aggregation: the delta stays here, the reply is stage 1
-        return secure_stages.keys_reply(msg, work.context, params, pack_adapter(update.state, "fp32"), metrics)
-    if work.config.secure_aggregation:
-        raise LoraXSError("this client sends its update only through secure aggregation")
-    return RecordDict({ARRAYS: pack_adapter(update.state, work.config.update_dtype), METRICS: metrics})
-
-
-def _evaluate(msg: Message, work: MessageWork) -> RecordDict:
-    config, global_state = work.config, work.global_state(msg)
-    result = evaluate_state(work.model, global_state, work.data, work.tokenizer, config, work.device)
-    metrics = {
-        "num-examples": len(work.data.test),
-        "accuracy-global": result.accuracy,
-        "loss-global": result.loss,
-        "shifted": int(work.data.shifted),
-    }
-    if config.personalize == "finetune":
-        personal, personal_round = _personal_adapter(work, global_state)
-        mine = evaluate_state(work.model, personal, work.data, work.tokenizer, config, work.device)
-        metrics.update({"accuracy-personal": mine.accuracy, "loss-personal": mine.loss,
-                        "personal-round": personal_round})
-    return RecordDict({METRICS: MetricRecord(metrics)})
-
-
-def _personal_adapter(work: MessageWork, global_state: dict) -> tuple[dict[str, torch.Tensor], int]:
-    """The stored personal adapter, re-derived first when this global adapter is newer. A node
-    at a smaller rank (mixed ranks) keeps its adapter on the nested factors, under their
-    fingerprint, as `client.run --rank` writes it."""
-    config = work.config
-    basis = work.state.basis(work.fingerprint)
-    if work.rank < config.rank:
-        basis = nested_basis(basis, work.rank)
-    stored = work.state.personal_adapter(basis.fingerprint)
-    if stored is not None and stored[1] >= work.round:
-        return stored
-    personal = derive_personal(work.model, global_state, work.data, work.tokenizer, work.config,
-                               work.seed, work.device)
-    meta = adapter_meta(config.model, config.task, work.lora, basis, list(work.labels) if work.labels else None,
-                        round=str(work.round), kind="personal")
-    work.state.store_personal_adapter(personal, meta, work.round)
-    return personal, work.round
+    stage.__name__ = name
+    return stage
 
 
 app = make_client_app()

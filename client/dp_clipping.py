@@ -13,7 +13,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from shared.federation.protocol import ARRAYS, BASIS, CONFIG
+from shared.federation.keys import ARRAYS, BASIS, CONFIG
 
 
 class _NothingToClip(Exception):

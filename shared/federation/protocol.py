@@ -34,14 +34,13 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 
 from shared.artifacts.basis_file import basis_from_tensors, basis_to_tensors
 from shared.errors import LoraXSError
+from shared.federation.keys import ARRAYS, BASIS, CONFIG, METRICS, PARTITION_ID, STATUS  # noqa: F401 - the contract's names
 from shared.loraxs.basis import Basis
 from shared.loraxs.mixed_rank import top_left, truncated_factors
 
-ARRAYS, CONFIG, BASIS, METRICS, STATUS = "arrays", "config", "basis", "metrics", "status"
 STACKED_R = "lora_R"
 UNKNOWN_FINGERPRINT = "unknown-fingerprint"
 FACTORS, DERIVED, MISMATCH = "factors", "derived", "mismatch"  # status: what a node did with a recipe
-PARTITION_ID = "partition-id"
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 TRAIN_METRICS = ("num-examples", "train-loss")
 EVALUATE_METRICS = ("num-examples", "accuracy-global", "loss-global", "shifted")
