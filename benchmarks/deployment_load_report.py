@@ -63,16 +63,28 @@ def last_round_started(lines: list[str]) -> int | None:
 
 
 def merged_runs(previous: dict | None, run: dict) -> list[dict]:
-    """The runs a results file keeps: this one, and earlier ones with another fraction-train (a
-    file from before fractions, {"meta", "levels"}, is the all-train run); all-train first."""
+    """The runs a results file keeps, one per fraction-train, all-train first (a file from before
+    fractions, {"meta", "levels"}, is the all-train run). A new run replaces the levels it
+    measured; the other levels of an earlier run with its fraction stay, each level saying which
+    command measured it ("measured": date and command)."""
     runs = []
     if isinstance(previous, dict):
         if isinstance(previous.get("runs"), list):
             runs = [r for r in previous["runs"] if isinstance(r, dict) and "meta" in r and "levels" in r]
         elif "meta" in previous and "levels" in previous:
             runs = [{"meta": {**previous["meta"], "fraction": 1.0}, "levels": previous["levels"]}]
-    runs = [r for r in runs if r["meta"].get("fraction", 1.0) != run["meta"]["fraction"]]
+    fraction = run["meta"]["fraction"]
+    levels = [_stamped(lv, run["meta"]) for lv in run["levels"]]
+    for earlier in [r for r in runs if r["meta"].get("fraction", 1.0) == fraction]:
+        measured = {lv["nodes"] for lv in levels}
+        levels += [_stamped(lv, earlier["meta"]) for lv in earlier["levels"] if lv.get("nodes") not in measured]
+    run = {"meta": run["meta"], "levels": sorted(levels, key=lambda lv: lv["nodes"])}
+    runs = [r for r in runs if r["meta"].get("fraction", 1.0) != fraction]
     return sorted(runs + [run], key=lambda r: -r["meta"].get("fraction", 1.0))
+
+
+def _stamped(level: dict, meta: dict) -> dict:
+    return level if "measured" in level else {**level, "measured": {k: meta.get(k) for k in ("date", "command")}}
 
 
 def _num(value, fmt: str = ".0f") -> str:
@@ -109,6 +121,18 @@ def _level_row(lv: dict) -> str:
     )
 
 
+def _commands(levels: list[dict], meta: dict) -> str:
+    """"Command: `...`", or which levels which command measured when they differ."""
+    groups: dict[tuple, list[int]] = {}
+    for lv in levels:
+        measured = lv.get("measured") or meta
+        groups.setdefault((measured.get("command"), measured.get("date")), []).append(lv["nodes"])
+    if len(groups) <= 1:
+        return f"Command: `{meta['command']}`."
+    return "Levels by command: " + "; ".join(
+        f"{', '.join(map(str, nodes))} nodes: `{command}` ({date})" for (command, date), nodes in groups.items()) + "."
+
+
 def run_markdown(run: dict) -> list[str]:
     meta, levels = run["meta"], run["levels"]
     fraction = meta.get("fraction", 1.0)
@@ -119,7 +143,7 @@ def run_markdown(run: dict) -> list[str]:
         "",
         f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, {meta['memory_gib']} GiB), model "
         f"{meta['model']}, {meta['examples']} synthetic reviews per node, {meta['rounds']} rounds, no federated "
-        f"evaluation. Command: `{meta['command']}`." + (f" Note: {meta['note']}" if meta.get("note") else ""),
+        f"evaluation. {_commands(levels, meta)}" + (f" Note: {meta['note']}" if meta.get("note") else ""),
         "",
         "| SuperNodes | trained per round | all online after (s) | round seconds (median; each) | bytes up / round | "
         "bytes down / round (round 1; later) | SuperLink CPU s, whole level (+ ServerApp) | "

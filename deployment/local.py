@@ -170,17 +170,22 @@ class LocalDeployment:
 
     def _flwr(self, *args: str, timeout: float = 60.0) -> str:
         """Run a `flwr` CLI command against this deployment; its stdout."""
-        done = subprocess.run(
-            [flower_command("flwr"), *args], env=self.cli_env(), cwd=self.config.workdir,
-            capture_output=True, text=True, timeout=timeout,
-        )
+        try:
+            done = subprocess.run(
+                [flower_command("flwr"), *args], env=self.cli_env(), cwd=self.config.workdir,
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise LoraXSError(f"flwr {' '.join(args[:2])} did not answer within {timeout:.0f} s "
+                              "(the SuperLink or the machine is overloaded)") from None
         if done.returncode != 0:
             detail = (done.stdout + done.stderr).strip().splitlines()
             raise LoraXSError(f"flwr {' '.join(args[:2])} failed: {detail[-1] if detail else done.returncode}")
         return done.stdout
 
-    def online_supernodes(self) -> int:
-        listing = json.loads(self._flwr("supernode", "list", self.config.connection, "--format", "json"))
+    def online_supernodes(self, timeout: float = 60.0) -> int:
+        listing = json.loads(self._flwr("supernode", "list", self.config.connection, "--format", "json",
+                                        timeout=timeout))
         return sum(1 for node in listing.get("nodes", []) if node.get("status") == "online")
 
     def wait_for_supernodes(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -188,7 +193,8 @@ class LocalDeployment:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_running()
-            if self.online_supernodes() >= len(self.supernodes):
+            # a loaded SuperLink may answer slowly: wait for the answer up to the deadline
+            if self.online_supernodes(timeout=max(1.0, deadline - time.monotonic())) >= len(self.supernodes):
                 return
             time.sleep(1.0)
         raise LoraXSError(f"not all {len(self.supernodes)} SuperNodes came online within {timeout:.0f} s")

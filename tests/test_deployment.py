@@ -109,6 +109,15 @@ def test_local_cli_checks_the_number_of_supernodes(tmp_path, capsys):
     assert "--supernodes 3 but 2 --data folders" in capsys.readouterr().err
 
 
+def test_a_flwr_command_that_does_not_answer_is_a_clear_error(tmp_path):
+    """An overloaded SuperLink (75 SuperNodes starting on 2 cores) left `flwr supernode list`
+    unanswered: a one-line LoraXSError, not a TimeoutExpired traceback."""
+    deployment = LocalDeployment(DeploymentConfig(data_dirs=(tmp_path / "a",), workdir=tmp_path / "w"))
+    (tmp_path / "w").mkdir()
+    with pytest.raises(LoraXSError, match="flwr supernode list did not answer within 0 s"):
+        deployment._flwr("supernode", "list", "loopback", timeout=0.01)
+
+
 # -- slow: real processes -------------------------------------------------------------------
 
 def assert_all_gone(pids: set[int]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.deployment_load import run_config
-from benchmarks.deployment_load_report import break_reason, last_round_started, merged_runs
+from benchmarks.deployment_load_report import break_reason, last_round_started, markdown, merged_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,15 +54,32 @@ def test_last_round_started_reads_the_serverapps_round_lines():
     assert last_round_started(["INFO : Starting", "no rounds"]) is None
 
 
+def _meta(date: str, fraction: float | None = None) -> dict:
+    meta = {"date": date, "command": f"c-{date}", "machine": "x86_64", "cpus": 2, "memory_gib": 23.5,
+            "model": "tiny", "examples": 20, "rounds": 3}
+    return meta if fraction is None else {**meta, "fraction": fraction}
+
+
 def test_runs_with_another_fraction_stay_side_by_side():
-    old = {"meta": {"date": "d0"}, "levels": [{"nodes": 10}]}  # the file before fractions: all-train
-    sampled = {"meta": {"date": "d1", "fraction": 0.2}, "levels": [{"nodes": 50}]}
+    old = {"meta": _meta("d0"), "levels": [{"nodes": 10, "skipped": "-", "broken": None}]}  # before fractions
+    sampled = {"meta": _meta("d1", 0.2), "levels": [{"nodes": 50}]}
     runs = merged_runs(old, sampled)
-    assert [r["meta"]["fraction"] for r in runs] == [1.0, 0.2] and runs[0]["levels"] == [{"nodes": 10}]
-    again = {"meta": {"date": "d2", "fraction": 0.2}, "levels": [{"nodes": 75}]}
-    runs = merged_runs({"runs": runs}, again)
+    assert [r["meta"]["fraction"] for r in runs] == [1.0, 0.2] and runs[0]["levels"][0]["nodes"] == 10
+    again = {"meta": _meta("d2", 0.2), "levels": [{"nodes": 75}, {"nodes": 50, "x": 1}]}
+    runs = merged_runs({"runs": runs}, again)  # replaces the 50-node level, adds 75
     assert [r["meta"]["date"] for r in runs] == ["d0", "d2"]
-    assert merged_runs(None, again) == [again] and merged_runs({"runs": "junk"}, again) == [again]
+    assert runs[1]["levels"] == [{"nodes": 50, "x": 1, "measured": {"date": "d2", "command": "c-d2"}},
+                                 {"nodes": 75, "measured": {"date": "d2", "command": "c-d2"}}]
+    more = {"meta": _meta("d3", 0.2), "levels": [{"nodes": 100, "skipped": "-", "broken": None}]}
+    runs = merged_runs({"runs": runs}, more)  # the earlier levels stay, saying who measured them
+    assert [(lv["nodes"], lv["measured"]["date"]) for lv in runs[1]["levels"]] == [(50, "d2"), (75, "d2"), (100, "d3")]
+    runs[1]["levels"] = [lv for lv in runs[1]["levels"] if lv["nodes"] == 100] + [
+        {**runs[1]["levels"][0], "skipped": "-", "broken": None}]
+    page = markdown(runs)
+    assert "Levels by command: 100 nodes: `c-d3` (d3); 50 nodes: `c-d2` (d2)." in page
+    assert "Command: `c-d0`." in page
+    assert merged_runs(None, more)[0]["levels"] == [{**more["levels"][0], "measured": {"date": "d3", "command": "c-d3"}}]
+    assert len(merged_runs({"runs": "junk"}, more)) == 1
 
 
 def test_run_config_samples_the_fraction_and_evaluates_nowhere(tmp_path):
