@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import shutil
 import statistics
@@ -279,7 +280,7 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
                 deployment.wait_for_supernodes(timeout=max(120.0, min(timeout / 2, 6.0 * nodes)))
             except LoraXSError as err:
                 level["broken"] = f"registration: {err}"
-                return level
+                raise  # the processes stop; what was sampled and logged is still kept below
             level["seconds_until_all_online"] = round(time.monotonic() - started, 1)
             sampler.sample()  # idle: N nodes connected, polling, no run yet
             idle_from, idle_started = sampler.cpu_by_role().get("flower-superlink", 0.0), time.monotonic()
@@ -343,7 +344,8 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
     run_log = log_tail(workdir / "flwr-run.log", lines=2000)
     level["last_round_started"] = last_round_started(run_log)
     if level["broken"]:  # the why, before the temporary folder goes
-        tails = {name: log_tail(workdir / "deployment" / name) for name in ("superlink.log", "supernode-0.log")}
+        named = {f"supernode-{i}.log" for i in re.findall(r"supernode-(\d+)", level["broken"])}  # one that exited
+        tails = {name: log_tail(workdir / "deployment" / name) for name in {"superlink.log", "supernode-0.log", *named}}
         tails["flwr-run.log"] = run_log[-40:]
         level["log_tails"] = tails
         level["broken_why"] = break_reason(tails)

@@ -113,10 +113,10 @@ def _level_row(lv: dict) -> str:
     return (
         f"| {lv['nodes']} | {', '.join(map(str, trained)) if trained else '-'} | "
         f"{lv.get('seconds_until_all_online', '-')} | {med} | {up_text} | {down_text} | "
-        f"{lv['superlink_cpu_s']:.1f} ({lv['superlink_tree_cpu_s']:.1f}) | "
-        f"{lv['superlink_peak_rss_mib']:.0f} ({lv['superlink_tree_peak_rss_mib']:.0f}) | {_idle_per_node(lv)} | "
-        f"{lv['peak_clientapps_alive']} | {_num(lv.get('clientapp_peak_rss_mib_each'))} | "
-        f"{lv['peak_rss_everything_mib']:.0f} | {memory} | "
+        f"{_num(lv.get('superlink_cpu_s'), '.1f')} ({_num(lv.get('superlink_tree_cpu_s'), '.1f')}) | "
+        f"{_num(lv.get('superlink_peak_rss_mib'))} ({_num(lv.get('superlink_tree_peak_rss_mib'))}) | {_idle_per_node(lv)} | "
+        f"{_num(lv.get('peak_clientapps_alive'), 'd')} | {_num(lv.get('clientapp_peak_rss_mib_each'))} | "
+        f"{_num(lv.get('peak_rss_everything_mib'))} | {memory} | "
         f"{'ok' if not lv['broken'] else 'BROKE: ' + lv['broken']} |"
     )
 

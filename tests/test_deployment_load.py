@@ -88,3 +88,11 @@ def test_run_config_samples_the_fraction_and_evaluates_nowhere(tmp_path):
     assert config["fraction-train"] == "0.2" and config["num-clients"] == "50"
     assert config["fraction-evaluate"] == "0.0" and config["final-eval-fraction"] == "0.0"
     assert run_config(5, 1, "minilm", tmp_path, round_timeout=60).split()[2] == "fraction-train=1.0"
+
+
+def test_a_level_broken_at_registration_still_renders():
+    level = {"nodes": 75, "broken": "registration: supernode-3 exited with code 1", "mem_available_before_gib": 22.67,
+             "leftover_processes": 0, "broken_why": "supernode-3.log: OSError: [Errno 98] address already in use"}
+    page = markdown([{"meta": _meta("d4", 0.2), "levels": [level]}])
+    assert "| 75 | - |" in page and "BROKE: registration: supernode-3 exited with code 1 |" in page
+    assert "`supernode-3.log: OSError: [Errno 98] address already in use`" in page
