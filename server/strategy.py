@@ -222,13 +222,7 @@ class LoraXSFedAvg(FedAvg):
         expected, _ = self._sent[MessageType.TRAIN]
         if self.secure is not None:  # server/secure_rounds.py: stages 2-4, then global + mean delta
             arrays, metrics = self.secure.aggregate(self, server_round, replies, expected)
-            if arrays is None or self.aggregator is None:
-                return arrays, metrics
-            # A mean-based aggregator (FedAvgM, FedAdam, ...) needs only the mean: one reply of it.
-            mean = Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
-                           dst_node_id=0, message_type=MessageType.TRAIN)
-            stepped, _ = self._aggregated(server_round, [mean])
-            return stepped, metrics
+            return self._stepped_from_mean(server_round, arrays, metrics)
         accepted = []
         for reply in replies:
             if reply.has_error():
@@ -266,8 +260,13 @@ class LoraXSFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, accepted)  # FedAvg of the zero-padded R
         if arrays is None:
             return None, None
-        arrays = self._per_entry(arrays, accepted, ranks)
-        if self.aggregator is None:
+        return self._stepped_from_mean(server_round, self._per_entry(arrays, accepted, ranks), metrics)
+
+    def _stepped_from_mean(self, server_round: int, arrays: ArrayRecord | None, metrics):
+        """A mean computed here (secure aggregation's, per-entry's) as the round's result: as it is
+        without an aggregator, else the mean-based aggregator's (FedAvgM, FedAdam, ...) step from
+        it, handed over as its one reply."""
+        if arrays is None or self.aggregator is None:
             return arrays, metrics
         mean = Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
                        dst_node_id=0, message_type=MessageType.TRAIN)
