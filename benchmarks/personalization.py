@@ -2,12 +2,13 @@
 with the real `flower-simulation --personalize finetune` (issue 14, item 3; goals of issue 13).
 
     python -m benchmarks.personalization                 # concept-shift and Dirichlet(0.1), 10 rounds
-    python -m benchmarks.personalization --rounds 3      # what `benchmarks.all` runs
+    python -m benchmarks.personalization --rounds 2 --final-eval-fraction 0.2   # what `benchmarks.all` runs
 
 Two scenarios, 100 clients, 10 per round, the default federation otherwise:
   - concept-shift: a seeded 20 % of the clients (natural split) have every label flipped;
   - dirichlet-0.1: label skew, Dirichlet(0.1) split, nobody flipped.
-After the last round, 30 % of the clients evaluate the final global adapter and their personal one
+After the last round, 30 % of the clients (`--final-eval-fraction`) evaluate the final global
+adapter and their personal one
 (the global adapter fine-tuned by client.run's recipe and kept only where it beats the global one
 on a held-out part of the client's training data; interpolated on the line between them).
 Goals: personal >= global + 10 points on shifted clients, >= global - 0.3 points on the others.
@@ -60,11 +61,12 @@ def scenario_goals(name: str, rows: list[dict]) -> list[dict]:
     return out
 
 
-def load_previous(path: Path, rounds: int) -> dict:
-    """The scenarios of an earlier result file with the same number of rounds ({} if none)."""
+def load_previous(path: Path, rounds: int, final_eval_fraction: float) -> dict:
+    """The scenarios of an earlier result file of the same size ({} if none)."""
     try:
         document = json.loads(path.read_text())
-        return dict(document["scenarios"]) if document.get("rounds") == rounds else {}
+        same = document.get("rounds") == rounds and document.get("final_eval_fraction", 0.3) == final_eval_fraction
+        return dict(document["scenarios"]) if same else {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -72,7 +74,7 @@ def load_previous(path: Path, rounds: int) -> dict:
 def markdown(document: dict) -> str:
     lines = ["# Personalization: global vs personal adapter on each client's own test split", "",
              f"`flower-simulation`, 100 clients, 10 per round, {document['rounds']} rounds, `--personalize finetune`; "
-             "30 % of the clients evaluate both adapters after the last round.", "",
+             f"{document.get('final_eval_fraction', 0.3):.0%} of the clients evaluate both adapters after the last round.", "",
              "| scenario | clients | evaluated | global | personal | change (points) |", "|---|---|---:|---:|---:|---:|"]
     for name, result in document["scenarios"].items():
         if "error" in result:
@@ -88,16 +90,18 @@ def markdown(document: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--final-eval-fraction", type=float, default=0.3,
+                        help="share of the clients that evaluate both adapters after the last round")
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     machine = machine_now()
-    previous = load_previous(args.out / f"{NAME}.json", args.rounds)  # --only keeps the other scenario
+    previous = load_previous(args.out / f"{NAME}.json", args.rounds, args.final_eval_fraction)  # --only keeps the other scenario
     scenarios = {name: previous[name] for name in SCENARIOS if name in previous and name not in (args.only or SCENARIOS)}
     for name in args.only or list(SCENARIOS):
         print(f"{name}: {SCENARIOS[name]}", flush=True)
         run_dir = args.out / NAME / name
-        summary = run_case(run_dir, SCENARIOS[name], args.rounds)
+        summary = run_case(run_dir, f"{SCENARIOS[name]} final-eval-fraction={args.final_eval_fraction}", args.rounds)
         if "error" in summary:
             scenarios[name] = summary
             continue
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = {name: scenarios[name] for name in SCENARIOS if name in scenarios}
     goals = [g for name, result in scenarios.items() if "groups" in result for g in scenario_goals(name, result["groups"])]
     document = {"command": command_line("benchmarks.personalization", argv), "machine": machine,
-                "rounds": args.rounds, "scenarios": scenarios, "goals": goals}
+                "rounds": args.rounds, "final_eval_fraction": args.final_eval_fraction, "scenarios": scenarios,
+                "goals": goals}
     write_result(args.out, NAME, document, markdown(document))
     print(markdown(document))
     failed = [name for name, result in scenarios.items() if "error" in result]

@@ -7,9 +7,11 @@ Goal: at most 2 points lost at 10 % with a robust aggregator.
 DP: Flower's server-side fixed-clipping DP at noise multipliers 0.5, 1, 2 (clipping norm C), with
 the epsilon of Flower's RDP accountant (no amplification claimed).
 
-    python -m benchmarks.robustness [--quick] [--rounds 5] [--clip 1.0] [--only CASE ...]
+    python -m benchmarks.robustness [--quick] [--rounds 5] [--clip 1.0] [--local-epochs E] [--only CASE ...]
 Writes benchmarks/results/robustness.{json,md}; each run under benchmarks/results/robustness/<case>/.
-`--quick`: the 10 % cases and one noise level.
+`--quick`: the 10 % cases and one noise level. Every case is scored on the server's held-out set
+only (final-eval-fraction 0: no per-client final evaluation); `--local-epochs E` sets the clients'
+local epochs (the same for the clean run and every attack; the federation's default is 1).
 """
 
 import argparse
@@ -28,7 +30,15 @@ ROBUST = {"fedavg": "strategy='fedavg'", "fedmedian": "strategy='fedmedian'",
           "norm-bound": "strategy='fedavg' dp='server-fixed' dp-noise-multiplier=0.0 dp-clipping-norm={clip}"}
 
 
-def cases(clip: float, quick: bool) -> dict[str, str]:
+SCORED_ON_SERVER = "final-eval-fraction=0.0"
+
+
+def cases(clip: float, quick: bool, local_epochs: float | None = None) -> dict[str, str]:
+    common = SCORED_ON_SERVER + (f" local-epochs={local_epochs}" if local_epochs else "")
+    return {name: f"{overrides} {common}" for name, overrides in _cases(clip, quick).items()}
+
+
+def _cases(clip: float, quick: bool) -> dict[str, str]:
     out = {"clean-fedavg": "strategy='fedavg'"}
     for share in ((10,) if quick else (10, 20)):
         for name, overrides in ROBUST.items():
@@ -55,7 +65,9 @@ def poisoning_goals(results: dict) -> list[dict]:
 def write_markdown(results: dict, meta: dict) -> str:
     clean = results.get("clean-fedavg", {}).get("final_accuracy")
     lines = [f"# Robustness and DP of federated LoRA-XS ({meta['date']}, {meta['rounds']} rounds, 100 clients, "
-             f"10 per round, clipping norm {meta['clip']})", "",
+             f"10 per round, clipping norm {meta['clip']}"
+             + (f", {meta['local_epochs']:g} local epochs" if meta.get("local_epochs") else "")
+             + ")", "",
              "| case | run-config | final accuracy | vs clean | mean of last 3 | epsilon (delta) |",
              "|---|---|---|---|---|---|"]
     for name, result in results.items():
@@ -80,14 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clip", type=float, default=2.0, help="clipping norm C for norm bounding and DP")
+    parser.add_argument("--local-epochs", type=float, default=None,
+                        help="clients' local epochs per round (default: the federation's)")
     parser.add_argument("--only", nargs="*", help="run only these cases (names as in the table)")
     args = parser.parse_args(argv)
-    todo = cases(args.clip, args.quick)
+    todo = cases(args.clip, args.quick, args.local_epochs)
     names = [n for n in todo if not args.only or n in args.only]
     path = RESULTS / "robustness.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    results = previous.get("results", {}) if previous.get("meta", {}).get("rounds") == args.rounds else {}
+    same_size = [previous.get("meta", {}).get(k) for k in ("rounds", "local_epochs")] == [
+        args.rounds, args.local_epochs]
+    results = previous.get("results", {}) if same_size else {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "clip": args.clip,
+            "local_epochs": args.local_epochs,
             "cases": {**previous.get("meta", {}).get("cases", {}), **todo}, "cpus": os.cpu_count(),
             "load_before": round(os.getloadavg()[0], 2),
             "command": "python -m benchmarks.robustness " + " ".join(argv if argv is not None else sys.argv[1:])}
