@@ -1,13 +1,14 @@
 """`client.run` on small real folders, side by side with what a user could do without us.
 
-    python -m benchmarks.small_data [--folders debates debian convention manpages docstrings] [--methods ...]
+    python -m benchmarks.small_data [--folders debates debian convention manpages docstrings hamlet] [--methods ...]
 
 Per folder (built by `benchmarks/small_folders.py`; none is rotten-tomatoes; defaults are tuned on
 debates and debian only, the others are held out), same train/test
 split, same packaged MiniLM, same validation split, token length and epoch budget for every
 fine-tuned method:
 - loraxs:   `client.run --data DIR` with its defaults (the `personalize` function it calls)
-- lora:     PEFT LoRA r=8 on the same modules, same recipe (closed-form head start, early stopping)
+- lora:     PEFT LoRA r=8 on the same modules, same recipe (closed-form head start, early stopping on
+            the recipe's validation measure)
 - full:     full fine-tuning, same recipe
 - frozen:   frozen mean-pooled embeddings + logistic regression (L2 chosen on validation)
 - tfidf:    TF-IDF 1-2-grams + logistic regression (C chosen on validation)
@@ -15,7 +16,6 @@ Writes benchmarks/results/small_data.json and small_data.md (accuracy, training 
 """
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -92,11 +92,16 @@ def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> d
             param.requires_grad_(True)
     trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
     val_loader = split.loader(split.val)
-    best = {"score": evaluate(model, val_loader).accuracy, "state": trainable()}
+
+    def validation_score() -> float:  # the recipe's measure: accuracy, or minus the loss
+        result = evaluate(model, val_loader)
+        return result.accuracy if recipe.select_on == "accuracy" else -result.loss
+
+    best = {"score": validation_score(), "state": trainable()}
     waited = [0]
 
     def after_epoch(_step: int) -> bool:
-        score = evaluate(model, val_loader).accuracy
+        score = validation_score()
         if score > best["score"]:
             best.update(score=score, state=trainable())
             waited[0] = 0
@@ -125,7 +130,9 @@ def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
         seconds = time.perf_counter() - start
     return {"accuracy": result.after.accuracy, "train_seconds": result.recipe.training.seconds,
             "wall_seconds": seconds, "bytes": result.num_bytes, "max_length": result.recipe.max_length,
-            "validation": {"start": result.recipe.start_score, "best": result.recipe.best_score,
+            "validation": {"measure": result.recipe.measure, "start": result.recipe.start_score,
+                           "best": result.recipe.best_score, "start_accuracy": result.recipe.start_accuracy,
+                           "kept_accuracy": result.recipe.kept_accuracy,
                            "history": result.recipe.history, "improved": result.recipe.improved,
                            "lam": result.recipe.lam, "lam_scores": result.recipe.lam_scores},
             "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy}
@@ -187,7 +194,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings"])
+    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")

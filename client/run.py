@@ -24,7 +24,7 @@ from shared.loraxs.config import LoraXSConfig
 from shared.personal_training import LENGTH_PERCENTILE, PersonalTrainingConfig
 
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
-RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience")
+RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on")
 LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
 
@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"share of the training split held out to choose the epoch (default {RECIPE.val_fraction:g})"))
     local.add_argument("--patience", type=int, help=(
         f"epochs without a better validation score before stopping (default {RECIPE.patience})"))
+    local.add_argument("--select-on", choices=("loss", "accuracy"), help=(
+        f"validation score that picks the epoch and the interpolation point (default {RECIPE.select_on})"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")
@@ -103,16 +105,21 @@ def print_report(result: PersonalizationResult) -> None:
     print(f"trained on {recipe.num_fit} of {result.num_train} examples ({recipe.num_val} held out for "
           f"validation), {recipe.max_length} tokens: {training.steps} steps in {training.seconds:.1f} s, "
           f"mean loss {training.loss:.4f}")
-    history = ", ".join(f"{score:.3f}" for score in recipe.history)
-    print(f"validation: start ({recipe.start}) {recipe.start_score:.4f}; after each epoch {history}")
+    shown = (lambda score: score) if recipe.measure == "accuracy" else (lambda score: -score)  # loss: lower is better
+    history = ", ".join(f"{shown(score):.3f}" for score in recipe.history)
+    print(f"validation {recipe.measure}: start ({recipe.start}) {shown(recipe.start_score):.4f}; after each epoch {history}")
     if recipe.improved:
-        print(f"kept epoch {recipe.best_epoch} (validation {recipe.best_score:.4f})")
+        print(f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f})")
     else:
         print(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
     if recipe.lam_scores:
-        scores = ", ".join(f"{lam:g}: {score:.3f}" for lam, score in recipe.lam_scores.items())
-        print(f"interpolation toward the best epoch, validation by lam ({scores}): kept lam = {recipe.lam:g}"
+        scores = ", ".join(f"{lam:g}: {shown(score):.3f}" for lam, score in recipe.lam_scores.items())
+        print(f"interpolation toward the best epoch, validation {recipe.measure} by lam ({scores}): kept lam = {recipe.lam:g}"
               + (" (the start adapter itself)" if recipe.lam == 0.0 else ""))
+    if recipe.start_accuracy is not None and recipe.kept_accuracy is not None:
+        print(f"validation accuracy: start {recipe.start_accuracy:.4f}, kept {recipe.kept_accuracy:.4f}"
+              + (f" (note: below the start; kept for its lower validation {recipe.measure})"
+                 if recipe.kept_accuracy < recipe.start_accuracy else ""))
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
     print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")

@@ -80,6 +80,12 @@ def accuracy(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, l
     return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else 0.0
 
 
+def log_loss(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy of the head's predictions (0.0 with no examples)."""
+    logits = features @ weight.T + bias  # (N, C)
+    return float(nn.functional.cross_entropy(logits, labels)) if len(labels) else 0.0
+
+
 def fit_linear_head(
     train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], num_classes: int,
     grid: tuple[float, ...] = L2_GRID,

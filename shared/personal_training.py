@@ -3,6 +3,9 @@ ClientApp's personalization with them.
 
     train split -> fit + validation (stratified, seeded)
     max length  <- the 95th percentile of the fit texts' token counts (capped)
+    score       <- validation loss (mean cross-entropy; `select_on`), or accuracy: on a hundred
+                   examples accuracy moves in steps of one example and mostly ties, while the
+                   loss ranks two adapters by how sure they are of the right class
     start       <- the better on validation of: the adapter as given, and the same adapter with
                    its head refitted in closed form (logistic regression on its pooled features)
     train       -> R (and, slowly, the head) with AdamW, an epoch budget from the folder size,
@@ -32,13 +35,14 @@ from shared.errors import LoraXSError
 from shared.data.batches import IGNORE_INDEX
 from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate
 from shared.linear_probe import (
-    LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, refit, refit_on_both, set_head,
+    LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, log_loss, refit, refit_on_both, set_head,
 )
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
 from shared.training import TrainConfig, TrainResult, evaluate, train
 
 LENGTH_PERCENTILE = 95
 MIN_EXAMPLES = 4  # the fewest training examples that leave some for validation
+SELECT_ON = ("loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ class PersonalTrainingConfig:
     max_length: None = from the folder (`LENGTH_PERCENTILE` of token counts, in
     [min_length, length_cap]). epochs: None = `step_budget` optimizer steps, as whole epochs in
     [min_epochs, max_epochs]. patience: epochs without a better validation score before stopping.
-    refit_head: after choosing the epoch, refit the head in closed form on fit + validation."""
+    refit_head: after choosing the epoch, refit the head in closed form on fit + validation.
+    select_on: "loss" or "accuracy": the validation score that picks the start, the epoch and
+    the interpolation point (seq-cls; causal-lm is always scored by its loss)."""
 
     lr: float = 5e-3
     head_lr: float | None = None
@@ -66,6 +72,7 @@ class PersonalTrainingConfig:
     refit_head: bool = True
     interpolate: bool = True
     significance: float = 1.0
+    select_on: str = "loss"
     seed: int = 0
 
     def __post_init__(self):
@@ -83,6 +90,8 @@ class PersonalTrainingConfig:
             raise LoraXSError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.patience < 1:
             raise LoraXSError(f"--patience must be at least 1, got {self.patience}")
+        if self.select_on not in SELECT_ON:
+            raise LoraXSError(f"select-on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
         if not (math.isfinite(self.significance) and self.significance >= 0):
             raise LoraXSError(f"significance must be a finite number >= 0, got {self.significance}")
 
@@ -103,6 +112,9 @@ class PersonalTrainingResult:
     frozen_head_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     lam: float = 1.0  # where on the line reference -> best epoch the kept adapter lies
     lam_scores: dict[float, float] = field(default_factory=dict)  # lam -> validation score
+    measure: str = "accuracy"  # what the scores are: "accuracy", or "loss" (scores are minus the loss)
+    start_accuracy: float | None = None  # validation accuracy of the start and of the kept adapter
+    kept_accuracy: float | None = None  # (seq-cls; the kept one before its head is refitted on validation)
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -152,22 +164,31 @@ def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
     return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
 
 
-def _score(model: nn.Module, loader, device, task: str) -> float:
+def _score(model: nn.Module, loader, device, measure: str) -> float:
     result = evaluate(model, loader, device)
-    return result.accuracy if task == "seq-cls" else -result.loss
+    return result.accuracy if measure == "accuracy" else -result.loss
+
+
+def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], measure: str) -> float:
+    return accuracy(head.weight, head.bias, *features) if measure == "accuracy" else -log_loss(
+        head.weight, head.bias, *features)
 
 
 @torch.no_grad()
-def example_scores(model: nn.Module, loader, device, task: str) -> list[float]:
+def example_scores(model: nn.Module, loader, device, task: str, measure: str = "accuracy") -> list[float]:
     """One score per example (higher is better): 1.0 / 0.0 for a right / wrong class, or minus
-    the example's mean next-token loss (causal-lm)."""
+    its cross-entropy (seq-cls, measure "loss"), or minus the example's mean next-token loss
+    (causal-lm)."""
     model.to(device).eval()
     scores: list[float] = []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         logits, labels = model(**batch).logits, batch["labels"]
-        if task == "seq-cls":
+        if task == "seq-cls" and measure == "accuracy":
             scores += (logits.argmax(-1) == labels).float().tolist()
+            continue
+        if task == "seq-cls":
+            scores += (-nn.functional.cross_entropy(logits.float(), labels, reduction="none")).tolist()
             continue
         target = labels[:, 1:]  # (B, T-1)
         losses = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target,
@@ -203,6 +224,7 @@ def personal_training(
     """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set` by the recipe above;
     the model ends holding the chosen adapter state."""
     seq_cls = task == "seq-cls"
+    measure = config.select_on if seq_cls else "loss"
     fit, val = split_validation(train_set, config.val_fraction, config.seed, stratify=seq_cls)
     max_length = choose_max_length(fit["text"], tokenizer, config, model)
     loader = lambda ds, shuffle=False: make_loader(  # noqa: E731
@@ -213,7 +235,8 @@ def personal_training(
     num_classes = head.out_features if head is not None else 0
 
     given = copy.deepcopy(adapter_state(model))
-    best_state, best_score = given, _score(model, val_loader, device, task)
+    best_state, best_score = given, _score(model, val_loader, device, measure)
+    start_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
     start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
     if head is not None:
         # the frozen base model's features + logistic regression: the baseline, and a start
@@ -226,10 +249,13 @@ def personal_training(
         frozen_state = copy.deepcopy(adapter_state(model))
         load_adapter_state(model, saved)
         # the start adapter's own features + logistic regression
-        probe, probe_score = fit_linear_head(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device), num_classes)
+        probe_val = head_inputs(model, val_loader, device)
+        probe, probe_accuracy = fit_linear_head(head_inputs(model, fit_eval, device), probe_val, num_classes)
+        probe_score = _head_score(probe, probe_val, measure)
         if probe_score > best_score or start == "scratch":
             set_head(model, probe)
             best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
+            start_accuracy = probe_accuracy
             start_name = f"{start} + closed-form head" if start != "scratch" else "frozen features + closed-form head"
     closed_form = config.refit_head and probe_l2 is not None
     reference = given if start != "scratch" else best_state
@@ -241,10 +267,10 @@ def personal_training(
         """This epoch's validation score and, with a closed-form head, the state with the head
         refitted on the fit split's current features (None: the model's own state)."""
         if not closed_form:
-            return _score(model, val_loader, device, task), None
+            return _score(model, val_loader, device, measure), None
         fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
         refitted = refit(*fit_now, num_classes, probe_l2)
-        return accuracy(refitted.weight, refitted.bias, *val_now), _state_with_head(model, refitted)
+        return _head_score(refitted, val_now, measure), _state_with_head(model, refitted)
 
     def after_epoch(_step: int) -> bool:
         nonlocal best_state, best_score, best_epoch, waited
@@ -271,10 +297,11 @@ def personal_training(
         per_example = {}
         for candidate in LAMBDA_GRID:
             load_adapter_state(model, interpolate(reference, best_state, candidate))
-            per_example[candidate] = example_scores(model, val_loader, device, task)
+            per_example[candidate] = example_scores(model, val_loader, device, task, measure)
         lam = choose_lambda(per_example, significance)
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
+    kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
     if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
         set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
                                       num_classes, probe_l2))
@@ -282,5 +309,5 @@ def personal_training(
         start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
-        lam=lam, lam_scores=lam_scores,
+        lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
     )

@@ -11,12 +11,13 @@ import torch
 
 from shared.base_models import build_adapted_model, load_tokenizer, model_pooling
 from shared.data.batches import make_loader
-from shared.linear_probe import fit_linear_head, head_inputs
+from shared.linear_probe import fit_linear_head, head_inputs, log_loss
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 from shared.personal_training import (
     PersonalTrainingConfig, _score, choose_max_length, personal_training, split_validation,
 )
+from shared.errors import LoraXSError
 from shared.pooled_classifier import PooledClassifier
 from shared.training import TrainConfig, train
 
@@ -99,6 +100,20 @@ def test_closed_form_head_separates_separable_features():
     assert ((features[100:] @ head.weight.T + head.bias).argmax(-1) == labels[100:]).all()
 
 
+def test_log_loss_is_the_mean_cross_entropy_of_the_head():
+    weight, bias = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 0.5])
+    features, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1, 0])
+    logits = features @ weight.T + bias
+    expected = -sum(torch.log_softmax(logits[i], -1)[labels[i]] for i in range(3)) / 3
+    assert log_loss(weight, bias, features, labels) == pytest.approx(float(expected))
+    assert log_loss(weight, bias, features[:0], labels[:0]) == 0.0
+
+
+def test_select_on_must_be_loss_or_accuracy():
+    with pytest.raises(LoraXSError, match="select-on"):
+        PersonalTrainingConfig(select_on="f1")
+
+
 def test_head_inputs_are_what_the_head_sees(tiny_bert_dir):
     model, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
     tokenizer = load_tokenizer(tiny_bert_dir)
@@ -118,20 +133,24 @@ def test_training_stops_early_after_patience_epochs(tiny_bert_dir):
     assert calls == [4, 8, 12] and result.steps == 12
 
 
+@pytest.mark.parametrize("select_on", ["loss", "accuracy"])
 @pytest.mark.parametrize("lr", [5e-3, 3.0])
-def test_recipe_never_ends_below_its_start_on_validation(tiny_bert_dir, lr):
-    """Whatever the learning rate (3.0 wrecks training), the kept state scores on validation at
-    least what the start did, and is exactly the start when no epoch beat it."""
+def test_recipe_never_ends_below_its_start_on_validation(tiny_bert_dir, lr, select_on):
+    """Whatever the learning rate (3.0 wrecks training), the kept state scores on validation (in
+    the measure it was chosen by) at least what the start did, and is exactly the start when no
+    epoch beat it."""
     model, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
     tokenizer = load_tokenizer(tiny_bert_dir)
-    config = PersonalTrainingConfig(lr=lr, epochs=3, refit_head=False, seed=1)
+    config = PersonalTrainingConfig(lr=lr, epochs=3, refit_head=False, seed=1, select_on=select_on)
     data = _toy(60)
     result = personal_training(model, data, tokenizer, "seq-cls", config)
     _, val = split_validation(data, config.val_fraction, config.seed, stratify=True)
-    score = _score(model, make_loader(val, tokenizer, "seq-cls", 64, result.max_length), "cpu", "seq-cls")
+    assert result.measure == select_on
+    score = _score(model, make_loader(val, tokenizer, "seq-cls", 64, result.max_length), "cpu", select_on)
     assert score >= result.best_score - 1e-6 and result.best_score >= result.start_score
-    assert score == pytest.approx(result.lam_scores.get(result.lam, result.best_score))
-    assert result.frozen_head_score is not None and result.start_score >= result.frozen_head_score
+    assert score == pytest.approx(result.lam_scores.get(result.lam, result.best_score), abs=1e-5)
+    assert result.frozen_head_score is not None and result.start_accuracy >= result.frozen_head_score
+    assert 0.0 <= result.kept_accuracy <= 1.0
     if not result.improved:
         assert result.best_epoch == 0
     assert len(result.history) <= 3 and result.num_fit + result.num_val == 60
