@@ -58,7 +58,7 @@ from shared.loraxs.mixed_rank import per_entry_from_zero_padded, zero_pad
 from shared.errors import LoraXSError
 
 SAMPLE_STREAM = 11  # the sampling draw's own random stream, apart from the data's
-NODES_WAIT_SECONDS = 300.0  # how long to wait for `min_available_nodes` before giving up
+NODES_WAIT_SECONDS = 300.0  # how long to wait for the nodes a step needs before giving up
 
 
 @dataclass
@@ -145,20 +145,29 @@ class LoraXSFedAvg(FedAvg):
         self.partitions = found
         return found
 
-    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+    def _wait_for_nodes(self, grid: Grid, needed: int | None = None) -> list[int]:
+        """The connected nodes, once at least `needed` are (default `min_available_nodes`: the
+        whole federation, before the partitions are discovered)."""
+        needed = self.min_available_nodes if needed is None else needed
         deadline = time.monotonic() + NODES_WAIT_SECONDS
-        while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
+        while len(nodes := list(grid.get_node_ids())) < needed:
             if time.monotonic() > deadline:
-                raise LoraXSError(f"only {len(nodes)} of {self.min_available_nodes} nodes connected "
+                raise LoraXSError(f"only {len(nodes)} of {needed} nodes connected "
                                   f"within {NODES_WAIT_SECONDS:.0f} s")
             time.sleep(1)
         return sorted(nodes)
 
     def sample(self, grid: Grid, fraction: float, minimum: int, server_round: int, stream: int) -> list[int]:
-        """The nodes of a seeded draw of partitions: the same (seed, round) -> the same partitions."""
+        """The nodes of a seeded draw of partitions: the same (seed, round) and the same connected
+        nodes -> the same partitions. After discovery a round draws from the nodes connected now
+        (waiting only for `minimum` of them): a node that left is not waited for."""
         if not self.partitions:
             self.discover_partitions(grid)
-        connected = set(self._wait_for_nodes(grid))
+        connected = set(self._wait_for_nodes(grid, needed=max(1, minimum)))
+        missing = sorted(set(self.partitions) - connected)
+        if missing:
+            log(WARNING, "round %s: %s known node(s) not connected, drawing from the %s connected",
+                server_round, len(missing), len(connected))
         by_partition = sorted((p, n) for n, p in self.partitions.items() if n in connected)
         size = min(len(by_partition), max(int(len(by_partition) * fraction), minimum))
         rng = np.random.default_rng([self.seed, server_round, SAMPLE_STREAM, stream])

@@ -40,3 +40,18 @@ def test_weighted_mean_is_fedavg():
     mean = weighted_mean([a, b], [1, 3])
     assert torch.allclose(mean["x"], torch.tensor([2.5, 5.0]))
     assert torch.allclose(mean["y"], torch.tensor([[3.0]]))
+
+
+def test_a_round_draws_from_the_connected_nodes_and_does_not_wait_for_one_that_left(monkeypatch):
+    """After discovery, a node that left is not waited for (a round once stalled 300 s, then
+    stopped the run); fewer connected nodes than the round's minimum is still an error."""
+    import server.strategy as strategy_module
+    from shared.errors import LoraXSError
+
+    monkeypatch.setattr(strategy_module, "NODES_WAIT_SECONDS", 0.0)
+    strategy = LoraXSFedAvg(ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0,
+                            min_train_nodes=2, min_available_nodes=4)
+    strategy.partitions = {10: 0, 11: 1, 12: 2, 13: 3}
+    assert strategy.sample(NodesOnly([10, 11, 12]), 1.0, 2, server_round=1, stream=0) == [10, 11, 12]
+    with pytest.raises(LoraXSError, match="only 1 of 2 nodes connected"):
+        strategy.sample(NodesOnly([10]), 1.0, 2, server_round=1, stream=0)
