@@ -198,13 +198,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")
+    parser.add_argument("--select-on", choices=("loss", "accuracy"), default=PersonalTrainingConfig().select_on,
+                        help="the recipe's validation measure (default: client.run's)")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args()
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
         return
     torch.manual_seed(0)
-    recipe = PersonalTrainingConfig()
+    recipe = PersonalTrainingConfig(select_on=args.select_on)
     folders = build_folders(args.data_root)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     report = {"command": "python -m benchmarks.small_data " + " ".join(os.sys.argv[1:]),
