@@ -4,15 +4,17 @@
 
 Each folder gets a properly trained adapter (as `benchmarks.export`: the `client.run` recipe,
 reused from --work when there), its merged fp32 export, then every recipe below quantizes that
-one fp32 file. Per recipe: accuracy on the folder's test split, agreement of its predicted class
-with fp32's, max abs difference of the logits from fp32, file size, and onnxruntime latency at
-batch 1 and 32 x sequence 64 (medians). Writes benchmarks/results/int8_recipes.json and .md.
+one fp32 file (exported with EXPORT_ATTENTION), except the rows of the sdpa-attention graph (what
+the export wrote before), exported apart. Per recipe: accuracy on the folder's test split,
+agreement of its predicted class with fp32's, max abs difference of the logits from fp32, file
+size, and onnxruntime latency at batch 1 and 32 x sequence 64 (medians). Writes benchmarks/results/int8_recipes.json and .md.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -24,18 +26,27 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.export import FOLDERS, adapter_for, prepare_folder  # noqa: E402
-from client.onnx.graph import file_size, quantize_int8  # noqa: E402
+from client.onnx.graph import EXPORT_ATTENTION, LogitsGraph, export_graph, file_size, quantize_int8  # noqa: E402
 from client.onnx.job import EVAL_BATCH_SIZE, ExportConfig, run_export  # noqa: E402
 from client.onnx.verify import LATENCY_LENGTH, median_ms, ort_session  # noqa: E402
+from shared.artifacts.open_adapter import open_adapter, read_adapter  # noqa: E402
 from shared.base_models import DEFAULT_MODEL, load_tokenizer  # noqa: E402
+from shared.loraxs.model import merged_model  # noqa: E402
 from shared.data.batches import make_loader  # noqa: E402
 from shared.data.local_folder import load_local_folder  # noqa: E402
 
 TOKEN_NAMES = ["input_ids", "attention_mask", "token_type_ids"]  # MiniLM (BERT)
 
 
-def recipes(fp32: Path) -> dict:
-    """name -> function(target path) writing that int8 model from `fp32`."""
+def sdpa_export(adapter: Path, folder: Path, target: Path) -> Path:
+    """The merged fp32 graph with Hugging Face's sdpa attention (a Where + IsNaN per layer)."""
+    model = open_adapter(read_adapter(adapter), data_dir=folder).model
+    export_graph(LogitsGraph(merged_model(model), "seq-cls", TOKEN_NAMES), {}, target, None, False, attention="sdpa")
+    return target
+
+
+def recipes(fp32: Path, fp32_sdpa: Path) -> dict:
+    """name -> function(target path) writing that model from `fp32` (or `fp32_sdpa`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32), load_external_data=False).graph
@@ -49,9 +60,12 @@ def recipes(fp32: Path) -> dict:
         "dynamic, all ops, per-channel": dynamic(per_channel=True),
         "dynamic, embeddings (Gather) only": dynamic(op_types_to_quantize=["Gather"]),
         "dynamic, MatMul only, per-tensor": dynamic(op_types_to_quantize=["MatMul"]),
-        "dynamic, MatMul only, per-channel (the new default)": lambda target: quantize_int8(fp32, target, False),
+        "dynamic, MatMul only, per-channel (the default)": lambda target: quantize_int8(fp32, target, False),
         "dynamic, MatMul only, per-channel, FFN output layers fp32": dynamic(
             op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=ffn_out),
+        "sdpa-attention graph, fp32 (the export before)": lambda target: shutil.copyfile(fp32_sdpa, target),
+        "sdpa-attention graph, dynamic, MatMul only, per-channel (the default before)":
+            lambda target: quantize_int8(fp32_sdpa, target, False),
     }
 
 
@@ -91,7 +105,8 @@ def one_folder(name: str, folder: Path, args, tmp: Path) -> dict:
                                        "max_abs_diff_vs_fp32": 0.0, "bytes": file_size(fp32)}}
     if args.latency:
         rows["fp32 (no quantization)"]["latency_ms"] = latency(ort_session(fp32, threads), tokenizer, args.repeats)
-    for recipe, write in recipes(fp32).items():
+    fp32_sdpa = sdpa_export(adapter, folder, tmp / name / "model.sdpa.onnx")
+    for recipe, write in recipes(fp32, fp32_sdpa).items():
         target = tmp / name / f"int8-{len(rows)}.onnx"
         write(target)
         session = ort_session(target, threads)
@@ -112,8 +127,10 @@ def markdown(per_folder: dict, config: dict) -> str:
         f"Measured {config['date']} on {config['machine']}, onnxruntime {config['onnxruntime']} with "
         f"{config['threads']} threads; latency batch 1 / 32 x sequence {LATENCY_LENGTH}, medians; 1-minute load "
         f"{config['load_average_1min']['start']} at the start, {config['load_average_1min']['end']} at the end. "
-        f"Command: `{config['command']}`. Accuracy / agreement with fp32's predicted class / max abs logit "
-        "difference from fp32, per folder (test texts):",
+        f"Command: `{config['command']}`. Every recipe quantizes the merged fp32 export (its attention exported "
+        f"as {EXPORT_ATTENTION!r}), except the sdpa-attention rows: the graph the export wrote before, exported "
+        "apart. Accuracy / agreement with fp32's predicted class / max abs logit difference from that folder's "
+        "fp32 export, per folder (test texts):",
         "",
         "| recipe | " + " | ".join(f"{f} ({r['test_examples']})" for f, r in per_folder.items()) + " | size | latency b1 / b32 (ms, first folder) |",
         "|---|" + "---:|" * (len(per_folder) + 2),

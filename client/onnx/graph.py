@@ -2,7 +2,8 @@
 
 Two graphs come from one wrapper: the merged model (delta W baked into W), or the unmerged
 adapted model with every adapter tensor (each r x r `lora_R`, the head) as a graph input, so one
-base file serves every user. Exports go through `torch.export` (the default ONNX exporter).
+base file serves every user. Exports go through `torch.export` (the default ONNX exporter), with
+the model's attention traced as plain MatMul / Softmax / MatMul (EXPORT_ATTENTION).
 """
 
 import contextlib
@@ -22,6 +23,11 @@ OUTPUT_NAME = "logits"
 TOKEN_AXES = ("batch", "sequence")
 EXAMPLE_SHAPE = (2, 16)  # trace shape; verification runs other shapes to prove the axes dynamic
 SINGLE_FILE_LIMIT = 2**31 - 2**26  # protobuf caps one file at 2 GiB; larger weights go to a .data file
+# Hugging Face's "sdpa" attention exports as a decomposition with a Where and an IsNaN per layer
+# (for fully masked rows) that onnxruntime runs as separate kernels; "eager" is the same math as
+# MatMul / Add(mask) / Softmax / MatMul. MiniLM, batch 32 x 64 on 2 cores: int8 128 -> 111 ms,
+# fp32 278 -> 261 ms (benchmarks/results/int8_recipes.md).
+EXPORT_ATTENTION = "eager"
 
 
 def token_input_names(model: nn.Module, tokenizer) -> list[str]:
@@ -82,19 +88,37 @@ def _quiet():
         logging.disable(previous)
 
 
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, name: str):
+    """Every Hugging Face model inside `model` runs `name` attention while inside, as before after."""
+    from transformers import PreTrainedModel
+
+    models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    previous = [m.config._attn_implementation for m in models]
+    for m in models:
+        m.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        for m, name_before in zip(models, previous):
+            m.set_attn_implementation(name_before)
+
+
 def export_graph(
     graph: LogitsGraph,
     adapter_example: dict[str, torch.Tensor],
     path: Path,
     opset: int | None,
     external_data: bool,
+    attention: str = EXPORT_ATTENTION,
 ) -> int:
-    """Writes `graph` to `path` (batch and sequence axes dynamic); returns the opset written."""
+    """Writes `graph` to `path` (batch and sequence axes dynamic), its attention traced as
+    `attention` (a Hugging Face attn_implementation); returns the opset written."""
     dynamic = torch.export.Dim.DYNAMIC
     token_shapes = tuple({0: dynamic, 1: dynamic} for _ in graph.token_names)
     adapter_shapes = tuple(None for _ in graph.adapter_names)  # fixed (r, r) and head shapes
     inputs = example_tokens(graph.token_names) + tuple(adapter_example[n] for n in graph.adapter_names)
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), attention_implementation(graph.model, attention):
         # torch.export first: torch.onnx.export(dynamic_shapes=...) turns the varargs tuple into a
         # list and rejects it; Dim.DYNAMIC (not a named Dim) lets it infer the sequence's range.
         program = torch.export.export(
@@ -120,7 +144,8 @@ def export_graph(
     return written
 
 
-INT8_RECIPE = ("onnxruntime dynamic quantization of the MatMul weights only, int8 per output channel; "
+INT8_RECIPE = ("onnxruntime dynamic quantization of the MatMul weights only, int8 per output channel, "
+               f"of the graph exported with {EXPORT_ATTENTION!r} attention; "
                "embeddings, attention (activation x activation) and the head stay fp32")
 
 
