@@ -235,8 +235,9 @@ def personal_training(
     num_classes = head.out_features if head is not None else 0
 
     given = copy.deepcopy(adapter_state(model))
-    best_state, best_score = given, _score(model, val_loader, device, measure)
-    start_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
+    given_result = evaluate(model, val_loader, device)  # one pass: the start's score and its accuracy
+    best_state, best_score = given, given_result.accuracy if measure == "accuracy" else -given_result.loss
+    start_accuracy = given_result.accuracy if seq_cls else None
     start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
     if head is not None:
         # the frozen base model's features + logistic regression: the baseline, and a start
