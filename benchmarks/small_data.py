@@ -35,7 +35,9 @@ from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.data.local_folder import load_local_folder
 from shared.linear_probe import fit_linear_head, head_inputs, refit_on_both, set_head
 from shared.loraxs.config import BERT_TARGETS
-from shared.personal_training import PersonalTrainingConfig, choose_max_length, epoch_budget, split_validation
+from shared.personal_training import (
+    PersonalTrainingConfig, choose_max_length, epoch_budget, split_validation, validation_score,
+)
 from shared.training import TrainConfig, evaluate, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,15 +95,11 @@ def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> d
     trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
     val_loader = split.loader(split.val)
 
-    def validation_score() -> float:  # the recipe's measure: accuracy, or minus the loss
-        result = evaluate(model, val_loader)
-        return result.accuracy if recipe.select_on == "accuracy" else -result.loss
-
-    best = {"score": validation_score(), "state": trainable()}
+    best = {"score": validation_score(model, val_loader, "cpu", recipe.select_on), "state": trainable()}
     waited = [0]
 
     def after_epoch(_step: int) -> bool:
-        score = validation_score()
+        score = validation_score(model, val_loader, "cpu", recipe.select_on)
         if score > best["score"]:
             best.update(score=score, state=trainable())
             waited[0] = 0
@@ -134,6 +132,7 @@ def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
                            "best": result.recipe.best_score, "start_accuracy": result.recipe.start_accuracy,
                            "kept_accuracy": result.recipe.kept_accuracy,
                            "history": result.recipe.history, "improved": result.recipe.improved,
+                           "held_back": result.recipe.held_back,
                            "lam": result.recipe.lam, "lam_scores": result.recipe.lam_scores},
             "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy}
 

@@ -108,6 +108,9 @@ def print_report(result: PersonalizationResult) -> None:
     shown = (lambda score: score) if recipe.measure == "accuracy" else (lambda score: -score)  # loss: lower is better
     history = ", ".join(f"{shown(score):.3f}" for score in recipe.history)
     print(f"validation {recipe.measure}: start ({recipe.start}) {shown(recipe.start_score):.4f}; after each epoch {history}")
+    if recipe.held_back:
+        print(f"not kept: epoch(s) {', '.join(map(str, recipe.held_back))}: a lower validation {recipe.measure} "
+              f"but a validation accuracy below the start's")
     if recipe.improved:
         print(f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f})")
     else:

@@ -16,7 +16,10 @@ ClientApp's personalization with them.
                    adapter as given, or from scratch the closed-form start) to the best epoch,
                    lam chosen on validation (shared/interpolation.py); from a given adapter a
                    lam > 0 must beat it by `significance` standard errors
-    never worse -> lam = 0 wins ties: the reference is what is kept when nothing beats it
+    never worse -> lam = 0 wins ties: the reference is what is kept when nothing beats it;
+                   chosen on loss, an epoch or a point must also keep the validation accuracy
+                   of what it replaces (`keep_accuracy`): a lower loss with one more wrong
+                   example is a trade a user did not ask for
 
 No Flower, no files: the callers load data and write adapters.
 """
@@ -54,7 +57,10 @@ class PersonalTrainingConfig:
     [min_epochs, max_epochs]. patience: epochs without a better validation score before stopping.
     refit_head: after choosing the epoch, refit the head in closed form on fit + validation.
     select_on: "loss" or "accuracy": the validation score that picks the start, the epoch and
-    the interpolation point (seq-cls; causal-lm is always scored by its loss)."""
+    the interpolation point (seq-cls; causal-lm is always scored by its loss); the closed-form
+    head's penalty is chosen on it too. keep_accuracy: with select_on "loss", an epoch is kept
+    only if its validation accuracy is at least the start's, an interpolation point only if at
+    least the reference's."""
 
     lr: float = 5e-3
     head_lr: float | None = None
@@ -73,6 +79,7 @@ class PersonalTrainingConfig:
     interpolate: bool = True
     significance: float = 1.0
     select_on: str = "loss"
+    keep_accuracy: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -115,6 +122,7 @@ class PersonalTrainingResult:
     measure: str = "accuracy"  # what the scores are: "accuracy", or "loss" (scores are minus the loss)
     start_accuracy: float | None = None  # validation accuracy of the start and of the kept adapter
     kept_accuracy: float | None = None  # (seq-cls; the kept one before its head is refitted on validation)
+    held_back: list[int] = field(default_factory=list)  # epochs with a better score but a lower accuracy
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -164,7 +172,8 @@ def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
     return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
 
 
-def _score(model: nn.Module, loader, device, measure: str) -> float:
+def validation_score(model: nn.Module, loader, device, measure: str) -> float:
+    """Higher is better: accuracy, or minus the mean loss (`measure` "loss")."""
     result = evaluate(model, loader, device)
     return result.accuracy if measure == "accuracy" else -result.loss
 
@@ -174,28 +183,33 @@ def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], m
         head.weight, head.bias, *features)
 
 
-@torch.no_grad()
 def example_scores(model: nn.Module, loader, device, task: str, measure: str = "accuracy") -> list[float]:
     """One score per example (higher is better): 1.0 / 0.0 for a right / wrong class, or minus
     its cross-entropy (seq-cls, measure "loss"), or minus the example's mean next-token loss
     (causal-lm)."""
+    return example_outcomes(model, loader, device, task)[measure if task == "seq-cls" else "loss"]
+
+
+@torch.no_grad()
+def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, list[float]]:
+    """Per-example scores of one pass (higher is better): "loss" (minus the example's
+    cross-entropy, or its mean next-token loss for causal-lm) and, for seq-cls, "accuracy"
+    (1.0 / 0.0 for a right / wrong class)."""
     model.to(device).eval()
-    scores: list[float] = []
+    out: dict[str, list[float]] = {"loss": []} | ({"accuracy": []} if task == "seq-cls" else {})
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         logits, labels = model(**batch).logits, batch["labels"]
-        if task == "seq-cls" and measure == "accuracy":
-            scores += (logits.argmax(-1) == labels).float().tolist()
-            continue
         if task == "seq-cls":
-            scores += (-nn.functional.cross_entropy(logits.float(), labels, reduction="none")).tolist()
+            out["accuracy"] += (logits.argmax(-1) == labels).float().tolist()
+            out["loss"] += (-nn.functional.cross_entropy(logits.float(), labels, reduction="none")).tolist()
             continue
         target = labels[:, 1:]  # (B, T-1)
         losses = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target,
                                              ignore_index=IGNORE_INDEX, reduction="none")  # (B, T-1)
         mask = (target != IGNORE_INDEX).float()
-        scores += (-(losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).tolist()
-    return scores
+        out["loss"] += (-(losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).tolist()
+    return out
 
 
 def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -225,6 +239,7 @@ def personal_training(
     the model ends holding the chosen adapter state."""
     seq_cls = task == "seq-cls"
     measure = config.select_on if seq_cls else "loss"
+    guarded = seq_cls and measure == "loss" and config.keep_accuracy  # loss chooses, accuracy must hold
     fit, val = split_validation(train_set, config.val_fraction, config.seed, stratify=seq_cls)
     max_length = choose_max_length(fit["text"], tokenizer, config, model)
     loader = lambda ds, shuffle=False: make_loader(  # noqa: E731
@@ -251,8 +266,9 @@ def personal_training(
         load_adapter_state(model, saved)
         # the start adapter's own features + logistic regression
         probe_val = head_inputs(model, val_loader, device)
-        probe, probe_accuracy = fit_linear_head(head_inputs(model, fit_eval, device), probe_val, num_classes)
-        probe_score = _head_score(probe, probe_val, measure)
+        probe, probe_score = fit_linear_head(head_inputs(model, fit_eval, device), probe_val, num_classes,
+                                             measure=measure)
+        probe_accuracy = accuracy(probe.weight, probe.bias, *probe_val)
         if probe_score > best_score or start == "scratch":
             set_head(model, probe)
             best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
@@ -262,24 +278,34 @@ def personal_training(
     reference = given if start != "scratch" else best_state
     start_score = best_score
     history: list[float] = []
-    best_epoch, waited = 0, 0
+    best_epoch, waited, progress_score, held_back = 0, 0, best_score, []
 
-    def scored_state() -> tuple[float, dict[str, torch.Tensor] | None]:
-        """This epoch's validation score and, with a closed-form head, the state with the head
-        refitted on the fit split's current features (None: the model's own state)."""
+    def scored_state() -> tuple[float, float | None, dict[str, torch.Tensor] | None]:
+        """This epoch's validation score, its validation accuracy (seq-cls) and, with a
+        closed-form head, the state with the head refitted on the fit split's current features
+        (None: the model's own state)."""
         if not closed_form:
-            return _score(model, val_loader, device, measure), None
+            result = evaluate(model, val_loader, device)
+            score = result.accuracy if measure == "accuracy" else -result.loss
+            return score, result.accuracy if seq_cls else None, None
         fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
         refitted = refit(*fit_now, num_classes, probe_l2)
-        return _head_score(refitted, val_now, measure), _state_with_head(model, refitted)
+        return (_head_score(refitted, val_now, measure), accuracy(refitted.weight, refitted.bias, *val_now),
+                _state_with_head(model, refitted))
 
     def after_epoch(_step: int) -> bool:
-        nonlocal best_state, best_score, best_epoch, waited
-        score, state = scored_state()
+        """Keep the epoch if it beats the best kept one (and, guarded, holds the start's
+        accuracy); stop after `patience` epochs without a better score of any epoch."""
+        nonlocal best_state, best_score, best_epoch, waited, progress_score
+        score, epoch_accuracy, state = scored_state()
         history.append(score)
-        if score > best_score:
+        if score > best_score and guarded and epoch_accuracy < start_accuracy:
+            held_back.append(len(history))
+        elif score > best_score:
             best_state = state if state is not None else copy.deepcopy(adapter_state(model))
-            best_score, best_epoch, waited = score, len(history), 0
+            best_score, best_epoch = score, len(history)
+        if score > progress_score:
+            progress_score, waited = score, 0
         else:
             waited += 1
         return waited >= config.patience
@@ -295,11 +321,15 @@ def personal_training(
     lam, lam_scores = (0.0 if best_state is reference else 1.0), {}
     if config.interpolate and best_state is not reference:
         significance = config.significance if start != "scratch" else 0.0
-        per_example = {}
+        per_example, accuracies = {}, {}
         for candidate in LAMBDA_GRID:
             load_adapter_state(model, interpolate(reference, best_state, candidate))
-            per_example[candidate] = example_scores(model, val_loader, device, task, measure)
-        lam = choose_lambda(per_example, significance)
+            outcomes = example_outcomes(model, val_loader, device, task)
+            per_example[candidate] = outcomes[measure]
+            accuracies[candidate] = float(np.mean(outcomes["accuracy"])) if seq_cls else 0.0
+        allowed = {k: v for k, v in per_example.items()  # the reference (lam = 0) is always allowed
+                   if not (guarded and accuracies[k] < accuracies[0.0])}
+        lam = choose_lambda(allowed, significance)
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
@@ -311,4 +341,5 @@ def personal_training(
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
+        held_back=held_back,
     )

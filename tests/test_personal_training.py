@@ -11,15 +11,15 @@ import torch
 
 from shared.base_models import build_adapted_model, load_tokenizer, model_pooling
 from shared.data.batches import make_loader
-from shared.linear_probe import fit_linear_head, head_inputs, log_loss
+from shared.linear_probe import L2_GRID, fit_linear_head, head_inputs, log_loss, refit
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 from shared.personal_training import (
-    PersonalTrainingConfig, _score, choose_max_length, personal_training, split_validation,
+    PersonalTrainingConfig, choose_max_length, personal_training, split_validation, validation_score,
 )
 from shared.errors import LoraXSError
 from shared.pooled_classifier import PooledClassifier
-from shared.training import TrainConfig, train
+from shared.training import EvalResult, TrainConfig, train
 
 
 def _toy(n=80, classes=2):
@@ -100,6 +100,17 @@ def test_closed_form_head_separates_separable_features():
     assert ((features[100:] @ head.weight.T + head.bias).argmax(-1) == labels[100:]).all()
 
 
+def test_closed_form_head_on_loss_picks_the_penalty_with_the_lowest_validation_loss():
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(120) % 2
+    features = labels[:, None] * 0.6 + torch.randn(120, 32, generator=generator)  # overlapping classes
+    train, val = (features[:80], labels[:80]), (features[80:], labels[80:])
+    head, score = fit_linear_head(train, val, 2, measure="loss")
+    losses = {l2: log_loss(*(lambda h: (h.weight, h.bias))(refit(*train, 2, l2)), *val) for l2 in L2_GRID}
+    assert head.l2 == min(losses, key=losses.get)
+    assert score == pytest.approx(-losses[head.l2])
+
+
 def test_log_loss_is_the_mean_cross_entropy_of_the_head():
     weight, bias = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 0.5])
     features, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1, 0])
@@ -146,12 +157,44 @@ def test_recipe_never_ends_below_its_start_on_validation(tiny_bert_dir, lr, sele
     result = personal_training(model, data, tokenizer, "seq-cls", config)
     _, val = split_validation(data, config.val_fraction, config.seed, stratify=True)
     assert result.measure == select_on
-    score = _score(model, make_loader(val, tokenizer, "seq-cls", 64, result.max_length), "cpu", select_on)
+    score = validation_score(model, make_loader(val, tokenizer, "seq-cls", 64, result.max_length), "cpu", select_on)
     assert score >= result.best_score - 1e-6 and result.best_score >= result.start_score
     assert score == pytest.approx(result.lam_scores.get(result.lam, result.best_score), abs=1e-5)
-    assert result.frozen_head_score is not None and result.start_accuracy >= result.frozen_head_score
+    assert result.frozen_head_score is not None
+    if select_on == "accuracy":  # the start is the frozen features' head, its penalty chosen the same way
+        assert result.start_accuracy >= result.frozen_head_score
+    else:  # chosen on loss, the kept adapter still holds the start's validation accuracy
+        assert result.kept_accuracy >= result.start_accuracy - 1e-6
     assert 0.0 <= result.kept_accuracy <= 1.0
     if not result.improved:
         assert result.best_epoch == 0
     assert len(result.history) <= 3 and result.num_fit + result.num_val == 60
     assert all(torch.isfinite(v).all() for v in adapter_state(model).values())
+
+
+@pytest.mark.parametrize("keep_accuracy", [True, False])
+def test_on_loss_an_epoch_that_lowers_validation_accuracy_is_not_kept(tiny_bert_dir, monkeypatch, keep_accuracy):
+    """Scripted validation results (loss, accuracy): the start, then three epochs. Epochs 1 and
+    3 lower the loss but lose accuracy; only epoch 2 both lowers the loss and holds accuracy."""
+    import shared.personal_training as recipe_module
+
+    script = iter([(0.70, 0.70), (0.60, 0.60), (0.65, 0.75), (0.50, 0.65)])
+    last = [EvalResult(0.0, 0.0, 12)]
+
+    def scripted(*_args, **_kwargs):
+        item = next(script, None)  # after the epochs: the kept state's accuracy, the last one scored
+        if item is not None:
+            last[0] = EvalResult(item[0], item[1], 12)
+        return last[0]
+
+    monkeypatch.setattr(recipe_module, "evaluate", scripted)
+    monkeypatch.setattr(recipe_module, "linear_head", lambda _model: None)  # no closed-form head
+    model, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
+    config = PersonalTrainingConfig(epochs=3, patience=3, interpolate=False, keep_accuracy=keep_accuracy)
+    result = personal_training(model, _toy(60), load_tokenizer(tiny_bert_dir), "seq-cls", config)
+    assert result.history == pytest.approx([-0.60, -0.65, -0.50])
+    if keep_accuracy:
+        assert result.best_epoch == 2 and result.held_back == [1, 3]
+        assert result.best_score == pytest.approx(-0.65)
+    else:
+        assert result.best_epoch == 3 and result.held_back == []
