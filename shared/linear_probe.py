@@ -88,18 +88,16 @@ def log_loss(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, l
 
 def fit_linear_head(
     train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], num_classes: int,
-    grid: tuple[float, ...] = L2_GRID, measure: str = "accuracy",
+    grid: tuple[float, ...] = L2_GRID,
 ) -> tuple[LinearHead, float]:
-    """The logistic regression with the best validation score over `grid` (ties: the stronger
-    penalty), and that score: accuracy, or minus the mean cross-entropy (`measure` "loss", which
-    picks the penalty that gives calibrated probabilities, not only the right argmax)."""
+    """The logistic regression with the best validation accuracy over `grid` (ties: the
+    stronger penalty), and that accuracy."""
     best: tuple[LinearHead, float] | None = None
     for l2 in sorted(grid, reverse=True):
         head = refit(*train, num_classes, l2)
-        score = accuracy(head.weight, head.bias, *val) if measure == "accuracy" else -log_loss(
-            head.weight, head.bias, *val)
-        if best is None or score > best[1]:
-            best = (head, score)
+        acc = accuracy(head.weight, head.bias, *val)
+        if best is None or acc > best[1]:
+            best = (head, acc)
     return best
 
 
