@@ -73,8 +73,9 @@ class Benchmark:
 # benchmarks run 2 rounds here (alone, each defaults to more); pareto trains LoRA at 0.002, the best
 # of its lr sweep (0.708 at r=8 against 0.672 at 0.005 and 0.59 at 0.01, in the 18:01 full run and
 # the one before), and scores on 500 held-out reviews; personalization lets 15 % of the clients
-# evaluate; the latency benchmarks take medians of fewer repeats; robustness runs the poisoning cases only (dp_noise measures DP), half a local epoch,
-# scored on the server; the ONNX benchmarks share two trained adapters (--work).
+# evaluate; the latency benchmarks take medians of fewer repeats; robustness runs the poisoning
+# cases only (dp_noise measures DP), half a local epoch, scored on the server; the ONNX
+# benchmarks share two trained adapters (--work).
 POISON_CASES = tuple(f"poison{share}-{name}" for share in (10, 20)
                      for name in ("fedavg", "fedmedian", "fedtrimmedavg", "norm-bound"))
 ONNX_FOLDERS = ("rotten", "debian")
@@ -101,8 +102,8 @@ REGISTRY = (
               timeout=1800,
               fixed_out=True),
     Benchmark("dp_noise", "4 Privacy: accuracy vs DP noise", "in-process loop `benchmarks/federated_loop.py` "
-              "with Flower's DP-FedAvg functions", (("benchmarks.dp_noise", "dp_noise"),), quick=None, full=("--rounds", "2"),
-              timeout=1800, fixed_out=True),
+              "with Flower's DP-FedAvg functions", (("benchmarks.dp_noise", "dp_noise"),), quick=None,
+              full=("--rounds", "2"), timeout=1800, fixed_out=True),
     Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
               "`flower-simulation` (Ray) for round times and RSS",
               (("benchmarks.speed_memory", "speed_memory"),), timeout=1200),

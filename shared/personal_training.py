@@ -41,7 +41,7 @@ from shared.linear_probe import (
     LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, log_loss, refit, refit_on_both, set_head,
 )
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
-from shared.training import TrainConfig, TrainResult, evaluate, train
+from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
 
 LENGTH_PERCENTILE = 95
 MIN_EXAMPLES = 4  # the fewest training examples that leave some for validation
@@ -59,9 +59,9 @@ class PersonalTrainingConfig:
     select_on: "loss" or "accuracy": the validation score that picks the start, the epoch and
     the interpolation point (seq-cls; causal-lm is always scored by its loss); the closed-form
     head's penalty is chosen on accuracy (on loss it lost 4 points on a tuning folder: the
-    stronger penalty it picks calibrates the head but blurs its argmax). keep_accuracy: with select_on "loss", an epoch is kept
-    only if its validation accuracy is at least the start's, an interpolation point only if at
-    least the reference's."""
+    stronger penalty it picks calibrates the head but blurs its argmax). keep_accuracy: with
+    select_on "loss", an epoch is kept only if its validation accuracy is at least the start's,
+    an interpolation point only if at least the reference's."""
 
     lr: float = 5e-3
     head_lr: float | None = None
@@ -173,10 +173,14 @@ def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
     return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
 
 
-def validation_score(model: nn.Module, loader, device, measure: str) -> float:
+def result_score(result: EvalResult, measure: str) -> float:
     """Higher is better: accuracy, or minus the mean loss (`measure` "loss")."""
-    result = evaluate(model, loader, device)
     return result.accuracy if measure == "accuracy" else -result.loss
+
+
+def validation_score(model: nn.Module, loader, device, measure: str) -> float:
+    """`result_score` of the model on `loader`."""
+    return result_score(evaluate(model, loader, device), measure)
 
 
 def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], measure: str) -> float:
@@ -252,7 +256,7 @@ def personal_training(
 
     given = copy.deepcopy(adapter_state(model))
     given_result = evaluate(model, val_loader, device)  # one pass: the start's score and its accuracy
-    best_state, best_score = given, given_result.accuracy if measure == "accuracy" else -given_result.loss
+    best_state, best_score = given, result_score(given_result, measure)
     start_accuracy = given_result.accuracy if seq_cls else None
     start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
     if head is not None:
@@ -286,8 +290,7 @@ def personal_training(
         (None: the model's own state)."""
         if not closed_form:
             result = evaluate(model, val_loader, device)
-            score = result.accuracy if measure == "accuracy" else -result.loss
-            return score, result.accuracy if seq_cls else None, None
+            return result_score(result, measure), result.accuracy if seq_cls else None, None
         fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
         refitted = refit(*fit_now, num_classes, probe_l2)
         return (_head_score(refitted, val_now, measure), accuracy(refitted.weight, refitted.bias, *val_now),
