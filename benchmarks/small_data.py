@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -158,9 +159,39 @@ def run_tfidf(split: Split) -> dict:
     return {"accuracy": float(accuracy), "train_seconds": seconds, "C": best[1]}
 
 
+def run_method(method: str, folder: Path, split: Split, recipe: PersonalTrainingConfig) -> dict:
+    if method == "loraxs":
+        return run_loraxs(folder, recipe)
+    if method == "frozen":
+        return run_frozen(split, recipe)
+    if method == "tfidf":
+        return run_tfidf(split)
+    return run_finetune(method, split, recipe)
+
+
+def seeds_row(runs: list[dict], seeds: list[int]) -> dict:
+    """One row from one run per seed: mean accuracy and training seconds, the runs kept."""
+    accuracies = [run["accuracy"] for run in runs]
+    row = {"accuracy": statistics.fmean(accuracies), "accuracies": accuracies, "seeds": seeds,
+           "train_seconds": statistics.fmean(run["train_seconds"] for run in runs), "runs": runs}
+    if all("bytes" in run for run in runs):
+        row["bytes"] = max(run["bytes"] for run in runs)
+    return row
+
+
+def accuracy_cell(row: dict) -> str:
+    if "accuracies" not in row:
+        return f"{row['accuracy']:.3f}"
+    return f"{row['accuracy']:.3f} ({min(row['accuracies']):.3f}–{max(row['accuracies']):.3f})"
+
+
 def markdown(report: dict) -> str:
+    seeds = report.get("seeds", [0])
     lines = ["# Small real folders: `client.run` defaults vs the alternatives\n",
              f"`{report['command']}` — {report['date']}, {report['machine']}, load before {report['load_before']}\n",
+             *([f"Mean of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}: validation split, initialization, "
+                "batch order; the test split is the folder's), lowest–highest in brackets; training seconds "
+                "per run.\n"] if len(seeds) > 1 else []),
              "| folder | examples (train/test) | labels | method | accuracy | train s | bytes |",
              "|---|---|---:|---|---:|---:|---:|"]
     for folder, entry in report["folders"].items():
@@ -168,7 +199,7 @@ def markdown(report: dict) -> str:
             bytes_ = f"{row['bytes']:,}" if "bytes" in row else "—"
             lines.append(f"| {folder}{' (tuning)' if folder in TUNING else ' (held out)'} | "
                          f"{entry['train']}/{entry['test']} | {entry['labels']} | {method} | "
-                         f"{row['accuracy']:.3f} | {row['train_seconds']:.1f} | {bytes_} |")
+                         f"{accuracy_cell(row)} | {row['train_seconds']:.1f} | {bytes_} |")
     lines += ["", "Goals, per folder (from the numbers above): the `client.run` default (loraxs) against "
               "frozen embeddings + logistic regression (must beat), PEFT LoRA r=8 (within 2 points) and "
               "TF-IDF + logistic regression (beat on most folders).", "",
@@ -218,36 +249,36 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")
     parser.add_argument("--select-on", choices=("loss", "accuracy"), default=PersonalTrainingConfig().select_on,
                         help="the recipe's validation measure (default: client.run's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="one run per seed (validation split, initialization, batch order; the test split "
+                             "is the folder's): accuracy is the mean, with every seed's in the JSON")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args()
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
         return
-    torch.manual_seed(0)
-    recipe = PersonalTrainingConfig(select_on=args.select_on)
     folders = build_folders(args.data_root)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     report = {"command": "python -m benchmarks.small_data " + " ".join(os.sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-              "load_before": round(os.getloadavg()[0], 2), "folders": {}}
-    splits = {name: Split(folders[name], recipe, tokenizer) for name in args.folders}
-    for name, split in splits.items():
+              "load_before": round(os.getloadavg()[0], 2), "seeds": args.seeds, "folders": {}}
+    recipes = {seed: PersonalTrainingConfig(select_on=args.select_on, seed=seed) for seed in args.seeds}
+    splits = {(name, seed): Split(folders[name], recipes[seed], tokenizer) for name in args.folders for seed in args.seeds}
+    for name in args.folders:
+        split = splits[name, args.seeds[0]]
         report["folders"][name] = {"train": len(split.splits.train), "test": len(split.splits.test),
                                    "labels": split.num_labels, "max_length": split.max_length, "methods": {}}
     # method by method, the quick ones first, the report rewritten after every row
     for method in sorted(args.methods, key=RUN_ORDER.index):
-        for name, split in splits.items():
+        for name in args.folders:
             if method in ("lora", "full") and args.finetune_folders is not None and name not in args.finetune_folders:
                 continue
-            if method == "loraxs":
-                row = run_loraxs(folders[name], recipe)
-            elif method == "frozen":
-                row = run_frozen(split, recipe)
-            elif method == "tfidf":
-                row = run_tfidf(split)
-            else:
-                row = run_finetune(method, split, recipe)
+            runs = []
+            for seed in args.seeds:
+                torch.manual_seed(seed)
+                runs.append(run_method(method, folders[name], splits[name, seed], recipes[seed]))
+            row = runs[0] if len(runs) == 1 else seeds_row(runs, args.seeds)
             methods = report["folders"][name]["methods"]
             methods[method] = row
             report["folders"][name]["methods"] = {m: methods[m] for m in METHODS if m in methods}

@@ -64,3 +64,17 @@ def test_poisoning_goal_takes_the_best_robust_aggregator():
     (only,) = poisoning_goals(results)
     assert only["met"] and "fedmedian" in only["measured"]
     assert poisoning_goals({"poison10-fedmedian": {"final_accuracy": 0.7}}) == []
+
+
+def test_small_data_seeds_average_and_goals_use_the_mean():
+    from benchmarks.small_data import goal_counts, markdown, seeds_row
+
+    ours = seeds_row([{"accuracy": 0.80, "train_seconds": 10.0, "bytes": 100},
+                      {"accuracy": 0.70, "train_seconds": 30.0, "bytes": 120}], [0, 1])
+    lora = seeds_row([{"accuracy": 0.76, "train_seconds": 5.0}, {"accuracy": 0.76, "train_seconds": 5.0}], [0, 1])
+    assert abs(ours["accuracy"] - 0.75) < 1e-12 and ours["train_seconds"] == 20.0 and ours["bytes"] == 120
+    assert "bytes" not in lora
+    report = {"command": "c", "date": "d", "machine": "m", "load_before": 0.0, "seeds": [0, 1],
+              "folders": {"f": {"train": 10, "test": 5, "labels": 2, "methods": {"loraxs": ours, "lora": lora}}}}
+    assert goal_counts(report) == ["- within 2 points of PEFT LoRA r=8: 1 of 1 folders"]  # 0.75 vs 0.76
+    assert "0.750 (0.700–0.800)" in markdown(report) and "Mean of 2 runs" in markdown(report)
