@@ -46,6 +46,7 @@ METHODS = ("loraxs", "lora", "full", "frozen", "tfidf")
 RUN_ORDER = ("tfidf", "frozen", "loraxs", "lora", "full")  # a report cut short still has the goals' rows
 BASELINE_LR = {"lora": 5e-4, "full": 5e-5}
 TFIDF_C = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+SAME = 1e-9  # accuracy gaps this small are ties (means over seeds are sums of floats)
 
 
 class Split:
@@ -214,9 +215,9 @@ def markdown(report: dict) -> str:
             if other not in rows:
                 return "—"
             gap = ours - rows[other]["accuracy"]
-            word = ("within 2 pts" if gap >= -margin else "missed") if margin else (
-                "beaten" if gap > 0 else "tied" if gap == 0 else "not beaten")
-            return f"{100 * gap:+.1f} pts, {word}"
+            word = ("within 2 pts" if gap >= -margin - SAME else "missed") if margin else (
+                "beaten" if gap > SAME else "tied" if gap >= -SAME else "not beaten")
+            return f"{round(100 * gap, 1) + 0.0:+.1f} pts, {word}"  # + 0.0: no "-0.0"
 
         lines.append(f"| {folder} | {versus('frozen')} | {versus('lora', 0.02)} | {versus('tfidf')} |")
     lines += ["", *goal_counts(report)]
@@ -232,7 +233,7 @@ def goal_counts(report: dict) -> list[str]:
         pairs = [(name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
                  for name, e in report["folders"].items() if {"loraxs", other} <= set(e["methods"])]
         if pairs:
-            met = [name for name, gap in pairs if (gap >= -margin if margin else gap > 0)]
+            met = [name for name, gap in pairs if (gap >= -margin - SAME if margin else gap > SAME)]
             out.append(f"- {label}: {len(met)} of {len(pairs)} folders"
                        + (f" (not: {', '.join(n for n, _ in pairs if n not in met)})" if len(met) < len(pairs) else ""))
     return out

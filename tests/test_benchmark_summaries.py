@@ -78,3 +78,8 @@ def test_small_data_seeds_average_and_goals_use_the_mean():
               "folders": {"f": {"train": 10, "test": 5, "labels": 2, "methods": {"loraxs": ours, "lora": lora}}}}
     assert goal_counts(report) == ["- within 2 points of PEFT LoRA r=8: 1 of 1 folders"]  # 0.75 vs 0.76
     assert "0.750 (0.700–0.800)" in markdown(report) and "Mean of 2 runs" in markdown(report)
+    # three seeds at 14/15: a mean that differs from 14/15 in its last bit is still a tie
+    tied = seeds_row([{"accuracy": 14 / 15, "train_seconds": 1.0}] * 3, [0, 1, 2])
+    report["folders"]["f"]["methods"] = {"loraxs": tied, "frozen": {"accuracy": 14 / 15, "train_seconds": 1.0}}
+    assert goal_counts(report) == ["- beats frozen embeddings + LR: 0 of 1 folders (not: f)"]
+    assert "+0.0 pts, tied" in markdown(report)
