@@ -215,13 +215,19 @@ def markdown(report: dict) -> str:
             if other not in rows:
                 return "—"
             gap = ours - rows[other]["accuracy"]
-            word = ("within 2 pts" if gap >= -margin - SAME else "missed") if margin else (
-                "beaten" if gap > SAME else "tied" if gap >= -SAME else "not beaten")
+            word = ("within 2 pts" if goal_met(gap, margin) else "missed") if margin else (
+                "beaten" if goal_met(gap) else "tied" if gap >= -SAME else "not beaten")
             return f"{round(100 * gap, 1) + 0.0:+.1f} pts, {word}"  # + 0.0: no "-0.0"
 
         lines.append(f"| {folder} | {versus('frozen')} | {versus('lora', 0.02)} | {versus('tfidf')} |")
     lines += ["", *goal_counts(report)]
     return "\n".join(lines) + "\n"
+
+
+def goal_met(gap: float, margin: float | None = None) -> bool:
+    """LoRA-XS's accuracy minus another's meets the goal: within `margin` below, or (no margin)
+    strictly above."""
+    return gap >= -margin - SAME if margin else gap > SAME
 
 
 def goal_counts(report: dict) -> list[str]:
@@ -233,7 +239,7 @@ def goal_counts(report: dict) -> list[str]:
         pairs = [(name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
                  for name, e in report["folders"].items() if {"loraxs", other} <= set(e["methods"])]
         if pairs:
-            met = [name for name, gap in pairs if (gap >= -margin - SAME if margin else gap > SAME)]
+            met = [name for name, gap in pairs if goal_met(gap, margin)]
             out.append(f"- {label}: {len(met)} of {len(pairs)} folders"
                        + (f" (not: {', '.join(n for n, _ in pairs if n not in met)})" if len(met) < len(pairs) else ""))
     return out
