@@ -1,10 +1,12 @@
 """Where the key of an encrypted personal adapter comes from, for `client.run` and `client.export`.
 
-    --key-file FILE           32 random bytes (or 64 hex characters): `openssl rand -hex 32 > FILE`
+    --key-file FILE           64 hex characters, mode 0600: `openssl rand -hex 32 > FILE; chmod 600 FILE`
     LORAXS_PASSPHRASE=...     a passphrase (scrypt), for scripts
     otherwise                 a passphrase asked on the terminal (twice when encrypting)
 A key is looked for only when one is needed: `--encrypt-at-rest`, or an adapter to read that is
-encrypted (shared/crypto/at_rest.py: the whole file is one AEAD ciphertext).
+encrypted (shared/crypto/at_rest.py: the whole file is one AEAD ciphertext). A key that is given
+(`--key-file`, or the passphrase in the environment) means the adapter read must be encrypted:
+a plaintext one is refused, unless it is a global adapter (shared/artifacts/adapter_file.py).
 """
 
 import argparse
@@ -21,7 +23,8 @@ def add_key_flags(parser: argparse.ArgumentParser, encrypt: bool) -> None:
         group.add_argument("--encrypt-at-rest", action="store_true", default=None,
                            help="write the personal adapter encrypted (AES-256-GCM over the whole file)")
     group.add_argument("--key-file", metavar="FILE",
-                       help=f"32-byte key file for encrypted adapters (default: passphrase from {PASSPHRASE_ENV} or a prompt)")
+                       help=f"key file for encrypted adapters: 64 hex characters, mode 0600 (default: passphrase "
+                            f"from {PASSPHRASE_ENV} or a prompt)")
 
 
 def key_source(args: argparse.Namespace, read: Path | None = None) -> KeySource | None:
@@ -31,7 +34,7 @@ def key_source(args: argparse.Namespace, read: Path | None = None) -> KeySource 
     if not needed:
         if args.key_file:
             raise LoraXSError("--key-file is only for encrypted adapters (--encrypt-at-rest, or an encrypted --adapter)")
-        return None
+        return passphrase_from_env() if read is not None else None  # given: the plaintext adapter must be a global one
     if args.key_file:
         return key_from_file(args.key_file)
     from_env = passphrase_from_env()

@@ -16,7 +16,7 @@ from client.derived_factors import derive_announced_factors
 from client.local_round import derive_personal, evaluate_state, shuffle_seed, train_update
 from client.worker_cache import cached_model, cached_tokenizer
 from client.node_state import NodeState, node_state_for
-from client import secure_stages
+from client import secure_policy, secure_stages
 from client.server_key import remember_server_key, seal_train_reply
 from shared.federation.node_data import NodeData, node_data
 from shared.federation.protocol import (
@@ -24,7 +24,7 @@ from shared.federation.protocol import (
     pack_adapter, top_left_adapter, unpack_adapter, unpack_basis,
 )
 from shared.federation.run_config import FederationConfig
-from shared.federation.sealed_update import SERVER_KEY
+from shared.federation.sealed_update import SERVER_KEY, SERVER_SIGNING_KEY
 from shared.federation.secure_messages import params_from_config
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import canonical_model_id, resolve_device
@@ -43,7 +43,7 @@ def answer(msg, context, bound_config, torch_threads, work) -> Message:
         factors = derive_announced_factors(msg.content[CONFIG], config, state, fingerprint)
         told = {FACTORS: factors} if factors else {}  # what the node did with a recipe
         if SERVER_KEY in msg.content[CONFIG]:
-            remember_server_key(context, msg.content[CONFIG][SERVER_KEY])
+            remember_server_key(context, msg.content[CONFIG][SERVER_KEY], msg.content[CONFIG].get(SERVER_SIGNING_KEY))
         if not state.has_basis(fingerprint):
             status = ConfigRecord({"error": UNKNOWN_FINGERPRINT, "fingerprint": fingerprint, **told})
             return Message(RecordDict({STATUS: status}), reply_to=msg)
@@ -82,14 +82,18 @@ class MessageWork:
 
 
 def train_reply(msg: Message, work: MessageWork) -> RecordDict:
+    params = params_from_config(msg.content[CONFIG])
+    if params is not None:  # checked before any training: the node's own rules, the server's signature
+        setup_digest = secure_policy.check_setup(msg, work.context, work.config.secure_aggregation, params,
+                                                 work.fingerprint)
+    elif work.config.secure_aggregation or secure_policy.required(work.context):
+        raise LoraXSError("this client sends its update only through secure aggregation")
     update = train_update(work.model, work.global_state(msg), work.data, work.tokenizer,
                           work.config, work.seed, work.device)
     metrics = MetricRecord({"num-examples": len(work.data.train), "train-loss": update.result.loss})
-    params = params_from_config(msg.content[CONFIG])
     if params is not None:  # secure aggregation: the delta stays here, the reply is stage 1
-        return secure_stages.keys_reply(msg, work.context, params, pack_adapter(update.state, "fp32"), metrics)
-    if work.config.secure_aggregation:
-        raise LoraXSError("this client sends its update only through secure aggregation")
+        return secure_stages.keys_reply(msg, work.context, params, pack_adapter(update.state, "fp32"), metrics,
+                                        work.fingerprint, setup_digest)
     return RecordDict({ARRAYS: pack_adapter(update.state, work.config.update_dtype), METRICS: metrics})
 
 

@@ -6,6 +6,7 @@ Local personalization (no server):
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
+                         [--server-key server_key.pub] [--secure-aggregation]
 
 User errors print one line to stderr and exit non-zero; no file is ever half-written.
 """
@@ -26,7 +27,7 @@ from shared.personal_training import LENGTH_PERCENTILE, PersonalTrainingConfig
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
 RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on")
 LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
-FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
+FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")  # and --insecure, --secure-aggregation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     federation.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
     federation.add_argument("--server-key", metavar="FILE",
                             help="pin the ServerApp's public key (server_key.pub): updates are sealed to it")
+    federation.add_argument("--secure-aggregation", action="store_true",
+                            help="take part in secure aggregation when the server asks (else this node refuses it), "
+                                 "and never send a plain update")
     add_key_flags(parser, encrypt=True)
     return parser.parse_args(argv)
 
@@ -81,7 +85,8 @@ def check_mode_flags(args: argparse.Namespace) -> None:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise LoraXSError(f"{flags}: only for local personalization, not with --superlink")
         return
-    given = [name for name in FEDERATION_ONLY if getattr(args, name) is not None] + (["insecure"] if args.insecure else [])
+    given = [name for name in FEDERATION_ONLY if getattr(args, name) is not None] + (
+        ["insecure"] if args.insecure else []) + (["secure_aggregation"] if args.secure_aggregation else [])
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise LoraXSError(f"{flags}: only for joining a federation with --superlink HOST:PORT")
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
                 auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
+                secure_aggregation=args.secure_aggregation,
             ))
         config = personalization_config(args)
         config = replace(config, key_source=key_source(args, config.adapter), encrypt_at_rest=bool(args.encrypt_at_rest))

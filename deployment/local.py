@@ -1,7 +1,7 @@
 """A SuperLink and N SuperNodes on loopback, optionally with TLS and SuperNode authentication.
 
     python -m deployment.local --data DIR1 DIR2 ... [--supernodes N] [--tls] [--auth]
-                                      [--workdir W] [--connection NAME]
+                                      [--workdir W] [--connection NAME] [--secure-aggregation]
 
 starts `flower-superlink` on a free port of 127.0.0.1 (state in W/superlink.db), writes a private
 FLWR_HOME (W/flwr-home/config.toml) with a connection NAME for `flwr run . NAME`, registers the
@@ -43,6 +43,7 @@ class DeploymentConfig:
     tls: bool = False
     auth: bool = False
     connection: str = "loopback"
+    secure_aggregation: bool = False  # the SuperNodes take part in secure aggregation (their own node config)
 
     def __post_init__(self):
         dirs = tuple(Path(d).expanduser().resolve() for d in self.data_dirs)
@@ -132,6 +133,7 @@ class LocalDeployment:
                 root_certificates=self.certificates.ca_cert if config.tls else None,
                 auth_key=self.certificates.supernode_keys[i] if config.auth else None,
                 insecure=not config.tls,
+                secure_aggregation=config.secure_aggregation,
             )
             self.supernodes.append(start_supernode(
                 node, log=config.workdir / f"supernode-{i}.log",
@@ -236,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help=f"state and logs (default {DEFAULT_WORKDIR})")
     parser.add_argument("--connection", default="loopback", help="connection name for `flwr run . NAME`")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="the SuperNodes agree to secure aggregation (node config secure-aggregation=true)")
     return parser.parse_args(argv)
 
 
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LoraXSError(f"--supernodes {args.supernodes} but {len(args.data)} --data folders; give one per SuperNode")
         config = DeploymentConfig(
             data_dirs=tuple(args.data), workdir=args.workdir, tls=args.tls or args.auth,
-            auth=args.auth, connection=args.connection,
+            auth=args.auth, connection=args.connection, secure_aggregation=args.secure_aggregation,
         )
         with LocalDeployment(config) as deployment:
             print(f"SuperLink at {deployment.address} ({'TLS' if config.tls else 'insecure'}"

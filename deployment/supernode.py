@@ -29,6 +29,7 @@ class SuperNodeConfig:
     insecure: bool = False
     runtime_port: int = 0
     server_key: Path | None = None  # the ServerApp's public key file, pinned (node config server-key)
+    secure_aggregation: bool = False  # take part in secure aggregation (node config secure-aggregation)
 
     def __post_init__(self):
         parse_address(self.superlink)
@@ -78,7 +79,8 @@ def supernode_command(config: SuperNodeConfig, runtime_port: int) -> list[str]:
         flower_command("flower-supernode"),
         "--superlink", config.superlink,
         "--node-config", f"data-dir={quoted_config_value(str(config.data_dir))}" + (
-            f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else ""),
+            f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else "") + (
+            " secure-aggregation=true" if config.secure_aggregation else ""),
         "--host", RUNTIME_HOST,
         "--port", str(runtime_port),
     ]

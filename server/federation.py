@@ -53,10 +53,12 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         loader = make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
 
     personal = config.personalize == "finetune"
-    sealing = UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite) if config.encrypt_updates else None
+    # the server's keys: sealed updates open with them, secure aggregation's messages are signed with them
+    keys = (UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite)
+            if config.encrypt_updates or config.secure_aggregation else None)
     strategy = LoraXSFedAvg(
         pack_basis(basis, config.basis_dtype), basis.fingerprint, config.update_dtype,
-        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=sealing,
+        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=keys,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_train_nodes,
@@ -67,7 +69,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         partition_sizes=_partition_sizes(config),
         recipe=BasisRecipe.of(model_id, config.lora_config()).to_config()
         if config.basis_delivery == "derive" else None,
-        secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples)
+        secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples, keys)
         if config.secure_aggregation else None,
         aggregator=make_aggregator(config),
         mixed_rank_aggregation=config.mixed_rank_aggregation,
@@ -81,7 +83,7 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
               disable=not progress) as bar:
         after_round = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
         if resume:
-            strategy.restore(resume.strategy, metered, factors_held=sealing is None)
+            strategy.restore(resume.strategy, metered, factors_held=keys is None)
             resume.restore_traffic(meter)
             after_round.rounds.update(resume.rounds)
 

@@ -45,6 +45,10 @@ class UpdateSealing:
     def public_key(self) -> bytes:
         return self.private_key.public_key.raw
 
+    @property
+    def signing_public_key(self) -> bytes:
+        return self.private_key.public_key.signing
+
     def open_reply(self, reply: Message, run_id: int, server_round: int, fingerprint: str) -> str | None:
         """Replaces the reply's "sealed" record by the opened "arrays"; else why not (a str)."""
         content = reply.content

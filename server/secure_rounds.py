@@ -9,7 +9,10 @@ within `timeout` seconds: shared keys (boxes routed through the server), masked 
 SecAggServer checks every stage reply and never raises; it rebuilds masks, never a vector. The
 unmasked sum is checked (finite, within what the clipping allows, weights equal to the clear
 ones) and the new global adapter is global + sum(w' delta) / sum(w'). Whatever stops the
-protocol (fewer than a strict majority left) skips the round, logged: the global adapter stays.
+protocol (fewer than a strict majority, or than MIN_GROUP = 3, left) skips the round, logged:
+the global adapter stays; a round that samples fewer than 3 clients is not started.
+Everything the server tells the clients is signed with its key, and every stage reply comes
+sealed to it (shared/federation/secure_auth.py); a reply that does not open drops its client.
 See shared/federation/secure_messages.py for what travels.
 """
 
@@ -20,13 +23,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
-from shared.crypto.secagg.params import SecAggError, SecAggParams, max_mean_error
+from shared.crypto.sealing import SealContext, SealError
+from shared.crypto.secagg.params import MIN_GROUP, SecAggError, SecAggParams, max_mean_error
 from shared.crypto.secagg.server import SecAggServer
+from shared.crypto.signing import record_digest
+from shared.federation import secure_auth
 from shared.federation.protocol import CONFIG, METRICS, TRAIN_METRICS, clean_metrics
 from shared.federation.secure_messages import (
     MASKED, MASKED_INPUT, MASKED_Y, SECAGG, SHARE_KEYS, UNMASK, WEIGHT, add_delta, node_keyed,
     setup_config, vector_length,
 )
+
+STAGE_NAMES = {SHARE_KEYS: secure_auth.SHARE_KEYS, MASKED_INPUT: secure_auth.MASKED, UNMASK: secure_auth.UNMASK}
 
 MODULUS_BITS = 32  # masked values travel as uint32: 4 B per value, as an fp32 update
 
@@ -38,30 +46,44 @@ class SecureRound:
     participants: int = 0
     summed: int = 0
     dropped: dict[str, str] = field(default_factory=dict)  # node id -> reason
+    blamed: dict[str, str] = field(default_factory=dict)  # node id -> the bad shares it handed out or revealed
     max_quantization_error: float | None = None  # bound on any element of the mean delta
 
 
 class SecureRounds:
-    def __init__(self, timeout: float, clipping_range: float, max_weight: int):
+    def __init__(self, timeout: float, clipping_range: float, max_weight: int, keys):
+        """`keys`: the ServerApp's key pair (server/sealed_updates.UpdateSealing): it signs and opens."""
         self.timeout, self.clipping_range, self.max_weight = timeout, clipping_range, max_weight
+        self.private_key = keys.private_key
         self.servers: dict[int, SecAggServer] = {}
         self.rounds: dict[int, SecureRound] = {}
+        self.signed: dict[int, tuple[str, bytes]] = {}  # round -> (fingerprint, setup digest)
 
-    def setup(self, nodes: list[int], server_round: int, arrays: ArrayRecord, run_id: int) -> dict:
-        """Train-config entries of this round's setup; `nodes` are the sampled participants."""
+    def setup(self, nodes: list[int], server_round: int, arrays: ArrayRecord, run_id: int, fingerprint: str) -> dict:
+        """Train-config entries of this round's signed setup; `nodes` are the sampled participants.
+        SecAggError when fewer than MIN_GROUP were sampled (the round is not started)."""
+        self.rounds[server_round] = SecureRound(participants=len(nodes))
+        if len(nodes) < MIN_GROUP:
+            raise SecAggError(f"{len(nodes)} client(s) sampled; secure aggregation needs at least {MIN_GROUP} "
+                              "(with fewer, each could work out the others' updates from the sum)")
         params = SecAggParams(
             participants=tuple(sorted(nodes)), threshold=len(nodes) // 2 + 1,
             vector_length=vector_length(arrays), clipping_range=self.clipping_range,
             max_weight=self.max_weight, modulus_bits=MODULUS_BITS, run_id=run_id, server_round=server_round,
         )
         self.servers[server_round] = SecAggServer(params)
-        self.rounds[server_round] = SecureRound(participants=len(nodes))
-        return setup_config(params)
+        entries = setup_config(params)
+        digest = record_digest(entries)
+        self.signed[server_round] = (fingerprint, digest)
+        signature = secure_auth.sign_statement(self.private_key, secure_auth.SETUP, params, fingerprint, digest, entries)
+        return {**entries, secure_auth.SETUP_SIGNATURE: signature}
 
     def aggregate(self, strategy, server_round: int, replies: list[Message],
                   global_record: ArrayRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server, info = self.servers.pop(server_round), self.rounds[server_round]
+        server, info = self.servers.pop(server_round, None), self.rounds.get(server_round)
         stats = strategy._round(server_round)
+        if server is None:  # the round was not started (too few clients sampled): configure_train said why
+            return None, None
         try:
             weights, losses = self._keys(strategy, server, server_round, replies)
             directory = node_keyed(server.directory())
@@ -87,6 +109,7 @@ class SecureRounds:
             return None, None
         finally:
             info.dropped = {str(n): reason for n, reason in server.dropped.items()}
+            info.blamed = {str(n): reason for n, reason in server.blamed.items()}
         info.summed = stats.clients_trained = len(summed)
         info.max_quantization_error = max_mean_error(server.params, len(summed), total_weight)
         if len(summed) < max(1, strategy.min_train_nodes):
@@ -111,8 +134,8 @@ class SecureRounds:
                 metrics = problem or clean_metrics(reply.content[METRICS], TRAIN_METRICS)
                 if not isinstance(metrics, str):
                     metrics = strategy._bounded_weight(server_round, reply, metrics)
-                if not isinstance(metrics, str) and SECAGG not in reply.content:
-                    metrics = "the reply carries no secure-aggregation keys"
+                if not isinstance(metrics, str) and secure_auth.SEALED not in reply.content:
+                    metrics = "the reply carries no sealed secure-aggregation keys"
             except Exception as err:  # a checker never ends the run
                 metrics = f"its check failed ({type(err).__name__})"
             if isinstance(metrics, str):
@@ -120,7 +143,8 @@ class SecureRounds:
                 strategy._round(server_round).rejected_updates += 1
                 server.drop(node, metrics)
                 continue
-            if server.receive_keys(node, _config(reply.content)):
+            opened = self._opened(server, node, reply.content, secure_auth.KEYS)
+            if opened is not None and server.receive_keys(node, _config(opened)):
                 weights[node], losses[node] = int(metrics["num-examples"]), float(metrics["train-loss"])
         for node in server.params.participants:
             if node not in server.keys:
@@ -129,10 +153,17 @@ class SecureRounds:
 
     def _exchange(self, strategy, server: SecAggServer, message_type: str, server_round: int,
                   records: dict[int, ConfigRecord], extra: dict[int, dict] | None = None) -> dict[int, RecordDict]:
-        """One stage: a message to each node, replies within `timeout`; error or silence drops."""
-        messages = []
+        """One stage: a signed message to each node, sealed replies within `timeout`; error,
+        silence or a reply that does not open drops the node."""
+        messages, stage = [], STAGE_NAMES[message_type]
+        fingerprint, digest = self.signed[server_round]
         for node, record in records.items():
-            config = ConfigRecord({"server-round": server_round, **(extra or {}).get(node, {})})
+            signed = {**record, **(extra or {}).get(node, {})}
+            recipient = node if stage == secure_auth.MASKED else 0  # the inbox is per node
+            signature = secure_auth.sign_statement(self.private_key, stage, server.params, fingerprint, digest,
+                                                   signed, recipient=recipient)
+            config = ConfigRecord({"server-round": server_round, secure_auth.SIGNATURE: signature,
+                                   **(extra or {}).get(node, {})})
             messages.append(Message(RecordDict({CONFIG: config, SECAGG: record}), message_type=message_type,
                                     dst_node_id=node))
         got = {}
@@ -142,14 +173,26 @@ class SecureRounds:
                 continue
             if reply.has_error():
                 _count(strategy, server_round, "secagg-error")
-                server.drop(node, f"error reply at {message_type}: {reply.error.reason[:80]}")
+                server.drop(node, f"error reply at {message_type}: {reply.error.reason[:120]}")
                 continue
-            got[node] = reply.content
+            opened = self._opened(server, node, reply.content, stage)
+            if opened is not None:
+                got[node] = opened
         for node in records:
             if node not in got and node not in server.dropped:
                 _count(strategy, server_round, "secagg-timeout")
                 server.drop(node, f"no reply to {message_type} within {self.timeout:g} s")
         return got
+
+    def _opened(self, server: SecAggServer, node: int, content: RecordDict, stage: str) -> RecordDict | None:
+        """The stage records sealed in a reply; None (the node dropped, with the reason) if they do not open."""
+        fingerprint, _ = self.signed[server.params.server_round]
+        context = SealContext(server.params.run_id, server.params.server_round, node, fingerprint, stage)
+        try:
+            return secure_auth.open_stage(content, self.private_key, context)
+        except SealError as err:
+            server.drop(node, str(err))
+            return None
 
     def _checked_mean(self, params: SecAggParams, weighted_sum: np.ndarray, total_weight: int,
                       summed: tuple[int, ...], weights: dict[int, int]) -> np.ndarray:

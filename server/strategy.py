@@ -28,7 +28,9 @@ client-side clipping norm, ride in the train config) and only good fp32 replies 
   * rounds count from `round_offset + 1` (a resumed run; Flower's `start` always counts from 1);
   * a round with fewer than `min_train_nodes` good updates keeps the global adapter, logged;
   * with `secure` (secure-aggregation), the train step is secure aggregation of the deltas
-    (server/secure_rounds.py): the setup rides in the train config, the replies are its keys.
+    (server/secure_rounds.py): the setup rides in the train config, the replies are its keys;
+  * one reply per node and round: a repeated reply from the same `src_node_id` is dropped
+    (server/replies.py), whatever the Grid returns.
 Replies are averaged in partition order, so the float sums do not depend on arrival order.
 """
 
@@ -49,7 +51,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from server.aggregators import aggregator_state, dp_wrapper, restore_aggregator
 from server.forwarding_grid import ForwardingGrid
 from server.basis_delivery import BasisDelivery
-from shared.federation.sealed_update import SERVER_KEY
+from server.replies import one_reply_per_node
+from shared.federation.sealed_update import SERVER_KEY, SERVER_SIGNING_KEY
 from shared.federation.protocol import (
     ARRAYS, CONFIG, METRICS, PARTITION_ID, STACKED_R, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
     cast_record, check_update, clean_metrics, top_left_adapter,
@@ -115,7 +118,8 @@ class LoraXSFedAvg(FedAvg):
     def _message(self, node_id: int, wire: ArrayRecord, config: ConfigRecord, message_type: str) -> Message:
         content = RecordDict({ARRAYS: wire, CONFIG: config})
         if self.delivery.attach(node_id, content) and self.sealing is not None:
-            content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key})
+            content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key,
+                                            SERVER_SIGNING_KEY: self.sealing.signing_public_key})
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
     @property
@@ -181,7 +185,13 @@ class LoraXSFedAvg(FedAvg):
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, stream=0)
         config = ConfigRecord({**config, "server-round": server_round})
         if self.secure is not None:  # the train reply is the first stage of secure aggregation
-            config = ConfigRecord({**config, **self.secure.setup(nodes, server_round, arrays, self._run_id())})
+            try:
+                setup = self.secure.setup(nodes, server_round, arrays, self._run_id(), self.fingerprint)
+            except LoraXSError as err:  # too few clients: the round is not started
+                self._round(server_round).skipped = f"secure aggregation not started: {err}"
+                log(WARNING, "round %s: skipped, the global adapter stays: %s", server_round, err)
+                return []
+            config = ConfigRecord({**config, **setup})
         config = self._aggregator_config(server_round, arrays, config, grid, nodes)
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
@@ -226,7 +236,8 @@ class LoraXSFedAvg(FedAvg):
     # --- aggregation ----------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         server_round += self.round_offset
-        replies = self._resend_to_unknown(server_round, list(replies), MessageType.TRAIN)
+        replies = one_reply_per_node(server_round, list(replies))
+        replies = self._resend_to_unknown(server_round, replies, MessageType.TRAIN)
         self._count_failures(server_round, replies, MessageType.TRAIN)
         expected, _ = self._sent[MessageType.TRAIN]
         if self.secure is not None:  # server/secure_rounds.py: stages 2-4, then global + mean delta
@@ -321,7 +332,8 @@ class LoraXSFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        replies = self._resend_to_unknown(server_round, list(replies), MessageType.EVALUATE)
+        replies = one_reply_per_node(server_round, list(replies))
+        replies = self._resend_to_unknown(server_round, replies, MessageType.EVALUATE)
         self._count_failures(server_round, replies, MessageType.EVALUATE)
         accepted = [r for r in replies if not r.has_error() and self._checked_evaluation(server_round, r)]
         valid = [r.content[METRICS] for r in accepted if not r.has_error()]
@@ -337,9 +349,9 @@ class LoraXSFedAvg(FedAvg):
         sample_size = min(num_nodes, max(1, round(fraction * num_nodes)))
         node_ids = self.sample(grid, sample_size / num_nodes, 1, server_round, stream=2)
         config = ConfigRecord({"server-round": server_round, "final-evaluation": True})
-        replies = list(grid.send_and_receive(
+        replies = one_reply_per_node(server_round, list(grid.send_and_receive(
             self._messages(node_ids, arrays, config, MessageType.EVALUATE), timeout=self.reply_timeout
-        ))
+        )))
         replies = self._resend_to_unknown(server_round, replies, MessageType.EVALUATE)
         self._count_failures(server_round, replies, "final")
         return [r.content[METRICS] for r in replies

@@ -13,6 +13,7 @@ from shared.errors import LoraXSError
 from tests.test_client_run import RANK, global_adapter, run_cli, snapshot, write_reviews
 
 PASSPHRASE = "correct horse battery staple"
+GLOBAL = "loraxs-adapter/global"  # the authenticated kind of an encrypted global adapter
 
 
 @pytest.fixture
@@ -50,12 +51,12 @@ def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overw
     encrypted = tmp_path / "global.enc.safetensors"
     from shared.crypto.at_rest import write_encrypted
 
-    write_encrypted(encrypted, plain.read_bytes(), key)
+    write_encrypted(encrypted, plain.read_bytes(), key, GLOBAL)
     key_args = ["--key-file", tmp_path / "adapter.key"]
     blob = bytearray(encrypted.read_bytes())
     if attack == "wrong passphrase":
         monkeypatch.setenv("LORAXS_PASSPHRASE", "not it")
-        write_encrypted(encrypted, plain.read_bytes(), passphrase_key(PASSPHRASE))
+        write_encrypted(encrypted, plain.read_bytes(), passphrase_key(PASSPHRASE), GLOBAL)
         key_args = []
     elif attack == "truncated":
         encrypted.write_bytes(bytes(blob[:-7]))
@@ -81,7 +82,7 @@ def test_export_reads_an_encrypted_adapter_with_its_key_file(tiny_bert_dir, tmp_
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     from shared.crypto.at_rest import write_encrypted
 
-    write_encrypted(tmp_path / "enc.safetensors", plain.read_bytes(), key)
+    write_encrypted(tmp_path / "enc.safetensors", plain.read_bytes(), key, GLOBAL)
     out = tmp_path / "onnx" / "m.onnx"
     out.parent.mkdir()
     code = export_main(["--adapter", str(tmp_path / "enc.safetensors"), "--out", str(out), "--repeats", "1",
@@ -104,3 +105,39 @@ def test_key_flags_belong_to_local_runs(data_dir, tmp_path, capsys):
 
 def test_at_rest_error_is_a_user_error():
     assert issubclass(AtRestError, LoraXSError)
+
+
+def test_with_a_key_given_a_plaintext_personal_adapter_is_refused(tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch):
+    """A plaintext adapter swapped in for the user's encrypted one does not load silently; a
+    plaintext global adapter (what a server ships) still starts an encrypted run."""
+    plain_global = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
+    plain_personal = global_adapter(tiny_bert_dir, tmp_path / "personal.safetensors", extra={"kind": "personal"})
+    monkeypatch.setenv("LORAXS_PASSPHRASE", PASSPHRASE)
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1,
+                           "--out", tmp_path / "out.safetensors")
+    assert code == 1 and "is not encrypted, but a key is given" in err and err.count("\n") == 1
+    code = export_main(["--adapter", str(plain_personal), "--out", str(tmp_path / "m" / "m.onnx")])
+    assert code == 1 and "is not encrypted, but a key is given" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_global, "--epochs", 1,
+                           "--model", tiny_bert_dir, "--out", tmp_path / "out.safetensors", "--encrypt-at-rest")
+    assert code == 0, err
+    state, meta = load_adapter(tmp_path / "out.safetensors", passphrase_key(PASSPHRASE))
+    assert meta.extra["kind"] == "personal"
+    from shared.crypto.at_rest import header_kind
+
+    assert header_kind((tmp_path / "out.safetensors").read_bytes()) == "loraxs-adapter/personal"
+    (tmp_path / "out.safetensors").rename(tmp_path / "renamed.safetensors")  # swapped or renamed: refused
+    with pytest.raises(LoraXSError, match="renamed or swapped"):
+        load_adapter(tmp_path / "renamed.safetensors", passphrase_key(PASSPHRASE))
+
+
+def test_a_key_file_others_can_read_is_refused_by_the_cli(tiny_bert_dir, tmp_path, capsys):
+    key = write_key_file(tmp_path / "adapter.key")
+    plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
+    from shared.crypto.at_rest import write_encrypted
+
+    write_encrypted(tmp_path / "enc.safetensors", plain.read_bytes(), key, GLOBAL)
+    (tmp_path / "adapter.key").chmod(0o644)
+    code = export_main(["--adapter", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "o" / "m.onnx"),
+                        "--key-file", str(tmp_path / "adapter.key")])
+    assert code == 1 and "accessible by others: chmod 600" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """(slow) Real loopback deployments over TLS with SuperNode auth, two rounds each: with
 encrypt-updates (every update sealed to the ServerApp's key from server-key-file, opened, none
-rejected; each node remembered the key that came with the factors), and with secure-aggregation."""
+rejected; each node remembered the key that came with the factors), and with secure-aggregation
+on three SuperNodes that allow it (signed server messages, sealed stage replies)."""
 
 import json
 
@@ -14,12 +15,15 @@ from tests.test_client_run import write_reviews
 from tests.test_deployment import REPO, assert_all_gone, run_config
 
 
-def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str):
-    """Two rounds on two SuperNodes (TLS + auth) with `extra_settings`; (report, data folders)."""
-    data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
+def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str, names=("alice", "bob"),
+                        secure_aggregation: bool = False):
+    """Two rounds on one SuperNode per name (TLS + auth) with `extra_settings`; (report, data folders)."""
+    data_dirs = tuple(write_reviews(tmp_path / name, n=24) for name in names)
     out_dir = tmp_path / "server-out"
-    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
-    settings = run_config(model_dir, out_dir, "fresh,rotten") + " " + extra_settings
+    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True,
+                              secure_aggregation=secure_aggregation)
+    settings = (run_config(model_dir, out_dir, "fresh,rotten").replace("num-clients=2", f"num-clients={len(names)}")
+                + " " + extra_settings)
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)
         done = deployment.run(REPO, settings, timeout=240)
@@ -28,7 +32,7 @@ def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str):
         pids = deployment.alive_pids()
     assert_all_gone(pids)
     report = json.loads((out_dir / "report.json").read_text())
-    assert [r["clients_trained"] for r in report["rounds"]] == [2, 2]
+    assert [r["clients_trained"] for r in report["rounds"]] == [len(names)] * 2
     assert [r["rejected_updates"] for r in report["rounds"]] == [0, 0]
     return report, data_dirs, out_dir
 
@@ -45,11 +49,18 @@ def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_secure_aggregation_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
+def test_secure_aggregation_rounds_over_tls_on_three_supernodes(tiny_bert_dir, tmp_path):
     """The SecAgg+ stages (keys, shares, masked deltas, unmasking) through a real SuperLink over
-    TLS: both nodes summed in every round, nothing rejected."""
-    report, _, _ = two_rounds_over_tls(tiny_bert_dir, tmp_path, "secure-aggregation=true secagg-timeout=120")
+    TLS, on SuperNodes that allow it in their own node config (3: the least group size): every
+    node summed in every round, nothing rejected, each node trusted the server's keys first."""
+    report, data_dirs, out_dir = two_rounds_over_tls(
+        tiny_bert_dir, tmp_path, "secure-aggregation=true secagg-timeout=120", names=("alice", "bob", "carol"),
+        secure_aggregation=True)
     for entry in report["rounds"]:
         secure = entry["secure_aggregation"]
-        assert secure["summed"] == 2 and secure["stage_bytes_up"] > 0
+        assert secure["summed"] == 3 and secure["stage_bytes_up"] > 0 and secure["blamed"] == {}
         assert 0 < secure["max_quantization_error"] < 1e-4
+    server_keys = load_public_key(out_dir / PUBLIC_KEY_FILE)
+    assert server_keys.signing is not None
+    for data_dir in data_dirs:
+        assert load_public_key(data_dir / STATE_FOLDER / "server_key.pub") == server_keys

@@ -17,6 +17,7 @@ from shared.crypto.secagg.server import SecAggServer
 from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS
 from shared.federation.run_config import FederationConfig
+from shared.federation.sealed_update import SEALED
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, UNMASK, flat
 from server.federation import run_federation
 from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
@@ -47,9 +48,10 @@ def test_secure_aggregate_equals_the_plain_weighted_mean_within_the_quantization
     for name in plain:
         diff = np.abs(plain[name].numpy().astype(np.float64) - mine[name].numpy()).max()
         assert diff <= bound + 1e-6, (name, diff, bound)  # + float32 rounding of either mean
-    # no train reply carries arrays; every client went through all four stages
+    # no train reply carries arrays, nor its keys in the clear (sealed); every client went through all four stages
     train = grid.exchanges(kind="train")
-    assert all(ARRAYS not in r.content and SECAGG in r.content for _, r in train)
+    assert all(ARRAYS not in r.content and SECAGG not in r.content and SEALED in r.content for _, r in train)
+    assert all(set(r.content.keys()) == {SEALED} for m, r in grid.log if m.metadata.message_type.startswith("train."))
     kinds = [m.metadata.message_type for m, _ in grid.log]
     assert kinds.count(MASKED_INPUT) == kinds.count(UNMASK) == NUM_CLIENTS
     # stage traffic is counted; the per-client upload includes it
@@ -111,8 +113,8 @@ def test_the_server_never_holds_an_individual_clients_unmasked_delta(config, mon
         reply = honest(message, context)
         if message.metadata.message_type == MASKED_INPUT:
             x = context.state[DELTA]["x"].numpy()
-            client, weight = _load(context)
-            quantized.append(quantize(x, min(weight, message.content[CONFIG]["weight"]), client.params))
+            client, stored = _load(context)
+            quantized.append(quantize(x, min(stored["weight"], message.content[CONFIG]["weight"]), client.params))
         return reply
 
     report, grid = run(secure_config, client_app=recording_client)
@@ -130,11 +132,11 @@ def test_the_server_never_holds_an_individual_clients_unmasked_delta(config, mon
 
 
 def test_secure_aggregation_config_is_checked():
-    with pytest.raises(LoraXSError, match="at least 2 clients"):
-        FederationConfig(num_clients=10, fraction_train=0.1, secure_aggregation=True)
+    with pytest.raises(LoraXSError, match="at least 3 clients"):
+        FederationConfig(num_clients=10, fraction_train=0.2, secure_aggregation=True)  # 2 per round
     with pytest.raises(LoraXSError, match="secagg-timeout"):
         FederationConfig(num_clients=10, fraction_train=0.5, secure_aggregation=True, secagg_timeout=0.0)
-    assert FederationConfig(num_clients=10, fraction_train=0.2, secure_aggregation=True).secure_aggregation
+    assert FederationConfig(num_clients=10, fraction_train=0.3, secure_aggregation=True).secure_aggregation
 
 
 @pytest.mark.slow

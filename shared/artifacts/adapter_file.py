@@ -22,7 +22,7 @@ from safetensors.torch import save as save_bytes
 
 from shared.artifacts.blob import read_blob, read_file, write_atomically
 from shared.base_models import canonical_model_id, model_pooling
-from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, is_encrypted, write_encrypted
+from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, header_kind, is_encrypted, write_encrypted
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.data.text_splits import TASKS
@@ -182,7 +182,7 @@ def save_adapter(path: str | Path, state: dict[str, torch.Tensor], meta: Adapter
     """Writes atomically; returns the file size in bytes. With `key_source`: encrypted at rest
     (shared/crypto/at_rest.py, one AEAD over the whole file, mode 0600)."""
     if key_source is not None:
-        write_encrypted(path, adapter_to_bytes(state, meta, str(path)), key_source)
+        write_encrypted(path, adapter_to_bytes(state, meta, str(path)), key_source, encrypted_kind(meta))
         return Path(path).stat().st_size
     return write_atomically(path, adapter_to_bytes(state, meta, str(path)), "adapter")
 
@@ -217,13 +217,28 @@ def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor
 
 def load_adapter(path: str | Path, key_source: KeySource | None = None) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
     """An adapter file, decrypted first when encrypted at rest (wrong key or any change:
-    "authentication failed")."""
+    "authentication failed"; renamed, or of another kind than its header says: refused). When
+    a key is given, a plaintext file is read only if it is a global adapter (what a server
+    ships): a plaintext personal adapter may have been swapped in for the encrypted one."""
     data = read_file(path, "adapter")
-    if is_encrypted(data):
-        if key_source is None:
-            raise LoraXSError(f"{path} is encrypted: give --key-file or the passphrase ({PASSPHRASE_ENV})")
-        data = decrypt_bytes(data, key_source, str(path))
-    return adapter_from_bytes(data, str(path))
+    if not is_encrypted(data):
+        state, meta = adapter_from_bytes(data, str(path))
+        if key_source is not None and meta.extra.get("kind") != "global":
+            raise LoraXSError(f"{path} is not encrypted, but a key is given: a personal adapter is read only "
+                              "encrypted (this one may have been swapped in)")
+        return state, meta
+    if key_source is None:
+        raise LoraXSError(f"{path} is encrypted: give --key-file or the passphrase ({PASSPHRASE_ENV})")
+    state, meta = adapter_from_bytes(decrypt_bytes(data, key_source, str(path), name=Path(path).name), str(path))
+    kind = header_kind(data)  # authentic: the header decrypted with the body
+    if kind is not None and kind != encrypted_kind(meta):
+        raise LoraXSError(f"{path}: its encrypted header says {kind!r}, but it holds a {encrypted_kind(meta)!r}")
+    return state, meta
+
+
+def encrypted_kind(meta: AdapterMeta) -> str:
+    """What an encrypted adapter file's authenticated header says it holds."""
+    return f"{ADAPTER_FORMAT}/{meta.extra.get('kind', '')}"
 
 
 def check_adapter_matches(meta: AdapterMeta, source: str, base_model: str, fingerprint: str) -> None:

@@ -1,17 +1,24 @@
 """Whole-file AEAD for personal adapter files kept on the device.
 
     file = header || AES-256-GCM(key, nonce, plaintext, associated data = header)
-    header (passphrase) = b"LXSENC" | version 1 | kdf 1 (scrypt) | log2 N | r | p | salt 16 B | nonce 12 B
-    header (key file)   = b"LXSENC" | version 1 | kdf 2 (raw)    | nonce 12 B
+    header (passphrase) = b"LXSENC" | version 2 | kdf 1 (scrypt) | log2 N | r | p | salt 16 B | label | nonce 12 B
+    header (key file)   = b"LXSENC" | version 2 | kdf 2 (raw)    | label | nonce 12 B
+    label               = u8 length | kind (ASCII, e.g. "loraxs-adapter/personal") | u8 length | file name (UTF-8)
 
-The key is scrypt(passphrase, salt, N, r, p) or the 32 bytes of a key file. The header is
-authenticated, so any change to it or to the body fails like a wrong key: "authentication
-failed". scrypt parameters read from a header are bounded (memory 128*r*N <= 256 MiB, p <= 4)
-before any key derivation, so a crafted header cannot make the reader allocate gigabytes.
+The key is scrypt(passphrase, salt, N, r, p) or the 32 bytes a key file holds as 64 hex
+characters (nothing else: a password belongs in the passphrase, which goes through scrypt); a key
+file that group or others can read is refused. The header is authenticated, so any change to it
+or to the body fails like a wrong key: "authentication failed"; the kind and the name it was
+written under are in it, so a reader can refuse a file of another kind, or one renamed or swapped
+in. scrypt parameters read from a header are bounded (memory 128*r*N <= 256 MiB, p <= 4) before
+any key derivation, so a crafted header cannot make the reader allocate gigabytes. Version 1
+files (no label) are still read, with a warning.
 """
 
 import getpass
 import os
+import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from shared.errors import LoraXSError
 
-MAGIC, VERSION = b"LXSENC", 1
+MAGIC, VERSION, READABLE_VERSIONS = b"LXSENC", 2, (1, 2)
 KDF_SCRYPT, KDF_RAW = 1, 2
 SALT_LEN, NONCE_LEN, KEY_LEN, TAG_LEN = 16, 12, 32, 16
 SCRYPT_MAX_MEMORY, SCRYPT_MAX_P, SCRYPT_LOG2_N_RANGE = 256 * 2**20, 4, (10, 20)
@@ -72,19 +79,28 @@ def passphrase_from_prompt(confirm: bool, ask=getpass.getpass) -> KeySource:
 
 
 def key_from_file(path: str | Path) -> KeySource:
-    """A key file holds 32 raw bytes or 64 hex characters (`openssl rand -hex 32 > key`)."""
+    """A key file holds 64 hex characters (`openssl rand -hex 32 > FILE; chmod 600 FILE`) and is
+    readable by its owner only."""
+    _check_private(path)
     try:
         data = Path(path).read_bytes()[:1000]
     except OSError as err:
         raise AtRestError(f"cannot read key file {path}: {err.strerror}") from None
-    if len(data) != KEY_LEN:
-        try:
-            data = bytes.fromhex(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise AtRestError(f"key file {path} holds neither 32 raw bytes nor 64 hex characters") from None
-    if len(data) != KEY_LEN:
-        raise AtRestError(f"key file {path} holds {len(data)} bytes, expected {KEY_LEN}")
-    return KeySource(key=data)
+    text = data.decode("ascii", errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise AtRestError(f"key file {path} must hold exactly 64 hex characters (openssl rand -hex 32); "
+                          f"for a password use a passphrase ({PASSPHRASE_ENV} or the prompt)")
+    return KeySource(key=bytes.fromhex(text))
+
+
+def _check_private(path: str | Path) -> None:
+    """Refuses a key file that group or others can read or write (like ssh, and the server key)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise AtRestError(f"cannot read key file {path}: {err.strerror}") from None
+    if os.name == "posix" and mode & 0o077:
+        raise AtRestError(f"key file {path} is accessible by others: chmod 600 it")
 
 
 def write_key_file(path: str | Path) -> KeySource:
@@ -99,49 +115,98 @@ def write_key_file(path: str | Path) -> KeySource:
     return KeySource(key=key)
 
 
-def encrypt_bytes(plaintext: bytes, key_source: KeySource) -> bytes:
-    nonce = os.urandom(NONCE_LEN)
+def encrypt_bytes(plaintext: bytes, key_source: KeySource, kind: str = "", name: str = "") -> bytes:
+    """`kind` (what the plaintext is) and `name` (the file it goes to) are authenticated with it."""
+    nonce, label = os.urandom(NONCE_LEN), _label(kind, name)
     if key_source.passphrase is not None:
         salt = os.urandom(SALT_LEN)
         params = bytes([key_source.log2_n, key_source.r, key_source.p])
-        header = MAGIC + bytes([VERSION, KDF_SCRYPT]) + params + salt + nonce
+        header = MAGIC + bytes([VERSION, KDF_SCRYPT]) + params + salt + label + nonce
         key = _scrypt(key_source.passphrase, salt, key_source.log2_n, key_source.r, key_source.p)
     else:
-        header, key = MAGIC + bytes([VERSION, KDF_RAW]) + nonce, key_source.key
+        header, key = MAGIC + bytes([VERSION, KDF_RAW]) + label + nonce, key_source.key
     return header + AESGCM(key).encrypt(nonce, bytes(plaintext), header)
 
 
-def decrypt_bytes(blob: bytes, key_source: KeySource, source: str = "") -> bytes:
-    """The plaintext, or AtRestError; a wrong key or any modified byte: "authentication failed"."""
+def decrypt_bytes(blob: bytes, key_source: KeySource, source: str = "", kind: str | None = None,
+                  name: str | None = None) -> bytes:
+    """The plaintext, or AtRestError; a wrong key or any modified byte: "authentication failed".
+    `kind` / `name`: what the authenticated header must say (not checked when None)."""
     where = f"{source}: " if source else ""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise AtRestError(f"{where}encrypted data must be bytes, got {type(blob).__name__}")
     if not is_encrypted(blob):
         raise AtRestError(f"{where}not an encrypted adapter file")
-    if len(blob) < len(MAGIC) + 2 or blob[len(MAGIC)] != VERSION:
+    if len(blob) < len(MAGIC) + 2 or blob[len(MAGIC)] not in READABLE_VERSIONS:
         raise AtRestError(f"{where}unsupported encrypted-file version")
-    kdf, rest = blob[len(MAGIC) + 1], blob[len(MAGIC) + 2 :]
+    version, kdf, at = blob[len(MAGIC)], blob[len(MAGIC) + 1], len(MAGIC) + 2
     if kdf == KDF_SCRYPT:
-        if len(rest) < 3 + SALT_LEN + NONCE_LEN + TAG_LEN:
+        if len(blob) < at + 3 + SALT_LEN:
             raise AtRestError(f"{where}{AUTH_FAILED}")
-        log2_n, r, p = rest[0], rest[1], rest[2]
+        log2_n, r, p = blob[at], blob[at + 1], blob[at + 2]
         _check_scrypt(log2_n, r, p, where)
         if key_source.passphrase is None:
             raise AtRestError(f"{where}encrypted with a passphrase, but a key file was given")
-        salt, nonce = rest[3 : 3 + SALT_LEN], rest[3 + SALT_LEN : 3 + SALT_LEN + NONCE_LEN]
-        key, header_len = _scrypt(key_source.passphrase, salt, log2_n, r, p), len(MAGIC) + 5 + SALT_LEN + NONCE_LEN
+        salt, at = blob[at + 3 : at + 3 + SALT_LEN], at + 3 + SALT_LEN
     elif kdf == KDF_RAW:
         if key_source.key is None:
             raise AtRestError(f"{where}encrypted with a key file, but a passphrase was given")
-        key, nonce, header_len = key_source.key, rest[:NONCE_LEN], len(MAGIC) + 2 + NONCE_LEN
     else:
         raise AtRestError(f"{where}unknown key derivation {kdf} in the header")
-    if len(blob) < header_len + TAG_LEN:
+    label, at = _read_label(blob, at) if version >= 2 else (None, at)
+    nonce, header_len = blob[at : at + NONCE_LEN], at + NONCE_LEN
+    if label is False or len(blob) < header_len + TAG_LEN:
         raise AtRestError(f"{where}{AUTH_FAILED}")
+    key = _scrypt(key_source.passphrase, salt, log2_n, r, p) if kdf == KDF_SCRYPT else key_source.key
     try:
-        return AESGCM(key).decrypt(bytes(nonce), bytes(blob[header_len:]), bytes(blob[:header_len]))
+        plaintext = AESGCM(key).decrypt(bytes(nonce), bytes(blob[header_len:]), bytes(blob[:header_len]))
     except Exception:
         raise AtRestError(f"{where}{AUTH_FAILED}") from None
+    _check_label(label, kind, name, where)
+    return plaintext
+
+
+def header_kind(blob: bytes) -> str | None:
+    """The kind an encrypted file's header names (authentic only once it decrypted), None for version 1."""
+    try:
+        at = len(MAGIC) + 2 + (3 + SALT_LEN if blob[len(MAGIC) + 1] == KDF_SCRYPT else 0)
+        label, _ = _read_label(blob, at) if blob[len(MAGIC)] >= 2 else (None, 0)
+        return label[0] if label else None
+    except Exception:  # noqa: BLE001 - a header too short to say
+        return None
+
+
+def _label(kind: str, name: str) -> bytes:
+    kind_bytes, name_bytes = kind.encode("ascii"), name.encode("utf-8")
+    if len(kind_bytes) > 255 or len(name_bytes) > 255:
+        raise AtRestError("the kind and the file name must each fit in 255 bytes")
+    return bytes([len(kind_bytes)]) + kind_bytes + bytes([len(name_bytes)]) + name_bytes
+
+
+def _read_label(blob: bytes, at: int) -> tuple[tuple[str, str] | bool, int]:
+    """((kind, name), offset after the label), or (False, at) when it cannot be read."""
+    try:
+        kind_len = blob[at]
+        kind = bytes(blob[at + 1 : at + 1 + kind_len]).decode("ascii")
+        name_at = at + 1 + kind_len
+        name_len = blob[name_at]
+        name = bytes(blob[name_at + 1 : name_at + 1 + name_len]).decode("utf-8")
+        return (kind, name), name_at + 1 + name_len
+    except Exception:  # noqa: BLE001 - truncated or not text: fails like any other change
+        return False, at
+
+
+def _check_label(label: tuple[str, str] | None, kind: str | None, name: str | None, where: str) -> None:
+    if label is None:
+        if kind is not None or name is not None:
+            print(f"warning: {where}encrypted by an older version: its kind and file name are not "
+                  "authenticated (save it again to upgrade)", file=sys.stderr)
+        return
+    if kind is not None and label[0] != kind:
+        raise AtRestError(f"{where}holds a {label[0] or 'file of no stated kind'}, not a {kind}")
+    if name is not None and label[1] != name:
+        raise AtRestError(f"{where}was encrypted as {label[1]!r}: renamed or swapped with another file "
+                          "(give it back its name to read it)")
 
 
 def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
@@ -165,12 +230,14 @@ def read_maybe_encrypted(path: str | Path, key_source: KeySource | None) -> byte
         return blob
     if key_source is None:
         raise AtRestError(f"{path} is encrypted: give --key-file or a passphrase ({PASSPHRASE_ENV})")
-    return decrypt_bytes(blob, key_source, str(path))
+    return decrypt_bytes(blob, key_source, str(path), name=Path(path).name)
 
 
-def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource) -> None:
-    """Encrypts first, then replaces `path` atomically (mode 0600): a failure leaves the old file."""
-    blob, path = encrypt_bytes(plaintext, key_source), Path(path)
+def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource, kind: str = "") -> None:
+    """Encrypts first (the kind and the file's name in the header), then replaces `path`
+    atomically (mode 0600): a failure leaves the old file."""
+    path = Path(path)
+    blob = encrypt_bytes(plaintext, key_source, kind, path.name)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:

@@ -5,11 +5,15 @@
 
 Suites (chosen by the server key, which both sides know; the sealed bytes carry no suite tag):
   "x25519"           DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM: 48 B overhead.
-  "mlkem768-x25519"  the post-quantum hybrid ML-KEM-768 + X25519 (same KDF/AEAD): 1136 B overhead.
-The info binds run id, round, node id and basis fingerprint: an update replayed from another
-round, another node or for another basis does not open. Replays within one round (same node,
-same round) are not detected here: the caller keeps one update per node per round.
-Key files are one line of text, "<label> <suite> <hex of the raw key>"; private ones are 0600.
+  "mlkem768-x25519"  the post-quantum hybrid ML-KEM-768 + X25519, HKDF-SHA256, AES-256-GCM (an AEAD
+                     as strong as the KEM): 1136 B overhead.
+The info binds run id, round, node id and basis fingerprint (and, for a secure-aggregation stage
+reply, the stage): an update replayed from another round, another node, basis or stage does not
+open. Replays within one round (same node, same round) are not detected here: the caller keeps
+one update per node per round.
+Key files are text, "<label> <suite> <hex of the raw key>"; private ones are 0600. A public key
+file has a second line, "loraxs-signing-public-key ed25519 <hex>": the server's signing key
+(shared/crypto/signing.py), derived from the private key; a file without it still loads.
 """
 
 import hashlib
@@ -21,18 +25,20 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+from shared.crypto.signing import SIGNING_SUITE, check_public_key, derive_signing_key, public_bytes
 from shared.errors import LoraXSError
 
 X25519, PQ_HYBRID = "x25519", "mlkem768-x25519"
 SUITES = {
     X25519: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
-    PQ_HYBRID: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+    PQ_HYBRID: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
 }
 PUBLIC_LEN = {X25519: 32, PQ_HYBRID: 1184 + 32}  # PQ: ML-KEM-768 encapsulation key || X25519
 PRIVATE_LEN = {X25519: 32, PQ_HYBRID: 64 + 32}  # PQ: ML-KEM-768 seed || X25519
 OVERHEAD = {X25519: 32 + 16, PQ_HYBRID: 1120 + 16}  # KEM output + AEAD tag
 PUBLIC_LABEL, PRIVATE_LABEL = "loraxs-hpke-public-key", "loraxs-hpke-private-key"
-CONTEXT_TAG = b"loraxs-seal/v1"
+SIGNING_LABEL = "loraxs-signing-public-key"
+CONTEXT_TAG, STAGE_CONTEXT_TAG = b"loraxs-seal/v1", b"loraxs-seal-stage/v1"
 U64 = 2**64
 
 
@@ -48,6 +54,7 @@ class SealContext:
     server_round: int
     node_id: int
     basis_fingerprint: str
+    stage: str = ""  # a secure-aggregation stage reply: its stage; "" for a train update
 
     def __post_init__(self):
         for name in ("run_id", "server_round", "node_id"):
@@ -57,29 +64,41 @@ class SealContext:
         fingerprint = self.basis_fingerprint
         if not isinstance(fingerprint, str) or not fingerprint.isascii() or len(fingerprint) > 256:
             raise SealError("seal context basis_fingerprint must be an ASCII string of <= 256 chars")
+        if not isinstance(self.stage, str) or not self.stage.isascii() or len(self.stage) > 64:
+            raise SealError("seal context stage must be an ASCII string of <= 64 chars")
 
     def encode(self) -> bytes:
-        """Canonical bytes: tag, three big-endian u64, u16 length + fingerprint ASCII."""
+        """Canonical bytes: tag, three big-endian u64, u16 length + fingerprint ASCII (a stage
+        reply: another tag, and u16 length + stage ASCII at the end)."""
         fingerprint = self.basis_fingerprint.encode("ascii")
         numbers = struct.pack(">QQQH", self.run_id, self.server_round, self.node_id, len(fingerprint))
-        return CONTEXT_TAG + numbers + fingerprint
+        if not self.stage:
+            return CONTEXT_TAG + numbers + fingerprint
+        return STAGE_CONTEXT_TAG + numbers + fingerprint + struct.pack(">H", len(self.stage)) + self.stage.encode("ascii")
 
 
 @dataclass(frozen=True)
 class ServerPublicKey:
     suite: str
     raw: bytes
+    signing: bytes | None = None  # the server's Ed25519 public key (32 B), when known
 
     @classmethod
-    def from_bytes(cls, raw: object) -> "ServerPublicKey":
-        """Raw key bytes; the length says the suite (32 B: x25519, 1216 B: mlkem768-x25519)."""
+    def from_bytes(cls, raw: object, signing: object = None) -> "ServerPublicKey":
+        """Raw key bytes; the length says the suite (32 B: x25519, 1216 B: mlkem768-x25519).
+        `signing`: the raw Ed25519 public key that comes with it, if any."""
         if not isinstance(raw, (bytes, bytearray)):
             raise SealError(f"a server public key must be bytes, got {type(raw).__name__}")
         suite = next((s for s, n in PUBLIC_LEN.items() if n == len(raw)), None)
         if suite is None:
             sizes = sorted(PUBLIC_LEN.values())
             raise SealError(f"a server public key has {len(raw)} bytes, expected one of {sizes}")
-        key = cls(suite, bytes(raw))
+        if signing is not None:
+            try:
+                signing = check_public_key(signing)
+            except LoraXSError as err:
+                raise SealError(str(err)) from None
+        key = cls(suite, bytes(raw), signing)
         key.hpke_key()  # rejects bytes that are not a valid key now, not at the first seal
         return key
 
@@ -114,7 +133,9 @@ class ServerPrivateKey:
                 public = kem.public_key().public_bytes_raw() + x_key.public_key().public_bytes_raw()
         except Exception as err:
             raise SealError(f"invalid {suite} private key ({type(err).__name__})") from None
-        self.suite, self._raw, self.public_key = suite, raw, ServerPublicKey(suite, public)
+        self.signing_key = derive_signing_key(raw)  # Ed25519, for secure aggregation's statements
+        self.suite, self._raw = suite, raw
+        self.public_key = ServerPublicKey(suite, public, public_bytes(self.signing_key))
 
     @classmethod
     def generate(cls, suite: str = X25519) -> "ServerPrivateKey":
@@ -170,9 +191,12 @@ def save_private_key(key: ServerPrivateKey, path: str | Path) -> None:
 
 
 def save_public_key(key: ServerPublicKey, path: str | Path) -> None:
-    """The file a client pins with --server-key."""
+    """The file a client pins with --server-key (with the signing key's line when known)."""
+    text = f"{PUBLIC_LABEL} {key.suite} {key.raw.hex()}\n"
+    if key.signing is not None:
+        text += f"{SIGNING_LABEL} {SIGNING_SUITE} {key.signing.hex()}\n"
     try:
-        Path(path).write_text(f"{PUBLIC_LABEL} {key.suite} {key.raw.hex()}\n")
+        Path(path).write_text(text)
     except OSError as err:
         raise SealError(f"cannot write public key file {path}: {err.strerror}") from None
 
@@ -184,28 +208,33 @@ def load_private_key(path: str | Path) -> ServerPrivateKey:
             raise SealError(f"private key file {path} is readable by others: chmod 600 it")
     except OSError as err:
         raise SealError(f"cannot read private key file {path}: {err.strerror}") from None
-    suite, raw = _read_key_file(path, PRIVATE_LABEL)
+    suite, raw, _ = _read_key_file(path, PRIVATE_LABEL)
     return ServerPrivateKey(suite, raw)
 
 
 def load_public_key(path: str | Path) -> ServerPublicKey:
-    suite, raw = _read_key_file(path, PUBLIC_LABEL)
-    key = ServerPublicKey.from_bytes(raw)
+    """The HPKE public key, and the signing key when the file has its line (older files do not)."""
+    suite, raw, signing = _read_key_file(path, PUBLIC_LABEL)
+    key = ServerPublicKey.from_bytes(raw, signing)
     if key.suite != suite:
         raise SealError(f"{path}: key length does not match suite {suite}")
     return key
 
 
-def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes]:
+def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes, bytes | None]:
     try:
         text = Path(path).read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or "not ASCII text"
         raise SealError(f"cannot read key file {path}: {reason}") from None
-    fields = text.split()
-    if len(fields) != 3 or fields[0] != label or fields[1] not in SUITES:
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    first, rest = (lines[0], lines[1:]) if lines else ([], [])
+    if len(first) != 3 or first[0] != label or first[1] not in SUITES:
         raise SealError(f"{path} is not a {label} file")
+    signing_ok = label == PUBLIC_LABEL and len(rest) == 1 and rest[0][:2] == [SIGNING_LABEL, SIGNING_SUITE]
+    if rest and (not signing_ok or len(rest[0]) != 3):
+        raise SealError(f"{path} has an unexpected second line")
     try:
-        return fields[1], bytes.fromhex(fields[2])
+        return first[1], bytes.fromhex(first[2]), bytes.fromhex(rest[0][2]) if rest else None
     except ValueError:
         raise SealError(f"{path}: the key is not hex") from None

@@ -11,6 +11,7 @@ from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 from shared.data.partition import PARTITIONS
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
+from shared.crypto.secagg.params import MIN_GROUP
 from shared.loraxs.config import BASIS_DTYPES, LoraXSConfig
 from shared.base_models import DEFAULT_MODEL
 from shared.personal_training import PersonalTrainingConfig
@@ -85,7 +86,7 @@ class FederationConfig:
                           post-quantum hybrid, 1,136 B per update) for a new server key.
     secure_aggregation:   the server learns only the weighted sum of the updates (SecAgg+ style,
                           server/secure_rounds.py; docs/security.md). Weights are capped at
-                          `max_client_examples`; every round needs at least 2 sampled clients.
+                          `max_client_examples`; every round needs at least 3 sampled clients.
     secagg_timeout:       seconds the server waits for the replies of each secure-aggregation
                           stage after training (a silent client is dropped, the round goes on).
     strategy:             the aggregator inside the LoRA-XS layer, one of Flower's strategies:
@@ -245,9 +246,10 @@ class FederationConfig:
                               f"update (use one of {', '.join(MEAN_BASED)})")
 
     def _check_secure_aggregation(self) -> None:
-        if self.num_clients < 2 or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < 2:
-            raise LoraXSError("secure aggregation needs at least 2 clients per round "
-                              "(num-clients x fraction-train, or min-train-nodes)")
+        if self.num_clients < MIN_GROUP or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < MIN_GROUP:
+            raise LoraXSError(f"secure aggregation needs at least {MIN_GROUP} clients per round "
+                              "(num-clients x fraction-train, or min-train-nodes): with 2, each client "
+                              "could work out the other's update from the global change")
         if not 0 < self.secagg_timeout < float("inf"):
             raise LoraXSError(f"secagg-timeout must be a positive number of seconds, got {self.secagg_timeout}")
         if not 0 < self.secagg_clipping_range < 1e6:

@@ -1,8 +1,9 @@
 """Train updates sealed to the ServerApp (`encrypt-updates = true`): relays store only ciphertext.
 
 Added to the message contract of shared/federation/protocol.py:
-  down  config "server-key": the ServerApp's raw HPKE public key (bytes), in every message that
-        carries "basis" (the first one to a node, or a resend); the node remembers it.
+  down  config "server-key": the ServerApp's raw HPKE public key (bytes), and "server-signing-key":
+        its Ed25519 public key (32 B, shared/crypto/signing.py), in every message that carries
+        "basis" or its recipe (the first one to a node, or a resend); the node remembers both.
   up    train reply "sealed" ConfigRecord {"update": bytes} in place of "arrays":
           update    = HPKE.Seal(server key, info = SealContext(run id, round, node id, fingerprint),
                             plaintext = protobuf of the "arrays" ArrayRecord (Flower's serde, no pickle))
@@ -19,7 +20,7 @@ from shared.crypto.sealing import (
     SealContext, SealError, ServerPrivateKey, ServerPublicKey, open_update, seal_update,
 )
 
-SERVER_KEY, SEALED, SEALED_UPDATE = "server-key", "sealed", "update"
+SERVER_KEY, SERVER_SIGNING_KEY, SEALED, SEALED_UPDATE = "server-key", "server-signing-key", "sealed", "update"
 
 
 def seal_arrays(arrays: ArrayRecord, server_key: ServerPublicKey, context: SealContext) -> ConfigRecord:

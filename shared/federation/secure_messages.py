@@ -2,17 +2,21 @@
 
 Added to the message contract of shared/federation/protocol.py. The stages are those of
 `shared.crypto.secagg` (its docstring); node ids travel as decimal strings (they are uint64,
-ConfigRecord integers are sint64). Every down message carries config "server-round".
+ConfigRecord integers are sint64). Every down message carries config "server-round" and the
+server's signature, every stage reply is sealed to the server (shared/federation/secure_auth.py).
   train            the usual train message; config also holds the round's setup,
                    "secagg-<field>" for every SecAggParams field ("secagg-participants": [str],
-                   "secagg-run_id": str).
-    reply          "metrics", "status" as in plain rounds, and "secagg" ConfigRecord
-                   {"enc-pk", "mask-pk", "seed-hash"} (stage 1) in place of "arrays": the client
-                   trained, checked its delta and keeps it in its state, unsent.
-  train.secagg_share_keys  "secagg" {"<node>": enc_pk || mask_pk}   -> "secagg" {"<peer>": box}
-  train.secagg_masked      "secagg" {"<sender>": box}, config "weight" (the server's bound on
-                   this client's num-examples)   -> "masked" ArrayRecord {"y": (d + 1,) uint32}
-  train.secagg_unmask      "secagg" {"survivors": [str], "dropped": [str]} -> "secagg" {"<node>": share}
+                   "secagg-run_id": str), and "setup-signature" over it.
+    reply          "metrics", "status" as in plain rounds, and "sealed" holding the stage-1
+                   "secagg" ConfigRecord {"enc-pk", "mask-pk", "seed-hash"} in place of "arrays":
+                   the client trained, checked its delta and keeps it in its state, unsent.
+  train.secagg_share_keys  "secagg" {"<node>": enc_pk || mask_pk}, config "signature"
+                   -> sealed "secagg" {"<peer>": box, "commitments": [64 B per participant]}
+  train.secagg_masked      "secagg" {"<sender>": box || commitment}, config "weight" (the server's
+                   bound on this client's num-examples) and "signature" (for this recipient)
+                   -> sealed "masked" ArrayRecord {"y": (d + 1,) uint32}
+  train.secagg_unmask      "secagg" {"survivors": [str], "dropped": [str]}, config "signature"
+                   -> sealed "secagg" {"<node>": share}
 The vector x (d,) is the delta of the adapter, trained - global, over the "arrays" record of the
 train message (keys in record order, each flattened), in float64; the server adds the weighted
 mean delta to the same global record. An error reply at any stage drops that client.
@@ -37,9 +41,14 @@ def setup_config(params: SecAggParams) -> dict:
     return {SETUP_PREFIX + k: v for k, v in config.items()}
 
 
+def setup_entries(config: ConfigRecord) -> dict:
+    """The setup's entries of a train config, as the server signed them."""
+    return {k: v for k, v in config.items() if k.startswith(SETUP_PREFIX)}
+
+
 def params_from_config(config: ConfigRecord) -> SecAggParams | None:
     """The setup in a train config, None when the round is plain; SecAggError if malformed."""
-    found = {k[len(SETUP_PREFIX):]: v for k, v in config.items() if k.startswith(SETUP_PREFIX)}
+    found = {k[len(SETUP_PREFIX):]: v for k, v in setup_entries(config).items()}
     if not found:
         return None
     try:

@@ -23,7 +23,7 @@ from shared.crypto.at_rest import (
 
 PLAIN = b"safetensors header and tensors" * 100
 FAST = 10  # scrypt N = 2^10 keeps the tests fast; files default to 2^17
-SCRYPT_HEADER = 6 + 2 + 3 + 16 + 12
+SCRYPT_HEADER = 6 + 2 + 3 + 16 + 2 + 12  # magic, version, kdf, scrypt N r p, salt, empty label, nonce
 
 
 def _auth_fails(blob, source, where=""):
@@ -36,7 +36,7 @@ def test_passphrase_round_trip_and_wrong_passphrase():
     source = passphrase_key("correct horse", log2_n=FAST)
     blob = encrypt_bytes(PLAIN, source)
     assert is_encrypted(blob) and not is_encrypted(PLAIN)
-    assert len(blob) == len(PLAIN) + SCRYPT_HEADER + 16  # 55 B overhead
+    assert len(blob) == len(PLAIN) + SCRYPT_HEADER + 16  # 57 B overhead (+ the kind and name, when given)
     assert decrypt_bytes(blob, passphrase_key("correct horse")) == PLAIN  # cost read from the header
     _auth_fails(blob, passphrase_key("correct horsE", log2_n=FAST))
     _auth_fails(blob, passphrase_key("wrong", log2_n=FAST), where="adapter.safetensors.enc")
@@ -52,17 +52,67 @@ def test_key_file_round_trip(tmp_path):
     source = write_key_file(tmp_path / "adapter.key")
     assert stat.S_IMODE(os.stat(tmp_path / "adapter.key").st_mode) == 0o600
     blob = encrypt_bytes(PLAIN, key_from_file(tmp_path / "adapter.key"))
-    assert len(blob) == len(PLAIN) + 6 + 2 + 12 + 16  # 36 B overhead
+    assert len(blob) == len(PLAIN) + 6 + 2 + 2 + 12 + 16  # 38 B overhead
     assert decrypt_bytes(blob, source) == PLAIN
-    (tmp_path / "raw.key").write_bytes(os.urandom(32))  # head -c 32 /dev/urandom > raw.key
-    _auth_fails(blob, key_from_file(tmp_path / "raw.key"))
+    other = tmp_path / "other.key"
+    other.write_text(os.urandom(32).hex() + "\n")  # openssl rand -hex 32 > other.key
+    other.chmod(0o600)
+    _auth_fails(blob, key_from_file(other))
     with pytest.raises(AtRestError, match="passphrase was given"):
         decrypt_bytes(blob, passphrase_key("pw", log2_n=FAST))
     with pytest.raises(AtRestError, match="refuses|cannot create"):
         write_key_file(tmp_path / "adapter.key")
-    (tmp_path / "bad.key").write_text("not a key")
-    with pytest.raises(AtRestError, match="neither 32 raw bytes"):
-        key_from_file(tmp_path / "bad.key")
+
+
+@pytest.mark.parametrize("content", [b"not a key", os.urandom(32), b"hunter2-is-a-31-char-password!!\n",
+                                     b"ab" * 31 + b"\n", b"zz" * 32, b"ab " * 32])
+def test_a_key_file_is_64_hex_characters_and_nothing_else(tmp_path, content):
+    """A password or 32 raw bytes would be used as the AES key with no derivation: refused."""
+    path = tmp_path / "bad.key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(AtRestError, match="64 hex characters"):
+        key_from_file(path)
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path):
+    write_key_file(tmp_path / "adapter.key")
+    for mode in (0o644, 0o640, 0o604, 0o660):
+        (tmp_path / "adapter.key").chmod(mode)
+        with pytest.raises(AtRestError, match="accessible by others: chmod 600"):
+            key_from_file(tmp_path / "adapter.key")
+    (tmp_path / "adapter.key").chmod(0o400)
+    assert len(key_from_file(tmp_path / "adapter.key").key) == 32
+
+
+def test_kind_and_name_are_authenticated(tmp_path):
+    source = write_key_file(tmp_path / "adapter.key")
+    blob = encrypt_bytes(PLAIN, source, kind="loraxs-adapter/personal", name="mine.safetensors")
+    assert at_rest.header_kind(blob) == "loraxs-adapter/personal"
+    assert decrypt_bytes(blob, source, kind="loraxs-adapter/personal", name="mine.safetensors") == PLAIN
+    with pytest.raises(AtRestError, match="holds a loraxs-adapter/personal, not a loraxs-adapter/global"):
+        decrypt_bytes(blob, source, kind="loraxs-adapter/global")
+    with pytest.raises(AtRestError, match="was encrypted as 'mine.safetensors': renamed or swapped"):
+        decrypt_bytes(blob, source, name="yours.safetensors")
+    # the label is in the authenticated header: rewriting it (same length) fails authentication
+    forged = blob.replace(b"personal", b"globalxx")
+    _auth_fails(forged, source)
+    path = tmp_path / "renamed.safetensors"
+    write_encrypted(tmp_path / "mine.safetensors", PLAIN, source, kind="k")
+    os.rename(tmp_path / "mine.safetensors", path)
+    with pytest.raises(AtRestError, match="renamed or swapped"):
+        read_maybe_encrypted(path, source)
+
+
+def test_version_1_files_are_still_read(capsys):
+    """Written before the label existed: magic | 1 | kdf 2 | nonce || AES-256-GCM (header as AAD)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, nonce = bytes(range(32)), bytes(12)
+    header = b"LXSENC" + bytes([1, 2]) + nonce
+    blob = header + AESGCM(key).encrypt(nonce, PLAIN, header)
+    assert decrypt_bytes(blob, KeySource(key=key), "old", name="old") == PLAIN
+    assert "older version" in capsys.readouterr().err
 
 
 def test_every_flipped_byte_fails_authentication():

@@ -14,10 +14,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from shared.crypto.secagg import masks, shares
-from shared.crypto.secagg.params import SecAggError, SecAggParams, quantize
+from shared.crypto.secagg.params import MIN_GROUP, SecAggError, SecAggParams, quantize
+from shared.crypto.secagg.verifiable_shares import COMMIT_LEN, commit
 
 KEYS, SHARE_KEYS, MASKED_INPUT, REVEAL, DONE = 1, 2, 3, 4, 5
 PUBLIC_LEN = 32
+COMMITMENTS = "commitments"  # stage-2 reply: one 64-byte commitment per participant, in order
 
 
 def seed_hash(params: SecAggParams, node_id: int, seed: bytes) -> bytes:
@@ -43,8 +45,8 @@ class SecAggClient:
         seed_commitment = seed_hash(self.params, self.node_id, self.seed)
         return {"enc-pk": keys[:PUBLIC_LEN], "mask-pk": keys[PUBLIC_LEN:], "seed-hash": seed_commitment}
 
-    # Stage 2: boxed shares for every peer that sent keys -----------------------------------
-    def share_keys(self, directory: Mapping[str, bytes]) -> dict[str, bytes]:
+    # Stage 2: boxed shares for every peer that sent keys, and a commitment to every share ---
+    def share_keys(self, directory: Mapping[str, bytes]) -> dict[str, object]:
         self._enter(SHARE_KEYS)
         own = self.public_keys()
         self.directory = self._parse(directory, 2 * PUBLIC_LEN, "key directory")
@@ -60,19 +62,24 @@ class SecAggClient:
             if peer != self.node_id:
                 key = self._pair_key(masks.share_key, self.enc_sk, peer_keys[:PUBLIC_LEN], peer)
                 boxes[str(peer)] = shares.box(key, secret_shares[pos[peer]], self.node_id, peer)
+        context = self.params.context()
+        boxes[COMMITMENTS] = [commit(context, self.node_id, node, secret_shares[p]) for node, p in pos.items()]
         return boxes
 
     # Stage 3: the masked, quantized, weighted vector ---------------------------------------
     def masked_input(self, inbox: Mapping[str, bytes], vector: np.ndarray, weight: int) -> np.ndarray:
-        """(d,) floats, example count -> (d + 1,) wire dtype; masks with every sender in `inbox`."""
+        """(d,) floats, example count -> (d + 1,) wire dtype; masks with every sender in `inbox`
+        ({"<sender>": box || the sender's commitment to the share inside})."""
         self._enter(MASKED_INPUT)
-        boxes = self._parse(inbox, shares.BOX_LEN, "share inbox")
+        boxes = self._parse(inbox, shares.BOX_LEN + COMMIT_LEN, "share inbox")
         if self.node_id in boxes or not set(boxes) <= set(self.directory):
             raise SecAggError("the share inbox names nodes outside the key directory")
         own_index = self.params.participants.index(self.node_id) + 1
         for sender, boxed in boxes.items():
             key = self._pair_key(masks.share_key, self.enc_sk, self.directory[sender][:PUBLIC_LEN], sender)
-            share = shares.unbox(key, boxed, sender, self.node_id)
+            share = shares.unbox(key, boxed[: shares.BOX_LEN], sender, self.node_id)
+            if boxed[shares.BOX_LEN :] != commit(self.params.context(), sender, self.node_id, share):
+                raise SecAggError(f"the share from node {sender} does not match its commitment: node {sender} cheated")
             indices = {shares.share_index(share), shares.share_index(share[shares.SEED_SHARE_LEN :])}
             if indices != {own_index}:
                 raise SecAggError(f"the share from node {sender} carries another participant's index")
@@ -102,7 +109,7 @@ class SecAggClient:
             raise SecAggError("malformed unmask request")
         if survivors & dropped or self.node_id not in survivors:
             raise SecAggError("the unmask request asks for both secrets of a node, or drops this client")
-        if not survivors | dropped <= set(self.received) or len(survivors) < self.params.threshold:
+        if not survivors | dropped <= set(self.received) or len(survivors) < max(self.params.threshold, MIN_GROUP):
             raise SecAggError("the unmask request names unknown nodes or too few survivors")
         cut = shares.SEED_SHARE_LEN
         out = {str(n): self.received[n][:cut] for n in survivors}

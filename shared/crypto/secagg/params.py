@@ -20,6 +20,10 @@ from shared.errors import LoraXSError
 
 log = logging.getLogger(__name__)
 U64 = 2**64
+# The fewest clients a round may sum: with k summed, any k - 1 of them learn the last one's update
+# from the change of the global adapter (the sum is public to them), so k = 2 reveals each
+# update to the other client; 3 is the least that hides one client from any single other.
+MIN_GROUP = 3
 
 
 class SecAggError(LoraXSError):
@@ -43,8 +47,8 @@ class SecAggParams:
         ids, n = self.participants, len(self.participants)
         if not isinstance(ids, tuple) or any(type(i) is not int or not 0 <= i < U64 for i in ids):
             raise SecAggError("participants must be a tuple of node ids (integers in [0, 2^64))")
-        if list(ids) != sorted(set(ids)) or n < 2:
-            raise SecAggError("participants must be at least two distinct node ids, sorted")
+        if list(ids) != sorted(set(ids)) or n < MIN_GROUP:
+            raise SecAggError(f"participants must be at least {MIN_GROUP} distinct node ids, sorted")
         if type(self.threshold) is not int or not (n // 2 < self.threshold <= n and self.threshold >= 2):
             raise SecAggError(f"threshold {self.threshold!r} must be a strict majority of {n} (and >= 2)")
         if type(self.vector_length) is not int or not 1 <= self.vector_length <= 2**26:

@@ -3,8 +3,10 @@ rebuilds only the masks, so it learns sum(w' x) and sum(w') and never one client
 
 Every `receive_*` checks a client's reply and never raises: anything malformed, late or out of
 order drops that client (`dropped[node] = reason`, logged). The stage closers (`directory`,
-`inboxes`, `unmask_request`, `result`) raise SecAggError when fewer than `threshold` clients
-are left. `drop(node, reason)` is for timeouts and error replies.
+`inboxes`, `unmask_request`, `result`) raise SecAggError when fewer than `threshold` (and
+never fewer than MIN_GROUP) clients are left. `drop(node, reason)` is for timeouts and error
+replies. A revealed share that is not the one its owner committed to is set aside and its
+revealer blamed (`blamed[node] = reason`); secrets are rebuilt from the good shares.
 """
 
 import logging
@@ -14,8 +16,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from shared.crypto.secagg import masks, shares
-from shared.crypto.secagg.client import PUBLIC_LEN, seed_hash
-from shared.crypto.secagg.params import SecAggError, SecAggParams, dequantize
+from shared.crypto.secagg.client import COMMITMENTS, PUBLIC_LEN, seed_hash
+from shared.crypto.secagg.params import MIN_GROUP, SecAggError, SecAggParams, dequantize
+from shared.crypto.secagg.verifiable_shares import COMMIT_LEN, KEY, SEED, matches, rebuild
 
 log = logging.getLogger(__name__)
 KEYS, SHARE_KEYS, MASKED_INPUT, REVEAL, DONE = 1, 2, 3, 4, 5
@@ -25,6 +28,8 @@ class SecAggServer:
     def __init__(self, params: SecAggParams):
         self.params, self.stage = params, KEYS
         self.dropped: dict[int, str] = {}
+        self.blamed: dict[int, str] = {}  # node -> what it did wrong (bad shares)
+        self.commitments: dict[int, list[bytes]] = {}  # U2: owner -> one per participant, in order
         self.keys: dict[int, bytes] = {}  # U1: node -> enc_pk || mask_pk
         self.seed_hashes: dict[int, bytes] = {}
         self.boxes: dict[int, dict[str, bytes]] = {}  # U2: sender -> {"<receiver>": box}
@@ -59,16 +64,26 @@ class SecAggServer:
     # Stage 2 -------------------------------------------------------------------------------
     def receive_shares(self, node: int, reply: object) -> bool:
         def check():
-            if not isinstance(reply, Mapping) or set(reply) != {str(n) for n in self.keys if n != node}:
+            peers = {str(n) for n in self.keys if n != node}
+            if not isinstance(reply, Mapping) or set(reply) != peers | {COMMITMENTS}:
                 raise ValueError("share boxes must address exactly every other client in the directory")
-            self.boxes[node] = {k: _exact_bytes(reply, k, shares.BOX_LEN) for k in reply}
+            commitments = reply[COMMITMENTS]
+            n = len(self.params.participants)
+            if not isinstance(commitments, list) or len(commitments) != n or not all(
+                    isinstance(c, bytes) and len(c) == COMMIT_LEN for c in commitments):
+                raise ValueError(f"the share commitments must be {n} values of {COMMIT_LEN} bytes")
+            self.boxes[node] = {k: _exact_bytes(reply, k, shares.BOX_LEN) for k in peers}
+            self.commitments[node] = list(commitments)
 
         return self._receive(SHARE_KEYS, node, check)
 
     def inboxes(self) -> dict[int, dict[str, bytes]]:
-        """Closes stage 2: for each client that shared, the boxes addressed to it by the others."""
+        """Closes stage 2: for each client that shared, the boxes addressed to it by the others,
+        each followed by its sender's commitment to the share inside."""
         self._close(SHARE_KEYS, self.boxes, "shared their secrets")
-        return {r: {str(s): b[str(r)] for s, b in self.boxes.items() if s != r} for r in self.boxes}
+        pos = {n: p for p, n in enumerate(self.params.participants)}
+        return {r: {str(s): b[str(r)] + self.commitments[s][pos[r]] for s, b in self.boxes.items() if s != r}
+                for r in self.boxes}
 
     # Stage 3 -------------------------------------------------------------------------------
     def receive_masked(self, node: int, reply: object) -> bool:
@@ -97,13 +112,16 @@ class SecAggServer:
                 raise ValueError("not a survivor")
             if not isinstance(reply, Mapping) or set(reply) != {str(n) for n in self.survivors + self.gone}:
                 raise ValueError("the reveal must hold one share per survivor and dropped node")
-            index = self.params.participants.index(node) + 1
-            revealed = {}
+            position = self.params.participants.index(node)
+            revealed, context = {}, self.params.context()
             for n in self.survivors + self.gone:
-                size = shares.SEED_SHARE_LEN if n in self.survivors else shares.KEY_SHARE_LEN
+                part, size = (SEED, shares.SEED_SHARE_LEN) if n in self.survivors else (KEY, shares.KEY_SHARE_LEN)
                 revealed[n] = _exact_bytes(reply, str(n), size)
-                if shares.share_index(revealed[n]) != index:
+                if shares.share_index(revealed[n]) != position + 1:
                     raise ValueError(f"share for node {n} carries another index")
+                if not matches(self.commitments[n][position], context, n, node, part, revealed[n]):
+                    self.blamed[node] = f"revealed a share of node {n} that node {n} never committed to"
+                    raise ValueError(self.blamed[node])
             self.revealed[node] = revealed
 
         return self._receive(REVEAL, node, check)
@@ -132,10 +150,11 @@ class SecAggServer:
 
     # ---------------------------------------------------------------------------------------
     def _rebuild(self, node: int, check) -> bytes:
-        node_shares = [r[node] for r in self.revealed.values()]
-        secret = shares.reconstruct(node_shares, self.params.threshold, check)
+        """From t revealed shares, each checked against `node`'s commitment on arrival."""
+        secret = rebuild([r[node] for _, r in sorted(self.revealed.items())], self.params.threshold, check)
         if secret is None:
-            raise SecAggError(f"the shares revealed for node {node} do not rebuild its secret")
+            self.blamed[node] = "its committed shares do not rebuild its secret"
+            raise SecAggError(f"the shares node {node} handed out do not rebuild its secret: node {node} cheated")
         return secret
 
     def _receive(self, stage: int, node: int, check) -> bool:
@@ -162,10 +181,11 @@ class SecAggServer:
         for node in list(got):
             if node in self.dropped:
                 del got[node]
-        if len(got) < self.params.threshold:
+        needed = max(self.params.threshold, MIN_GROUP)
+        if len(got) < needed:
             raise SecAggError(
                 f"only {len(got)} of {len(self.params.participants)} clients {what}; "
-                f"secure aggregation needs at least {self.params.threshold}"
+                f"secure aggregation needs at least {needed}"
             )
         self.stage = stage + 1
 

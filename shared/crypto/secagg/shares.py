@@ -5,21 +5,19 @@ Each client splits its self-mask seed b (16 B) and its mask private key (32 B) w
 padded chunk): 36 B + 52 B. The share with index p + 1 belongs to the participant at position p.
 Boxes travel through the server: ChaCha20-Poly1305 under the pair's share key, random nonce,
 associated data = sender id || receiver id, so the server can neither read nor re-address them.
+Rebuilding a secret from revealed shares: shared/crypto/secagg/verifiable_shares.py.
 """
 
-import itertools
 import os
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
 from shared.crypto.secagg.params import SecAggError
 
 SEED_SHARE_LEN, KEY_SHARE_LEN = 4 + 32, 4 + 48
 NONCE_LEN, TAG_LEN = 12, 16
 BOX_LEN = NONCE_LEN + SEED_SHARE_LEN + KEY_SHARE_LEN + TAG_LEN  # 116 B per peer
-MAX_TRIES = 64  # subsets of t shares tried when a reconstruction fails its check
 
 
 def split_secrets(seed: bytes, mask_sk: bytes, threshold: int, num: int) -> list[bytes]:
@@ -46,18 +44,6 @@ def unbox(key: bytes, boxed: bytes, sender: int, receiver: int) -> bytes:
     if len(share) != SEED_SHARE_LEN + KEY_SHARE_LEN:
         raise SecAggError(f"the share from node {sender} has {len(share)} bytes")
     return share
-
-
-def reconstruct(shares: list[bytes], threshold: int, check: Callable[[bytes], bool]) -> bytes | None:
-    """A secret that passes `check`, from some t of `shares` (distinct indices), or None."""
-    for subset in itertools.islice(itertools.combinations(shares, threshold), MAX_TRIES):
-        try:
-            secret = combine_shares(list(subset))
-        except Exception:
-            continue
-        if check(secret):
-            return secret
-    return None
 
 
 def _ids(sender: int, receiver: int) -> bytes:
