@@ -5,9 +5,13 @@ Modes: plain, --encrypt (updates sealed with HPKE to the ServerApp's key), --sec
 Each run: the real ServerApp and ClientApp code on the in-process Grid (tests/in_process_simulation.py,
 messages round-tripped through Flower's protobuf serde, bytes counted by server/traffic.py as in
 every report), the packaged MiniLM (rank 16) unless --model, a synthetic review folder cut into
---clients iid partitions. Writes benchmarks/results/security_overhead.json and .md.
+--clients iid partitions. Also what authenticating secure aggregation costs (the server's
+signatures, the sealed stage replies, the share commitments; benchmarks/secagg_signing.py), per
+round, for --clients and larger groups. Writes <out>/security_overhead.json and .md
+(benchmarks/result_files.py).
 
     python -m benchmarks.security_overhead [--clients 5] [--rounds 3] [--examples 200] [--model ID|DIR]
+                                           [--modes plain encrypt secure-aggregation both] [--out DIR]
 """
 
 import argparse
@@ -22,13 +26,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.result_files import RESULTS, command_line, footer, machine_now, write_result
+from benchmarks.secagg_signing import signing_cost
 from client.app import make_client_app
 from server.federation import run_federation
 from shared.base_models import DEFAULT_MODEL
 from shared.federation.run_config import FederationConfig
 from tests.in_process_simulation import InProcessGrid
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+SIGNING_GROUPS = (10, 25)  # group sizes measured for the signing cost besides --clients
 WORDS = {0: ["bad", "awful", "boring", "dull", "weak", "clumsy"], 1: ["great", "superb", "fun", "moving", "fresh", "sharp"]}
 MODES = {"plain": {}, "encrypt": {"encrypt_updates": True}, "secure-aggregation": {"secure_aggregation": True},
          "both": {"encrypt_updates": True, "secure_aggregation": True}}
@@ -69,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--out", type=Path, default=RESULTS / "security_overhead")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    machine = machine_now()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_reviews(Path(tmp) / "reviews", args.examples)
@@ -80,24 +88,26 @@ def main(argv: list[str] | None = None) -> int:
             final_eval_fraction=0.0, model=args.model, dataset=str(data), partition="iid",
             eval_max_examples=100, seed=0,
         )
-        for mode, changes in MODES.items():
-            results[mode] = run_mode(replace(base, out_dir=str(Path(tmp) / mode), **changes))
+        for mode in ["plain"] + [m for m in args.modes if m != "plain"]:
+            results[mode] = run_mode(replace(base, out_dir=str(Path(tmp) / mode), **MODES[mode]))
             print(mode, results[mode], flush=True)
+    values = results["plain"]["adapter_payload_bytes"] // 4  # fp32: the values secure aggregation sums
+    signing = [signing_cost(n, values) for n in sorted({max(3, args.clients), *SIGNING_GROUPS})]
     plain = results["plain"]
     for row in results.values():
         row["bytes_up_vs_plain"] = round(row["bytes_up_per_client_per_round"] / plain["bytes_up_per_client_per_round"], 4)
         row["bytes_down_vs_plain"] = round(row["bytes_down_per_client_per_round"] / plain["bytes_down_per_client_per_round"], 4)
     document = {
-        "command": "python -m benchmarks.security_overhead " + " ".join(argv or []),
+        "command": command_line("benchmarks.security_overhead", argv),
+        "machine": machine,
         "setup": {"model": args.model, "clients": args.clients, "rounds": args.rounds, "examples": args.examples,
                   "seed": 0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"},
         "modes": results,
+        "signing": signing,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
     lines = [
         "# Security overhead (same seed, same data, side by side)", "",
-        f"`{document['command'].strip()}` — {args.model}, {args.clients} clients, {args.rounds} rounds, "
+        f"{args.model}, {args.clients} clients, {args.rounds} rounds, "
         f"{document['setup']['machine']}.", "",
         "| mode | bytes up / client / round | vs plain | bytes down / client / round | vs plain | s / round | final accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -117,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy differs from plain by at most the quantization bound per value (max_quantization_error in "
               "the JSON). 'both': the masked delta is not sealed again (it is already masked), so it costs as "
               "secure aggregation alone, plus the 32-byte key.", ""]
-    args.out.with_suffix(".md").write_text("\n".join(lines))
+    lines += ["## Authenticating secure aggregation", "",
+              "Server signatures (Ed25519) on its 4 messages, each of a client's 4 stage replies sealed (HPKE), "
+              "commitments to shares; measured on one in-process round per group size (benchmarks/secagg_signing.py), "
+              f"d = {values:,} values. Seconds are the sum over the server and all clients of one round.", "",
+              "| clients | bytes up / client / round (seal + commitments) | bytes down / client / round (signatures + commitments) "
+              "| s / round: sign | verify | seal | open | commitments | total |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in signing:
+        up, down, sec = row["bytes_up_per_client_per_round"], row["bytes_down_per_client_per_round"], row["seconds_per_round"]
+        lines.append(f"| {row['clients']} | {up['total']:,.0f} ({up['seal']:,.0f} + {up['commitments']:,.0f}) | "
+                     f"{down['total']:,.0f} ({down['signature']:,.0f} + {down['commitments']:,.0f}) | {sec['sign']:.4f} | "
+                     f"{sec['verify']:.4f} | {sec['seal']:.4f} | {sec['open']:.4f} | {sec['commitments']:.4f} | {sec['total']:.4f} |")
+    lines += ["", footer(document), ""]
+    write_result(args.out, "security_overhead", document, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

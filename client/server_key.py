@@ -35,7 +35,8 @@ def remember_server_key(context: Context, raw: object, signing: object = None) -
     key = ServerPublicKey.from_bytes(raw, signing)
     pinned = pinned_key(context)
     if pinned is not None:
-        if pinned.raw != key.raw or (key.signing is not None and pinned.signing != key.signing):
+        signing_differs = None not in (pinned.signing, key.signing) and pinned.signing != key.signing
+        if pinned.raw != key.raw or signing_differs:  # an older pin (no signing key) checks the HPKE key only
             raise LoraXSError(f"the server key {key.fingerprint[:16]} differs from the pinned key "
                               f"{pinned.fingerprint[:16]}: refusing to work for this server")
         return

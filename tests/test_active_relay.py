@@ -324,3 +324,17 @@ def test_the_server_blames_a_node_that_reveals_a_bad_share_and_still_sums(config
     sent_next = next(m for m in grid.seen if m.metadata.message_type == "train" and m.content[CONFIG]["server-round"] == 2)
     assert len(deltas) == NUM_CLIENTS
     assert np.abs(flat(sent_next.content[ARRAYS]) - expected).max() <= entry["secure_aggregation"]["max_quantization_error"] + 1e-6
+
+
+def test_a_pin_without_a_signing_key_still_seals_but_refuses_secure_aggregation(config, keys, tmp_path):
+    """A server_key.pub written before the signing key existed (one line): sealing works as
+    before; secure aggregation is refused, since no signature can be checked."""
+    old_pin = tmp_path / "old_server_key.pub"
+    old_pin.write_text(open(keys[2]).read().splitlines()[0] + "\n")
+    sealed = replace(config, secure_aggregation=False, encrypt_updates=True)
+    report, _ = run(sealed, {"server-key": str(old_pin)})
+    assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS
+    report, grid = run(replace(config, out_dir=config.out_dir + "-secure"), {"server-key": str(old_pin),
+                                                                             "secure-aggregation": True})
+    assert all("knows no server signing key" in reason for reason in refusals(grid)) and refusals(grid)
+    assert report["rounds"][0]["skipped"]

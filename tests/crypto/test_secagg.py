@@ -205,3 +205,60 @@ def test_mask_generator_is_chacha20_rfc7539():
     words = masks.expand_mask(b"\0" * 32, 2, 64)
     assert int(words[0]) == 0x903DF1A0ADE0B876
     assert int(masks.expand_mask(b"\0" * 32, 1, 32)[0]) == 0xADE0B876
+
+
+def test_one_bad_share_from_an_early_revealer_is_blamed_and_the_round_sums():
+    """n = 10, t = 6: the first revealer sends shares with the right index but wrong values. They
+    do not match their owners' commitments: set aside, that node blamed, the sum still exact."""
+    ids = tuple(100 + i for i in range(10))
+    params, xs, ws = _setup(ids=ids, threshold=6, seed=4)
+    liar = params.participants[0]
+    original = SecAggClient.reveal
+
+    def lying_reveal(self, request):
+        out = original(self, request)
+        if self.node_id == liar:
+            out = {k: v[:4] + bytes(len(v) - 4) for k, v in out.items()}
+        return out
+
+    SecAggClient.reveal = lying_reveal
+    try:
+        server, (weighted_sum, total_weight, who) = _round(params, xs, ws)
+    finally:
+        SecAggClient.reveal = original
+    assert list(server.blamed) == [liar] and "never committed to" in server.blamed[liar]
+    assert who == params.participants  # the liar's masked vector still counts; only its reveal is set aside
+    expected, _ = _plain_mean(xs, ws, who)
+    assert np.abs(weighted_sum / total_weight - expected).max() <= max_mean_error(params, 10, total_weight)
+
+
+def test_a_share_that_does_not_match_its_commitment_names_its_owner():
+    params, xs, ws = _setup(seed=5)
+    server = SecAggServer(params)
+    clients = {i: SecAggClient(params, i) for i in params.participants}
+    for i, c in clients.items():
+        server.receive_keys(i, c.keys())
+    directory = server.directory()
+    cheat = params.participants[1]
+    for i, c in clients.items():
+        reply = c.share_keys(directory)
+        if i == cheat:  # commits to other shares than those it boxed
+            reply["commitments"] = [bytes(64)] * len(params.participants)
+        server.receive_shares(i, reply)
+    inboxes = server.inboxes()
+    receiver = params.participants[0]
+    with pytest.raises(SecAggError, match=f"share from node {cheat} does not match its commitment"):
+        clients[receiver].masked_input(inboxes[receiver], xs[receiver], ws[receiver])
+
+
+def test_groups_below_three_are_refused():
+    with pytest.raises(SecAggError, match="at least 3"):
+        SecAggParams(participants=(1, 2), threshold=2, vector_length=4)
+    params, xs, ws = _setup(ids=(1, 2, 3, 4), threshold=3)
+    client = SecAggClient(params, 1)
+    client.stage = 4  # at the unmask stage, holding shares of everyone
+    client.received = {n: bytes(88) for n in params.participants}
+    with pytest.raises(SecAggError, match="too few survivors"):
+        client.reveal({"survivors": [1, 2], "dropped": [3, 4]})
+    with pytest.raises(SecAggError, match="only 2 of 3 clients sent a masked vector.*at least 3"):
+        _round(*_setup(ids=(5, 6, 7), threshold=2)[:3], stop_after_shares=(7,))
