@@ -338,3 +338,27 @@ def test_a_pin_without_a_signing_key_still_seals_but_refuses_secure_aggregation(
                                                                              "secure-aggregation": True})
     assert all("knows no server signing key" in reason for reason in refusals(grid)) and refusals(grid)
     assert report["rounds"][0]["skipped"]
+
+
+def test_a_deployed_node_opts_in_to_secure_aggregation_in_its_own_node_config(tmp_path, capsys):
+    """`client.run --superlink ... --secure-aggregation` -> node config secure-aggregation=true;
+    without it a deployed node (data-dir) refuses, whatever the run config says."""
+    from flwr.app import Context
+    from flwr.common.config import parse_config_args
+
+    from client.run import main as client_main
+    from client.secure_policy import allowed, required
+    from deployment.supernode import SuperNodeConfig, supernode_command
+    from tests.test_client_run import write_reviews
+
+    data = write_reviews(tmp_path / "data")
+    for opted_in in (False, True):
+        command = supernode_command(SuperNodeConfig("127.0.0.1:9092", data, insecure=True,
+                                                    secure_aggregation=opted_in), 40001)
+        node_config = parse_config_args([command[command.index("--node-config") + 1]])
+        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+        assert allowed(context, run_secure=True) is opted_in and required(context) is opted_in
+    simulated = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    assert allowed(simulated, run_secure=True) and not allowed(simulated, run_secure=False)
+    assert client_main(["--data", str(data), "--secure-aggregation"]) == 1
+    assert "--secure-aggregation: only for joining a federation" in capsys.readouterr().err
