@@ -362,3 +362,32 @@ def test_a_deployed_node_opts_in_to_secure_aggregation_in_its_own_node_config(tm
     assert allowed(simulated, run_secure=True) and not allowed(simulated, run_secure=False)
     assert client_main(["--data", str(data), "--secure-aggregation"]) == 1
     assert "--secure-aggregation: only for joining a federation" in capsys.readouterr().err
+
+
+def test_a_replayed_reply_counts_once(caplog):
+    """A relay that hands the server a node's reply twice (or a second, different one): the
+    strategy keeps the first reply per node and round."""
+    from flwr.app import MetricRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.strategy import LoraXSFedAvg
+    from shared.federation.protocol import STACKED_R
+    from tests.test_sealed_updates import FINGERPRINT, _arrays, _reply
+
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = RUN_ID, 1, SUPERLINK_NODE_ID
+    strategy = LoraXSFedAvg(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), fraction_train=1.0,
+                            min_available_nodes=1)
+    strategy._sent["train"] = (_arrays(0.0), ConfigRecord())
+
+    def plain(value, examples):
+        return RecordDict({ARRAYS: _arrays(value), METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+                           STATUS: ConfigRecord({"fingerprint": FINGERPRINT})})
+
+    replies = [_reply(1, plain(1.0, 10)), _reply(2, plain(4.0, 30)), _reply(2, plain(4.0, 30)), _reply(2, plain(100.0, 30))]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, _ = strategy.aggregate_train(3, replies)
+    assert sum("repeated reply from node 2" in r.getMessage() for r in caplog.records) == 2
+    assert strategy.stats[3].clients_trained == 2
+    np.testing.assert_array_equal(arrays[STACKED_R].numpy(), np.full((2, 3, 3), 3.25, np.float32))  # (10*1 + 30*4)/40
