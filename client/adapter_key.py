@@ -6,7 +6,8 @@
 A key is looked for only when one is needed: `--encrypt-at-rest`, or an adapter to read that is
 encrypted (shared/crypto/at_rest.py: the whole file is one AEAD ciphertext). A key that is given
 (`--key-file`, or the passphrase in the environment) means the adapter read must be encrypted:
-a plaintext one is refused, unless it is a global adapter (shared/artifacts/adapter_file.py).
+a plaintext one is refused; with `--encrypt-at-rest` (the key is for the output) a plaintext
+start adapter must be a global one, as a server ships it (shared/artifacts/adapter_file.py).
 """
 
 import argparse
@@ -34,7 +35,10 @@ def key_source(args: argparse.Namespace, read: Path | None = None) -> KeySource 
     if not needed:
         if args.key_file:
             raise LoraXSError("--key-file is only for encrypted adapters (--encrypt-at-rest, or an encrypted --adapter)")
-        return passphrase_from_env() if read is not None else None  # given: the plaintext adapter must be a global one
+        if read is not None and passphrase_from_env() is not None:
+            raise LoraXSError(f"{read} is not encrypted, but a key is given ({PASSPHRASE_ENV}): refusing a plaintext "
+                              f"adapter (it may have been swapped in); unset {PASSPHRASE_ENV} to read it")
+        return None
     if args.key_file:
         return key_from_file(args.key_file)
     from_env = passphrase_from_env()

@@ -116,8 +116,12 @@ def test_with_a_key_given_a_plaintext_personal_adapter_is_refused(tiny_bert_dir,
     code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1,
                            "--out", tmp_path / "out.safetensors")
     assert code == 1 and "is not encrypted, but a key is given" in err and err.count("\n") == 1
-    code = export_main(["--adapter", str(plain_personal), "--out", str(tmp_path / "m" / "m.onnx")])
-    assert code == 1 and "is not encrypted, but a key is given" in capsys.readouterr().err
+    for adapter in (plain_personal, plain_global):  # the key is for reading: only an encrypted adapter
+        code = export_main(["--adapter", str(adapter), "--out", str(tmp_path / "m" / "m.onnx")])
+        assert code == 1 and "is not encrypted, but a key is given" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1,  # key for the output
+                           "--model", tiny_bert_dir, "--out", tmp_path / "out.safetensors", "--encrypt-at-rest")
+    assert code == 1 and "a personal adapter is read only encrypted" in err
     code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_global, "--epochs", 1,
                            "--model", tiny_bert_dir, "--out", tmp_path / "out.safetensors", "--encrypt-at-rest")
     assert code == 0, err
