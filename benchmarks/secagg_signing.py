@@ -77,7 +77,6 @@ def signing_cost(clients: int, values: int, seed: int = 0) -> dict:
     directory = server.directory()
     signed(secure_auth.SHARE_KEYS, directory)
     for i, client in clients_.items():
-        started = time.perf_counter()
         reply = client.share_keys(dict(directory))  # boxes and commitments: the commitments timed below
         boxes_only = {k: v for k, v in reply.items() if k != COMMITMENTS}
         up["commitments"] += wire_bytes(ConfigRecord(reply)) - wire_bytes(ConfigRecord(boxes_only))
