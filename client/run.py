@@ -17,7 +17,7 @@ from dataclasses import replace
 from client.adapter_key import add_key_flags, key_source
 from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
 from deployment.supernode import SuperNodeConfig, run_supernode
-from shared.cli import run_cli
+from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     federation.add_argument("--server-key", metavar="FILE",
                             help="pin the ServerApp's public key (server_key.pub): updates are sealed to it")
     add_key_flags(parser, encrypt=True)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_blank_values(parser, args)  # --model '' is no default, --adapter '' no "none"
+    return args
 
 
 def check_mode_flags(args: argparse.Namespace) -> None:

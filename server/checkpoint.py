@@ -17,12 +17,12 @@ import torch
 from flwr.app import Array, ArrayRecord
 from safetensors.torch import save as save_bytes
 
+from server.run_folder import CHECKPOINT
 from server.traffic import PhaseTraffic, TrafficMeter
 from shared.artifacts.blob import read_blob, read_file, write_atomically
 from shared.errors import LoraXSError
 from shared.federation.run_config import FederationConfig
 
-CHECKPOINT = "checkpoint.safetensors"
 STATE = "__state__"
 MAY_DIFFER = ("num-server-rounds", "resume-from", "out-dir")  # between a run and its resumption
 

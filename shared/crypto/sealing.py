@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+from shared.artifacts.untrusted_file import read_untrusted_text
 from shared.errors import LoraXSError
 
 X25519, PQ_HYBRID = "x25519", "mlkem768-x25519"
@@ -34,6 +35,9 @@ OVERHEAD = {X25519: 32 + 16, PQ_HYBRID: 1120 + 16}  # KEM output + AEAD tag
 PUBLIC_LABEL, PRIVATE_LABEL = "loraxs-hpke-public-key", "loraxs-hpke-private-key"
 CONTEXT_TAG = b"loraxs-seal/v1"
 U64 = 2**64
+
+
+MAX_KEY_FILE_BYTES = 64 * 2**10  # a label, a suite and the hex key (ML-KEM keys are a few KiB)
 
 
 class SealError(LoraXSError):
@@ -198,10 +202,9 @@ def load_public_key(path: str | Path) -> ServerPublicKey:
 
 def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes]:
     try:
-        text = Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or "not ASCII text"
-        raise SealError(f"cannot read key file {path}: {reason}") from None
+        text = read_untrusted_text(path, "key file", MAX_KEY_FILE_BYTES, encoding="ascii")
+    except LoraXSError as err:  # missing, a pipe or device, too long, not ASCII: one line, no blocking
+        raise SealError(str(err)) from None
     fields = text.split()
     if len(fields) != 3 or fields[0] != label or fields[1] not in SUITES:
         raise SealError(f"{path} is not a {label} file")
