@@ -53,7 +53,7 @@ class ModelFolder:
     def model_file(self, kind: str) -> Path:
         name = self.description["models"].get(kind)
         hint = {"int8": "export with --quantize int8", "adapter-base": "export with --onnx-adapter"}.get(kind, "")
-        if not name or not (self.path / name).is_file():
+        if not name or not (self.path / name).exists():  # a pipe or device in its place: load_session says so
             raise LoraXSError(f"{self.path} holds no {kind} model{'; ' + hint if hint else ''}")
         return self.path / name
 

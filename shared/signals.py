@@ -25,9 +25,15 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+_deferring = {"depth": 0, "pending": None}  # signals_deferred: how deep, and a signal held back
+
+
 def _raise_stopped(signum, _frame):
     for sig in STOP_SIGNALS:  # the cleanup that follows is not interrupted again
         signal.signal(sig, signal.SIG_IGN)
+    if _deferring["depth"]:
+        _deferring["pending"] = signum
+        return
     raise Stopped(signum)
 
 
@@ -48,13 +54,15 @@ def stop_on_signals():
 
 @contextlib.contextmanager
 def signals_deferred():
-    """SIGTERM / SIGINT held back while inside (a few renames that must all happen or none);
-    one that came meanwhile is acted on right after."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """A stop signal that comes while inside (a few renames that must all happen or none) is
+    acted on only when the block is done. (Python runs signal handlers in the main thread, so
+    a flag does this; a signal mask would not, with other threads in the process.)"""
+    _deferring["depth"] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _deferring["depth"] -= 1
+        pending = _deferring["pending"]
+        if not _deferring["depth"] and pending is not None:
+            _deferring["pending"] = None
+            raise Stopped(pending)
