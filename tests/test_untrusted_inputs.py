@@ -82,6 +82,18 @@ def test_a_file_over_its_cap_is_refused_before_it_is_read(tmp_path):
 
 
 @FUZZ
+@given(st.binary(max_size=200), st.integers(0, 150))
+def test_read_untrusted_returns_the_bytes_or_refuses_above_the_cap(tmp_path_factory, data, cap):
+    path = tmp_path_factory.mktemp("u") / "f"
+    path.write_bytes(data)
+    if len(data) > cap:
+        with pytest.raises(LoraXSError, match="allowed"):
+            read_untrusted(path, "file", cap)
+    else:
+        assert read_untrusted(path, "file", cap) == data
+
+
+@FUZZ
 @given(st.binary(max_size=300), st.integers(1, 64), st.integers(1, 400))
 def test_bounded_lines_gives_lines_or_one_error(data, max_line, max_total):
     try:
@@ -322,6 +334,15 @@ def test_client_run_refuses_a_crafted_start_adapter_and_writes_nothing(tiny_bert
     code = main(["--data", str(data), "--adapter", str(big), "--model", tiny_bert_dir])
     assert code == 1 and "cannot be a trained adapter" in capsys.readouterr().err
     assert not (data / "personal_adapter.safetensors").exists()
+
+
+def test_client_export_refuses_a_crafted_adapter_and_writes_nothing(tiny_bert_dir, tmp_path):
+    from tests.test_export import run_cli as export_cli
+
+    big = crafted(tiny_bert_dir, tmp_path / "big.safetensors", alpha=1024, value=1e4)
+    code, _, err = export_cli(["--adapter", big, "--model", tiny_bert_dir, "--out", tmp_path / "out" / "m.onnx"])
+    assert code == 1 and "cannot be a trained adapter" in err
+    assert not (tmp_path / "out").exists()
 
 
 # -- the recipe report cannot contradict itself ----------------------------------------------------

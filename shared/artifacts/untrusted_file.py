@@ -36,7 +36,7 @@ def open_regular(path: str | Path, kind: str, max_bytes: int):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise LoraXSError(f"cannot read {kind} {path}: it does not exist") from None
+        raise LoraXSError(f"{kind} {path} does not exist") from None
     except (OSError, ValueError, TypeError) as err:  # ValueError: a NUL in the name
         raise LoraXSError(f"cannot read {kind} {path}: {getattr(err, 'strerror', None) or err}") from None
     try:

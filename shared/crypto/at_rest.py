@@ -155,7 +155,7 @@ def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
         with open_regular(blob_or_path, "file", MAX_ENCRYPTED_FILE_BYTES) as f:
             return f.read(len(MAGIC)) == MAGIC
     except LoraXSError as err:
-        raise AtRestError(str(err)) from None
+        raise AtRestError(f"cannot tell whether it is encrypted: {err}") from None
     except OSError as err:
         raise AtRestError(f"cannot read {blob_or_path}: {err.strerror}") from None
 
