@@ -187,6 +187,10 @@ def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource) -
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
         raise AtRestError(f"cannot write {path}: {err.strerror}") from None
+    except BaseException:  # a stop signal mid-write (shared/signals.py): no temp file left behind
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _check_scrypt(log2_n: int, r: int, p: int, where: str = "") -> None:
