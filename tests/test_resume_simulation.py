@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def command(reviews, model, out, *extra):
     return [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "3",
             "--fraction", "0.5", "--partition", "iid", "--dataset", str(reviews), "--model", model,
-            "--rank", "4", "--out", str(out), "--no-progress",
+            "--rank", "4", *(["--out", str(out)] if out else []), "--no-progress",
             "--run-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8 eval-max-examples=32",
             *extra]
 
@@ -46,7 +46,7 @@ def test_sigkill_after_round_one_then_resume_equals_an_uninterrupted_run(tiny_be
     child.wait(30)
     assert Checkpoint(out).round < 3, "killed too late to test a resume"
 
-    resumed = tagged_run(command(reviews, tiny_bert_dir, "", "--resume", str(out)), timeout=400)
+    resumed = tagged_run(command(reviews, tiny_bert_dir, None, "--resume", str(out)), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a = json.loads((tmp_path / "whole" / "report.json").read_text())
