@@ -7,7 +7,7 @@ so the relative effect of a layer's adapter, ||delta W||_2 / sigma_1(W), is read
 (r, in) factors alone. Trained adapters stay far below MAX_RELATIVE_EFFECT (fine-tuning nudges
 a layer; it does not replace it): a MiniLM personal adapter from `client.run` (120 reviews,
 5 epochs at lr 0.02) reaches 0.57 at most; seeded R ~ N(0, 1) at scale 4 about 15; the crafted
-file of the red team (alpha 1e6, every R 1e4) about 1e10 (tests/test_untrusted_inputs.py).
+file of the red team (MiniLM rank 16, alpha 1e6, every R 1e4) 4e9 to 9e9 (tests/test_untrusted_inputs.py).
 """
 
 import torch
