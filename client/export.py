@@ -17,7 +17,7 @@ from client.adapter_key import add_key_flags, key_source
 from client.onnx.job import QUANTIZE_CHOICES, ExportConfig, ExportReport, run_export
 from client.onnx.graph import file_size
 from client.onnx.verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
-from shared.cli import run_cli
+from shared.cli import refuse_blank_values, run_cli
 from shared.data.batches import DEFAULT_MAX_LENGTH
 
 
@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="tokens per text for --data (default %(default)s)")
     add_key_flags(parser, encrypt=False)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_blank_values(parser, args)  # --model '' is no default, --adapter '' no "none"
+    return args
 
 
 def export_config(args: argparse.Namespace) -> ExportConfig:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from client.adapter_key import add_key_flags, key_source
 from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
 from deployment.supernode import SuperNodeConfig, run_supernode
-from shared.cli import run_cli
+from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             help="take part in secure aggregation when the server asks (else this node refuses it), "
                                  "and never send a plain update")
     add_key_flags(parser, encrypt=True)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_blank_values(parser, args)  # --model '' is no default, --adapter '' no "none"
+    return args
 
 
 def check_mode_flags(args: argparse.Namespace) -> None:
@@ -119,15 +121,17 @@ def print_report(result: PersonalizationResult) -> None:
     if recipe.improved:
         print(f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f})")
     else:
-        print(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
+        print(f"note: no epoch beat the start on validation; the adapter written is {recipe.kept}")
     if recipe.lam_scores:
         scores = ", ".join(f"{lam:g}: {shown(score):.3f}" for lam, score in recipe.lam_scores.items())
         print(f"interpolation toward the best epoch, validation {recipe.measure} by lam ({scores}): kept lam = {recipe.lam:g}"
-              + (" (the start adapter itself)" if recipe.lam == 0.0 else ""))
+              + (f" ({recipe.kept})" if recipe.lam == 0.0 else ""))
     if recipe.start_accuracy is not None and recipe.kept_accuracy is not None:
-        print(f"validation accuracy: start {recipe.start_accuracy:.4f}, kept {recipe.kept_accuracy:.4f}"
-              + (f" (note: below the start; kept for its lower validation {recipe.measure})"
-                 if recipe.kept_accuracy < recipe.start_accuracy else ""))
+        below = recipe.kept_accuracy < recipe.start_accuracy
+        why = ("nothing beat it by the required margin" if recipe.lam == 0.0
+               else f"kept for its lower validation {recipe.measure}")
+        print(f"validation accuracy: start ({recipe.start}) {recipe.start_accuracy:.4f}, kept ({recipe.kept}) "
+              f"{recipe.kept_accuracy:.4f}" + (f" (note: below the start; {why})" if below else ""))
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
     print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")

@@ -17,18 +17,22 @@ import torch
 from flwr.app import Array, ArrayRecord
 from safetensors.torch import save as save_bytes
 
+from server.run_folder import CHECKPOINT
 from server.traffic import PhaseTraffic, TrafficMeter
 from shared.artifacts.blob import read_blob, read_file, write_atomically
 from shared.errors import LoraXSError
 from shared.federation.run_config import FederationConfig
 
-CHECKPOINT = "checkpoint.safetensors"
 STATE = "__state__"
 MAY_DIFFER = ("num-server-rounds", "resume-from", "out-dir")  # between a run and its resumption
 
 
 def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, config: FederationConfig,
-                    strategy_state: dict, meter: TrafficMeter, rounds: dict[int, dict]) -> None:
+                    strategy_state: dict, meter: TrafficMeter, rounds: dict[int, dict],
+                    partitions: dict[int, int] | None = None) -> None:
+    """`partitions`: node id -> partition id; the traffic's per-node books are kept by partition
+    (node ids change when the run is resumed in a new process), nodes without one by node id."""
+    of = (lambda node: (partitions or {}).get(node))  # noqa: E731
     state = {
         "round": server_round,
         "config": config.to_run_config(),
@@ -36,8 +40,12 @@ def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, confi
         "strategy": strategy_state,
         "traffic": {
             "phases": [[r, kind, asdict(p)] for (r, kind), p in meter.phases.items()],
-            "bases_per_node": [[node, n] for node, n in meter.bases_per_node.items()],
-            "nodes_contacted": sorted(meter.nodes_contacted),
+            "bases_per_partition": [[of(node), n] for node, n in meter.bases_per_node.items() if of(node) is not None],
+            "partitions_contacted": sorted({of(n) for n in meter.nodes_contacted if of(n) is not None}),
+            "partitions_derived": sorted({of(n) for n in meter.nodes_derived if of(n) is not None}),
+            "bases_per_node": [[node, n] for node, n in meter.bases_per_node.items() if of(node) is None],
+            "nodes_contacted": sorted(n for n in meter.nodes_contacted if of(n) is None),
+            "nodes_derived": sorted(n for n in meter.nodes_derived if of(n) is None),
         },
         "rounds": {str(r): m for r, m in rounds.items()},
     }
@@ -76,9 +84,19 @@ class Checkpoint:
             raise LoraXSError(f"cannot resume: the checkpoint is at round {self.round}, past "
                               f"num-server-rounds {config.num_server_rounds}")
 
-    def restore_traffic(self, meter: TrafficMeter) -> None:
-        for r, kind, phase in self.traffic["phases"]:
+    def restore_traffic(self, meter: TrafficMeter, partitions: dict[int, int] | None = None) -> None:
+        """`partitions`: this process's node id -> partition id, to put the books kept by
+        partition back on today's node ids (so a resumed run counts each node once)."""
+        node_of = {p: n for n, p in (partitions or {}).items()}
+        traffic = self.traffic
+        for r, kind, phase in traffic["phases"]:
             meter.phases[(int(r), str(kind))] = PhaseTraffic(**phase)
-        for node, n in self.traffic["bases_per_node"]:
+        for node, n in traffic["bases_per_node"]:
             meter.bases_per_node[int(node)] = int(n)
-        meter.nodes_contacted.update(int(n) for n in self.traffic["nodes_contacted"])
+        for partition, n in traffic.get("bases_per_partition", []):
+            node = node_of.get(int(partition), -1 - int(partition))  # a partition gone: still counted, once
+            meter.bases_per_node[node] += int(n)
+        meter.nodes_contacted.update(int(n) for n in traffic["nodes_contacted"])
+        meter.nodes_contacted.update(node_of.get(int(p), -1 - int(p)) for p in traffic.get("partitions_contacted", []))
+        meter.nodes_derived.update(int(n) for n in traffic.get("nodes_derived", []))
+        meter.nodes_derived.update(node_of.get(int(p), -1 - int(p)) for p in traffic.get("partitions_derived", []))

@@ -84,14 +84,14 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         after_round = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
         if resume:
             strategy.restore(resume.strategy, metered, factors_held=keys is None)
-            resume.restore_traffic(meter)
+            resume.restore_traffic(meter, strategy.partitions)
             after_round.rounds.update(resume.rounds)
 
         def after_each_round(server_round: int, arrays):  # Flower counts from 1 again on resume
             measured = after_round(server_round + done if server_round else 0, arrays)
             if server_round:
                 save_checkpoint(out_dir, server_round + done, arrays, config, strategy.state(), meter,
-                                after_round.rounds)
+                                after_round.rounds, strategy.partitions)
             return measured
 
         result = strategy.start(

@@ -44,8 +44,9 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
         "final_evaluation_bytes_down": final_phase.bytes_down,
         "final_evaluation_bytes_up": final_phase.bytes_up,
         "bases_sent": everything.bases_sent,
-        "factors_derived": everything.bases_derived,
+        "factors_derived": len(meter.nodes_derived),  # clients, each once (a resumed node may derive again)
         "factors_shipped": everything.bases_sent,
+        "derivations": everything.bases_derived,
         "recipes_sent": everything.recipes_sent,
         "clients_reached": len(meter.nodes_contacted),
         "max_bases_per_client": max(meter.bases_per_node.values(), default=0),

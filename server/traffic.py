@@ -47,6 +47,7 @@ class TrafficMeter:
     phases: dict[tuple[int, str], PhaseTraffic] = field(default_factory=lambda: defaultdict(PhaseTraffic))
     bases_per_node: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     nodes_contacted: set[int] = field(default_factory=set)  # nodes sent a train or evaluate message
+    nodes_derived: set[int] = field(default_factory=set)  # nodes that said they derived the factors
 
 
 def message_phase(message: Message) -> tuple[int, str]:
@@ -86,6 +87,7 @@ class MeteredGrid(ForwardingGrid):
                 self.meter.phases[key].bytes_up += wire_bytes(reply)
                 if _derived(reply):
                     self.meter.phases[key].bases_derived += 1
+                    self.meter.nodes_derived.add(reply.metadata.src_node_id)
         return replies
 
 

@@ -124,6 +124,7 @@ class PersonalTrainingResult:
     start_accuracy: float | None = None  # validation accuracy of the start and of the kept adapter
     kept_accuracy: float | None = None  # (seq-cls; the kept one before its head is refitted on validation)
     held_back: list[int] = field(default_factory=list)  # epochs with a better score but a lower accuracy
+    kept: str = ""  # what the kept adapter is, in words the report uses (never contradicting `lam`)
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -344,5 +345,15 @@ def personal_training(
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back,
+        held_back=held_back, kept=_kept_words(lam, best_epoch, start, start_name),
     )
+
+
+def _kept_words(lam: float, best_epoch: int, start: str, start_name: str) -> str:
+    """lam = 0 is the reference: the adapter as given, or from scratch the start; lam = 1 the
+    best state: an epoch, or the start when none beat it; else a point between."""
+    reference = f"{start} itself" if start != "scratch" else f"the start ({start_name})"
+    best = f"epoch {best_epoch}" if best_epoch else f"the start ({start_name})"
+    if lam == 0.0:
+        return reference
+    return best if lam == 1.0 else f"lam {lam:g} of the way from {reference} to {best}"

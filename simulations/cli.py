@@ -28,10 +28,10 @@ from dataclasses import fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from server.checkpoint import Checkpoint  # noqa: E402
-from server.run_folder import resolve_out_dir  # noqa: E402
+from server.run_folder import check_run_folder, remove_unfinished_run, resolve_out_dir  # noqa: E402
 from server.report import REPORT_MD  # noqa: E402
 from shared.base_models import canonical_model_id, load_tokenizer  # noqa: E402
-from shared.cli import INTERRUPTED_EXIT, run_cli  # noqa: E402
+from shared.cli import INTERRUPTED_EXIT, STOPPED_EXIT, refuse_blank_values, run_cli  # noqa: E402
 from shared.errors import LoraXSError  # noqa: E402
 from shared.federation.node_data import held_out_union  # noqa: E402
 from shared.federation.run_config import CHOICES, FederationConfig  # noqa: E402
@@ -96,11 +96,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="any key of [tool.flwr.app.config], e.g. \"lr=0.004 personal-steps=5\"")
     parser.add_argument("--client-cpus", type=float, default=1.0,
                         help="CPUs per simulated client; clients in parallel = CPUs / this (%(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the run an existing --out folder holds (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--ray-address", metavar="HOST:PORT", default="",
                         help="attach to this running Ray cluster (default: a private local Ray, "
                              "whatever RAY_ADDRESS or /tmp/ray/ray_current_cluster say)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_blank_values(parser, args)
+    return args
 
 
 def build_config(args: argparse.Namespace) -> FederationConfig:
@@ -122,9 +126,11 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
     return replace(config, out_dir=str(resolve_out_dir(config.resume_from or config.out_dir)))
 
 
-def check_inputs(config: FederationConfig) -> None:
-    """Fail before Ray starts: unknown model or dataset, more clients than partitions.
-    (What it loads stays cached for the server in this process.)"""
+def check_inputs(config: FederationConfig, force: bool = False) -> None:
+    """Fail before Ray starts: an output folder that is a file, not writable or holds a run
+    (without --force / --resume), unknown model or dataset, more clients than partitions, labels
+    client.run would refuse. (What it loads stays cached for the server in this process.)"""
+    check_run_folder(Path(config.out_dir), force=force, resume=bool(config.resume_from))
     if config.resume_from:
         Checkpoint(Path(config.resume_from)).check_config(config)
     load_tokenizer(canonical_model_id(config.model))
@@ -138,17 +144,31 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         config = build_config(args)
-        with quiet_logs():
-            check_inputs(config)
-            from simulations.ray_simulation import run_ray_simulation  # Ray only once input is fine
+        out_dir = Path(config.out_dir)
+        created = not out_dir.exists()
+        finished = False
 
-            report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started,
-                                        ray_address=args.ray_address)
-        print_summary(report, resolve_out_dir(config.out_dir))
+        def unfinished() -> None:  # a stop or failure before the first checkpoint leaves no run folder
+            said = remove_unfinished_run(out_dir, created)
+            if said:
+                print(f"flower-simulation: {said}", file=sys.stderr, flush=True)
+
+        try:
+            with quiet_logs():
+                check_inputs(config, force=args.force)
+                from simulations.ray_simulation import run_ray_simulation  # Ray only once input is fine
+
+                report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started,
+                                            ray_address=args.ray_address, on_stop=unfinished)
+            finished = True
+        finally:
+            if not finished:
+                unfinished()
+        print_summary(report, out_dir)
         return 0
 
     code = run_cli(work, "flower-simulation")
-    if code == INTERRUPTED_EXIT:  # Ray is already shut down; the ServerApp thread may still wait
+    if code in (INTERRUPTED_EXIT, STOPPED_EXIT):  # Ray is already shut down; the ServerApp thread may still wait
         sys.stderr.flush()
         os._exit(code)
     return code

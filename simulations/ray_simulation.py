@@ -32,9 +32,11 @@ SHUTDOWN_TIMEOUT = 10.0  # seconds Ray gets to shut down after a signal
 
 
 def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progress: bool = False,
-                       started: float | None = None, ray_address: str = "") -> dict:
+                       started: float | None = None, ray_address: str = "", on_stop=None) -> dict:
     """Runs the whole federation on `config.num_clients` simulated SuperNodes; returns the report
-    (written by the ServerApp; its wall time counts from `started`, e.g. with Ray's start)."""
+    (written by the ServerApp; its wall time counts from `started`, e.g. with Ray's start).
+    `on_stop`: called after Ray is shut down when a signal stops the run (e.g. removing a
+    half-made run folder)."""
     import ray
     from flwr.simulation import run_simulation
 
@@ -57,7 +59,7 @@ def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progr
             ray.init(address=ray_address or "local", logging_level=logging.ERROR, log_to_driver=False,
                      include_dashboard=False, configure_logging=True,
                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-            stop_cleanly_on_signals()
+            stop_cleanly_on_signals(on_stop)
             run_simulation(server_app=server_app, client_app=client_app,
                            num_supernodes=config.num_clients, backend_name="ray",
                            backend_config=backend_config)
@@ -82,9 +84,9 @@ def check_reachable(address: str) -> None:
                           f"({err.strerror or type(err).__name__})") from None
 
 
-def stop_cleanly_on_signals() -> None:
-    """SIGTERM / SIGINT: one line, Ray shut down (at most SHUTDOWN_TIMEOUT), exit 128 + signal,
-    without the interpreter's teardown (where Ray's native threads print "Aborted")."""
+def stop_cleanly_on_signals(on_stop=None) -> None:
+    """SIGTERM / SIGINT: one line, Ray shut down (at most SHUTDOWN_TIMEOUT), `on_stop()`, exit
+    128 + signal, without the interpreter's teardown (where Ray's native threads print "Aborted")."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -96,6 +98,12 @@ def stop_cleanly_on_signals() -> None:
         closer = threading.Thread(target=ray.shutdown, daemon=True)
         closer.start()
         closer.join(SHUTDOWN_TIMEOUT)
+        if on_stop is not None:
+            try:
+                on_stop()
+            except Exception as err:  # noqa: BLE001 - the exit must happen whatever the cleanup met
+                print(f"flower-simulation: cleanup failed: {err}", file=sys.stderr, flush=True)
+        sys.stderr.flush()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

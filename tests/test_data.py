@@ -112,8 +112,9 @@ def test_unreadable_folder_and_file_are_one_line(tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("shared.data.local_folder.open", refuse, raising=False)
-    assert_one_line_error(lambda: load_local_folder(tmp_path), "cannot read", "Permission denied")
+    with monkeypatch.context() as patch:  # every data file is opened by the untrusted-file reader
+        patch.setattr("shared.artifacts.untrusted_file.os.open", refuse)
+        assert_one_line_error(lambda: load_local_folder(tmp_path), "cannot read", "Permission denied")
     monkeypatch.setattr(Path, "iterdir", refuse)
     assert_one_line_error(lambda: load_local_folder(tmp_path), "cannot read dataset folder", "Permission denied")
 

@@ -127,14 +127,15 @@ def test_changed_metadata_fails_its_checksum(adapted, tmp_path):
         load_adapter(rewritten(path, state, {"base_model": json.dumps("/somewhere/else")}, resign=False))
 
 
-def test_format_version_1_is_read_with_a_warning(adapted, tmp_path, capsys):
+@pytest.mark.parametrize("resign", [False, True])
+def test_format_version_1_is_refused_checksum_or_not(adapted, tmp_path, resign):
+    """Marking a file as version 1 once skipped the metadata checksum; now it is refused."""
     state, _, meta = adapted
     path = tmp_path / "a.safetensors"
     save_adapter(path, state, meta)
-    old = rewritten(path, state, {"format_version": "1"}, resign=False)
-    _, loaded = load_adapter(old)
-    assert loaded == meta
-    assert "not checksummed" in capsys.readouterr().err
+    old = rewritten(path, state, {"format_version": "1", "base_model": json.dumps("/somewhere/else")}, resign=resign)
+    with pytest.raises(LoraXSError, match="format version 1, whose metadata carries no checksum"):
+        load_adapter(old)
 
 
 def test_an_adapters_base_model_is_loaded_only_when_model_names_it(adapted, tmp_path, tiny_bert_dir):
@@ -214,7 +215,7 @@ def test_files_over_their_cap_are_refused_before_reading(adapted, tmp_path, monk
     path = tmp_path / "a.safetensors"
     save_adapter(path, state, meta)
     monkeypatch.setitem(blob.MAX_FILE_BYTES, "adapter", 100)
-    with pytest.raises(LoraXSError, match="MiB allowed"):
+    with pytest.raises(LoraXSError, match="more than the 100 bytes allowed"):
         load_adapter(path)
 
 
@@ -240,7 +241,7 @@ def test_unreadable_adapter_is_one_line(adapted, tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("shared.artifacts.blob.open", refuse, raising=False)
+    monkeypatch.setattr("shared.artifacts.untrusted_file.os.open", refuse)
     with pytest.raises(LoraXSError, match="cannot read adapter file .*Permission denied"):
         load_adapter(path)
 

@@ -5,6 +5,7 @@ Two users (alice, bob) of one tiny seeded BERT each get their own export; each b
 the other user's `.onnx_adapter` must reproduce that user's merged export.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -56,8 +57,10 @@ def test_the_folder_holds_the_base_and_the_users_adapter(users):
     alice = users["alice"]
     description = alice["description"]
     assert description["models"]["adapter-base"] == "model.adapter-base.onnx"
-    assert description["onnx_adapter"] == {"file": "alice.onnx_adapter",
+    sha256 = hashlib.sha256((alice["folder"] / "alice.onnx_adapter").read_bytes()).hexdigest()
+    assert description["onnx_adapter"] == {"file": "alice.onnx_adapter", "sha256": sha256,
                                            "model_version": basis_version(description["basis_fingerprint"])}
+    assert (alice["folder"] / "alice.onnx_adapter.sha256").read_text() == f"{sha256}  alice.onnx_adapter\n"
     state, _ = load_adapter(alice["adapter"])
     stored = ort.AdapterFormat.read_adapter(str(alice["onnx_adapter"])).get_parameters()
     assert set(stored) == set(state) == set(description["adapter_inputs"])
@@ -134,6 +137,7 @@ def test_a_file_that_does_not_fit_the_base_is_one_line(users, tmp_path):
         path = tmp_path / name
         if isinstance(content, bytes):
             path.write_bytes(content)
+            Path(f"{path}.sha256").write_text(hashlib.sha256(content).hexdigest() + f"  {name}\n")
         elif content is not None:
             write_onnx_adapter(path, content[1], content[0])
         with pytest.raises(LoraXSError, match=message):
@@ -199,7 +203,7 @@ def test_predict_reads_texts_from_a_file(users, tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("missing-dir", "model folder .* does not exist"),
     ("no-description", "holds no \\*.export.json export description"),
-    ("wrong-adapter", "is not an onnxruntime adapter file"),
+    ("wrong-adapter", "has no checksum file"),
     ("missing-adapter", "adapter .* does not exist"),
     ("no-int8", "holds no int8 model; export with --quantize int8"),
 ])

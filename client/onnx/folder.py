@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from client.onnx.graph import OUTPUT_NAME, TOKEN_AXES
-from client.onnx.onnx_adapter import basis_version
+from client.onnx.onnx_adapter import CHECKSUM_SUFFIX, basis_version
 from shared.artifacts.adapter_file import AdapterMeta
 from shared.errors import LoraXSError
+from shared.signals import signals_deferred
 
 MODEL_KINDS = ("fp32", "int8", "adapter-input", "adapter-base")
+SIDECARS = (".data", CHECKSUM_SUFFIX)  # files that travel with a model (external weights) or an adapter
 DESCRIPTION_FORMAT, DESCRIPTION_VERSION = "loraxs-onnx-export", "1"
 
 
@@ -27,6 +29,8 @@ def describe_export(
     adapter_inputs: dict[str, torch.Tensor] | None,
     adapter_file: str,
     onnx_adapter: str | None = None,
+    max_positions: int | None = None,
+    onnx_adapter_sha256: str | None = None,
 ) -> dict:
     """models: kind -> file name; adapter_inputs: the adapter parameters the adapter-as-input graph
     takes as inputs and the base graph as overridable initializers; onnx_adapter: the
@@ -39,6 +43,7 @@ def describe_export(
         "task": meta.task,
         "labels": list(meta.labels) if meta.labels else None,
         "max_length": max_length,
+        "max_positions": max_positions,  # the most tokens the graphs run (max_length <= it)
         "opset": opset,
         "inputs": {name: list(TOKEN_AXES) for name in token_names},  # int64
         "output": {"name": OUTPUT_NAME, "axes": output_axes},  # float32
@@ -52,6 +57,8 @@ def describe_export(
         description["adapter_inputs"] = {name: list(value.shape) for name, value in adapter_inputs.items()}
     if onnx_adapter is not None:
         description["onnx_adapter"] = {"file": onnx_adapter, "model_version": basis_version(meta.basis_fingerprint)}
+        if onnx_adapter_sha256:
+            description["onnx_adapter"]["sha256"] = onnx_adapter_sha256
     return description
 
 
@@ -64,18 +71,26 @@ def move_into_place(files: dict[str, Path], folder: Path, adapter: Path) -> None
     replace are set aside first and put back if any move fails, so a failed export never leaves
     half a set. `files` then names the moved files."""
     moves = [(p, folder / p.name) for p in files.values()]
-    moves += [(p.with_name(p.name + ".data"), folder / (p.name + ".data")) for p in files.values()
-              if p.with_name(p.name + ".data").exists()]
+    moves += [(p.with_name(p.name + extra), folder / (p.name + extra)) for p in files.values()
+              for extra in SIDECARS if p.with_name(p.name + extra).exists()]
     if any(target.resolve() == adapter.resolve() for _, target in moves):
         raise LoraXSError(f"the export would overwrite the adapter {adapter}; choose another folder")
     for _, target in moves:
         if target.is_dir():
             raise LoraXSError(f"cannot write {target}: a folder of that name is in the way; nothing was replaced")
-    try:
-        aside = Path(tempfile.mkdtemp(prefix=".export-old-", dir=folder))
-    except OSError as err:
-        raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
-    replaced, placed, stranded = [], [], []
+    with signals_deferred():  # SIGTERM mid-way would leave half a set; it is acted on after the moves
+        try:
+            aside = Path(tempfile.mkdtemp(prefix=".export-old-", dir=folder))
+        except OSError as err:
+            raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
+        _move_all(moves, aside)
+    for kind, path in files.items():
+        files[kind] = folder / path.name
+
+
+def _move_all(moves: list[tuple[Path, Path]], aside: Path) -> None:
+    """(staged, target) moves; the files replaced go to `aside` first and come back on failure."""
+    replaced, placed, stranded, target = [], [], [], None
     try:
         for staged, target in moves:
             if target.exists() or target.is_symlink():
@@ -96,5 +111,3 @@ def move_into_place(files: dict[str, Path], folder: Path, adapter: Path) -> None
     finally:
         if not stranded:
             shutil.rmtree(aside, ignore_errors=True)
-    for kind, path in files.items():
-        files[kind] = folder / path.name

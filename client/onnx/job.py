@@ -12,16 +12,19 @@ import copy
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from client.onnx.folder import MODEL_KINDS, describe_export, move_into_place, write_description
 from client.onnx.graph import OUTPUT_NAME, LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
-from client.onnx.onnx_adapter import SUFFIX, load_onnx_adapter, make_overridable, run_with_adapter, write_onnx_adapter
+from client.onnx.onnx_adapter import (
+    SUFFIX, checksum_file, file_sha256, load_onnx_adapter, make_overridable, run_with_adapter, write_onnx_adapter,
+)
 from client.onnx.verify import (
     FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, max_diff_over, median_ms,
     ort_accuracy, ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
@@ -37,6 +40,7 @@ from shared.errors import LoraXSError
 from shared.loraxs.model import load_adapter_state, merged_model
 
 QUANTIZE_CHOICES = ("int8",)
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start after the padding index
 MIN_OPSET = 14
 EVAL_BATCH_SIZE = 32
 
@@ -130,6 +134,11 @@ def run_export(config: ExportConfig) -> ExportReport:
     done = False
     try:
         subject = _load_subject(config, adapter)
+        positions = position_limit(subject.model, subject.tokenizer)
+        if positions is not None and config.max_length > positions:
+            _step(f"--max-length {config.max_length} is more than the model's {positions} positions: "
+                  f"recording {positions}")
+            config = replace(config, max_length=positions)
         report = _export_verified(config, subject, splits, stage)
         for saved in subject.tokenizer.save_pretrained(stage):
             if Path(saved).is_file():
@@ -141,6 +150,8 @@ def run_export(config: ExportConfig) -> ExportReport:
             adapter_inputs=subject.state if config.adapter_as_input or config.onnx_adapter else None,
             adapter_file=config.adapter.name,
             onnx_adapter=config.output_name("onnx-adapter") if config.onnx_adapter else None,
+            max_positions=positions,
+            onnx_adapter_sha256=file_sha256(report.files["onnx-adapter"]) if config.onnx_adapter else None,
         ))
         move_into_place(report.files, config.out.parent, config.adapter)
         report.files["adapter"] = config.adapter  # what a user of the adapter-as-input graph sends
@@ -150,6 +161,21 @@ def run_export(config: ExportConfig) -> ExportReport:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
             _remove_empty(created)
+
+
+def position_limit(model: nn.Module, tokenizer) -> int | None:
+    """The most tokens the model runs: its position table (less a RoBERTa-style offset) and the
+    tokenizer's own limit, whichever is smaller; None when neither says."""
+    limits = []
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        offset = getattr(config, "pad_token_id", None) if getattr(config, "model_type", "") in OFFSET_POSITIONS else None
+        limits.append(positions - (offset + 1 if isinstance(offset, int) else 0))
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:  # "no limit" is a huge int
+        limits.append(tokenizer_limit)
+    return min(limits) if limits else None
 
 
 def _check_output(config: ExportConfig) -> None:
@@ -220,6 +246,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
     what = "onnxruntime fp32 vs PyTorch (unmerged)"
     diffs[what] = max_diff_over(batches, expected, lambda b: ort_logits(sessions["fp32"], b))
     _check_parity(what, diffs[what])
+    _check_runs_at_max_length(sessions["fp32"], names, config.max_length)
 
     if config.quantize == "int8":
         files["int8"] = stage / config.output_name("int8")
@@ -265,6 +292,20 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
     return report
 
 
+def _check_runs_at_max_length(session, token_names: list[str], max_length: int) -> None:
+    """The description promises that texts of max_length tokens run: one such batch must give
+    finite logits, or nothing is written."""
+    values = {"input_ids": 1, "attention_mask": 1, "token_type_ids": 0}
+    batch = {name: np.full((1, max_length), values[name], dtype=np.int64) for name in token_names}
+    try:
+        finite = bool(np.isfinite(ort_logits(session, batch)).all())
+    except Exception as err:  # noqa: BLE001 - onnxruntime's own error types
+        raise LoraXSError(f"the exported model does not run {max_length} tokens "
+                          f"({str(err).strip()[:160]}); pass a smaller --max-length") from None
+    if not finite:
+        raise LoraXSError(f"the exported model gives NaN or Inf at {max_length} tokens; nothing was written")
+
+
 def _numpy_state(state: dict[str, torch.Tensor]) -> dict:
     return {name: value.float().numpy() for name, value in state.items()}
 
@@ -308,6 +349,7 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
                 batches, expected, lambda b: run_with_adapter(base, OUTPUT_NAME, b, adapter))
         del adapter_a, adapter_b
         user_b_path.unlink()
+        checksum_file(user_b_path).unlink()
     for what, diff in diffs.items():
         _check_parity(what, diff)
     diffs["merged export A vs merged export B (how much the users differ)"] = max(

@@ -17,17 +17,25 @@ Sharp edges of onnxruntime 1.32's adapters, each reproduced in tests/test_onnx_a
   so adapter parameters must be overridable initializers (`make_overridable`), not plain inputs.
 - The file has no metadata but two integers: the model version carries the first 28 bits of
   the basis fingerprint (`basis_version`), checked against the export's description.
+- The format has no checksum: a flipped byte loads silently. -> `write_onnx_adapter` writes
+  `<file>.sha256` beside it (sha256sum's format, also recorded in the export's description),
+  and `load_onnx_adapter` refuses a file whose bytes do not match it, or that has none.
 """
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from shared.artifacts.untrusted_file import read_untrusted, read_untrusted_text
 from shared.errors import LoraXSError
 
 SUFFIX = ".onnx_adapter"
+CHECKSUM_SUFFIX = ".sha256"  # beside the adapter: "<sha256 hex>  <file name>"
 FINGERPRINT_HEX_DIGITS = 7  # 28 bits: AdapterFormat's model version is a 32-bit signed int
+MAX_ADAPTER_BYTES = 1024 * 2**20  # the r x r matrices and the head (a causal LM's head is large)
 
 
 def basis_version(fingerprint: str) -> int:
@@ -49,6 +57,31 @@ def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], fingerprint: 
         for name, value in tensors.items()
     })
     adapter.export_adapter(str(path))
+    path = Path(path)
+    checksum_file(path).write_text(f"{file_sha256(path)}  {path.name}\n")
+
+
+def checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(read_untrusted(path, "adapter", MAX_ADAPTER_BYTES)).hexdigest()
+
+
+def recorded_sha256(path: Path, fallback: str | None = None) -> str:
+    """The checksum written beside `path`, else `fallback` (the export description's, for its
+    own adapter); a file with neither is refused."""
+    sidecar = checksum_file(path)
+    if not sidecar.exists() and not sidecar.is_symlink():
+        if fallback:
+            return fallback
+        raise LoraXSError(f"adapter {path} has no checksum file {sidecar.name} beside it; "
+                          "copy it together with its adapter (or export the adapter again)")
+    text = read_untrusted_text(sidecar, "checksum file", 4096, encoding="ascii").split()
+    if not text or not re.fullmatch(r"[0-9a-f]{64}", text[0]):
+        raise LoraXSError(f"checksum file {sidecar} holds no sha256 digest")
+    return text[0]
 
 
 def make_overridable(path: Path, shapes: dict[str, list[int]], external_data: bool) -> None:
@@ -77,19 +110,22 @@ class LoadedAdapter:
     runtime: object  # onnxruntime.LoraAdapter; must outlive every run it is active in
 
 
-def load_onnx_adapter(path: str | Path, expected: dict[str, list[int]], fingerprint: str) -> LoadedAdapter:
-    """Reads `path` and checks it against the base graph's adapter parameters (`expected`: name
-    -> shape) and basis; a file that does not fit is one LoraXSError line."""
+def load_onnx_adapter(path: str | Path, expected: dict[str, list[int]], fingerprint: str,
+                      sha256: str | None = None) -> LoadedAdapter:
+    """Reads `path` and checks it against its checksum (the `.sha256` file beside it, else
+    `sha256`), the base graph's adapter parameters (`expected`: name -> shape) and basis; a
+    file that does not fit is one LoraXSError line."""
     import onnxruntime as ort
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise LoraXSError(f"adapter {path} does not exist")
+    actual = file_sha256(path)  # a regular file within the cap, never a pipe or a device
+    if actual != recorded_sha256(path, sha256):
+        raise LoraXSError(f"adapter {path} is corrupt: its bytes do not match its sha256 checksum")
     try:
         stored = ort.AdapterFormat.read_adapter(str(path))
         shapes = {name: tuple(value.shape()) for name, value in stored.get_parameters().items()}
         version = stored.get_model_version()
-    except (RuntimeError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types on a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoraXSError(f"{path} is not an onnxruntime adapter file ({first[-120:]})") from None
     if version != basis_version(fingerprint):
@@ -104,7 +140,10 @@ def load_onnx_adapter(path: str | Path, expected: dict[str, list[int]], fingerpr
             raise LoraXSError(f"{path} does not fit this base graph: {name} is {list(shape)}, "
                               f"the graph takes {list(expected[name])} (another rank or label count?)")
     runtime = ort.LoraAdapter()
-    runtime.Load(str(path))
+    try:
+        runtime.Load(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise LoraXSError(f"{path} is not an onnxruntime adapter file ({str(err).strip()[:120]})") from None
     return LoadedAdapter(path, shapes, runtime)
 
 

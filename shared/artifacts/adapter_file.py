@@ -5,15 +5,13 @@ metadata, format version 2), the type and range of every metadata value (finite 
 positive integer rank, ...), every tensor's dtype, finiteness and magnitude, and, against a model,
 the base model id, the basis fingerprint and every tensor's shape. Never pickle.
 
-Files of format version 1 (metadata not checksummed) are still read, with a one-line warning on
-stderr: their values pass the same checks, and their base model is loaded only when it is the
-default one or --model names it (`shared/artifacts/open_adapter.py:read_adapter`).
+Files of format version 1 (metadata not checksummed, so anyone could mark a file as version 1 to
+skip the check) are refused with one line.
 """
 
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,10 +27,11 @@ from shared.data.text_splits import TASKS
 from shared.loraxs.config import LoraXSConfig, default_targets
 
 ADAPTER_FORMAT = "loraxs-adapter"
-ADAPTER_FORMAT_VERSION = "2"  # 2: metadata_sha256 covers the metadata; 1 is read with a warning
-READABLE_VERSIONS = ("1", "2")
+ADAPTER_FORMAT_VERSION = "2"  # 2: metadata_sha256 covers the metadata; 1 is refused
+READABLE_VERSIONS = (ADAPTER_FORMAT_VERSION,)
+UNCHECKED_VERSIONS = ("1",)  # metadata not checksummed: refused
 MAX_ABS_WEIGHT = 1e4  # larger adapter weights only come from a diverged run or a crafted file
-MAX_ALPHA = 1e6
+MAX_ALPHA = 1024.0  # scale = alpha / rank; 64 x the default alpha 16 (the effect is bounded too: adapter_bounds.py)
 MAX_RANK = 4096
 MAX_LABELS = 1000
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.float64)
@@ -192,12 +191,15 @@ def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor
     if metadata.get("format") != ADAPTER_FORMAT:
         raise LoraXSError(f"{source} is not a LoRA-XS adapter file (format {metadata.get('format')!r})")
     version = metadata.get("format_version")
+    if version in UNCHECKED_VERSIONS:
+        raise LoraXSError(f"{source} has adapter format version {version}, whose metadata carries no checksum; "
+                          "it is no longer read (train or save it again with this version)")
     if version not in READABLE_VERSIONS:
         raise LoraXSError(
             f"{source} has adapter format version {str(version)[:20]!r}; "
             f"this version reads {', '.join(READABLE_VERSIONS)}"
         )
-    if version == ADAPTER_FORMAT_VERSION and metadata.get("metadata_sha256") != metadata_digest(metadata):
+    if metadata.get("metadata_sha256") != metadata_digest(metadata):
         raise LoraXSError(f"{source} is corrupt: its metadata does not match its checksum")
     try:
         meta = AdapterMeta.from_strings(metadata)
@@ -209,9 +211,6 @@ def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor
     for name, tensor in state.items():
         if name.endswith("lora_R") and tuple(tensor.shape) != (meta.rank, meta.rank):
             raise LoraXSError(f"{source}: {name} has shape {tuple(tensor.shape)}, not rank {meta.rank}")
-    if version != ADAPTER_FORMAT_VERSION:
-        print(f"warning: {source} has adapter format version {version}: its metadata is not "
-              "checksummed (save it again to upgrade)", file=sys.stderr)
     return state, meta
 
 

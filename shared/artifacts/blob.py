@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 
+from shared.artifacts.untrusted_file import read_untrusted
 from shared.errors import LoraXSError
 
 MiB = 2**20
@@ -46,22 +47,9 @@ def read_blob(data: bytes, source: str, kind: str) -> tuple[dict[str, torch.Tens
 
 
 def read_file(path: str | Path, kind: str, max_bytes: int | None = None) -> bytes:
-    """The bytes of `path`, refused with one line when missing, unreadable or over the cap."""
-    path = Path(path)
-    limit = max_bytes or MAX_FILE_BYTES.get(kind, DEFAULT_MAX_FILE_BYTES)
-    try:
-        if not path.is_file():
-            raise LoraXSError(f"{kind} file {path} does not exist")
-        size = path.stat().st_size
-        if size > limit:
-            raise LoraXSError(f"{kind} file {path} is {size / MiB:.0f} MiB, more than the {limit // MiB} MiB allowed")
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as err:
-        raise LoraXSError(f"cannot read {kind} file {path}: {err.strerror or err}") from None
-    if len(data) > limit:  # it grew while being read
-        raise LoraXSError(f"{kind} file {path} is more than the {limit // MiB} MiB allowed")
-    return data
+    """The bytes of `path`, refused with one line when missing, unreadable, not a regular file
+    (a pipe or a device never blocks: shared/artifacts/untrusted_file.py) or over the cap."""
+    return read_untrusted(path, f"{kind} file", max_bytes or MAX_FILE_BYTES.get(kind, DEFAULT_MAX_FILE_BYTES))
 
 
 def _umask() -> int:
@@ -92,8 +80,26 @@ def write_atomically(path: str | Path, data: bytes, kind: str) -> int:
 
 
 def check_output_file(out: Path, force: bool = False, hint: str = "a file name") -> None:
-    """Before any heavy work: `out` names a file (not a folder) that may be written."""
+    """Before any heavy work: `out` names a file (not a folder) that may be written, in a folder
+    that exists or can be made and that takes new files."""
     if out.is_dir():
         raise LoraXSError(f"--out {out} is a folder; give {hint}")
     if out.exists() and not force:
         raise LoraXSError(f"{out} already exists; pass --force to overwrite it")
+    check_writable_folder(out.parent)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """The nearest existing folder of `folder` (itself or a parent, which the writer creates)
+    takes a new file: probed with a temporary file, so a read-only folder or file system is
+    refused before any work, whoever runs it."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise LoraXSError(f"output folder {folder} cannot be made: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".loraxs-write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise LoraXSError(f"cannot write to output folder {existing}: {err.strerror or err}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shared.artifacts.adapter_bounds import check_adapter_effect
 from shared.artifacts.adapter_file import AdapterMeta, check_adapter_matches, load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.artifacts.cache import basis_cache_dirs, find_cached_basis
@@ -182,4 +183,5 @@ def open_adapter(
     if adapter is not None:
         check_adapter_matches(adapter.meta, str(adapter.path), base_model, basis.fingerprint)
         load_adapter_state(model, adapter.state)
+        check_adapter_effect(model, str(adapter.path))  # a crafted R x alpha that swamps the layer
     return OpenedAdapter(model, basis, lora, labels, source)

@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from shared.artifacts.untrusted_file import open_regular, read_untrusted
 from shared.errors import LoraXSError
 
 MAGIC, VERSION, READABLE_VERSIONS = b"LXSENC", 2, (1, 2)
@@ -33,6 +34,8 @@ KDF_SCRYPT, KDF_RAW = 1, 2
 SALT_LEN, NONCE_LEN, KEY_LEN, TAG_LEN = 16, 12, 32, 16
 SCRYPT_MAX_MEMORY, SCRYPT_MAX_P, SCRYPT_LOG2_N_RANGE = 256 * 2**20, 4, (10, 20)
 PASSPHRASE_ENV = "LORAXS_PASSPHRASE"
+MAX_KEY_FILE_BYTES = 1000  # 64 hex characters, with room for whitespace
+MAX_ENCRYPTED_FILE_BYTES = 1024 * 2**20
 AUTH_FAILED = "authentication failed"
 
 
@@ -83,9 +86,9 @@ def key_from_file(path: str | Path) -> KeySource:
     readable by its owner only."""
     _check_private(path)
     try:
-        data = Path(path).read_bytes()[:1000]
-    except OSError as err:
-        raise AtRestError(f"cannot read key file {path}: {err.strerror}") from None
+        data = read_untrusted(path, "key file", MAX_KEY_FILE_BYTES)  # never blocks on a pipe or a device
+    except LoraXSError as err:
+        raise AtRestError(str(err)) from None
     text = data.decode("ascii", errors="replace").strip()
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         raise AtRestError(f"key file {path} must hold exactly 64 hex characters (openssl rand -hex 32); "
@@ -214,8 +217,10 @@ def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
     if isinstance(blob_or_path, (bytes, bytearray, memoryview)):
         return bytes(blob_or_path[: len(MAGIC)]) == MAGIC
     try:
-        with open(blob_or_path, "rb") as f:
+        with open_regular(blob_or_path, "file", MAX_ENCRYPTED_FILE_BYTES) as f:
             return f.read(len(MAGIC)) == MAGIC
+    except LoraXSError as err:
+        raise AtRestError(f"cannot tell whether it is encrypted: {err}") from None
     except OSError as err:
         raise AtRestError(f"cannot read {blob_or_path}: {err.strerror}") from None
 
@@ -223,9 +228,9 @@ def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
 def read_maybe_encrypted(path: str | Path, key_source: KeySource | None) -> bytes:
     """The file's plaintext: decrypted when encrypted (then `key_source` is required)."""
     try:
-        blob = Path(path).read_bytes()
-    except OSError as err:
-        raise AtRestError(f"cannot read {path}: {err.strerror}") from None
+        blob = read_untrusted(path, "file", MAX_ENCRYPTED_FILE_BYTES)
+    except LoraXSError as err:
+        raise AtRestError(str(err)) from None
     if not is_encrypted(blob):
         return blob
     if key_source is None:
@@ -249,6 +254,10 @@ def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource, k
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
         raise AtRestError(f"cannot write {path}: {err.strerror}") from None
+    except BaseException:  # a stop signal mid-write (shared/signals.py): no temp file left behind
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _check_scrypt(log2_n: int, r: int, p: int, where: str = "") -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+from shared.artifacts.untrusted_file import read_untrusted_text
 from shared.crypto.signing import SIGNING_SUITE, check_public_key, derive_signing_key, public_bytes
 from shared.errors import LoraXSError
 
@@ -40,6 +41,9 @@ PUBLIC_LABEL, PRIVATE_LABEL = "loraxs-hpke-public-key", "loraxs-hpke-private-key
 SIGNING_LABEL = "loraxs-signing-public-key"
 CONTEXT_TAG, STAGE_CONTEXT_TAG = b"loraxs-seal/v1", b"loraxs-seal-stage/v1"
 U64 = 2**64
+
+
+MAX_KEY_FILE_BYTES = 64 * 2**10  # a label, a suite and the hex key (ML-KEM keys are a few KiB)
 
 
 class SealError(LoraXSError):
@@ -223,10 +227,9 @@ def load_public_key(path: str | Path) -> ServerPublicKey:
 
 def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes, bytes | None]:
     try:
-        text = Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or "not ASCII text"
-        raise SealError(f"cannot read key file {path}: {reason}") from None
+        text = read_untrusted_text(path, "key file", MAX_KEY_FILE_BYTES, encoding="ascii")
+    except LoraXSError as err:  # missing, a pipe or device, too long, not ASCII: one line, no blocking
+        raise SealError(str(err)) from None
     lines = [line.split() for line in text.splitlines() if line.strip()]
     first, rest = (lines[0], lines[1:]) if lines else ([], [])
     if len(first) != 3 or first[0] != label or first[1] not in SUITES:

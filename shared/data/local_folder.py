@@ -5,21 +5,27 @@ Supported files (read only, never written):
   *.csv    a header row with "text" and "label" columns
   *.txt    causal-lm only: one example per non-empty line
 For causal-lm, .jsonl and .csv need only the "text" field. Files named train.* and test.* are
-used as given when both exist; otherwise every supported file is read and split 80/20 with a seed.
-Other files and subfolders (adapters, a .loraxs/ cache) are ignored.
+used as given when both exist; test.* without a train.* is refused (it would be split and trained
+on); otherwise every supported file is read and split 80/20 with a seed. Other files and
+subfolders (adapters, a .loraxs/ cache) are ignored, but an entry with a supported suffix that
+is not a regular file (a folder, a named pipe, a device) is refused, and so is a CSV row with
+more or fewer fields than its header, or a quote left open (with its line number).
 
 Labels are names: integer labels too (0, 3 -> classes "0", "3", in numeric order, never a range),
-at least 2 and at most MAX_CLASSES of them, all integers or all strings, and a label of the test
+at least 2 and at most MAX_CLASSES of them, not one a row (client.run and the simulation alike),
+all integers or all strings, and a label of the test
 file must occur in the train file. The supported files may hold MAX_DATA_BYTES in all.
 """
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
 
 from datasets import Dataset
 
+from shared.artifacts.untrusted_file import open_regular
 from shared.data.text_splits import TextSplits, check_task, split_train_test
 from shared.errors import LoraXSError
 
@@ -55,6 +61,9 @@ def load_local_folder(
     test_files = [f for f in files if f.stem.lower() == "test"]
     needs_label = task == "seq-cls"
 
+    if test_files and not train_files:
+        raise LoraXSError(f"{folder} holds {test_files[0].name} but no train file: add train.* (a test file is "
+                          "never split and trained on), or rename it to use the 80/20 split")
     if train_files and test_files:
         train_rows = [row for f in train_files for row in _read_file(f, needs_label)]
         test_rows = [row for f in test_files for row in _read_file(f, needs_label)]
@@ -87,7 +96,12 @@ def _supported_files(folder: Path, task: str) -> list[Path]:
         entries = sorted(folder.iterdir())
         if not entries:
             raise LoraXSError(f"dataset folder {folder} is empty")
-        files = [e for e in entries if e.is_file() and e.suffix.lower() in suffixes]
+        candidates = [e for e in entries if e.suffix.lower() in suffixes]
+        odd = [e for e in candidates if not e.is_file()]
+        if odd:
+            raise LoraXSError(f"{odd[0]} is not a regular file (a folder, a named pipe or a device?); "
+                              "a data folder holds text files")
+        files = candidates
         total = sum(f.stat().st_size for f in files)
     except OSError as error:
         raise LoraXSError(f"cannot read dataset folder {folder}: {error.strerror or error}") from None
@@ -117,9 +131,14 @@ def _read_file(file: Path, needs_label: bool) -> list[Row]:
         raise LoraXSError(f"{file}: malformed CSV ({error})") from None
 
 
+def _open_text(file: Path, newline: str | None = None) -> io.TextIOWrapper:
+    """A regular file only (never blocks on a pipe), at most MAX_DATA_BYTES."""
+    return io.TextIOWrapper(open_regular(file, "data file", MAX_DATA_BYTES), encoding="utf-8-sig", newline=newline)
+
+
 def _read_jsonl(file: Path, needs_label: bool) -> list[Row]:
     rows = []
-    with open(file, encoding="utf-8-sig") as lines:
+    with _open_text(file) as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -138,8 +157,8 @@ def _read_jsonl(file: Path, needs_label: bool) -> list[Row]:
 
 def _read_csv(file: Path, needs_label: bool) -> list[Row]:
     rows = []
-    with open(file, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
+    with _open_text(file, newline="") as handle:
+        reader = csv.DictReader(handle, strict=True)
         columns = reader.fieldnames or []
         needed = ["text", "label"] if needs_label else ["text"]
         missing = [c for c in needed if c not in columns]
@@ -151,7 +170,7 @@ def _read_csv(file: Path, needs_label: bool) -> list[Row]:
         doubled = [c for c in ("text", "label") if columns.count(c) > 1]
         if doubled:
             raise LoraXSError(f"{file}: the CSV header names the column(s) {', '.join(doubled)} more than once")
-        for record in reader:
+        for record in _csv_records(reader, file):
             label = record.get("label")
             if label is not None and INTEGER_LABEL.fullmatch(label.strip()):
                 label = int(label)
@@ -162,8 +181,27 @@ def _read_csv(file: Path, needs_label: bool) -> list[Row]:
     return rows
 
 
+def _csv_records(reader: csv.DictReader, file: Path):
+    """The rows of `reader`; a row with more or fewer fields than the header, or a quote left
+    open, is one LoraXSError naming its line."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            what = "a quote opened here is never closed" if "end of data" in str(error) else f"malformed CSV ({error})"
+            raise LoraXSError(f"{file}:{start}: {what}") from None
+        if None in record or None in record.values():
+            fields = sum(v is not None for k, v in record.items() if k is not None) + len(record.get(None) or [])
+            raise LoraXSError(f"{file}:{reader.line_num}: {fields} field(s), but the header has "
+                              f"{len(reader.fieldnames)}")
+        yield record
+
+
 def _read_txt(file: Path) -> list[Row]:
-    with open(file, encoding="utf-8-sig") as lines:
+    with _open_text(file) as lines:
         return [(line.rstrip("\r\n"), None) for line in lines if line.strip()]
 
 
@@ -204,6 +242,9 @@ def _to_datasets(
             raise LoraXSError(f"classification needs at least 2 labels; the files hold only {str(distinct[0])[:80]!r}")
         if len(distinct) > MAX_CLASSES:
             raise LoraXSError(f"the files hold {len(distinct)} distinct labels, more than the {MAX_CLASSES} allowed")
+        if len(raw_labels) == len(distinct):
+            raise LoraXSError(f"every one of the {len(raw_labels)} examples has a label of its own: a classifier "
+                              "needs several examples of a label (is the label column an id?)")
         labels = [str(label) for label in distinct]
         id_of_label = {label: i for i, label in enumerate(distinct)}
         columns["label"] = [id_of_label[label] for label in raw_labels]

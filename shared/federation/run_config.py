@@ -184,6 +184,10 @@ class FederationConfig:
     def __post_init__(self):
         for name, choices in CHOICES.items():
             _check_choice(_key(name), getattr(self, name), choices)
+        if not self.model.strip():
+            raise LoraXSError("model must name a model id or folder, not an empty string")
+        if self.labels.strip() and not self.label_names():  # ",," names no class: not "the dataset's"
+            raise LoraXSError(f"labels must be comma-separated class names, got {self.labels!r}")
         if self.num_clients < 1:
             raise LoraXSError(f"num-clients must be at least 1, got {self.num_clients}")
         if self.num_server_rounds < 1:
@@ -236,6 +240,8 @@ class FederationConfig:
             ranks = self.client_rank_list()
         except ValueError:
             raise LoraXSError(f"client-ranks must be comma-separated integers, got {self.client_ranks!r}") from None
+        if self.client_ranks.strip() and not ranks:  # ",," names no rank: not "no mixed ranks"
+            raise LoraXSError(f"client-ranks must be comma-separated integers, got {self.client_ranks!r}")
         if any(not 1 <= r <= self.rank for r in ranks):
             raise LoraXSError(f"client-ranks must lie in [1, rank {self.rank}], got {self.client_ranks!r}")
         if self.mixed_rank_aggregation == "per-entry" and (self.strategy not in MEAN_BASED or self.dp != "none"):
