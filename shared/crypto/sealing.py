@@ -204,7 +204,7 @@ def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes]:
     try:
         text = read_untrusted_text(path, "key file", MAX_KEY_FILE_BYTES, encoding="ascii")
     except LoraXSError as err:  # missing, a pipe or device, too long, not ASCII: one line, no blocking
-        raise SealError(str(err)) from None
+        raise SealError(f"cannot read key file {path}: {str(err).removeprefix(f'key file {path} ')}") from None
     fields = text.split()
     if len(fields) != 3 or fields[0] != label or fields[1] not in SUITES:
         raise SealError(f"{path} is not a {label} file")
