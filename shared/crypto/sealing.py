@@ -229,7 +229,7 @@ def _read_key_file(path: str | Path, label: str) -> tuple[str, bytes, bytes | No
     try:
         text = read_untrusted_text(path, "key file", MAX_KEY_FILE_BYTES, encoding="ascii")
     except LoraXSError as err:  # missing, a pipe or device, too long, not ASCII: one line, no blocking
-        raise SealError(str(err)) from None
+        raise SealError(f"cannot read key file {path}: {str(err).removeprefix(f'key file {path} ')}") from None
     lines = [line.split() for line in text.splitlines() if line.strip()]
     first, rest = (lines[0], lines[1:]) if lines else ([], [])
     if len(first) != 3 or first[0] != label or first[1] not in SUITES:

@@ -128,5 +128,5 @@ def test_key_files(tmp_path, key):
         public_path.write_text(bad)
         with pytest.raises(SealError):
             load_public_key(public_path)
-    with pytest.raises(SealError, match="does not exist"):
+    with pytest.raises(SealError, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")
