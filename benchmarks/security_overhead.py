@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
               "Secure aggregation: up and down include its three stage messages per client and round (keys ride "
               "in the train reply; the masked delta is uint32, 4 B per value like fp32, plus one weight); the final "
               "accuracy differs from plain by at most the quantization bound per value (max_quantization_error in "
-              "the JSON). 'both': the masked delta is not sealed again (it is already masked), so it costs as "
-              "secure aggregation alone, plus the 32-byte key.", ""]
+              "the JSON). 'both' costs exactly what secure aggregation alone costs: secure aggregation always sends "
+              "the server's keys and seals every stage reply, the masked delta included.", ""]
     lines += ["## Authenticating secure aggregation", "",
               "Server signatures (Ed25519) on its 4 messages, each of a client's 4 stage replies sealed (HPKE), "
               "commitments to shares; measured on one in-process round per group size (benchmarks/secagg_signing.py), "
