@@ -7,7 +7,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from tests.tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
+from simulations.tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

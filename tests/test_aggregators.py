@@ -13,7 +13,7 @@ from server.federation import run_federation
 from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STACKED_R
 from shared.federation.run_config import STRATEGIES, FederationConfig
-from tests.in_process_simulation import InProcessGrid
+from simulations.in_process import InProcessGrid
 from tests.test_federation import RecordingGrid, config, one_torch_thread, reviews_dir  # noqa: F401 (fixtures)
 
 RNG = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from server.traffic import wire_bytes
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.artifacts.cache import STATE_FOLDER
-from tests.in_process_simulation import InProcessGrid
+from simulations.in_process import InProcessGrid
 
 NUM_CLIENTS = 5
 LABELS = ("neg", "pos")

@@ -19,7 +19,7 @@ from shared.crypto.sealing import SealContext, ServerPrivateKey, load_public_key
 from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS, STACKED_R
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE, SERVER_KEY, seal_arrays
-from tests.in_process_simulation import RUN_ID
+from simulations.in_process import RUN_ID
 from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
 
 FINGERPRINT = "ab" * 32
