@@ -118,14 +118,6 @@ class LoraXSFedAvg(FedAvg):
             content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key})
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
-    @property
-    def nodes_with_basis(self) -> set[int]:
-        return self.delivery.holding
-
-    @nodes_with_basis.setter
-    def nodes_with_basis(self, nodes: set[int]) -> None:
-        self.delivery.holding = set(nodes)
-
     # --- sampling by partition -------------------------------------------------------------
     def discover_partitions(self, grid: Grid) -> dict[int, int]:
         """Asks every node once which partition it serves (node config `partition-id`); a node
@@ -450,7 +442,7 @@ class LoraXSFedAvg(FedAvg):
         return {
             "stats": {str(r): asdict(s) for r, s in self.stats.items()},
             "evaluate_replies": {str(r): [dict(m) for m in ms] for r, ms in self.evaluate_replies.items()},
-            "partitions_with_basis": sorted(self.partitions[n] for n in self.nodes_with_basis if n in self.partitions),
+            "partitions_with_basis": sorted(self.partitions[n] for n in self.delivery.holding if n in self.partitions),
             "aggregator": aggregator_state(self.aggregator) if self.aggregator is not None else {},
         }
 
@@ -461,7 +453,7 @@ class LoraXSFedAvg(FedAvg):
         self.evaluate_replies = {int(r): [MetricRecord(m) for m in ms] for r, ms in state["evaluate_replies"].items()}
         self.discover_partitions(grid)
         holding = set(state["partitions_with_basis"]) if factors_held else set()
-        self.nodes_with_basis = {n for n, p in self.partitions.items() if p in holding}
+        self.delivery.holding = {n for n, p in self.partitions.items() if p in holding}
         if self.aggregator is not None:
             restore_aggregator(self.aggregator, state.get("aggregator", {}))
 

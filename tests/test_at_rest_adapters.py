@@ -8,8 +8,9 @@ import pytest
 
 from client.export import main as export_main
 from shared.artifacts.adapter_file import load_adapter
-from shared.crypto.at_rest import AtRestError, is_encrypted, key_from_file, passphrase_key, write_key_file
+from shared.crypto.at_rest import AtRestError, is_encrypted, key_from_file, passphrase_key
 from shared.errors import LoraXSError
+from tests.helpers import make_key_file
 from tests.test_client_run import RANK, global_adapter, run_cli, snapshot, write_reviews
 
 PASSPHRASE = "correct horse battery staple"
@@ -45,7 +46,7 @@ def test_encrypt_at_rest_with_a_passphrase_then_read_back(tiny_bert_dir, data_di
 @pytest.mark.parametrize("attack", ["wrong passphrase", "flipped byte", "flipped header byte", "truncated"])
 def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overwritten(
         tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch, attack):
-    key = write_key_file(tmp_path / "adapter.key")
+    key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     encrypted = tmp_path / "global.enc.safetensors"
     from shared.crypto.at_rest import write_encrypted
@@ -77,7 +78,7 @@ def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overw
 
 
 def test_export_reads_an_encrypted_adapter_with_its_key_file(tiny_bert_dir, tmp_path, capsys):
-    key = write_key_file(tmp_path / "adapter.key")
+    key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     from shared.crypto.at_rest import write_encrypted
 

@@ -87,18 +87,6 @@ def key_from_file(path: str | Path) -> KeySource:
     return KeySource(key=data)
 
 
-def write_key_file(path: str | Path) -> KeySource:
-    """Creates a new random key file (hex, mode 0600); refuses to overwrite one."""
-    key = os.urandom(KEY_LEN)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as err:
-        raise AtRestError(f"cannot create key file {path}: {err.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-    return KeySource(key=key)
-
-
 def encrypt_bytes(plaintext: bytes, key_source: KeySource) -> bytes:
     nonce = os.urandom(NONCE_LEN)
     if key_source.passphrase is not None:
@@ -153,19 +141,6 @@ def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
             return f.read(len(MAGIC)) == MAGIC
     except OSError as err:
         raise AtRestError(f"cannot read {blob_or_path}: {err.strerror}") from None
-
-
-def read_maybe_encrypted(path: str | Path, key_source: KeySource | None) -> bytes:
-    """The file's plaintext: decrypted when encrypted (then `key_source` is required)."""
-    try:
-        blob = Path(path).read_bytes()
-    except OSError as err:
-        raise AtRestError(f"cannot read {path}: {err.strerror}") from None
-    if not is_encrypted(blob):
-        return blob
-    if key_source is None:
-        raise AtRestError(f"{path} is encrypted: give --key-file or a passphrase ({PASSPHRASE_ENV})")
-    return decrypt_bytes(blob, key_source, str(path))
 
 
 def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource) -> None:

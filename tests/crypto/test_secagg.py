@@ -49,7 +49,7 @@ class Recorder(SecAggServer):
 def _round(params, xs, ws, stop_after_shares=(), stop_after_masked=(), garbage=None, state_hops=True):
     """Drives stages 0-4 like a Flower ServerApp would; returns (server, result or exception)."""
     server = Recorder(params)
-    clients = {i: SecAggClient(SecAggParams.from_config(server.setup_message()), i) for i in params.participants}
+    clients = {i: SecAggClient(SecAggParams.from_config(params.to_config()), i) for i in params.participants}
     for i, c in clients.items():
         server.receive_keys(i, c.keys())
     directory = server.directory()
