@@ -202,7 +202,7 @@ def main(argv=None) -> int:
             prepare_folder(name, folder, args)
             adapter, kind, torch_accuracy = adapter_for(name, folder, args)
             report = run_export(ExportConfig(adapter=adapter, out=Path(tmp) / name / "model.onnx", data_dir=folder,
-                                             quantize="int8", onnx_adapter=True, repeats=args.repeats,
+                                             quantize="int8", onnx_adapter=True, timing=True, repeats=args.repeats,
                                              latency_batches=LATENCY_BATCHES))
             per_folder[name] = results(report, torch_accuracy, kind)
             print(name, json.dumps(per_folder[name]["accuracy"]), json.dumps(per_folder[name]["latency_vs_pytorch"]),

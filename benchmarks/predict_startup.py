@@ -71,7 +71,7 @@ def export_folder(adapter: Path, data: Path | None, folder: Path) -> None:
     from client.onnx.job import ExportConfig, run_export
 
     run_export(ExportConfig(adapter=adapter, out=folder / "model.onnx", data_dir=data, quantize="int8",
-                            onnx_adapter=True, repeats=1))
+                            onnx_adapter=True))
 
 
 def random_adapter(folder: Path) -> tuple[Path, Path]:

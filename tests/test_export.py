@@ -128,7 +128,7 @@ def bert_export(bert_adapter, bert_data, tiny_bert_dir):
     """One CLI run with every option; --out sits beside the adapter, which must stay untouched."""
     adapter_bytes = bert_adapter.read_bytes()
     code, out, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", bert_adapter.parent / "model.onnx",
-                              "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--repeats", 2])
+                              "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--timing", "--repeats", 2])
     assert code == 0, err
     return {"folder": bert_adapter.parent, "stdout": out, "adapter_bytes": adapter_bytes}
 
@@ -137,8 +137,7 @@ def bert_export(bert_adapter, bert_data, tiny_bert_dir):
 def llama_export(tiny_llama_dir, tmp_path_factory, private_cache):
     adapter = make_adapter(tiny_llama_dir, "causal-lm", tmp_path_factory.mktemp("llama-adapter") / "personal.safetensors")
     folder = tmp_path_factory.mktemp("llama-export")
-    code, out, err = run_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input",
-                              "--repeats", 2])
+    code, out, err = run_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input"])
     assert code == 0, err
     return {"folder": folder, "stdout": out, "adapter": adapter}
 
@@ -468,3 +467,9 @@ def test_real_minilm_export_through_the_command_line(tmp_path, monkeypatch):
     assert np.abs(got - torch_logits(model, batch, "seq-cls")).max() <= TOLERANCE
     # int8 MatMul weights, fp32 embeddings and head (the accuracy-keeping recipe): about 0.65x of fp32
     assert (tmp_path / "model.int8.onnx").stat().st_size < 0.7 * (tmp_path / "model.onnx").stat().st_size
+
+
+def test_latency_is_timed_only_with_timing(bert_export, llama_export):
+    """The parity check always runs; PyTorch against onnxruntime timing only with --timing."""
+    assert "latency" not in llama_export["stdout"] and "max abs difference" in llama_export["stdout"]
+    assert "latency, batch 1 x sequence 64, median of 2 runs" in bert_export["stdout"]

@@ -91,7 +91,7 @@ def latency(session, tokenizer, repeats: int) -> dict:
 def one_folder(name: str, folder: Path, args, tmp: Path) -> dict:
     adapter, kind, _ = adapter_for(name, folder, args)
     fp32 = tmp / name / "model.onnx"
-    run_export(ExportConfig(adapter=adapter, out=fp32, data_dir=folder, repeats=1))
+    run_export(ExportConfig(adapter=adapter, out=fp32, data_dir=folder))
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     splits = load_local_folder(folder, "seq-cls")
     batches = [({n: b[n].numpy() for n in TOKEN_NAMES}, b["labels"].numpy())
