@@ -2,7 +2,6 @@
 and `client.export --adapter` read them; a wrong key or a changed byte is "authentication failed",
 exit 1, and nothing is written."""
 
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,7 @@ from client.export import main as export_main
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.at_rest import AtRestError, is_encrypted, key_from_file, passphrase_key
 from shared.errors import LoraXSError
-from tests.helpers import make_key_file
-from tests.test_client_run import RANK, global_adapter, run_cli, snapshot, write_reviews
+from tests.helpers import RANK, global_adapter, make_key_file, run_cli, snapshot, write_reviews
 
 PASSPHRASE = "correct horse battery staple"
 

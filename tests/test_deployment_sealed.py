@@ -10,8 +10,7 @@ from deployment.local import DeploymentConfig, LocalDeployment
 from server.sealed_updates import PUBLIC_KEY_FILE
 from shared.artifacts.cache import STATE_FOLDER
 from shared.crypto.sealing import ServerPrivateKey, load_public_key, save_private_key
-from tests.test_client_run import write_reviews
-from tests.test_deployment import REPO, assert_all_gone, run_config
+from tests.helpers import REPO, assert_all_gone, deployment_run_config, write_reviews
 
 
 def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str):
@@ -19,7 +18,7 @@ def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str):
     data_dirs = (write_reviews(tmp_path / "alice", n=24), write_reviews(tmp_path / "bob", n=24))
     out_dir = tmp_path / "server-out"
     config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True)
-    settings = run_config(model_dir, out_dir, "fresh,rotten") + " " + extra_settings
+    settings = deployment_run_config(model_dir, out_dir, "fresh,rotten") + " " + extra_settings
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)
         done = deployment.run(REPO, settings, timeout=240)

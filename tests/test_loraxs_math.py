@@ -115,7 +115,8 @@ def test_merged_model_matches_adapted_model_and_is_pure():
     assert not adapted_layers(merged) and isinstance(merged.query, nn.Linear)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the adapted model is untouched
-    model.eval(); model.train()  # mode switches change no weight
+    model.eval()  # mode switches change no weight
+    model.train()
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
 
 

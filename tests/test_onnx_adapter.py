@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from client.onnx.onnx_adapter import basis_version, load_onnx_adapter, run_with_adapter, write_onnx_adapter
 from shared.artifacts.adapter_file import load_adapter
 from shared.errors import LoraXSError
-from tests.test_export import TEXTS, TOLERANCE, device_batch, make_adapter, printed_diff, run_cli, session
+from tests.helpers import TEXTS, TOLERANCE, device_batch, export_cli, make_adapter, printed_diff, session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,7 @@ def users(tiny_bert_dir, tmp_path_factory, private_cache):
     for name, seed, extra in (("alice", 0, ["--adapter-as-input"]), ("bob", 1, [])):
         folder = tmp_path_factory.mktemp(name)
         adapter = make_adapter(tiny_bert_dir, "seq-cls", folder / f"{name}.safetensors", seed=seed)
-        code, out, err = run_cli(["--adapter", adapter, "--model", tiny_bert_dir, "--out", folder / "model.onnx",
+        code, out, err = export_cli(["--adapter", adapter, "--model", tiny_bert_dir, "--out", folder / "model.onnx",
                                   "--onnx-adapter", "--repeats", 2, *extra])
         assert code == 0, err
         exports[name] = {"folder": folder, "adapter": adapter, "onnx_adapter": folder / f"{name}.onnx_adapter",

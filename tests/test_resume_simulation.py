@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from server.checkpoint import CHECKPOINT, Checkpoint
-from tests.test_federation import write_reviews
-from tests.test_simulation import tagged_run
+from tests.helpers import tagged_run, write_word_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def command(reviews, model, out, *extra):
 
 @pytest.mark.slow
 def test_sigkill_after_round_one_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, tmp_path):
-    reviews = write_reviews(tmp_path / "reviews", 120)
+    reviews = write_word_reviews(tmp_path / "reviews", 120)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     whole = tagged_run(command(reviews, tiny_bert_dir, tmp_path / "whole"), timeout=400)

@@ -11,7 +11,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
-from server.federation import run_federation
 from server.sealed_updates import PUBLIC_KEY_FILE, UpdateSealing
 from server.strategy import LoraXSFedAvg
 from shared.artifacts.adapter_file import load_adapter
@@ -20,21 +19,23 @@ from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS, STACKED_R
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE, SERVER_KEY, seal_arrays
 from simulations.in_process import RUN_ID
-from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
+from tests.helpers import NUM_CLIENTS, make_config, run_recorded
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FINGERPRINT = "ab" * 32
 
 
 @pytest.fixture
 def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=2, final_eval_fraction=0.0)
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run_recorded", num_server_rounds=2, final_eval_fraction=0.0)
 
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
 def test_sealed_round_gives_exactly_the_plain_aggregate_and_relays_see_only_ciphertext(config, tmp_path, suite):
-    plain_report, _ = run(config)
+    plain_report, _ = run_recorded(config)
     sealed_config = replace(config, out_dir=str(tmp_path / "sealed"), encrypt_updates=True, hpke_suite=suite)
-    sealed_report, grid = run(sealed_config)
+    sealed_report, grid = run_recorded(sealed_config)
 
     plain, _ = load_adapter(f"{config.out_dir}/global_adapter.safetensors")
     sealed, _ = load_adapter(f"{sealed_config.out_dir}/global_adapter.safetensors")
@@ -72,7 +73,7 @@ def test_a_replayed_update_from_the_last_round_is_rejected_and_the_round_complet
 
     sealed_config = replace(config, encrypt_updates=True)
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        report, _ = run(sealed_config, client_app=replaying_client)
+        report, _ = run_recorded(sealed_config, client_app=replaying_client)
     reasons = [r.getMessage() for r in caplog.records if "rejected the update" in r.getMessage()]
     assert len(reasons) == 1 and "does not open" in reasons[0]
     assert [r["clients_trained"] for r in report["rounds"]] == [NUM_CLIENTS, NUM_CLIENTS - 1]
@@ -93,7 +94,7 @@ def test_a_pinned_client_refuses_another_server_key(config, tmp_path, caplog):
         return client_app(message, context)
 
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        report, _ = run(sealed_config, client_app=pinned_node_zero)
+        report, _ = run_recorded(sealed_config, client_app=pinned_node_zero)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert any("differs from the pinned key" in f for f in failures)
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS - 1
@@ -134,7 +135,7 @@ BAD = {
     "tampered KEM output": lambda k, n: _content(_flip(_sealed(_arrays(9.0), k, n), 3)),
     "replayed from round 2": lambda k, n: _content(_sealed(_arrays(9.0), k, n, server_round=2)),
     "another node's update": lambda k, n: _content(_sealed(_arrays(9.0), k, n + 1)),
-    "another run": lambda k, n: _content(_sealed(_arrays(9.0), k, n, run_id=RUN_ID + 1)),
+    "another run_recorded": lambda k, n: _content(_sealed(_arrays(9.0), k, n, run_id=RUN_ID + 1)),
     "another basis": lambda k, n: _content(_sealed(_arrays(9.0), k, n, fingerprint="cd" * 32)),
     "sealed to another key": lambda k, n: _content(_sealed(_arrays(9.0), ServerPrivateKey.generate().public_key, n)),
     "truncated": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(_arrays(9.0), k, n)[SEALED_UPDATE][:40]})),
@@ -188,7 +189,7 @@ def test_encrypt_updates_is_a_strict_boolean_in_the_run_config_and_a_flag():
     with pytest.raises(LoraXSError, match="encrypt-updates must be a bool"):
         FederationConfig.from_run_config({"encrypt-updates": "yes"})
     assert build_config(parse_args(["--encrypt", "--out", "x"])).encrypt_updates is True
-    assert build_config(parse_args(["--out", "x", "--run-config", "encrypt-updates=true"])).encrypt_updates is True
+    assert build_config(parse_args(["--out", "x", "--run_recorded-config", "encrypt-updates=true"])).encrypt_updates is True
     assert build_config(parse_args(["--out", "x"])).encrypt_updates is False
 
 

@@ -176,22 +176,22 @@ def markdown(summaries: dict[str, dict], meta: dict) -> str:
         + (f", children of both trees interleaved; before = {meta['compare_tree']}" if len(labels) > 1 else "")
         + ".",
         "",
-        "| phase (one fresh process, as for each Flower message) | " + " | ".join(f"{l} median (s)" for l in labels)
+        "| phase (one fresh process, as for each Flower message) | " + " | ".join(f"{tree} median (s)" for tree in labels)
         + " | min (s) | max (s) |",
         "|---|" + "---:|" * (len(labels) + 2),
     ]
     now = summaries[labels[0]]
     for key, label in PHASES.items():
-        cells = " | ".join(f"{med[l][key]:.2f}" for l in labels)
+        cells = " | ".join(f"{med[tree][key]:.2f}" for tree in labels)
         lines.append(f"| {label} | {cells} | {now[key]['min']:.2f} | {now[key]['max']:.2f} |")
-    cells = " | ".join(f"**{overhead_of(med[l]):.2f}**" for l in labels)
+    cells = " | ".join(f"**{overhead_of(med[tree]):.2f}**" for tree in labels)
     lines.append(f"| **client overhead per round** (start + imports + model code + cache-hit load + data) | {cells} | | |")
-    if all("deployment_round_s" in med[l] for l in labels):
-        cells = " | ".join(f"{med[l]['deployment_round_s']:.2f}" for l in labels)
+    if all("deployment_round_s" in med[tree] for tree in labels):
+        cells = " | ".join(f"{med[tree]['deployment_round_s']:.2f}" for tree in labels)
         s = now["deployment_round_s"]
         lines.append(f"| real deployment: one round, rounds 2..{meta['rounds']} (1 SuperNode, same data) | "
                      f"{cells} | {s['min']:.2f} | {s['max']:.2f} |")
-        cells = " | ".join(f"{meta['first_round_s'][l]:.2f}" for l in labels)
+        cells = " | ".join(f"{meta['first_round_s'][tree]:.2f}" for tree in labels)
         lines.append(f"| real deployment: first round (factors shipped, app installed) | {cells} | | |")
     m = med[labels[0]]
     overhead = overhead_of(m)
