@@ -28,7 +28,7 @@ from shared.training import TrainConfig, evaluate, train
 
 
 def sampled_partitions(config: FederationConfig, server_round: int) -> list[int]:
-    """The partitions `LoraXSFedAvg.sample` trains in `server_round` (every node connected)."""
+    """The partitions `LoraXSStrategy.sample` trains in `server_round` (every node connected)."""
     n = config.num_clients
     size = min(n, max(int(n * config.fraction_train), config.min_train_nodes))
     rng = np.random.default_rng([config.seed, server_round, SAMPLE_STREAM, 0])

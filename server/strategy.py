@@ -74,7 +74,7 @@ class RoundStats:
     skipped: str = ""  # why the round kept the global adapter ("" = it did not)
 
 
-class LoraXSFedAvg(FedAvg):
+class LoraXSStrategy(FedAvg):
     def __init__(self, basis_record: ArrayRecord, fingerprint: str, update_dtype: str,
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,

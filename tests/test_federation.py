@@ -1,4 +1,4 @@
-"""A small federation (5 clients, tiny seeded BERT) run_recorded in-process on the real ServerApp and
+"""A small federation (5 clients, tiny seeded BERT) run in-process on the real ServerApp and
 ClientApp code: what travels, how it is averaged, cache loss, personal adapters, bad updates.
 (tests/test_simulation.py runs the same through Ray.)"""
 
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
-    """One 3-round run_recorded that several tests read: 3 of 5 clients train per round, every client
+    """One 3-round run that several tests read: 3 of 5 clients train per round, every client
     evaluates (personal adapters on), unequal client sizes (dirichlet)."""
     config = make_config(
-        tiny_bert_dir, reviews_dir, tmp_path_factory.mktemp("shared") / "run_recorded", num_server_rounds=3,
+        tiny_bert_dir, reviews_dir, tmp_path_factory.mktemp("shared") / "run", num_server_rounds=3,
         fraction_train=0.6, fraction_evaluate=1.0, partition="dirichlet", dirichlet_alpha=1.0,
         personalize="finetune", personal_steps=3,
     )

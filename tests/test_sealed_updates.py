@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
 from server.sealed_updates import PUBLIC_KEY_FILE, UpdateSealing
-from server.strategy import LoraXSFedAvg
+from server.strategy import LoraXSStrategy
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.sealing import SealContext, ServerPrivateKey, load_public_key
 from shared.errors import LoraXSError
@@ -28,7 +28,7 @@ FINGERPRINT = "ab" * 32
 
 @pytest.fixture
 def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run_recorded", num_server_rounds=2, final_eval_fraction=0.0)
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=2, final_eval_fraction=0.0)
 
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
@@ -100,7 +100,7 @@ def test_a_pinned_client_refuses_another_server_key(config, tmp_path, caplog):
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS - 1
 
 
-# --- every rejection case, straight through LoraXSFedAvg.aggregate_train ---------------------
+# --- every rejection case, straight through LoraXSStrategy.aggregate_train ---------------------
 
 def _arrays(value: float) -> ArrayRecord:
     return ArrayRecord({STACKED_R: Array(np.full((2, 3, 3), value, np.float32)),
@@ -135,7 +135,7 @@ BAD = {
     "tampered KEM output": lambda k, n: _content(_flip(_sealed(_arrays(9.0), k, n), 3)),
     "replayed from round 2": lambda k, n: _content(_sealed(_arrays(9.0), k, n, server_round=2)),
     "another node's update": lambda k, n: _content(_sealed(_arrays(9.0), k, n + 1)),
-    "another run_recorded": lambda k, n: _content(_sealed(_arrays(9.0), k, n, run_id=RUN_ID + 1)),
+    "another run": lambda k, n: _content(_sealed(_arrays(9.0), k, n, run_id=RUN_ID + 1)),
     "another basis": lambda k, n: _content(_sealed(_arrays(9.0), k, n, fingerprint="cd" * 32)),
     "sealed to another key": lambda k, n: _content(_sealed(_arrays(9.0), ServerPrivateKey.generate().public_key, n)),
     "truncated": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(_arrays(9.0), k, n)[SEALED_UPDATE][:40]})),
@@ -154,7 +154,7 @@ BAD = {
 def test_every_bad_sealed_update_is_rejected_with_a_reason_and_the_rest_averaged(case, caplog):
     TaskIdentity.run_id = RUN_ID
     sealing = UpdateSealing(ServerPrivateKey.generate())
-    strategy = LoraXSFedAvg(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), sealing=sealing,
+    strategy = LoraXSStrategy(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), sealing=sealing,
                             fraction_train=1.0, min_available_nodes=1)
     strategy._sent["train"] = (_arrays(0.0), ConfigRecord())
     key = sealing.private_key.public_key
@@ -189,7 +189,7 @@ def test_encrypt_updates_is_a_strict_boolean_in_the_run_config_and_a_flag():
     with pytest.raises(LoraXSError, match="encrypt-updates must be a bool"):
         FederationConfig.from_run_config({"encrypt-updates": "yes"})
     assert build_config(parse_args(["--encrypt", "--out", "x"])).encrypt_updates is True
-    assert build_config(parse_args(["--out", "x", "--run_recorded-config", "encrypt-updates=true"])).encrypt_updates is True
+    assert build_config(parse_args(["--out", "x", "--run-config", "encrypt-updates=true"])).encrypt_updates is True
     assert build_config(parse_args(["--out", "x"])).encrypt_updates is False
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run_recorded", num_server_rounds=1,
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=1,
                        final_eval_fraction=0.0, partition="dirichlet", dirichlet_alpha=1.0)
 
 
@@ -146,11 +146,11 @@ def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, t
     import sys
 
 
-    out = tmp_path / "run_recorded"
+    out = tmp_path / "run"
     command = [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "2",
                "--fraction", "1.0", "--partition", "iid", "--dataset", reviews_dir, "--model", tiny_bert_dir,
                "--rank", "4", "--secure-aggregation", "--secagg-timeout", "120", "--out", str(out),
-               "--no-progress", "--run_recorded-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8"]
+               "--no-progress", "--run-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8"]
     done = tagged_run(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
