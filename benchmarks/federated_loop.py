@@ -20,7 +20,7 @@ from datasets import concatenate_datasets
 
 from benchmarks.federated_methods import Federated, weighted_mean
 from client.local_round import shuffle_seed
-from server.strategy import SAMPLE_STREAM
+from server.partition_sampling import SAMPLE_STREAM
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.federation.node_data import held_out_union, simulated_node_data
 from shared.federation.run_config import FederationConfig

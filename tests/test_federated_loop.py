@@ -45,10 +45,10 @@ def test_weighted_mean_is_fedavg():
 def test_a_round_draws_from_the_connected_nodes_and_does_not_wait_for_one_that_left(monkeypatch):
     """After discovery, a node that left is not waited for (a round once stalled 300 s, then
     stopped the run); fewer connected nodes than the round's minimum is still an error."""
-    import server.strategy as strategy_module
+    import server.partition_sampling as sampling_module
     from shared.errors import LoraXSError
 
-    monkeypatch.setattr(strategy_module, "NODES_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(sampling_module, "NODES_WAIT_SECONDS", 0.0)
     strategy = LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0,
                             min_train_nodes=2, min_available_nodes=4)
     strategy.partitions = {10: 0, 11: 1, 12: 2, 13: 3}
