@@ -7,14 +7,14 @@ With secure aggregation the per-client train figures include its stage messages.
 
 import json
 import math
+from statistics import median
 from dataclasses import asdict
 from pathlib import Path
-from statistics import median
 
+from shared.federation.run_config import FederationConfig
 from server.aggregators import privacy_spent
 from server.strategy import LoraXSStrategy
 from server.traffic import PhaseTraffic, TrafficMeter
-from shared.federation.run_config import FederationConfig
 
 SECAGG_PHASE = "train.secagg"  # the message types of secure aggregation's stages 2-4
 REPORT_JSON, REPORT_MD = "report.json", "report.md"

@@ -24,17 +24,8 @@ from shared.crypto.secagg.params import SecAggError, SecAggParams, max_mean_erro
 from shared.crypto.secagg.server import SecAggServer
 from shared.federation.protocol import CONFIG, METRICS, TRAIN_METRICS, clean_metrics
 from shared.federation.secure_messages import (
-    MASKED,
-    MASKED_INPUT,
-    MASKED_Y,
-    SECAGG,
-    SHARE_KEYS,
-    UNMASK,
-    WEIGHT,
-    add_delta,
-    node_keyed,
-    setup_config,
-    vector_length,
+    MASKED, MASKED_INPUT, MASKED_Y, SECAGG, SHARE_KEYS, UNMASK, WEIGHT, add_delta, node_keyed,
+    setup_config, vector_length,
 )
 
 MODULUS_BITS = 32  # masked values travel as uint32: 4 B per value, as an fp32 update
