@@ -9,7 +9,7 @@ reply up, and for LoRA-XS with shipped factors the "basis" record on a node's fi
 PEFT LoRA travels the FlowerTune way (every lora_A and lora_B + the head, one array each), full
 fine-tuning FedAvg sends every parameter. One participation = the first train message (factors
 included) + the reply; ten = factors once + ten rounds. LoRA-XS with factors derived on the
-device (issue 11) is measured by `benchmarks.participation_bytes` when it exists.
+device is measured by `benchmarks.participation_bytes`.
 Writes benchmarks/results/bytes_per_round.json and .md.
 """
 

@@ -27,7 +27,7 @@ level starts carries an environment tag; after the level none may be left (any l
 and the benchmark fails). Results: benchmarks/results/deployment_load.json and .md, one run per
 fraction kept side by side (a new run replaces only the one with its fraction).
 
-Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of tests/tiny_models.py, rank 4. On a
+Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of simulations/tiny_models.py, rank 4. On a
 2-core machine a round costs every node a fresh flwr-clientapp process (torch + transformers
 imports, ~5 CPU-seconds, benchmarks/results/deployment_overhead.md) whatever the model, so the
 client side is what saturates; MiniLM would add its training and model load per message on top
@@ -54,7 +54,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
-from benchmarks.deployment_overhead import LABELS, write_synthetic_reviews
+from benchmarks.synthetic_reviews import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
 from deployment.supernode import quoted_config_value
 from shared.errors import LoraXSError
@@ -252,7 +252,7 @@ _TINY: list[Path] = []
 
 def tiny_model_dir() -> Path:
     if not _TINY:
-        from tests.tiny_models import make_tiny_bert
+        from simulations.tiny_models import make_tiny_bert
 
         folder = Path(tempfile.mkdtemp(prefix="loraxs-load-model-"))
         _TINY.append(make_tiny_bert(folder / "tiny-bert"))
@@ -425,7 +425,7 @@ def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] 
         "cpus": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
         "load_average_1min_at_end": os.getloadavg()[0],
-        "model": "tiny seeded BERT (tests/tiny_models.py), rank 4" if args.model == "tiny"
+        "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4" if args.model == "tiny"
         else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
         "examples": args.examples,
         "rounds": args.rounds,

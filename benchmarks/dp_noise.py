@@ -21,25 +21,23 @@ deviation z C / N is added to every coordinate of the mean.
 The noise's expected L2 norm is z C sqrt(d) / N for d trained parameters while the clipped mean's
 is at most C: the table gives that ratio, z sqrt(d) / N, for each method.
 
-    python -m benchmarks.dp_noise [--noise 0 0.5 1 2] [--rounds 3] [--noise-clients 100] [--clip C] [--methods loraxs lora]
-Writes benchmarks/results/dp_noise.{json,md}.
+    python -m benchmarks.dp_noise [--noise 0 0.5 1 2] [--rounds 3] [--noise-clients 100] [--clip C] [--methods loraxs lora] [--out DIR]
+Writes <out>/dp_noise.{json,md} (default benchmarks/results/).
 """
 
 import argparse
-import json
 import math
 import os
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
-from benchmarks.result_files import goal, goal_lines
 from benchmarks.federated_loop import held_out_loader, run_federated, sampled_partitions
 from benchmarks.federated_methods import build
-from benchmarks.simulation_runs import RESULTS
+from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from shared.base_models import DEFAULT_MODEL, load_tokenizer
 from shared.federation.run_config import FederationConfig
 from shared.training import TrainConfig
@@ -117,7 +115,7 @@ def method_clip(results: dict, method: str, fixed: float | None) -> float:
 def markdown(meta: dict, results: dict, goals: list[dict], noises: list[float], methods: list[str]) -> str:
     rule = (f"fixed C = {meta['clip']:g} for both" if meta["clip"] is not None
             else "C = the method's median round-1 update norm at z = 0; z = 0 unclipped")
-    lines = [f"# DP-FedAvg (server-side fixed clipping) vs noise multiplier ({meta['date']}, {meta['rounds']} rounds "
+    lines = [f"# DP-FedAvg (server-side fixed clipping) vs noise multiplier ({meta['rounds']} rounds "
              f"of {meta['clients_per_round']} clients, noise of a {meta['noise_clients']}-client round, "
              f"{meta['eval_examples']} held-out reviews)", "", f"Clipping: {rule}.", "",
              "| noise multiplier z | " + " | ".join(f"{m} (r={RANKS[m]}) accuracy | noise / C" for m in methods) + " |",
@@ -137,8 +135,7 @@ def markdown(meta: dict, results: dict, goals: list[dict], noises: list[float], 
                            f"C {', '.join(f'{c:.2f}' for c in clips) or 'none'}")
     lines += ["", *goal_lines(goals), "",
               "noise / C: the noise's expected L2 norm over the clipped mean's largest, z sqrt(d) / N.",
-              f"Per method: {'; '.join(details)}.",
-              f"Command: `{meta['command']}`; load average before {meta['load_before']}, after {meta.get('load_after')}."]
+              f"Per method: {'; '.join(details)}.", "", footer(meta)]
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="N in the noise's standard deviation z C / N: the clients sharing a round")
     parser.add_argument("--methods", nargs="+", default=["loraxs", "lora"], choices=sorted(RANKS))
     parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     if args.clip is None and 0.0 not in args.noise:
         parser.error("without --clip the z = 0 run measures each method's clipping norm: include 0 in --noise")
@@ -162,10 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     eval_loader = held_out_loader(config, tokenizer, args.eval_examples)
     noises = sorted(args.noise)  # z = 0 first: it measures the clipping norm
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "clip": args.clip,
-            "noise_clients": args.noise_clients, "eval_examples": args.eval_examples,
-            "clients_per_round": len(sampled_partitions(config, 1)), "load_before": round(os.getloadavg()[0], 2),
-            "command": "python -m benchmarks.dp_noise " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {"command": command_line("benchmarks.dp_noise", argv), "machine": machine_now(), "rounds": args.rounds,
+            "clip": args.clip, "noise_clients": args.noise_clients, "eval_examples": args.eval_examples,
+            "clients_per_round": len(sampled_partitions(config, 1))}
     rule = "same clipping norm" if args.clip is not None else "each clipped at its own median update norm"
     results, goals = {}, []
     for method in args.methods:
@@ -176,16 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = {"method": method, "noise_multiplier": z,
                             **run(method, z, config, clip, args.noise_clients, tokenizer, eval_loader)}
             print(f"  -> {results[key]}", flush=True)
-            (RESULTS / "dp_noise.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-            (RESULTS / "dp_noise.md").write_text(markdown(meta, results, goals, noises, args.methods))
-    meta["load_after"] = round(os.getloadavg()[0], 2)
+            save(args.out, meta, results, goals, noises, args.methods)
     goals = noise_goals(results, noises, rule) if {"loraxs", "lora"} <= set(args.methods) else []
-    (RESULTS / "dp_noise.json").write_text(json.dumps({"meta": meta, "command": meta["command"], "results": results,
-                                                       "goals": goals}, indent=2))
-    (RESULTS / "dp_noise.md").write_text(markdown(meta, results, goals, noises, args.methods))
-    print((RESULTS / "dp_noise.md").read_text())
+    print(save(args.out, meta, results, goals, noises, args.methods))
     return 0
 
 
+def save(out: Path, meta: dict, results: dict, goals: list[dict], noises: list[float], methods: list[str]) -> str:
+    """The results so far (rewritten after every run): JSON and markdown; the markdown."""
+    text = markdown(meta, results, goals, noises, methods)
+    write_result(out, "dp_noise", {**meta, "results": results, "goals": goals}, text)
+    return text
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

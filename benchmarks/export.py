@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.onnx.job import ExportConfig, ExportReport, run_export  # noqa: E402
 from client.personalization import PersonalizationConfig, personalize  # noqa: E402
@@ -125,7 +124,7 @@ def results(report: ExportReport, torch_accuracy: float | None, adapter: str) ->
     }
 
 
-GOALS = "fp32 <= 0.7x PyTorch latency, int8 <= 0.4x, int8 accuracy drop <= 1 point (issue 14 item 6)"
+GOALS = "fp32 <= 0.7x PyTorch latency, int8 <= 0.4x, int8 accuracy drop <= 1 point"
 
 
 def export_goals(per_folder: dict) -> list[dict]:
@@ -138,7 +137,7 @@ def export_goals(per_folder: dict) -> list[dict]:
     for kind, limit in (("fp32", 0.7), ("int8", 0.4)):
         where, ratio = worst(f"{kind} / PyTorch")
         out.append(goal(f"onnxruntime {kind} latency <= {limit}x PyTorch eager", f"worst {ratio:.2f}x ({where})",
-                        ratio <= limit, "onnxruntime's kernels on 2 cores; see benchmarks/results/int8_recipes.md"))
+                        ratio <= limit, "onnxruntime's kernels on 2 cores; see benchmarks/studies/results/int8_recipes.md"))
     drops = {name: -100 * res["accuracy_int8_minus_fp32"] for name, res in per_folder.items()}
     name = max(drops, key=drops.get)
     out.append(goal("int8 accuracy drop <= 1 point on trained adapters",
@@ -203,7 +202,7 @@ def main(argv=None) -> int:
             prepare_folder(name, folder, args)
             adapter, kind, torch_accuracy = adapter_for(name, folder, args)
             report = run_export(ExportConfig(adapter=adapter, out=Path(tmp) / name / "model.onnx", data_dir=folder,
-                                             quantize="int8", onnx_adapter=True, repeats=args.repeats,
+                                             quantize="int8", onnx_adapter=True, timing=True, repeats=args.repeats,
                                              latency_batches=LATENCY_BATCHES))
             per_folder[name] = results(report, torch_accuracy, kind)
             print(name, json.dumps(per_folder[name]["accuracy"]), json.dumps(per_folder[name]["latency_vs_pytorch"]),

@@ -20,7 +20,7 @@ from datasets import concatenate_datasets
 
 from benchmarks.federated_methods import Federated, weighted_mean
 from client.local_round import shuffle_seed
-from server.strategy import SAMPLE_STREAM
+from server.partition_sampling import SAMPLE_STREAM
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.federation.node_data import held_out_union, simulated_node_data
 from shared.federation.run_config import FederationConfig
@@ -28,7 +28,7 @@ from shared.training import TrainConfig, evaluate, train
 
 
 def sampled_partitions(config: FederationConfig, server_round: int) -> list[int]:
-    """The partitions `LoraXSFedAvg.sample` trains in `server_round` (every node connected)."""
+    """The partitions `LoraXSStrategy.sample` trains in `server_round` (every node connected)."""
     n = config.num_clients
     size = min(n, max(int(n * config.fraction_train), config.min_train_nodes))
     rng = np.random.default_rng([config.seed, server_round, SAMPLE_STREAM, 0])

@@ -3,22 +3,20 @@ participation and for ten: LoRA-XS with the factors derived on the device (basis
 or shipped (fp32 / fp16 / bf16), against PEFT LoRA r=8 on the same modules.
 
 LoRA-XS: real federations of one client on the packaged MiniLM (rank 16), the real ServerApp and
-ClientApp code on the in-process Grid (tests/in_process_simulation.py), so every byte comes from
+ClientApp code on the in-process Grid (simulations/in_process.py), so every byte comes from
 the run's report (server/traffic.py:wire_bytes on the serialized messages): participation 1 is
 round 1, ten participations are rounds 1-10. PEFT LoRA r=8: `peft` injects LoRA into the same
 MiniLM modules; its trainable state (every lora_A (8, in), lora_B (out, 8) and the head) travels
 one array per tensor (as FlowerTune sends it) in messages built like ours and counted by the same
 `wire_bytes`. lora_B starts at zero in PEFT (which deflates to almost nothing), so it is filled
-with seeded N(0, 1e-3) values, as after training. Writes benchmarks/results/participation_bytes.json
-and .md.
+with seeded N(0, 1e-3) values, as after training. Writes <out>/participation_bytes.{json,md}
+(default benchmarks/results/).
 
-    python -m benchmarks.participation_bytes [--rounds 10]
+    python -m benchmarks.participation_bytes [--rounds 10] [--out DIR]
 """
 
 import argparse
-import json
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -29,6 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
+from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from benchmarks.security_overhead import write_reviews
 from client.app import make_client_app
 from server.federation import run_federation
@@ -38,9 +37,8 @@ from shared.federation.protocol import ARRAYS, CONFIG, METRICS
 from shared.federation.run_config import FederationConfig
 from shared.loraxs.config import BERT_TARGETS
 from shared.loraxs.model import head_parameter_names
-from tests.in_process_simulation import InProcessGrid
+from simulations.in_process import InProcessGrid
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 MODES = {"LoRA-XS derive": {"basis_delivery": "derive"},
          "LoRA-XS ship fp32": {"basis_delivery": "ship", "basis_dtype": "fp32"},
          "LoRA-XS ship fp16": {"basis_delivery": "ship", "basis_dtype": "fp16"},
@@ -95,7 +93,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10, help="participations of the one client")
     parser.add_argument("--examples", type=int, default=40, help="reviews of the one client")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
+    machine = machine_now()
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,15 +119,17 @@ def main(argv=None) -> int:
     for row in results.values():
         row["one_vs_lora"] = round(row["one"] / lora["one"], 4)
         row["all_vs_lora"] = round(row["all"] / lora["all"], 4)
-    result = {"meta": {"model": DEFAULT_MODEL, "loraxs_rank": base.rank, "lora_rank": LORA_RANK,
+    derive = results["LoRA-XS derive"]
+    result = {"command": command_line("benchmarks.participation_bytes", argv), "machine": machine, "meta": {"model": DEFAULT_MODEL, "loraxs_rank": base.rank, "lora_rank": LORA_RANK,
                        "targets": list(BERT_TARGETS), "participations": args.rounds, "update_dtype": base.update_dtype,
                        "torch": torch.__version__, "python": platform.python_version(),
                        "lora_counted": "peft-injected MiniLM state in messages counted by server/traffic.py:wire_bytes"},
               "bytes": results,
-              "goal_derive_le_1_20_of_lora": results["LoRA-XS derive"]["one"] * 20 <= lora["one"]}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "participation_bytes.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "participation_bytes.md").write_text(markdown(result))
+              "goals": [goal("LoRA-XS derive <= 1/20 of PEFT LoRA r=8 per participation (down + up)",
+                             f"{derive['one']:,} B vs {lora['one']:,} B (1/{lora['one'] / derive['one']:.1f})",
+                             derive["one"] * 20 <= lora["one"],
+                             "the head and the messages' fixed overhead travel whatever the rank")]}
+    write_result(args.out, "participation_bytes", result, markdown(result))
     print(markdown(result))
     return 0
 
@@ -145,10 +147,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {row['one']:,} ({row['one_down']:,} + {row['one_up']:,}) | "
                      f"{row['one_vs_lora']:.4f} (1/{1 / row['one_vs_lora']:.1f}) | {row['all']:,} | "
                      f"{row['all_vs_lora']:.4f} |")
-    lines += ["", f"Goal, LoRA-XS derive <= 1/20 of PEFT LoRA r=8 per participation: "
-              f"{'met' if result['goal_derive_le_1_20_of_lora'] else 'missed'}."]
+    lines += ["", *goal_lines(result["goals"]), "", footer(result)]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -7,13 +7,10 @@ the PyTorch path (the adapter opened as `client.run` opens it, transformers toke
 Exports the adapter once (`run_export` with --quantize int8 --onnx-adapter), then runs each path
 in a fresh process, alternating, `--runs` times, on the same texts: wall time from spawn to exit
 and the process's peak RSS (`wait4` rusage), medians. Each process prints its labels; the paths
-must agree on them. Writes benchmarks/results/predict_startup.json and .md.
+must agree on them. Writes <out>/predict_startup.{json,md} (default benchmarks/results/).
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.result_files import REPO, RESULTS, command_line, footer, machine_now, write_result
+
 TEXTS = ["a quiet and lovely film", "dull, long and pointless", "the actors hold a thin plot together"]
 
 TORCH_PATH = """
@@ -70,16 +68,14 @@ def labels_of(stdout: str) -> list[str]:
 
 
 def export_folder(adapter: Path, data: Path | None, folder: Path) -> None:
-    sys.path.insert(0, str(REPO))
     from client.onnx.job import ExportConfig, run_export
 
     run_export(ExportConfig(adapter=adapter, out=folder / "model.onnx", data_dir=data, quantize="int8",
-                            onnx_adapter=True, repeats=1))
+                            onnx_adapter=True))
 
 
 def random_adapter(folder: Path) -> tuple[Path, Path]:
     """A seeded random adapter (benchmarks/export.py) and a data folder whose cache holds its factors."""
-    sys.path.insert(0, str(REPO))
     from benchmarks.export import random_adapter as make, write_data_folder
 
     data = folder / "data"
@@ -89,16 +85,15 @@ def random_adapter(folder: Path) -> tuple[Path, Path]:
     return folder / "personal.safetensors", data
 
 
-def markdown(results: dict, config: dict) -> str:
+def markdown(document: dict) -> str:
+    results, config = document["results"], document
     rows = results["paths"]
     torch_row = rows["PyTorch (open_adapter + transformers)"]
     lines = [
         "# `client.predict` start-up: onnxruntime + tokenizers vs PyTorch",
         "",
-        f"Measured {config['date']} on {config['machine']} ({config['cpus']} CPUs, 1-minute load "
-        f"{config['load_average_1min']['start']} at the start, {config['load_average_1min']['end']} at the end), "
         f"{config['adapter']}; {len(TEXTS)} texts per process, fresh process each, median of "
-        f"{config['runs']} runs, paths alternating. Command: `{config['command']}`.",
+        f"{config['runs']} runs, paths alternating.",
         "",
         "| path | wall time to labels (s) | vs PyTorch | peak RSS (MiB) | vs PyTorch |",
         "|---|---:|---:|---:|---:|",
@@ -106,6 +101,8 @@ def markdown(results: dict, config: dict) -> str:
           f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / torch_row['peak_rss_mib']:.2f}x |" for name, r in rows.items()],
         "",
         f"Labels agree across the paths: {results['labels_agree']}.",
+        "",
+        footer(document),
     ]
     return "\n".join(lines) + "\n"
 
@@ -115,9 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--adapter", type=Path, help="a trained adapter (default: a seeded random one)")
     parser.add_argument("--data", type=Path, help="the adapter's data folder (its .loraxs cache holds the factors)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
-    load_start = round(os.getloadavg()[0], 2)
+    machine = machine_now()
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         tmp = Path(tmp)
@@ -144,17 +141,11 @@ def main(argv=None) -> int:
                          "labels": labels[name]} for name, runs in measured.items()},
         "labels_agree": all(lab == exact[0] for lab in exact),
     }
-    config = {
-        "command": " ".join(["python -m benchmarks.predict_startup", *(argv if argv is not None else sys.argv[1:])]),
-        "adapter": f"adapter {args.adapter.name}" if args.adapter else "a seeded random MiniLM adapter (rank 16)",
-        "runs": args.runs, "cpus": os.cpu_count(), "machine": platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "predict_startup.json").write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
-    (args.out / "predict_startup.md").write_text(markdown(results, config))
-    print(markdown(results, config))
+    document = {"command": command_line("benchmarks.predict_startup", argv), "machine": machine,
+                "adapter": f"adapter {args.adapter.name}" if args.adapter else "a seeded random MiniLM adapter (rank 16)",
+                "runs": args.runs, "results": results}
+    write_result(args.out, "predict_startup", document, markdown(document))
+    print(markdown(document))
     return 0 if results["labels_agree"] else 1
 
 

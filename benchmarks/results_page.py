@@ -2,7 +2,7 @@
 
 Reads `<name>.json` / `<name>.md` of every registered benchmark in the results folder (the
 convention of benchmarks/result_files.py) and the runner's status of each (ran, failed with its
-error line, missing, not run this time). Pure text work: no benchmark runs here.
+error line, not run this time). Pure text work: no benchmark runs here.
 """
 
 import json
@@ -55,8 +55,6 @@ def _status_line(status: dict | None) -> str:
         return f"ran in {status['seconds']:.0f} s"
     if state == "failed":
         return f"**failed** after {status['seconds']:.0f} s: `{status['error']}`"
-    if state == "missing":
-        return f"**missing**: {status['error']}"
     return state
 
 
@@ -93,13 +91,10 @@ def build_page(registry, results: Path, page: Path, run: dict) -> str:
     documents = {}
     for bench in registry:
         status = statuses.get(bench.name)
-        folder = bench.folder(results)
-        document = load_json(folder / f"{bench.result}.json")
-        if status and status.get("state") in ("failed", "missing"):
-            document = document if status.get("state") == "failed" else None
+        document = load_json(results / f"{bench.result}.json")
         documents[bench.name] = document
-        when = _date(document, folder / f"{bench.result}.json") if document else "—"
-        module = (status or {}).get("module") or (bench.resolve() or bench.candidates[0])[0]
+        when = _date(document, results / f"{bench.result}.json") if document else "—"
+        module = (status or {}).get("module") or bench.module
         lines.append(f"| {bench.item} | {bench.name} | `{module}` | {bench.runner} | {_status_line(status)} | {when} |")
 
     lines += ["", "## Goals", "", "| benchmark | goal | measured | met | what limits it |", "|---|---|---|---|---|"]
@@ -118,20 +113,16 @@ def build_page(registry, results: Path, page: Path, run: dict) -> str:
         lines += ["", f"## {bench.item}: {bench.name}", ""]
         status = statuses.get(bench.name)
         document = documents[bench.name]
-        folder = bench.folder(results)
-        markdown_file = folder / f"{bench.result}.md"
-        if status and status.get("state") == "missing":
-            lines.append(f"Missing: {status['error']}")
-            continue
+        markdown_file = results / f"{bench.result}.md"
         if status and status.get("state") == "failed":
             lines.append(f"Failed this time: `{status['error']}`" + (" (the results below are older)" if document else ""))
         if document is None or not markdown_file.exists():
             lines.append("No results yet.")
             continue
         command = (document.get("command") or (document.get("config") or {}).get("command")
-                   or (status or {}).get("command") or f"python -m {(bench.resolve() or bench.candidates[0])[0]}")
+                   or (status or {}).get("command") or f"python -m {bench.module}")
         lines.append(f"Command: `{command}`; runner: {bench.runner}.")
-        lines += ["", _demoted(_relinked(markdown_file.read_text().strip(), folder, page))]
+        lines += ["", _demoted(_relinked(markdown_file.read_text().strip(), results, page))]
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,7 @@
 
 Modes: plain, --encrypt (updates sealed with HPKE to the ServerApp's key), --secure-aggregation
 (SecAgg+ on the Message API: keys, shares, masked delta, unmask; server/secure_rounds.py), and both.
-Each run: the real ServerApp and ClientApp code on the in-process Grid (tests/in_process_simulation.py,
+Each run: the real ServerApp and ClientApp code on the in-process Grid (simulations/in_process.py,
 messages round-tripped through Flower's protobuf serde, bytes counted by server/traffic.py as in
 every report), the packaged MiniLM (rank 16) unless --model, a synthetic review folder cut into
 --clients iid partitions. Also what authenticating secure aggregation costs (the server's
@@ -32,7 +32,7 @@ from client.app import make_client_app
 from server.federation import run_federation
 from shared.base_models import DEFAULT_MODEL
 from shared.federation.run_config import FederationConfig
-from tests.in_process_simulation import InProcessGrid
+from simulations.in_process import InProcessGrid
 
 SIGNING_GROUPS = (10, 25)  # group sizes measured for the signing cost besides --clients
 WORDS = {0: ["bad", "awful", "boring", "dull", "weak", "clumsy"], 1: ["great", "superb", "fun", "moving", "fresh", "sharp"]}

@@ -2,11 +2,11 @@
 
     python -m client.export --adapter PERSONAL.safetensors --out model.onnx [--model M]
                             [--basis FILE] [--quantize int8] [--adapter-as-input] [--onnx-adapter] [--opset N]
-                            [--data DIR] [--repeats N] [--max-length N]
+                            [--data DIR] [--timing [--repeats N]] [--max-length N]
 
 Writes the merged fp32 model, optionally its int8 quantization and the adapter-as-input graph,
-the tokenizer files and `<stem>.export.json` into the folder of --out; prints the files, the max
-abs differences against PyTorch and the latencies. User errors and a failed fp32 parity check
+the tokenizer files and `<stem>.export.json` into the folder of --out; prints the files and the max
+abs differences against PyTorch (with --timing also PyTorch's and onnxruntime's latencies). User errors and a failed fp32 parity check
 print one line to stderr and exit non-zero, writing nothing.
 """
 
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also write the shared base graph and this adapter as an onnxruntime .onnx_adapter")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--data", metavar="DIR", help="data folder: accuracy on its test split; its factor cache")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency median (default 20)")
+    parser.add_argument("--timing", action="store_true", help="also time PyTorch against onnxruntime (off by default)")
+    parser.add_argument("--repeats", type=int, default=20, help="with --timing: timed runs per latency median (default 20)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="tokens per text for --data (default %(default)s)")
     add_key_flags(parser, encrypt=False)
@@ -51,7 +52,7 @@ def export_config(args: argparse.Namespace) -> ExportConfig:
         adapter=args.adapter, out=args.out, model=args.model, basis_file=args.basis, data_dir=args.data,
         quantize=args.quantize, adapter_as_input=args.adapter_as_input,
         onnx_adapter=args.onnx_adapter, opset=args.opset,
-        repeats=args.repeats, max_length=args.max_length, key_source=key_source(args, args.adapter),
+        timing=args.timing, repeats=args.repeats, max_length=args.max_length, key_source=key_source(args, args.adapter),
     )
 
 
@@ -73,8 +74,9 @@ def print_report(report: ExportReport) -> None:
     print(f"max abs difference of the logits (fp32 limit {FP32_TOLERANCE:g}):")
     for what, diff in report.diffs.items():
         print(f"  {diff:9.2e}  {what}")
-    print(f"latency, batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {report.repeats} runs, "
-          f"{report.threads} threads:")
+    if report.latency_ms:
+        print(f"latency, batch {LATENCY_BATCH} x sequence {LATENCY_LENGTH}, median of {report.repeats} runs, "
+              f"{report.threads} threads:")
     for runtime, ms in report.latency_ms.items():
         print(f"  {ms:9.2f} ms  {runtime}")
     if report.accuracy:

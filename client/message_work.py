@@ -129,5 +129,5 @@ def _personal_adapter(work: MessageWork, global_state: dict) -> tuple[dict[str, 
                                work.seed, work.device)
     meta = adapter_meta(config.model, config.task, work.lora, basis, list(work.labels) if work.labels else None,
                         round=str(work.round), kind="personal")
-    work.state.store_personal_adapter(personal, meta, work.round)
+    work.state.store_personal_adapter(personal, meta)
     return personal, work.round

@@ -35,7 +35,8 @@ class NodeState(Protocol):
     def personal_adapter(self, fingerprint: str) -> tuple[dict[str, torch.Tensor], int] | None:
         """(state, round it was derived in) for the basis `fingerprint`, or None."""
 
-    def store_personal_adapter(self, state: dict[str, torch.Tensor], meta: AdapterMeta, round_: int) -> None: ...
+    def store_personal_adapter(self, state: dict[str, torch.Tensor], meta: AdapterMeta) -> None:
+        """Keeps `state`; `meta` names its basis and (extra "round") the round it was derived in."""
 
 
 def node_state_for(context: Context) -> NodeState:
@@ -70,12 +71,12 @@ class ContextState:
             return None
         return tensors_from_record(self.records[PERSONAL_RECORD]), int(info["round"])
 
-    def store_personal_adapter(self, state, meta: AdapterMeta, round_: int) -> None:
+    def store_personal_adapter(self, state, meta: AdapterMeta) -> None:
         self.records[PERSONAL_RECORD] = ArrayRecord(
             {k: Array(v.detach().cpu().numpy()) for k, v in state.items()}
         )
         self.records[PERSONAL_INFO] = ConfigRecord(
-            {"fingerprint": meta.basis_fingerprint, "round": round_}
+            {"fingerprint": meta.basis_fingerprint, "round": int(meta.extra.get("round", "0"))}
         )
 
 
@@ -116,5 +117,5 @@ class DiskState:
             return None
         return state, round_
 
-    def store_personal_adapter(self, state, meta: AdapterMeta, round_: int) -> None:
+    def store_personal_adapter(self, state, meta: AdapterMeta) -> None:
         save_adapter(self.personal_path, state, meta)

@@ -1,6 +1,6 @@
 """The ServerApp's work, apart from Flower's entry point: compute the basis once (the canonical,
-reproducible SVD, rounded to basis-dtype), run FedAvg over the r x r matrices and head, evaluate,
-save the artifacts and the report."""
+reproducible SVD, rounded to basis-dtype), run the rounds (the LoRA-XS layer around the configured
+aggregator, `build_strategy`), evaluate, save the artifacts and the report."""
 
 import random
 import time
@@ -17,7 +17,7 @@ from server.report import build_report, write_report
 from server.run_folder import resolve_out_dir, save_global_adapter, save_run_basis
 from server.sealed_updates import UpdateSealing
 from server.secure_rounds import SecureRounds
-from server.strategy import LoraXSFedAvg
+from server.strategy import LoraXSStrategy
 from server.traffic import MeteredGrid, TrafficMeter
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
@@ -26,6 +26,7 @@ from shared.federation.basis_recipe import BasisRecipe
 from shared.federation.node_data import held_out_union, simulated_node_data
 from shared.federation.protocol import EVALUATE_METRICS, PERSONAL_METRICS, pack_adapter, pack_basis, payload_bytes
 from shared.federation.run_config import FederationConfig
+from shared.loraxs.basis import Basis
 from shared.loraxs.model import adapter_state
 
 
@@ -41,39 +42,13 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         resume.check_config(config)
     out_dir = resolve_out_dir(config.resume_from or config.out_dir)
     model_id = canonical_model_id(config.model)
-
-    labels = config.label_names()
-    held_out = None
-    if config.dataset:
-        held_out, labels = held_out_union(config, config.eval_max_examples)
+    labels, loader = _held_out(config, model_id)
     model, basis = build_adapted_model(model_id, config.task, config.lora_config(), labels, seed=config.seed)
     save_run_basis(out_dir, basis, model_id)
-    loader = None
-    if held_out is not None:
-        loader = make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
-
-    personal = config.personalize == "finetune"
     # the server's keys: sealed updates open with them, secure aggregation's messages are signed with them
     keys = (UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite)
             if config.encrypt_updates or config.secure_aggregation else None)
-    strategy = LoraXSFedAvg(
-        pack_basis(basis, config.basis_dtype), basis.fingerprint, config.update_dtype,
-        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=keys,
-        fraction_train=config.fraction_train,
-        fraction_evaluate=config.fraction_evaluate,
-        min_train_nodes=config.min_train_nodes,
-        min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
-        min_available_nodes=config.num_clients,
-        seed=config.seed, round_offset=resume.round if resume else 0,
-        reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
-        partition_sizes=_partition_sizes(config),
-        recipe=BasisRecipe.of(model_id, config.lora_config()).to_config()
-        if config.basis_delivery == "derive" else None,
-        secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples, keys)
-        if config.secure_aggregation else None,
-        aggregator=make_aggregator(config),
-        mixed_rank_aggregation=config.mixed_rank_aggregation,
-    )
+    strategy = build_strategy(config, model_id, basis, keys, round_offset=resume.round if resume else 0)
     meter = TrafficMeter()
     metered = MeteredGrid(grid, meter)
     initial = resume.arrays if resume else pack_adapter(adapter_state(model), "fp32")
@@ -114,6 +89,39 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     )
     write_report(out_dir, report)
     return report
+
+
+def build_strategy(config: FederationConfig, model_id: str, basis: Basis, keys: UpdateSealing | None,
+                   round_offset: int = 0) -> LoraXSStrategy:
+    """The LoRA-XS layer for this run around the configured aggregator (server/aggregators.py); `keys`:
+    the server's keys (sealed updates open with them, secure aggregation's messages are signed with them)."""
+    personal = config.personalize == "finetune"
+    return LoraXSStrategy(
+        pack_basis(basis, config.basis_dtype), basis.fingerprint, config.update_dtype,
+        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=keys,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=config.min_train_nodes,
+        min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
+        min_available_nodes=config.num_clients,
+        seed=config.seed, round_offset=round_offset,
+        reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
+        partition_sizes=_partition_sizes(config),
+        recipe=BasisRecipe.of(model_id, config.lora_config()).to_config()
+        if config.basis_delivery == "derive" else None,
+        secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples, keys)
+        if config.secure_aggregation else None,
+        aggregator=make_aggregator(config),
+        mixed_rank_aggregation=config.mixed_rank_aggregation,
+    )
+
+
+def _held_out(config: FederationConfig, model_id: str) -> tuple[list[str] | None, object | None]:
+    """The label names and the server's held-out loader (None without a simulated dataset)."""
+    if not config.dataset:
+        return config.label_names(), None
+    held_out, labels = held_out_union(config, config.eval_max_examples)
+    return labels, make_loader(held_out, load_tokenizer(model_id), config.task, EVAL_BATCH_SIZE, config.max_length)
 
 
 def _partition_sizes(config: FederationConfig) -> dict[int, int]:

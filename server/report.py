@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shared.federation.run_config import FederationConfig
 from server.aggregators import privacy_spent
-from server.strategy import LoraXSFedAvg
+from server.strategy import LoraXSStrategy
 from server.traffic import PhaseTraffic, TrafficMeter
 
 SECAGG_PHASE = "train.secagg"  # the message types of secure aggregation's stages 2-4
@@ -21,7 +21,7 @@ REPORT_JSON, REPORT_MD = "report.json", "report.md"
 ACCURACY_PLOT, BYTES_PLOT = "accuracy_per_round.png", "bytes_per_round.png"
 
 
-def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: TrafficMeter,
+def build_report(config: FederationConfig, strategy: LoraXSStrategy, meter: TrafficMeter,
                  global_rounds: dict[int, dict], final_clients: list, adapter_bytes: int,
                  basis_bytes: int, wall_seconds: float) -> dict:
     rounds = [_round_entry(r, strategy, meter, global_rounds.get(r, {}))
@@ -63,7 +63,7 @@ def build_report(config: FederationConfig, strategy: LoraXSFedAvg, meter: Traffi
     return {"config": config.to_run_config(), "rounds": rounds, "final": final}
 
 
-def _round_entry(server_round: int, strategy: LoraXSFedAvg, meter: TrafficMeter, measured: dict) -> dict:
+def _round_entry(server_round: int, strategy: LoraXSStrategy, meter: TrafficMeter, measured: dict) -> dict:
     stats = strategy.stats.get(server_round)
     train = meter.phases.get((server_round, "train"), PhaseTraffic())
     stages = _sum(p for (r, kind), p in meter.phases.items() if r == server_round and kind.startswith(SECAGG_PHASE))

@@ -1,9 +1,9 @@
 """Secure aggregation of each round's train step (`secure-aggregation = true`): the stage driver.
 
 The round's train message is the plain one (factors, server key and resends as usual) plus the
-setup, asked from `setup` by LoraXSFedAvg.configure_train. Each client trains, checks its delta
+setup, asked from `setup` by LoraXSStrategy.configure_train. Each client trains, checks its delta
 (finite, inside the clipping range) and keeps it; its reply holds its stage-1 keys and the
-plain metrics. `aggregate` (from LoraXSFedAvg.aggregate_train) checks those replies as plain
+plain metrics. `aggregate` (from LoraXSStrategy.aggregate_train) checks those replies as plain
 ones are checked (fingerprint, metrics, weight bound), then runs stages 2-4 on the Grid, each
 within `timeout` seconds: shared keys (boxes routed through the server), masked deltas, unmask.
 SecAggServer checks every stage reply and never raises; it rebuilds masks, never a vector. The

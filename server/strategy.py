@@ -34,50 +34,34 @@ client-side clipping norm, ride in the train config) and only good fp32 replies 
 Replies are averaged in partition order, so the float sums do not depend on arrival order.
 """
 
-from collections.abc import Iterable
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from logging import WARNING
 
-import numpy as np
-
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
-from flwr.supercore.task_identity import TaskIdentity
 
-from server.aggregators import aggregator_state, dp_wrapper, restore_aggregator
-from server.forwarding_grid import ForwardingGrid
+from server.aggregators import dp_wrapper
 from server.basis_delivery import BasisDelivery
+from server.mixed_ranks import MixedRanks
+from server.node_messages import NodeMessages
+from server.partition_sampling import PartitionSampling, SampledGrid
 from server.replies import one_reply_per_node
-from shared.federation.sealed_update import SERVER_KEY, SERVER_SIGNING_KEY
-from shared.federation.protocol import (
-    ARRAYS, CONFIG, METRICS, PARTITION_ID, STACKED_R, STATUS, TRAIN_METRICS, UNKNOWN_FINGERPRINT,
-    cast_record, check_update, clean_metrics, top_left_adapter,
-)
-from shared.loraxs.mixed_rank import per_entry_from_zero_padded, zero_pad
+from server.reply_checks import ReplyChecks
+from server.round_stats import RoundCounting, RoundStats
+from server.strategy_state import CheckpointState
 from shared.errors import LoraXSError
-
-SAMPLE_STREAM = 11  # the sampling draw's own random stream, apart from the data's
-NODES_WAIT_SECONDS = 300.0  # how long to wait for the nodes a step needs before giving up
+from shared.federation.protocol import ARRAYS, CONFIG, METRICS, cast_record, check_update
 
 
-@dataclass
-class RoundStats:
-    clients_trained: int = 0
-    examples_trained: int = 0  # the accepted updates' (bounded) num-examples
-    ranks: dict[int, int] = field(default_factory=dict)  # node -> its smaller rank (mixed ranks)
-    update_norms: list[float] = field(default_factory=list)  # L2 of each good update's delta (fp32)
-    rejected_updates: int = 0
-    bases_resent: int = 0
-    clipped_weights: int = 0
-    failures: dict[str, int] = field(default_factory=dict)  # "<phase>-error|timeout" -> count
-    skipped: str = ""  # why the round kept the global adapter ("" = it did not)
+class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, RoundCounting, CheckpointState, FedAvg):
+    """The round loop (Flower's FedAvg) with the LoRA-XS layer: messages (server/node_messages.py),
+    sampling (server/partition_sampling.py), reply checks (server/reply_checks.py), per-entry mixed
+    ranks (server/mixed_ranks.py), counts (server/round_stats.py), checkpoint state
+    (server/strategy_state.py); the train aggregation is the aggregator's."""
 
-
-class LoraXSFedAvg(FedAvg):
     def __init__(self, basis_record: ArrayRecord, fingerprint: str, update_dtype: str,
                  evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
                  round_offset: int = 0, reply_timeout: float = 3600.0,
@@ -104,79 +88,6 @@ class LoraXSFedAvg(FedAvg):
         self._grid: Grid | None = None
         self._sent: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # message type -> payload
         self._last_sent: dict[str, int] = {}  # message type -> nodes sent to, last time
-
-    # --- messages -------------------------------------------------------------------------
-    def _messages(self, node_ids: Iterable[int], arrays: ArrayRecord, config: ConfigRecord,
-                  message_type: str) -> list[Message]:
-        wire = cast_record(arrays, self.update_dtype)
-        config = ConfigRecord({**config, "fingerprint": self.fingerprint})
-        self._sent[message_type] = (wire, config)
-        node_ids = list(node_ids)
-        self._last_sent[message_type] = len(node_ids)
-        return [self._message(node, wire, config, message_type) for node in node_ids]
-
-    def _message(self, node_id: int, wire: ArrayRecord, config: ConfigRecord, message_type: str) -> Message:
-        content = RecordDict({ARRAYS: wire, CONFIG: config})
-        if self.delivery.attach(node_id, content) and self.sealing is not None:
-            content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key,
-                                            SERVER_SIGNING_KEY: self.sealing.signing_public_key})
-        return Message(content=content, message_type=message_type, dst_node_id=node_id)
-
-    @property
-    def nodes_with_basis(self) -> set[int]:
-        return self.delivery.holding
-
-    @nodes_with_basis.setter
-    def nodes_with_basis(self, nodes: set[int]) -> None:
-        self.delivery.holding = set(nodes)
-
-    # --- sampling by partition -------------------------------------------------------------
-    def discover_partitions(self, grid: Grid) -> dict[int, int]:
-        """Asks every node once which partition it serves (node config `partition-id`); a node
-        without one (or silent) is ordered after the others by its node id."""
-        nodes = self._wait_for_nodes(grid)
-        query = [Message(RecordDict({CONFIG: ConfigRecord({"server-round": 0})}),
-                         message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
-        found = {}
-        for reply in grid.send_and_receive(query, timeout=self.reply_timeout):
-            try:
-                found[reply.metadata.src_node_id] = int(reply.content[STATUS][PARTITION_ID])
-            except Exception:  # an error reply or a node without a partition id
-                continue
-        unknown = sorted(n for n in nodes if n not in found)
-        start = max(found.values(), default=-1) + 1
-        found.update({node: start + i for i, node in enumerate(unknown)})
-        self.partitions = found
-        return found
-
-    def _wait_for_nodes(self, grid: Grid, needed: int | None = None) -> list[int]:
-        """The connected nodes, once at least `needed` are (default `min_available_nodes`: the
-        whole federation, before the partitions are discovered)."""
-        needed = self.min_available_nodes if needed is None else needed
-        deadline = time.monotonic() + NODES_WAIT_SECONDS
-        while len(nodes := list(grid.get_node_ids())) < needed:
-            if time.monotonic() > deadline:
-                raise LoraXSError(f"only {len(nodes)} of {needed} nodes connected "
-                                  f"within {NODES_WAIT_SECONDS:.0f} s")
-            time.sleep(1)
-        return sorted(nodes)
-
-    def sample(self, grid: Grid, fraction: float, minimum: int, server_round: int, stream: int) -> list[int]:
-        """The nodes of a seeded draw of partitions: the same (seed, round) and the same connected
-        nodes -> the same partitions. After discovery a round draws from the nodes connected now
-        (waiting only for `minimum` of them): a node that left is not waited for."""
-        if not self.partitions:
-            self.discover_partitions(grid)
-        connected = set(self._wait_for_nodes(grid, needed=max(1, minimum)))
-        missing = sorted(set(self.partitions) - connected)
-        if missing:
-            log(WARNING, "round %s: %s known node(s) not connected, drawing from the %s connected",
-                server_round, len(missing), len(connected))
-        by_partition = sorted((p, n) for n, p in self.partitions.items() if n in connected)
-        size = min(len(by_partition), max(int(len(by_partition) * fraction), minimum))
-        rng = np.random.default_rng([self.seed, server_round, SAMPLE_STREAM, stream])
-        chosen = sorted(rng.choice(len(by_partition), size=size, replace=False)) if size else []
-        return [by_partition[i][1] for i in chosen]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -218,22 +129,6 @@ class LoraXSFedAvg(FedAvg):
         config = ConfigRecord({**config, "server-round": server_round})
         return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
-    def _resend_to_unknown(self, server_round: int, replies: list[Message], message_type: str) -> list[Message]:
-        """Nodes that lost the factors get them again with the same payload, in this round."""
-        lost = [r for r in replies if _lacks_basis(r)]
-        if not lost or self._grid is None:
-            return replies
-        nodes = [r.metadata.src_node_id for r in lost]
-        log(WARNING, "round %s: node(s) %s lack the factors; sending them again", server_round, nodes)
-        self.delivery.lost(nodes)
-        self._round(server_round).bases_resent += len(nodes)
-        wire, config = self._sent[message_type]
-        again = self._grid.send_and_receive(
-            [self._message(node, wire, config, message_type) for node in nodes], timeout=self.reply_timeout
-        )
-        return [r for r in replies if not _lacks_basis(r)] + list(again)
-
-    # --- aggregation ----------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         server_round += self.round_offset
         replies = one_reply_per_node(server_round, list(replies))
@@ -274,14 +169,6 @@ class LoraXSFedAvg(FedAvg):
             return super().aggregate_train(server_round, accepted)
         return self._aggregated(server_round, accepted)
 
-    def _per_entry_round(self, server_round: int, accepted: list[Message], ranks: dict[int, int]):
-        """Mixed ranks, per-entry: the per-entry weighted mean of the replies, then (a mean-based
-        aggregator: FedAvgM, FedAdam, ...) the aggregator's step from that mean as its one reply."""
-        arrays, metrics = super().aggregate_train(server_round, accepted)  # FedAvg of the zero-padded R
-        if arrays is None:
-            return None, None
-        return self._stepped_from_mean(server_round, self._per_entry(arrays, accepted, ranks), metrics)
-
     def _stepped_from_mean(self, server_round: int, arrays: ArrayRecord | None, metrics):
         """A mean computed here (secure aggregation's, per-entry's) as the round's result: as it is
         without an aggregator, else the mean-based aggregator's (FedAvgM, FedAdam, ...) step from
@@ -292,16 +179,6 @@ class LoraXSFedAvg(FedAvg):
                        dst_node_id=0, message_type=MessageType.TRAIN)
         stepped, _ = self._aggregated(server_round, [mean])
         return stepped, metrics
-
-    def _per_entry(self, arrays: ArrayRecord, accepted: list[Message], ranks: dict[int, int]) -> ArrayRecord:
-        """Mixed ranks, per-entry: each entry of R averaged over the clients that hold it."""
-        expected, _ = self._sent[MessageType.TRAIN]
-        full = int(expected[STACKED_R].shape[-1])
-        node_ranks = [ranks.get(r.metadata.src_node_id, full) for r in accepted]
-        weights = [float(r.content[METRICS]["num-examples"]) for r in accepted]
-        stacked = per_entry_from_zero_padded(arrays[STACKED_R].numpy(), node_ranks, weights,
-                                             cast_record(expected, "fp32")[STACKED_R].numpy())
-        return ArrayRecord({k: Array(stacked) if k == STACKED_R else v for k, v in arrays.items()})
 
     def _aggregated(self, server_round: int, accepted: list[Message]):
         """The aggregator's result on the good replies, or (None, None) with a logged reason:
@@ -356,170 +233,3 @@ class LoraXSFedAvg(FedAvg):
         self._count_failures(server_round, replies, "final")
         return [r.content[METRICS] for r in replies
                 if not r.has_error() and self._checked_evaluation(server_round, r)]
-
-    # --- checks ---------------------------------------------------------------------------
-    def _fingerprint_problem(self, reply: Message) -> str | None:
-        if _lacks_basis(reply):
-            return "it still lacks the factors after they were sent again"
-        content = reply.content
-        fingerprint = content[STATUS].get("fingerprint") if STATUS in content else None
-        if fingerprint != self.fingerprint:
-            return f"it belongs to basis {str(fingerprint)[:12]}, not {self.fingerprint[:12]}"
-        if METRICS not in content:
-            return "the reply carries no metrics"
-        return None
-
-    def _checked_update(self, server_round: int, reply: Message, expected: ArrayRecord) -> RecordDict | str:
-        """The reply reduced to its checked arrays (widened to fp32) and metrics, or a reason."""
-        problem = self._fingerprint_problem(reply)
-        if problem:
-            return problem
-        if ARRAYS not in reply.content:
-            return "the reply carries no adapter arrays"
-        arrays = reply.content[ARRAYS]
-        rank = reply_rank(arrays, expected)  # mixed ranks: a device may train a top-left block
-        problem = check_update(arrays, top_left_adapter(expected, rank) if rank else expected)
-        if problem:
-            return problem
-        metrics = clean_metrics(reply.content[METRICS], TRAIN_METRICS)
-        if isinstance(metrics, str):
-            return metrics
-        metrics = self._bounded_weight(server_round, reply, metrics)
-        if isinstance(metrics, str):
-            return metrics
-        arrays = cast_record(arrays, "fp32")
-        if rank:
-            arrays[STACKED_R] = Array(zero_pad(arrays[STACKED_R].numpy(), int(expected[STACKED_R].shape[-1])))
-            self._round(server_round).ranks[reply.metadata.src_node_id] = rank
-        start = cast_record(expected, "fp32")
-        self._round(server_round).update_norms.append(
-            float(np.sqrt(sum(((arrays[k].numpy() - start[k].numpy()).astype(np.float64) ** 2).sum() for k in start.keys()))))
-        return RecordDict({ARRAYS: arrays, METRICS: metrics})
-
-    def _opened(self, server_round: int, reply: Message) -> str | None:
-        """encrypt-updates: why the sealed update does not open (its "arrays" replaced in place)."""
-        if self.sealing is None:
-            return None
-        return self.sealing.open_reply(reply, self._run_id(), server_round, self.fingerprint)
-
-    def _run_id(self) -> int:
-        run = getattr(self._grid, "run", None)  # None on a test Grid: the id new Messages get
-        return run.run_id if run is not None else TaskIdentity.run_id
-
-    def _bounded_weight(self, server_round: int, reply: Message, metrics: MetricRecord) -> MetricRecord | str:
-        """"num-examples" as an integer at most the node's partition size (when known) and
-        `max_client_examples`; a larger claim is clipped (logged, counted)."""
-        claimed = metrics["num-examples"]
-        if float(claimed) != int(claimed):
-            return f"num-examples is {claimed!r}, not a whole number"
-        node = reply.metadata.src_node_id
-        bound = min(self.max_client_examples,
-                    self.partition_sizes.get(self.partitions.get(node, -1), self.max_client_examples))
-        if claimed > bound:
-            log(WARNING, "round %s: node %s claims %s examples; weighted as %s", server_round, node,
-                claimed, bound)
-            self._round(server_round).clipped_weights += 1
-            claimed = bound
-        return MetricRecord({**metrics, "num-examples": int(claimed)})
-
-    def _checked_evaluation(self, server_round: int, reply: Message) -> bool:
-        """Keeps only the expected metrics of a good evaluation reply; False (logged) otherwise."""
-        try:
-            problem = self._fingerprint_problem(reply)
-            metrics = problem or clean_metrics(reply.content[METRICS], self.evaluate_metrics)
-            if not isinstance(metrics, str):
-                metrics = metric_range_problem(metrics) or self._bounded_weight(server_round, reply, metrics)
-        except Exception as err:  # never raises on what a client sent
-            metrics = f"its check failed ({type(err).__name__})"
-        if isinstance(metrics, str):
-            log(WARNING, "round %s: ignored the evaluation of node %s: %s",
-                server_round, reply.metadata.src_node_id, metrics)
-            return False
-        reply.content = RecordDict({METRICS: metrics})
-        return True
-
-    def _round(self, server_round: int) -> RoundStats:
-        return self.stats.setdefault(server_round, RoundStats())
-
-    def _count_failures(self, server_round: int, replies: list[Message], phase: str) -> None:
-        """Logs error replies; counts them and the sampled nodes that never answered (timeouts)."""
-        stats = self._round(server_round)
-        for reply in replies:
-            if reply.has_error():
-                log(WARNING, "round %s: node %s failed: %s", server_round, reply.metadata.src_node_id,
-                    reply.error.reason)
-                stats.failures[f"{phase}-error"] = stats.failures.get(f"{phase}-error", 0) + 1
-        sent = self._last_sent.get(phase if phase != "final" else MessageType.EVALUATE, 0)
-        if len(replies) < sent:
-            log(WARNING, "round %s: %s of %s node(s) did not answer within %s s", server_round,
-                sent - len(replies), sent, self.reply_timeout)
-            stats.failures[f"{phase}-timeout"] = stats.failures.get(f"{phase}-timeout", 0) + sent - len(replies)
-
-    # --- checkpoint -----------------------------------------------------------------------
-    def state(self) -> dict:
-        """What a resumed run needs (JSON): per-round stats and evaluations, which partitions hold
-        the factors (node ids change between processes; partitions do not)."""
-        return {
-            "stats": {str(r): asdict(s) for r, s in self.stats.items()},
-            "evaluate_replies": {str(r): [dict(m) for m in ms] for r, ms in self.evaluate_replies.items()},
-            "partitions_with_basis": sorted(self.partitions[n] for n in self.nodes_with_basis if n in self.partitions),
-            "partitions_shipped": sorted(self.partitions[n] for n in self.delivery.must_ship if n in self.partitions),
-            "aggregator": aggregator_state(self.aggregator) if self.aggregator is not None else {},
-        }
-
-    def restore(self, state: dict, grid: Grid, factors_held: bool = True) -> None:
-        """`factors_held`: trust that the partitions that held the factors still do (a node that
-        lost them says so, and gets them again); False sends them to everyone once more.
-        Partitions, not node ids, are what a checkpoint remembers: node ids change with the process."""
-        self.stats = {int(r): RoundStats(**s) for r, s in state["stats"].items()}
-        self.evaluate_replies = {int(r): [MetricRecord(m) for m in ms] for r, ms in state["evaluate_replies"].items()}
-        self.discover_partitions(grid)
-        # basis-delivery derive: every node is sent the recipe again (a few bytes): one that kept
-        # the factors ignores it, one that lost them (a simulated node's state dies with its
-        # process) derives them again instead of answering "unknown-fingerprint" and being
-        # shipped the bundle. A node that could not derive them before is shipped them again.
-        derive = self.delivery.recipe is not None
-        holding = set(state["partitions_with_basis"]) if factors_held and not derive else set()
-        self.nodes_with_basis = {n for n, p in self.partitions.items() if p in holding}
-        shipped = set(state.get("partitions_shipped", []))
-        self.delivery.must_ship = {n for n, p in self.partitions.items() if p in shipped}
-        if self.aggregator is not None:
-            restore_aggregator(self.aggregator, state.get("aggregator", {}))
-
-
-class SampledGrid(ForwardingGrid):
-    """The Grid as the aggregator sees it in `configure_train`: only this round's sampled nodes."""
-
-    def __init__(self, grid: Grid, nodes: list[int]):
-        super().__init__(grid)
-        self.nodes = list(nodes)
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-
-def metric_range_problem(metrics: MetricRecord) -> str | None:
-    """Accuracies in [0, 1], losses >= 0 (finiteness is checked before)."""
-    for key, value in metrics.items():
-        if key.startswith("accuracy") and not 0.0 <= value <= 1.0:
-            return f"metric {key} is {value!r}, outside [0, 1]"
-        if key.startswith("loss") and value < 0:
-            return f"metric {key} is {value!r}, negative"
-    return None
-
-
-def reply_rank(arrays, expected: ArrayRecord) -> int | None:
-    """r' when the reply's lora_R is a smaller square (L, r', r') than the (L, r, r) sent, else None
-    (None also for anything malformed: check_update then names the problem)."""
-    try:
-        got, want = tuple(arrays[STACKED_R].shape), tuple(expected[STACKED_R].shape)
-        if len(got) == 3 and got[0] == want[0] and got[1] == got[2] and 1 <= got[1] < want[1]:
-            return int(got[1])
-    except Exception:  # noqa: BLE001 - a peer's record: anything odd is for check_update to name
-        pass
-    return None
-
-
-def _lacks_basis(reply: Message) -> bool:
-    return (not reply.has_error() and STATUS in reply.content
-            and reply.content[STATUS].get("error") == UNKNOWN_FINGERPRINT)

@@ -189,13 +189,6 @@ def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], m
         head.weight, head.bias, *features)
 
 
-def example_scores(model: nn.Module, loader, device, task: str, measure: str = "accuracy") -> list[float]:
-    """One score per example (higher is better): 1.0 / 0.0 for a right / wrong class, or minus
-    its cross-entropy (seq-cls, measure "loss"), or minus the example's mean next-token loss
-    (causal-lm)."""
-    return example_outcomes(model, loader, device, task)[measure if task == "seq-cls" else "loss"]
-
-
 @torch.no_grad()
 def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, list[float]]:
     """Per-example scores of one pass (higher is better): "loss" (minus the example's

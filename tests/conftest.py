@@ -7,7 +7,10 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from tests.tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
+import torch  # noqa: E402
+
+from simulations.tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
+from tests.helpers import make_config, write_word_reviews  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,23 @@ def rotten_tomatoes():
     from shared.data.rotten_tomatoes import load_rotten_tomatoes
 
     return load_rotten_tomatoes()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread (and do not fight the other tests for cores); a
+    module asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reviews_dir(tmp_path_factory):
+    return str(write_word_reviews(tmp_path_factory.mktemp("reviews"), 150))
+
+
+@pytest.fixture
+def config(tiny_bert_dir, reviews_dir, tmp_path):
+    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run")

@@ -5,6 +5,7 @@ refused by the node it targets, and what the relay holds of that node stays seal
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,11 @@ from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE
 from shared.federation.secure_auth import SETUP_SIGNATURE, SIGNATURE
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, SHARE_KEYS, UNMASK, flat
-from tests.in_process_simulation import FIRST_NODE_ID, RUN_ID, _copy
-from tests.test_federation import NUM_CLIENTS, RecordingGrid, make_config, one_torch_thread, reviews_dir  # noqa: F401
+from simulations.in_process import FIRST_NODE_ID, RUN_ID, _copy
+from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config
 from server.federation import run_federation
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VICTIM = FIRST_NODE_ID  # partition 0
 
@@ -330,7 +333,7 @@ def test_a_pin_without_a_signing_key_still_seals_but_refuses_secure_aggregation(
     """A server_key.pub written before the signing key existed (one line): sealing works as
     before; secure aggregation is refused, since no signature can be checked."""
     old_pin = tmp_path / "old_server_key.pub"
-    old_pin.write_text(open(keys[2]).read().splitlines()[0] + "\n")
+    old_pin.write_text(Path(keys[2]).read_text().splitlines()[0] + "\n")
     sealed = replace(config, secure_aggregation=False, encrypt_updates=True)
     report, _ = run(sealed, {"server-key": str(old_pin)})
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS
@@ -349,7 +352,7 @@ def test_a_deployed_node_opts_in_to_secure_aggregation_in_its_own_node_config(tm
     from client.run import main as client_main
     from client.secure_policy import allowed, required
     from deployment.supernode import SuperNodeConfig, supernode_command
-    from tests.test_client_run import write_reviews
+    from tests.helpers import write_reviews
 
     data = write_reviews(tmp_path / "data")
     for opted_in in (False, True):
@@ -370,22 +373,22 @@ def test_a_replayed_reply_counts_once(caplog):
     from flwr.app import MetricRecord
     from flwr.supercore.task_identity import TaskIdentity
 
-    from server.strategy import LoraXSFedAvg
+    from server.strategy import LoraXSStrategy
     from shared.federation.protocol import STACKED_R
-    from tests.test_sealed_updates import FINGERPRINT, _arrays, _reply
+    from tests.helpers import FINGERPRINT, full_arrays, reply_from
 
     from flwr.common.constant import SUPERLINK_NODE_ID
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = RUN_ID, 1, SUPERLINK_NODE_ID
-    strategy = LoraXSFedAvg(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), fraction_train=1.0,
+    strategy = LoraXSStrategy(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), fraction_train=1.0,
                             min_available_nodes=1)
-    strategy._sent["train"] = (_arrays(0.0), ConfigRecord())
+    strategy._sent["train"] = (full_arrays(0.0), ConfigRecord())
 
     def plain(value, examples):
-        return RecordDict({ARRAYS: _arrays(value), METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+        return RecordDict({ARRAYS: full_arrays(value), METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
                            STATUS: ConfigRecord({"fingerprint": FINGERPRINT})})
 
-    replies = [_reply(1, plain(1.0, 10)), _reply(2, plain(4.0, 30)), _reply(2, plain(4.0, 30)), _reply(2, plain(100.0, 30))]
+    replies = [reply_from(1, plain(1.0, 10)), reply_from(2, plain(4.0, 30)), reply_from(2, plain(4.0, 30)), reply_from(2, plain(100.0, 30))]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(3, replies)
     assert sum("repeated reply from node 2" in r.getMessage() for r in caplog.records) == 2

@@ -13,8 +13,10 @@ from server.federation import run_federation
 from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STACKED_R
 from shared.federation.run_config import STRATEGIES, FederationConfig
-from tests.in_process_simulation import InProcessGrid
-from tests.test_federation import RecordingGrid, config, one_torch_thread, reviews_dir  # noqa: F401 (fixtures)
+from simulations.in_process import InProcessGrid
+from tests.helpers import RecordingGrid, lying_client
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RNG = np.random.default_rng(0)
 
@@ -88,7 +90,6 @@ def test_fedprox_sends_mu_and_the_client_trains_closer_to_the_global_adapter(con
 def test_server_side_dp_survives_a_failing_client_and_reports_the_budget(config):
     """Flower's DP wrapper skips a round when any reply is an error; the layer never hands it
     one, so the round goes on with the good updates, and epsilon grows round by round."""
-    from tests.test_server_hardening import lying_client
 
     def crash(reply, part, kind):
         if kind == "train" and part == 0:

@@ -2,15 +2,14 @@
 and `client.export --adapter` read them; a wrong key or a changed byte is "authentication failed",
 exit 1, and nothing is written."""
 
-from pathlib import Path
 
 import pytest
 
 from client.export import main as export_main
 from shared.artifacts.adapter_file import load_adapter
-from shared.crypto.at_rest import AtRestError, is_encrypted, key_from_file, passphrase_key, write_key_file
+from shared.crypto.at_rest import AtRestError, is_encrypted, key_from_file, passphrase_key
 from shared.errors import LoraXSError
-from tests.test_client_run import RANK, global_adapter, run_cli, snapshot, write_reviews
+from tests.helpers import RANK, global_adapter, make_key_file, run_cli, snapshot, write_reviews
 
 PASSPHRASE = "correct horse battery staple"
 GLOBAL = "loraxs-adapter/global"  # the authenticated kind of an encrypted global adapter
@@ -46,7 +45,7 @@ def test_encrypt_at_rest_with_a_passphrase_then_read_back(tiny_bert_dir, data_di
 @pytest.mark.parametrize("attack", ["wrong passphrase", "flipped byte", "flipped header byte", "truncated"])
 def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overwritten(
         tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch, attack):
-    key = write_key_file(tmp_path / "adapter.key")
+    key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     encrypted = tmp_path / "global.enc.safetensors"
     from shared.crypto.at_rest import write_encrypted
@@ -78,7 +77,7 @@ def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overw
 
 
 def test_export_reads_an_encrypted_adapter_with_its_key_file(tiny_bert_dir, tmp_path, capsys):
-    key = write_key_file(tmp_path / "adapter.key")
+    key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     from shared.crypto.at_rest import write_encrypted
 
@@ -136,7 +135,7 @@ def test_with_a_key_given_a_plaintext_personal_adapter_is_refused(tiny_bert_dir,
 
 
 def test_a_key_file_others_can_read_is_refused_by_the_cli(tiny_bert_dir, tmp_path, capsys):
-    key = write_key_file(tmp_path / "adapter.key")
+    key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     from shared.crypto.at_rest import write_encrypted
 

@@ -106,3 +106,43 @@ def test_an_adapter_file_opens_without_basis_file_or_cache_by_deriving_its_facto
     opened = open_adapter(read_adapter(tmp_path / "a.safetensors", model=tiny_bert_dir))
     assert opened.factors_source == "an SVD of the base model"
     assert opened.basis.fingerprint == basis.fingerprint and opened.lora.basis_dtype == basis_dtype
+
+
+FINGERPRINTS_IN_A_FRESH_PROCESS = """
+import sys, torch
+from shared.base_models import DEFAULT_MODEL, load_base_model
+from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.model import compute_basis
+torch.set_num_threads(int(sys.argv[1]))
+model = load_base_model(DEFAULT_MODEL, "seq-cls")
+print(" ".join(compute_basis(model, LoraXSConfig(rank=16, basis_dtype=d)).fingerprint for d in ("fp32", "fp16", "bf16")))
+"""
+
+
+@pytest.mark.slow
+def test_the_packaged_minilm_factors_are_the_same_bits_in_every_process_and_thread_count():
+    """What lets a device derive the factors instead of downloading them: the canonical recipe on
+    the packaged MiniLM's 24 target weights (rank 16, every basis dtype) gives the same fingerprint
+    in this process at 1 and 2 torch threads and in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from shared.base_models import DEFAULT_MODEL, load_base_model
+    from shared.loraxs.model import compute_basis
+
+    model = load_base_model(DEFAULT_MODEL, "seq-cls")
+    dtypes = ("fp32", "fp16", "bf16")
+    threads = torch.get_num_threads()
+    try:
+        seen = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            seen.append(tuple(compute_basis(model, LoraXSConfig(rank=16, basis_dtype=d)).fingerprint for d in dtypes))
+    finally:
+        torch.set_num_threads(threads)
+    done = subprocess.run([sys.executable, "-c", FINGERPRINTS_IN_A_FRESH_PROCESS, "1"], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1], check=True)
+    seen.append(tuple(done.stdout.split()[-3:]))
+    assert len(set(seen)) == 1, seen
+    assert len(set(seen[0])) == 3  # fp16 and bf16 roundings are other factors, with other fingerprints

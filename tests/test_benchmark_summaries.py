@@ -1,6 +1,6 @@
 """What the personalization and same-budget benchmarks read from a report (no simulation runs here)."""
 
-from benchmarks.centralized_budget import federated_examples
+from benchmarks.studies.centralized_budget import federated_examples
 from benchmarks.personalization import groups, scenario_goals
 
 CONCEPT_SHIFT_FINAL = {
@@ -83,3 +83,37 @@ def test_small_data_seeds_average_and_goals_use_the_mean():
     report["folders"]["f"]["methods"] = {"loraxs": tied, "frozen": {"accuracy": 14 / 15, "train_seconds": 1.0}}
     assert goal_counts(report) == ["- beats frozen embeddings + LR: 0 of 1 folders (not: f)"]
     assert "+0.0 pts, tied" in markdown(report)
+
+
+def fake_report(accuracies: list[float]) -> dict:
+    return {"rounds": [{"accuracy_global": a, "examples_trained": 100} for a in accuracies],
+            "final": {"accuracy_global": accuracies[-1], "wall_seconds": 9.0, "bytes_up_per_client_per_round": 30_000}}
+
+
+def test_the_case_runner_keeps_an_earlier_run_of_the_same_size_and_writes_portable_commands(tmp_path, monkeypatch):
+    """benchmarks/simulation_cases.py with flower-simulation replaced: the table, the kept cases,
+    a failed case reported with exit code 1, and no machine path in the result file."""
+    import json
+
+    from benchmarks import simulation_cases
+    from benchmarks.studies import mixed_ranks
+
+    ran = []
+
+    def fake_run(folder, overrides, rounds, num_clients=100):
+        ran.append(folder.name)
+        return {"error": "boom"} if "rank=4 " in overrides else fake_report([0.6, 0.7][:rounds])
+
+    monkeypatch.setattr(simulation_cases, "run_case", fake_run)
+    out = tmp_path / "results"
+    assert mixed_ranks.main(["--rounds", "2", "--only", "all-16", "--out", str(out)]) == 0
+    assert mixed_ranks.main(["--rounds", "2", "--only", "all-4", "--out", str(out)]) == 1
+    document = json.loads((out / "mixed_ranks.json").read_text())
+    assert ran == ["all-16", "all-4"] and list(document["results"]) == ["all-16", "all-4"]  # all-16 kept
+    assert document["results"]["all-16"]["final_accuracy"] == 0.7 and document["results"]["all-4"] == {"error": "boom"}
+    assert str(tmp_path) not in (out / "mixed_ranks.json").read_text()
+    assert document["command"] == "python -m benchmarks.studies.mixed_ranks --rounds 2 --only all-4 --out .../results"
+    table = (out / "mixed_ranks.md").read_text()
+    assert "| all-16 | `rank=16 lora-alpha=16.0` | 0.700 | 0.650 | 30,000 |" in table and "failed: boom" in table
+    assert mixed_ranks.main(["--rounds", "1", "--only", "all-16", "--out", str(out)]) == 0  # another size
+    assert list(json.loads((out / "mixed_ranks.json").read_text())["results"]) == ["all-16"]

@@ -8,57 +8,19 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from shared.artifacts.cache import STATE_FOLDER, cached_basis_path
 from deployment.process_tree import free_port
-from client.run import main
-from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import build_adapted_model
-from shared.artifacts.adapter_file import load_adapter, save_adapter
-from shared.artifacts.basis_file import load_basis, save_basis
+from shared.artifacts.adapter_file import load_adapter
+from shared.artifacts.basis_file import save_basis
 from shared.loraxs.config import LoraXSConfig
-from shared.loraxs.model import adapter_state
+from tests.helpers import RANK, global_adapter, run_cli, snapshot, write_reviews
 
 REPO = Path(__file__).resolve().parents[1]
-RANK = 4
-GOOD = ["a wonderful great film", "superb acting, great story", "great fun and wonderful"]
-BAD = ["an awful boring film", "bad acting, boring story", "boring and awful"]
-
-
-def write_reviews(folder: Path, n: int = 20, labels=("fresh", "rotten")) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "reviews.jsonl", "w") as out:
-        for i in range(n):
-            label = labels[i % len(labels)]
-            text = (GOOD if label == labels[0] else BAD)[i % 3] + f" #{i}"
-            out.write(json.dumps({"text": text, "label": label}) + "\n")
-    return folder
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` (recursively) with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def global_adapter(model_dir: str, path: Path, labels=("fresh", "rotten"), **meta_changes) -> Path:
-    """An adapter as a federation would ship it (untrained R, seeded head)."""
-    config = LoraXSConfig(rank=RANK)
-    model, basis = build_adapted_model(model_dir, "seq-cls", config, labels=list(labels))
-    meta = adapter_meta(model_dir, "seq-cls", config, basis, list(labels), kind="global")
-    save_adapter(path, adapter_state(model), replace(meta, **meta_changes))
-    return path
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     return write_reviews(tmp_path / "device")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.test_client_run import RANK, run_cli, snapshot, write_reviews
+from tests.helpers import RANK, run_cli, snapshot, write_reviews
 
 
 @pytest.mark.parametrize("flag, value, message", [

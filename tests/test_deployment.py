@@ -5,12 +5,10 @@ Every test that starts processes stops them and checks that none is left.
 """
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import tomli
 from cryptography import x509
@@ -29,9 +27,8 @@ from deployment.local import DeploymentConfig, LocalDeployment
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.errors import LoraXSError
-from tests.test_client_run import write_reviews
+from tests.helpers import REPO, assert_all_gone, deployment_run_config, write_reviews
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- fast: files and commands ---------------------------------------------------------------
@@ -96,9 +93,8 @@ def test_supernode_command(tmp_path):
 
 def test_deployment_rejects_bad_data_before_starting_anything(tmp_path):
     config = DeploymentConfig(data_dirs=(tmp_path / "missing",), workdir=tmp_path / "w")
-    with pytest.raises(LoraXSError, match="not found"):
-        with LocalDeployment(config):
-            pass
+    with pytest.raises(LoraXSError, match="not found"), LocalDeployment(config):
+        pass
     assert not (tmp_path / "w").exists()
 
 
@@ -119,11 +115,6 @@ def test_a_flwr_command_that_does_not_answer_is_a_clear_error(tmp_path):
 
 
 # -- slow: real processes -------------------------------------------------------------------
-
-def assert_all_gone(pids: set[int]) -> None:
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left running: {left}"
-
 
 @pytest.mark.slow
 def test_supernode_auth_refuses_an_unregistered_key_and_tls_an_insecure_node(tmp_path):
@@ -181,15 +172,6 @@ def test_client_run_joins_as_supernode_and_stops_on_sigint(tmp_path):
     assert_all_gone(pids)
 
 
-def run_config(model_dir: str, out_dir: Path, labels: str) -> str:
-    values = {
-        "num-clients": 2, "num-server-rounds": 2, "fraction-train": 1.0, "final-eval-fraction": 1.0,
-        "model": model_dir, "dataset": "", "labels": labels, "rank": 4, "personalize": "finetune",
-        "personal-steps": 2, "local-epochs": 1, "batch-size": 8, "max-length": 16, "out-dir": str(out_dir),
-    }
-    return " ".join(f"{k}={quoted_config_value(v) if isinstance(v, str) else v}" for k, v in values.items())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("secure", [False, True], ids=["insecure", "tls-and-auth"])
 def test_two_rounds_on_two_supernodes_leave_global_and_personal_adapters(tiny_bert_dir, tmp_path, secure):
@@ -198,7 +180,7 @@ def test_two_rounds_on_two_supernodes_leave_global_and_personal_adapters(tiny_be
     config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=secure, auth=secure)
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)
-        done = deployment.run(REPO, run_config(tiny_bert_dir, out_dir, "fresh,rotten"), timeout=150)
+        done = deployment.run(REPO, deployment_run_config(tiny_bert_dir, out_dir, "fresh,rotten"), timeout=150)
         log = (config.workdir / "flwr-run.log").read_text()
         assert done.returncode == 0, log[-3000:]
         pids = deployment.alive_pids()

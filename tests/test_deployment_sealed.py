@@ -11,8 +11,7 @@ from deployment.local import DeploymentConfig, LocalDeployment
 from server.sealed_updates import PUBLIC_KEY_FILE
 from shared.artifacts.cache import STATE_FOLDER
 from shared.crypto.sealing import ServerPrivateKey, load_public_key, save_private_key
-from tests.test_client_run import write_reviews
-from tests.test_deployment import REPO, assert_all_gone, run_config
+from tests.helpers import REPO, assert_all_gone, deployment_run_config, write_reviews
 
 
 def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str, names=("alice", "bob"),
@@ -22,7 +21,7 @@ def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str, names=("a
     out_dir = tmp_path / "server-out"
     config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True,
                               secure_aggregation=secure_aggregation)
-    settings = (run_config(model_dir, out_dir, "fresh,rotten").replace("num-clients=2", f"num-clients={len(names)}")
+    settings = (deployment_run_config(model_dir, out_dir, "fresh,rotten").replace("num-clients=2", f"num-clients={len(names)}")
                 + " " + extra_settings)
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)

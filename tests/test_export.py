@@ -5,9 +5,7 @@ Each tiny export runs once per module (an export takes seconds); the tests read 
 check them against PyTorch on inputs of their own, with onnxruntime and tokenizers only.
 """
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
@@ -16,13 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import safetensors.numpy
 import torch
 
 from shared.artifacts.cache import store_basis
-from client.export import main
 from client.onnx.job import ExportConfig
 from shared.artifacts.adapter_file import adapter_meta
 from shared.base_models import build_adapted_model
@@ -33,33 +29,9 @@ from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, load_adapter_state
 from shared.base_models import DEFAULT_MODEL, load_tokenizer
+from tests.helpers import LABELS, TEXTS, TOLERANCE, device_batch, export_cli, make_adapter, printed_diff, session
 
 REPO = Path(__file__).resolve().parents[1]
-LABELS = ["neg", "pos"]
-TOLERANCE = 1e-4
-
-
-def make_adapter(model_dir: str, task: str, path: Path, seed: int = 0, std: float = 1.0) -> Path:
-    """An adapter whose R matrices (and head) are seeded random values that change the outputs."""
-    labels = LABELS if task == "seq-cls" else None
-    config = LoraXSConfig(rank=4)
-    model, basis = build_adapted_model(model_dir, task, config, labels=labels)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-    save_adapter(path, adapter_state(model), adapter_meta(model_dir, task, config, basis, labels))
-    return path
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 def reference_model(model_dir: str, task: str, state: dict):
     """PyTorch base + adapter, unmerged: what the ONNX files must reproduce."""
     model, _ = build_adapted_model(model_dir, task, LoraXSConfig(rank=4), labels=LABELS if task == "seq-cls" else None)
@@ -75,30 +47,9 @@ def torch_logits(model, batch: dict, task: str) -> np.ndarray:
         return model(**kwargs).logits.numpy()
 
 
-def device_batch(folder: Path, texts: list[str]) -> dict[str, np.ndarray]:
-    """Tokenize as a device would: the exported tokenizer.json and the export description only."""
-    from tokenizers import Tokenizer
-
-    description = json.loads((folder / "model.export.json").read_text())
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_truncation(description["max_length"])
-    tokenizer.enable_padding(pad_id=0)
-    encodings = tokenizer.encode_batch(texts)
-    arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-              "token_type_ids": [e.type_ids for e in encodings]}
-    return {name: np.array(arrays[name], dtype=np.int64) for name in description["inputs"]}
-
-
-def session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def real_token_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     diff = np.abs(a - b)
     return float((diff[mask.astype(bool)] if diff.ndim == 3 else diff).max())
-
-
-TEXTS = ["a quiet and lovely film", "bad", "the plot meanders but the actors hold it together well"]
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +78,8 @@ def bert_data(tmp_path_factory):
 def bert_export(bert_adapter, bert_data, tiny_bert_dir):
     """One CLI run with every option; --out sits beside the adapter, which must stay untouched."""
     adapter_bytes = bert_adapter.read_bytes()
-    code, out, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", bert_adapter.parent / "model.onnx",
-                              "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--repeats", 2])
+    code, out, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", bert_adapter.parent / "model.onnx",
+                              "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--timing", "--repeats", 2])
     assert code == 0, err
     return {"folder": bert_adapter.parent, "stdout": out, "adapter_bytes": adapter_bytes}
 
@@ -137,16 +88,9 @@ def bert_export(bert_adapter, bert_data, tiny_bert_dir):
 def llama_export(tiny_llama_dir, tmp_path_factory, private_cache):
     adapter = make_adapter(tiny_llama_dir, "causal-lm", tmp_path_factory.mktemp("llama-adapter") / "personal.safetensors")
     folder = tmp_path_factory.mktemp("llama-export")
-    code, out, err = run_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input",
-                              "--repeats", 2])
+    code, out, err = export_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input"])
     assert code == 0, err
     return {"folder": folder, "stdout": out, "adapter": adapter}
-
-
-def printed_diff(stdout: str, what: str) -> float:
-    match = re.search(rf"^\s+(\S+)\s+{re.escape(what)}", stdout, re.MULTILINE)
-    assert match, stdout
-    return float(match.group(1))
 
 
 # --- sequence classification -------------------------------------------------------------
@@ -280,7 +224,7 @@ def test_causal_lm_logits_match_pytorch(llama_export, tiny_llama_dir):
 def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
     (tmp_path / "model.onnx").write_bytes(b"previous export")
-    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1])
+    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1])
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error: onnxruntime fp32 vs PyTorch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -289,7 +233,7 @@ def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tin
 
 def one_line_error(argv: list, folder: Path) -> str:
     before = sorted(folder.rglob("*"))
-    code, out, err = run_cli(argv)
+    code, out, err = export_cli(argv)
     assert code == 1 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -350,7 +294,7 @@ def test_unwritable_output_folder(bert_adapter, tiny_bert_dir, tmp_path, monkeyp
 
 
 def test_a_missing_output_folder_is_created_as_client_run_does(bert_adapter, tiny_bert_dir, tmp_path):
-    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir,
+    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir,
                             "--out", tmp_path / "new" / "deeper" / "m.onnx", "--repeats", 1])
     assert code == 0, err
     assert (tmp_path / "new" / "deeper" / "m.onnx").is_file()
@@ -358,7 +302,7 @@ def test_a_missing_output_folder_is_created_as_client_run_does(bert_adapter, tin
 
 def test_a_failed_export_removes_the_folder_it_created(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
-    code, _, _ = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "new" / "m.onnx",
+    code, _, _ = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "new" / "m.onnx",
                           "--repeats", 1])
     assert code == 1 and list(tmp_path.iterdir()) == []
 
@@ -366,7 +310,7 @@ def test_a_failed_export_removes_the_folder_it_created(bert_adapter, tiny_bert_d
 def test_an_obstacle_at_the_last_name_replaces_nothing(bert_adapter, tiny_bert_dir, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"previous export")
     (tmp_path / "model.export.json").mkdir()  # the last file moved into place
-    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
+    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
                             "--repeats", 1])
     assert code == 1 and "is in the way" in err
     assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
@@ -384,7 +328,7 @@ def test_a_move_failing_halfway_puts_the_old_files_back(bert_adapter, tiny_bert_
         return real_replace(src, dst)
 
     monkeypatch.setattr("client.onnx.folder.os.replace", replace)
-    code, _, err = run_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
+    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
                             "--repeats", 1])
     assert code == 1 and "the folder was left as it was" in err
     assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
@@ -468,3 +412,9 @@ def test_real_minilm_export_through_the_command_line(tmp_path, monkeypatch):
     assert np.abs(got - torch_logits(model, batch, "seq-cls")).max() <= TOLERANCE
     # int8 MatMul weights, fp32 embeddings and head (the accuracy-keeping recipe): about 0.65x of fp32
     assert (tmp_path / "model.int8.onnx").stat().st_size < 0.7 * (tmp_path / "model.onnx").stat().st_size
+
+
+def test_latency_is_timed_only_with_timing(bert_export, llama_export):
+    """The parity check always runs; PyTorch against onnxruntime timing only with --timing."""
+    assert "latency" not in llama_export["stdout"] and "max abs difference" in llama_export["stdout"]
+    assert "latency, batch 1 x sequence 64, median of 2 runs" in bert_export["stdout"]

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord
 
 from benchmarks.federated_loop import sampled_partitions
 from benchmarks.federated_methods import weighted_mean
-from server.strategy import LoraXSFedAvg
+from server.strategy import LoraXSStrategy
 from shared.federation.run_config import FederationConfig
 
 
@@ -25,7 +25,7 @@ class NodesOnly:
 @pytest.mark.parametrize("seed", [0, 3])
 def test_same_partitions_as_the_strategy(fraction, seed):
     config = replace(FederationConfig(), fraction_train=fraction, seed=seed)
-    strategy = LoraXSFedAvg(ArrayRecord(), "f" * 64, "fp32", (), seed=seed, fraction_train=fraction,
+    strategy = LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), seed=seed, fraction_train=fraction,
                             min_train_nodes=config.min_train_nodes, min_available_nodes=config.num_clients)
     nodes = [5000 + 7 * i for i in range(config.num_clients)]
     strategy.partitions = {node: i for i, node in enumerate(reversed(nodes))}  # node ids unrelated to partitions
@@ -45,11 +45,11 @@ def test_weighted_mean_is_fedavg():
 def test_a_round_draws_from_the_connected_nodes_and_does_not_wait_for_one_that_left(monkeypatch):
     """After discovery, a node that left is not waited for (a round once stalled 300 s, then
     stopped the run); fewer connected nodes than the round's minimum is still an error."""
-    import server.strategy as strategy_module
+    import server.partition_sampling as sampling_module
     from shared.errors import LoraXSError
 
-    monkeypatch.setattr(strategy_module, "NODES_WAIT_SECONDS", 0.0)
-    strategy = LoraXSFedAvg(ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0,
+    monkeypatch.setattr(sampling_module, "NODES_WAIT_SECONDS", 0.0)
+    strategy = LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0,
                             min_train_nodes=2, min_available_nodes=4)
     strategy.partitions = {10: 0, 11: 1, 12: 2, 13: 3}
     assert strategy.sample(NodesOnly([10, 11, 12]), 1.0, 2, server_round=1, stream=0) == [10, 11, 12]

@@ -2,16 +2,13 @@
 ClientApp code: what travels, how it is averaged, cache loss, personal adapters, bad updates.
 (tests/test_simulation.py runs the same through Ray.)"""
 
-import json
 import logging
-import random
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array
-from flwr.common.serde import message_from_proto, message_to_proto
 
 from client.app import make_client_app
 from client.node_state import BASIS_INFO, FEDERATION_PERSONAL_ADAPTER, PERSONAL_INFO, PERSONAL_RECORD
@@ -20,87 +17,13 @@ from shared.loraxs.basis import Basis
 from shared.federation.node_data import shifted_partitions, simulated_node_data
 from server.federation import run_federation
 from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
-from shared.federation.run_config import FederationConfig
 from server.traffic import wire_bytes
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.artifacts.cache import STATE_FOLDER
-from tests.in_process_simulation import InProcessGrid
+from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config, run_recorded, write_word_reviews
 
-NUM_CLIENTS = 5
-LABELS = ("neg", "pos")
-WORDS = {0: ["bad", "awful", "boring", "dull", "weak"], 1: ["great", "superb", "fun", "moving", "fresh"]}
-
-
-def write_reviews(folder, count, labels=LABELS, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    with open(folder / "reviews.jsonl", "w") as out:
-        for i in range(count):
-            y = i % 2
-            text = " ".join(rng.choice(WORDS[y]) for _ in range(6)) + " film"
-            out.write(json.dumps({"text": text, "label": labels[y]}) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread (and do not fight the other tests for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def reviews_dir(tmp_path_factory):
-    return str(write_reviews(tmp_path_factory.mktemp("reviews"), 150))
-
-
-def make_config(model_dir, data_dir, out_dir, **changes) -> FederationConfig:
-    config = FederationConfig(
-        num_clients=NUM_CLIENTS, num_server_rounds=2, fraction_train=1.0, fraction_evaluate=0.0,
-        final_eval_fraction=1.0, model=model_dir, dataset=data_dir, partition="iid",
-        rank=4, lora_alpha=4.0, lr=0.01, head_lr=0.01, batch_size=8, eval_max_examples=64,
-        out_dir=str(out_dir), strategy="fedavg",  # the plain weighted mean the exactness tests check
-    )
-    return replace(config, **changes)
-
-
-@pytest.fixture
-def config(tiny_bert_dir, reviews_dir, tmp_path):
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run")
-
-
-class RecordingGrid(InProcessGrid):
-    """Keeps every (message, reply) pair; `before(grid, message)` may tamper with a node first."""
-
-    def __init__(self, config, before=None, client_app=None):
-        super().__init__(client_app or make_client_app(config), config.num_clients)
-        self.before = before
-        self.log = []
-
-    def deliver(self, message):
-        if self.before:
-            self.before(self, message)
-        reply = super().deliver(message)
-        self.log.append((message, message_from_proto(message_to_proto(reply))))  # as received
-        return reply
-
-    def exchanges(self, server_round=None, kind=None):
-        return [(m, r) for m, r in self.log
-                if (server_round is None or m.content["config"]["server-round"] == server_round)
-                and (kind is None or _kind(m) == kind)]
-
-
-def _kind(message):
-    return "final" if message.content["config"].get("final-evaluation") else message.metadata.message_type
-
-
-def run(config, **grid_args):
-    grid = RecordingGrid(config, **grid_args)
-    return run_federation(grid, config), grid
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
@@ -123,7 +46,7 @@ def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
                     {k: v.numpy().copy() for k, v in state[PERSONAL_RECORD].items()},
                 )
 
-    report, grid = run(config, before=look_at_personal_state)
+    report, grid = run_recorded(config, before=look_at_personal_state)
     return config, report, grid, personal_at_train
 
 
@@ -196,7 +119,7 @@ def test_a_client_that_lost_its_cache_gets_the_factors_again_in_the_same_round(c
             victim["node"] = node
             grid.contexts[node].state.clear()  # the node's cache is gone
 
-    report, grid = run(config, before=wipe_before_round_two)
+    report, grid = run_recorded(config, before=wipe_before_round_two)
     node = victim["node"]
     to_victim = [(m, r) for m, r in grid.exchanges(2, "train") if m.metadata.dst_node_id == node]
     assert len(to_victim) == 2
@@ -226,7 +149,7 @@ def test_a_node_whose_derived_factors_differ_is_shipped_them_and_the_round_is_wh
         return Basis(basis.rank, {**basis.factors, name: (lora_B, lora_A)})
 
     monkeypatch.setattr(open_adapter_module, "compute_basis", one_ulp_off_the_first_time)
-    report, grid = run(replace(config, final_eval_fraction=0.0))
+    report, grid = run_recorded(replace(config, final_eval_fraction=0.0))
     victim = grid.exchanges(1, "train")[0][0].metadata.dst_node_id
     to_victim = [(m, r) for m, r in grid.exchanges(1, "train") if m.metadata.dst_node_id == victim]
     (recipe, unknown), (bundle, update) = to_victim
@@ -245,7 +168,7 @@ def test_a_node_whose_derived_factors_differ_is_shipped_them_and_the_round_is_wh
 def test_shipped_factors_travel_in_basis_dtype_and_everyone_uses_the_rounded_ones(config, basis_dtype, wire_dtype):
     shipped = replace(config, basis_delivery="ship", basis_dtype=basis_dtype, num_server_rounds=1,
                       final_eval_fraction=0.0)
-    report, grid = run(shipped)
+    report, grid = run_recorded(shipped)
     bundles = [m.content[BASIS] for m, _ in grid.log if BASIS in m.content]
     assert len(bundles) == NUM_CLIENTS and not any("basis-model" in m.content["config"] for m, _ in grid.log)
     assert {a.dtype for bundle in bundles for a in bundle.values()} == {wire_dtype}
@@ -303,7 +226,7 @@ def test_bad_updates_are_rejected_with_a_reason_and_the_round_goes_on(config, ca
         return reply
 
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        report, grid = run(config, client_app=client_app)
+        report, grid = run_recorded(config, client_app=client_app)
     reasons = [r.getMessage() for r in caplog.records if "rejected the update" in r.getMessage()]
     assert len(reasons) == 3 * config.num_server_rounds
     assert any("NaN or Inf" in r for r in reasons)
@@ -317,7 +240,7 @@ def test_bad_updates_are_rejected_with_a_reason_and_the_round_goes_on(config, ca
 
 def test_fp16_updates_travel_in_half_precision(config):
     half = replace(config, update_dtype="fp16", num_server_rounds=1)
-    report, grid = run(half)
+    report, grid = run_recorded(half)
     for message, reply in grid.exchanges(1, "train"):
         assert {a.dtype for a in message.content[ARRAYS].values()} == {"float16"}
         assert {a.dtype for a in reply.content[ARRAYS].values()} == {"float16"}
@@ -333,7 +256,7 @@ def deployment_grid(config, folders):
 
 
 def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_path):
-    folders = [write_reviews(tmp_path / f"device{i}", 30, seed=i) for i in range(2)]
+    folders = [write_word_reviews(tmp_path / f"device{i}", 30, seed=i) for i in range(2)]
     config = replace(config, num_clients=2, dataset="", labels="neg,pos",
                                  personalize="finetune", fraction_evaluate=1.0, personal_steps=2)
     grid = deployment_grid(config, folders)
@@ -350,7 +273,7 @@ def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_
 
 
 def test_a_node_with_other_labels_answers_with_one_clear_error(config, tmp_path, caplog):
-    folders = [write_reviews(tmp_path / "ok", 30), write_reviews(tmp_path / "odd", 30, labels=("bad", "good"))]
+    folders = [write_word_reviews(tmp_path / "ok", 30), write_word_reviews(tmp_path / "odd", 30, labels=("bad", "good"))]
     config = replace(config, num_clients=2, dataset="", labels="neg,pos",
                                  num_server_rounds=1, final_eval_fraction=0.0)
     with caplog.at_level(logging.WARNING, logger="flwr"):

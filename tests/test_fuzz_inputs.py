@@ -1,4 +1,4 @@
-"""Fuzzing every loader of outside bytes (issue 9): adapter files, factor files, the update
+"""Fuzzing every loader of outside bytes: adapter files, factor files, the update
 decoder, data folders and encrypted at-rest blobs. Random, truncated, bit-flipped and mutated
 inputs only ever give the project's own LoraXSError (or a subclass), or a valid result; never
 another exception, a hang or an unbounded allocation."""
@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from hypothesis import HealthCheck, given, settings

@@ -1,4 +1,4 @@
-"""Issue 9, inputs from users and files: every bad adapter, factor file, cache entry, output path
+"""Inputs from users and files: every bad adapter, factor file, cache entry, output path
 and flag ends in the project's one-line error (or a safe fallback), never a traceback, a file
 written through a symlink, a non-finite tensor on disk or exit 0 with unusable output."""
 

@@ -16,7 +16,7 @@ from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate, paired
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.layer import LoraXSLinear
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
-from shared.personal_training import PersonalTrainingConfig, example_scores, personal_training, split_validation
+from shared.personal_training import PersonalTrainingConfig, example_outcomes, personal_training, split_validation
 
 
 def _layer(generator, out_features=6, in_features=8, rank=4) -> LoraXSLinear:
@@ -110,9 +110,9 @@ def test_from_a_given_adapter_the_kept_one_never_scores_below_it_on_validation(t
     val_loader = make_loader(val, tokenizer, "seq-cls", 64, result.max_length)
     kept = adapter_state(model)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    kept_score = mean(example_scores(model, val_loader, "cpu", "seq-cls", result.measure))
+    kept_score = mean(example_outcomes(model, val_loader, "cpu", "seq-cls")[result.measure])
     load_adapter_state(model, given)
-    given_score = mean(example_scores(model, val_loader, "cpu", "seq-cls", result.measure))
+    given_score = mean(example_outcomes(model, val_loader, "cpu", "seq-cls")[result.measure])
     assert kept_score >= given_score
     if result.lam == 0.0:
         assert all(torch.equal(kept[k], given[k]) for k in given)
@@ -121,7 +121,7 @@ def test_from_a_given_adapter_the_kept_one_never_scores_below_it_on_validation(t
     load_adapter_state(model, kept)
     given = {k: v.clone() for k, v in kept.items()}
     if lr == 3.0:  # from a perfect adapter, a wrecking run keeps it exactly when accuracy chooses (ties: lam 0)
-        assert mean(example_scores(model, val_loader, "cpu", "seq-cls")) == 1.0
+        assert mean(example_outcomes(model, val_loader, "cpu", "seq-cls")["accuracy"]) == 1.0
         by_accuracy = dataclasses.replace(config, select_on="accuracy")
         again = personal_training(model, data, tokenizer, "seq-cls", by_accuracy, start="the global adapter")
         assert again.lam == 0.0 and all(torch.equal(adapter_state(model)[k], given[k]) for k in given)

@@ -11,7 +11,9 @@ from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, STACKED_R
 from shared.federation.run_config import FederationConfig
 from shared.loraxs.mixed_rank import per_entry_from_zero_padded, top_left, truncated_factors, zero_pad
-from tests.test_federation import RecordingGrid, config, one_torch_thread, reviews_dir  # noqa: F401 (fixtures)
+from tests.helpers import RecordingGrid
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RNG = np.random.default_rng(3)
 
@@ -102,7 +104,7 @@ def test_a_small_rank_node_keeps_its_personal_adapter_on_the_nested_factors(conf
     assert report["final"]["accuracy_personalized"] is not None
     _, basis = build_adapted_model(mixed.model, mixed.task, mixed.lora_config(), mixed.label_names() or ["neg", "pos"])
     seen = set()
-    for node_id, context in grid.contexts.items():
+    for context in grid.contexts.values():
         rank = mixed.node_rank(context.node_config)
         info, record = context.state[PERSONAL_INFO], context.state[PERSONAL_RECORD]
         expected = basis if rank == mixed.rank else nested_basis(basis, rank)

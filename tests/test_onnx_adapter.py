@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from client.onnx.onnx_adapter import basis_version, load_onnx_adapter, run_with_adapter, write_onnx_adapter
 from shared.artifacts.adapter_file import load_adapter
 from shared.errors import LoraXSError
-from tests.test_export import TEXTS, TOLERANCE, device_batch, make_adapter, printed_diff, run_cli, session
+from tests.helpers import TEXTS, TOLERANCE, device_batch, export_cli, make_adapter, printed_diff, session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,12 +33,13 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def users(tiny_bert_dir, tmp_path_factory, private_cache):
     """alice and bob: adapters of one basis with different seeds, each exported to its own folder
-    with --onnx-adapter (alice also with --adapter-as-input: both graphs from one export)."""
+    with --onnx-adapter (alice also with --adapter-as-input: both graphs from one export; bob with
+    --timing, which times the base + .onnx_adapter runtime too)."""
     exports = {}
-    for name, seed, extra in (("alice", 0, ["--adapter-as-input"]), ("bob", 1, [])):
+    for name, seed, extra in (("alice", 0, ["--adapter-as-input"]), ("bob", 1, ["--timing"])):
         folder = tmp_path_factory.mktemp(name)
         adapter = make_adapter(tiny_bert_dir, "seq-cls", folder / f"{name}.safetensors", seed=seed)
-        code, out, err = run_cli(["--adapter", adapter, "--model", tiny_bert_dir, "--out", folder / "model.onnx",
+        code, out, err = export_cli(["--adapter", adapter, "--model", tiny_bert_dir, "--out", folder / "model.onnx",
                                   "--onnx-adapter", "--repeats", 2, *extra])
         assert code == 0, err
         exports[name] = {"folder": folder, "adapter": adapter, "onnx_adapter": folder / f"{name}.onnx_adapter",
@@ -83,7 +83,7 @@ def test_one_base_serves_both_users_as_their_merged_exports(users):
     for user in ("A", "B"):
         assert printed_diff(bob["stdout"], f"base + .onnx_adapter (user {user})") <= TOLERANCE
     assert printed_diff(alice["stdout"], "adapter-as-input (user B)") <= TOLERANCE
-    assert "onnxruntime fp32, base + .onnx_adapter" in bob["stdout"]
+    assert "onnxruntime fp32, base + .onnx_adapter" in bob["stdout"]  # timed (--timing)
 
 
 # --- onnxruntime's sharp edges, reproduced, and the guards ---------------------------------

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from client.onnx.description import check_description
 from client.predict import main as predict_main
 from shared.errors import LoraXSError
-from tests.test_export import make_adapter, run_cli as export_cli
-from tests.test_untrusted_inputs import within
+from tests.helpers import export_cli, make_adapter, within
 
 LONG_TEXT = " ".join(["word"] * 2000)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from simulations.cli import main
-from tests.test_simulation import one_error_line, processes_tagged, tagged_run
+from tests.helpers import one_error_line, processes_tagged, tagged_run, write_word_reviews
 
 RAY = Path(sys.executable).with_name("ray")
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # what a bare `ray.init()` would join
@@ -42,9 +42,8 @@ def tiny_run(tiny_bert_dir: str, reviews_dir: str, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reviews_dir(tmp_path_factory):
-    from tests.test_federation import write_reviews
 
-    return str(write_reviews(tmp_path_factory.mktemp("reviews"), 60))
+    return str(write_word_reviews(tmp_path_factory.mktemp("reviews"), 60))
 
 
 def test_an_unreachable_ray_address_is_one_line_within_seconds(tiny_bert_dir, reviews_dir, tmp_path, capsys):

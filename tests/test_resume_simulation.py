@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from server.checkpoint import CHECKPOINT, Checkpoint
-from tests.test_federation import write_reviews
-from tests.test_simulation import tagged_run
+from tests.helpers import tagged_run, write_word_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +29,7 @@ def command(reviews, model, out, *extra):
 
 @pytest.mark.slow
 def test_sigkill_after_round_one_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, tmp_path):
-    reviews = write_reviews(tmp_path / "reviews", 120)
+    reviews = write_word_reviews(tmp_path / "reviews", 120)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     whole = tagged_run(command(reviews, tiny_bert_dir, tmp_path / "whole"), timeout=400)
@@ -91,11 +90,11 @@ def test_traffic_books_are_kept_by_partition_across_a_resume(tmp_path):
 def test_a_resumed_strategy_sends_the_recipe_again_and_ships_only_where_it_shipped(recipe):
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-    from server.strategy import LoraXSFedAvg
+    from server.strategy import LoraXSStrategy
     from shared.federation.protocol import BASIS, CONFIG
 
     def strategy():
-        return LoraXSFedAvg(ArrayRecord(), "f" * 64, "fp32", (), recipe=recipe, min_available_nodes=4)
+        return LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), recipe=recipe, min_available_nodes=4)
 
     first = strategy()
     first.partitions = {101: 0, 102: 1, 103: 2, 104: 3}

@@ -7,23 +7,21 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
-from server.federation import run_federation
 from server.sealed_updates import PUBLIC_KEY_FILE, UpdateSealing
-from server.strategy import LoraXSFedAvg
+from server.strategy import LoraXSStrategy
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.sealing import SealContext, ServerPrivateKey, load_public_key
 from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS, STACKED_R
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE, SERVER_KEY, seal_arrays
-from tests.in_process_simulation import RUN_ID
-from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
+from simulations.in_process import RUN_ID
+from tests.helpers import FINGERPRINT, NUM_CLIENTS, full_arrays, make_config, reply_from, run_recorded
 
-FINGERPRINT = "ab" * 32
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
@@ -32,9 +30,9 @@ def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])
 def test_sealed_round_gives_exactly_the_plain_aggregate_and_relays_see_only_ciphertext(config, tmp_path, suite):
-    plain_report, _ = run(config)
+    plain_report, _ = run_recorded(config)
     sealed_config = replace(config, out_dir=str(tmp_path / "sealed"), encrypt_updates=True, hpke_suite=suite)
-    sealed_report, grid = run(sealed_config)
+    sealed_report, grid = run_recorded(sealed_config)
 
     plain, _ = load_adapter(f"{config.out_dir}/global_adapter.safetensors")
     sealed, _ = load_adapter(f"{sealed_config.out_dir}/global_adapter.safetensors")
@@ -72,7 +70,7 @@ def test_a_replayed_update_from_the_last_round_is_rejected_and_the_round_complet
 
     sealed_config = replace(config, encrypt_updates=True)
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        report, _ = run(sealed_config, client_app=replaying_client)
+        report, _ = run_recorded(sealed_config, client_app=replaying_client)
     reasons = [r.getMessage() for r in caplog.records if "rejected the update" in r.getMessage()]
     assert len(reasons) == 1 and "does not open" in reasons[0]
     assert [r["clients_trained"] for r in report["rounds"]] == [NUM_CLIENTS, NUM_CLIENTS - 1]
@@ -93,25 +91,13 @@ def test_a_pinned_client_refuses_another_server_key(config, tmp_path, caplog):
         return client_app(message, context)
 
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        report, _ = run(sealed_config, client_app=pinned_node_zero)
+        report, _ = run_recorded(sealed_config, client_app=pinned_node_zero)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert any("differs from the pinned key" in f for f in failures)
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS - 1
 
 
-# --- every rejection case, straight through LoraXSFedAvg.aggregate_train ---------------------
-
-def _arrays(value: float) -> ArrayRecord:
-    return ArrayRecord({STACKED_R: Array(np.full((2, 3, 3), value, np.float32)),
-                        "classifier.bias": Array(np.full(2, value, np.float32))})
-
-
-def _reply(node: int, content: RecordDict) -> Message:
-    message = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 3})}), dst_node_id=node,
-                      message_type="train")
-    message.metadata.__dict__["_message_id"] = f"{node:064x}"
-    return Message(content, reply_to=message)
-
+# --- every rejection case, straight through LoraXSStrategy.aggregate_train ---------------------
 
 def _sealed(arrays, key, node, server_round=3, run_id=None, fingerprint=FINGERPRINT) -> ConfigRecord:
     context = SealContext(RUN_ID if run_id is None else run_id, server_round, node, fingerprint)
@@ -130,22 +116,22 @@ def _flip(sealed: ConfigRecord, at: int) -> ConfigRecord:
 
 
 BAD = {
-    "tampered ciphertext": lambda k, n: _content(_flip(_sealed(_arrays(9.0), k, n), 60)),
-    "tampered KEM output": lambda k, n: _content(_flip(_sealed(_arrays(9.0), k, n), 3)),
-    "replayed from round 2": lambda k, n: _content(_sealed(_arrays(9.0), k, n, server_round=2)),
-    "another node's update": lambda k, n: _content(_sealed(_arrays(9.0), k, n + 1)),
-    "another run": lambda k, n: _content(_sealed(_arrays(9.0), k, n, run_id=RUN_ID + 1)),
-    "another basis": lambda k, n: _content(_sealed(_arrays(9.0), k, n, fingerprint="cd" * 32)),
-    "sealed to another key": lambda k, n: _content(_sealed(_arrays(9.0), ServerPrivateKey.generate().public_key, n)),
-    "truncated": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(_arrays(9.0), k, n)[SEALED_UPDATE][:40]})),
-    "cut short by one byte": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(_arrays(9.0), k, n)[SEALED_UPDATE][:-1]})),
+    "tampered ciphertext": lambda k, n: _content(_flip(_sealed(full_arrays(9.0), k, n), 60)),
+    "tampered KEM output": lambda k, n: _content(_flip(_sealed(full_arrays(9.0), k, n), 3)),
+    "replayed from round 2": lambda k, n: _content(_sealed(full_arrays(9.0), k, n, server_round=2)),
+    "another node's update": lambda k, n: _content(_sealed(full_arrays(9.0), k, n + 1)),
+    "another run": lambda k, n: _content(_sealed(full_arrays(9.0), k, n, run_id=RUN_ID + 1)),
+    "another basis": lambda k, n: _content(_sealed(full_arrays(9.0), k, n, fingerprint="cd" * 32)),
+    "sealed to another key": lambda k, n: _content(_sealed(full_arrays(9.0), ServerPrivateKey.generate().public_key, n)),
+    "truncated": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:40]})),
+    "cut short by one byte": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:-1]})),
     "random bytes": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: os.urandom(400)})),
     "not bytes": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: "text"})),
     "extra keys": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: b"x" * 100, "more": 1})),
-    "plain update": lambda k, n: RecordDict({ARRAYS: _arrays(9.0), **{key: v for key, v in _content(ConfigRecord()).items() if key != SEALED}}),
+    "plain update": lambda k, n: RecordDict({ARRAYS: full_arrays(9.0), **{key: v for key, v in _content(ConfigRecord()).items() if key != SEALED}}),
     "sealed garbage": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: __import__("shared.crypto.sealing", fromlist=["x"]).seal_update(b"\x0a\xff\xff", k, SealContext(RUN_ID, 3, n, FINGERPRINT))})),
     "sealed wrong shapes": lambda k, n: _content(_sealed(ArrayRecord({STACKED_R: Array(np.zeros((1, 3, 3), np.float32)), "classifier.bias": Array(np.zeros(2, np.float32))}), k, n)),
-    "sealed NaN": lambda k, n: _content(_sealed(_arrays(float("nan")), k, n)),
+    "sealed NaN": lambda k, n: _content(_sealed(full_arrays(float("nan")), k, n)),
 }
 
 
@@ -153,13 +139,13 @@ BAD = {
 def test_every_bad_sealed_update_is_rejected_with_a_reason_and_the_rest_averaged(case, caplog):
     TaskIdentity.run_id = RUN_ID
     sealing = UpdateSealing(ServerPrivateKey.generate())
-    strategy = LoraXSFedAvg(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), sealing=sealing,
+    strategy = LoraXSStrategy(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), sealing=sealing,
                             fraction_train=1.0, min_available_nodes=1)
-    strategy._sent["train"] = (_arrays(0.0), ConfigRecord())
+    strategy._sent["train"] = (full_arrays(0.0), ConfigRecord())
     key = sealing.private_key.public_key
-    replies = [_reply(1, _content(_sealed(_arrays(1.0), key, 1), 10)),
-               _reply(2, _content(_sealed(_arrays(4.0), key, 2), 30)),
-               _reply(3, BAD[case](key, 3))]
+    replies = [reply_from(1, _content(_sealed(full_arrays(1.0), key, 1), 10)),
+               reply_from(2, _content(_sealed(full_arrays(4.0), key, 2), 30)),
+               reply_from(3, BAD[case](key, 3))]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(3, replies)
     reasons = [r.getMessage() for r in caplog.records if "rejected the update of node 3" in r.getMessage()]

@@ -20,7 +20,9 @@ from shared.federation.run_config import FederationConfig
 from shared.federation.sealed_update import SEALED
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, UNMASK, flat
 from server.federation import run_federation
-from tests.test_federation import NUM_CLIENTS, make_config, one_torch_thread, reviews_dir, run  # noqa: F401
+from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config, run_recorded, tagged_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -34,9 +36,9 @@ def _global(config):
 
 
 def test_secure_aggregate_equals_the_plain_weighted_mean_within_the_quantization_error(config, tmp_path):
-    plain_report, _ = run(config)
+    plain_report, _ = run_recorded(config)
     secure_config = replace(config, out_dir=str(tmp_path / "secure"), secure_aggregation=True)
-    secure_report, grid = run(secure_config)
+    secure_report, grid = run_recorded(secure_config)
 
     entry = secure_report["rounds"][0]
     secure = entry["secure_aggregation"]
@@ -76,7 +78,7 @@ def test_a_client_dropping_after_the_key_exchange_does_not_stop_the_round(config
         return honest(message, context)
 
     with caplog.at_level(logging.WARNING):
-        report, grid = run(replace(secure_config, num_server_rounds=2), client_app=dropping_client)
+        report, grid = run_recorded(replace(secure_config, num_server_rounds=2), client_app=dropping_client)
     entry = report["rounds"][0]
     assert entry["skipped"] == "" and entry["clients_trained"] == NUM_CLIENTS - 1
     assert list(entry["secure_aggregation"]["dropped"]) == [str(dropped[0])]
@@ -117,7 +119,7 @@ def test_the_server_never_holds_an_individual_clients_unmasked_delta(config, mon
             quantized.append(quantize(x, min(stored["weight"], message.content[CONFIG]["weight"]), client.params))
         return reply
 
-    report, grid = run(secure_config, client_app=recording_client)
+    report, grid = run_recorded(secure_config, client_app=recording_client)
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS and len(quantized) == NUM_CLIENTS
     vectors = [np.asarray(r, dtype=np.float64) for r in received if isinstance(r, np.ndarray)]
     assert len(vectors) == NUM_CLIENTS
@@ -127,7 +129,7 @@ def test_the_server_never_holds_an_individual_clients_unmasked_delta(config, mon
             assert not np.array_equal(y, q.astype(np.float64))
             assert abs(np.corrcoef(y, q.astype(np.float64))[0, 1]) < chance
     # and nothing the driver got back holds plain adapter arrays
-    for message, reply in grid.log:
+    for _, reply in grid.log:
         assert ARRAYS not in reply.content
 
 
@@ -145,7 +147,6 @@ def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, t
     import json
     import sys
 
-    from tests.test_simulation import tagged_run
 
     out = tmp_path / "run"
     command = [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "2",
@@ -164,7 +165,6 @@ def test_failing_clients_in_a_secure_round_drop_out_and_the_rest_aggregate(confi
     """--fail-rate with --secure-aggregation: crashed and silent clients leave at stage 1;
     the stage 2-4 messages reach the survivors (the failing wrapper routes them) and rounds complete."""
     from simulations import failing_clients
-    from tests.test_federation import RecordingGrid
 
     shaky = replace(config, secure_aggregation=True, fail_rate=0.3, seed=8, num_server_rounds=2,
                     round_timeout=5.0, secagg_timeout=5.0)

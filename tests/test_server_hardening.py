@@ -15,9 +15,9 @@ from server.federation import run_federation
 from shared.errors import LoraXSError
 from shared.federation.node_data import simulated_node_data
 from shared.federation.protocol import ARRAYS, METRICS, STACKED_R
-from tests.test_federation import (  # noqa: F401  (fixtures)
-    NUM_CLIENTS, RecordingGrid, config, make_config, one_torch_thread, reviews_dir,
-)
+from tests.helpers import NUM_CLIENTS, RecordingGrid, lying_client
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ShuffledIdsGrid(RecordingGrid):
@@ -32,18 +32,6 @@ class ShuffledIdsGrid(RecordingGrid):
 
     def trained_partitions(self, server_round):
         return sorted(self.partition_of(m.metadata.dst_node_id) for m, _ in self.exchanges(server_round, "train"))
-
-
-def lying_client(config, lie):
-    honest = make_client_app(config)
-
-    def client_app(message, context):
-        reply = honest(message, context)
-        if message.metadata.message_type in ("train", "evaluate"):
-            lie(reply, context.node_config["partition-id"], message.metadata.message_type)
-        return reply
-
-    return client_app
 
 
 def test_arrays_of_the_wrong_record_type_are_rejected_not_fatal(config, caplog):

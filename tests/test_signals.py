@@ -14,8 +14,7 @@ import pytest
 
 from server.run_folder import CHECKPOINT
 from shared.signals import Stopped, signals_deferred, stop_on_signals
-from tests.test_client_run import write_reviews
-from tests.test_export import make_adapter
+from tests.helpers import make_adapter, write_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,18 +42,16 @@ def signal_when(process: subprocess.Popen, ready, sig: int, timeout: float = 180
 
 def test_stop_on_signals_raises_in_the_main_thread_and_restores_the_handlers():
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Stopped) as stopped:
-        with stop_on_signals():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
+    with pytest.raises(Stopped) as stopped, stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
     assert stopped.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) == before
-    with pytest.raises(Stopped):
-        with stop_on_signals():
-            with signals_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.2)
-                done = True  # still running: the signal waits for the block to end
-            time.sleep(1)
+    with pytest.raises(Stopped), stop_on_signals():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            done = True  # still running: the signal waits for the block to end
+        time.sleep(1)
     assert done
 
 

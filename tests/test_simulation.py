@@ -1,33 +1,24 @@
 """`flower-simulation`: bad input fails fast with one line; a real Ray run (5 clients, tiny
 model) writes every artifact and leaves no process behind."""
 
+import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
+from shared.data.rotten_tomatoes import REVIEWS_FILE
 from simulations.cli import main
-from tests.test_federation import write_reviews
+from tests.helpers import one_error_line, tagged_run, write_word_reviews
 
 
 
 @pytest.fixture(scope="module")
 def reviews_dir(tmp_path_factory):
-    return str(write_reviews(tmp_path_factory.mktemp("reviews"), 150))
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
+    return str(write_word_reviews(tmp_path_factory.mktemp("reviews"), 150))
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -52,37 +43,18 @@ def test_more_clients_than_examples_allow_is_refused(reviews_dir, tiny_bert_dir,
     assert "--num-clients 100 is too many for 150 examples" in one_error_line(capsys)
 
 
-def test_more_clients_than_natural_partitions_is_refused(rotten_tomatoes, tiny_bert_dir, capsys, tmp_path):
-    code = main(["--num-clients", "600", "--model", tiny_bert_dir, "--out", str(tmp_path / "out"),
-                 "--no-progress"])
+def test_more_clients_than_natural_partitions_is_refused(tiny_bert_dir, capsys, tmp_path, monkeypatch):
+    """rotten-tomatoes from a cache holding three movies' reviews (no download: a fast test)."""
+    monkeypatch.setenv("LORAXS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    rows = [{"text": f"review {i}", "label": ["rotten", "fresh"][i % 2], "movie_name": f"movie {i % 3}"} for i in range(30)]
+    with open(tmp_path / "cache" / REVIEWS_FILE, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=["text", "label", "movie_name"])
+        writer.writeheader()
+        writer.writerows(rows)
+    code = main(["--num-clients", "4", "--model", tiny_bert_dir, "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 1
-    assert "larger than the 508 natural partitions" in one_error_line(capsys)
-
-
-def tagged_run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Runs `command` with a unique environment tag that every process it starts inherits
-    (Ray's GCS, raylet and workers included), then checks none of them is left."""
-    tag = uuid.uuid4().hex
-    env = {**os.environ, "LORAXS_TEST_RUN": tag, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          cwd=Path(__file__).resolve().parents[1], env=env)
-    deadline = time.monotonic() + 20  # Ray reaps its workers right after the driver exits
-    while (left := processes_tagged(tag)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes outlived the command: {left}"
-    return done
-
-
-def processes_tagged(tag: str) -> list[int]:
-    needle = f"LORAXS_TEST_RUN={tag}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if needle in environ.read_bytes():
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue  # gone, or not ours to read
-    return found
+    assert "larger than the 3 natural partitions" in one_error_line(capsys)
 
 
 @pytest.mark.slow

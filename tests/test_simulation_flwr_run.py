@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from deployment.process_tree import flower_command, flower_env
-from tests.test_federation import write_reviews
-from tests.test_simulation import processes_tagged
+from tests.helpers import processes_tagged, write_word_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +36,7 @@ def wait_for_port(port: int, seconds: float) -> None:
 
 @pytest.mark.slow
 def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
-    data = write_reviews(tmp_path / "reviews", 150)
+    data = write_word_reviews(tmp_path / "reviews", 150)
     home = tmp_path / "flwr-home"
     home.mkdir()
     http_port, control_port = free_port(), free_port()

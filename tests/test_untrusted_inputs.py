@@ -5,8 +5,6 @@ are one line, and an adapter that cannot come from training is refused."""
 import io
 import json
 import os
-import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,29 +24,10 @@ from shared.errors import LoraXSError
 from shared.federation.run_config import FederationConfig
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
-from tests.test_client_run import RANK, write_reviews
+from tests.helpers import RANK, within, write_reviews
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
-
-
-def within(seconds: float, call):
-    """Runs `call` in a thread; fails the test if it has not returned after `seconds` (a hang)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = call()
-        except BaseException as err:  # noqa: BLE001 - handed to the test below
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "blocked"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 # -- one reader for untrusted files -----------------------------------------------------------
@@ -78,6 +57,7 @@ def test_a_file_over_its_cap_is_refused_before_it_is_read(tmp_path):
     with pytest.raises(AtRestError, match="more than the 1,000 bytes allowed"):
         key_from_file(path)
     path.write_bytes(b"ab" * 32)
+    path.chmod(0o600)
     assert key_from_file(path).key == bytes.fromhex("ab" * 32)
 
 
@@ -110,9 +90,8 @@ def test_bounded_lines_gives_lines_or_one_error(data, max_line, max_total):
 
 
 def test_endless_input_stops_at_its_cap():
-    with open("/dev/zero", "rb") as zeros:
-        with pytest.raises(LoraXSError, match="a line longer than"):
-            list(bounded_lines(zeros, "stdin", 10 * 2**20, 2**20))
+    with open("/dev/zero", "rb") as zeros, pytest.raises(LoraXSError, match="a line longer than"):
+        list(bounded_lines(zeros, "stdin", 10 * 2**20, 2**20))
     endless = io.BytesIO(b"short line\n" * 10_000)
     with pytest.raises(LoraXSError, match="more than the 1,000 bytes allowed"):
         list(bounded_lines(endless, "stdin", 1000, 100))
@@ -337,7 +316,7 @@ def test_client_run_refuses_a_crafted_start_adapter_and_writes_nothing(tiny_bert
 
 
 def test_client_export_refuses_a_crafted_adapter_and_writes_nothing(tiny_bert_dir, tmp_path):
-    from tests.test_export import run_cli as export_cli
+    from tests.helpers import export_cli
 
     big = crafted(tiny_bert_dir, tmp_path / "big.safetensors", alpha=1024, value=1e4)
     code, _, err = export_cli(["--adapter", big, "--model", tiny_bert_dir, "--out", tmp_path / "out" / "m.onnx"])

@@ -47,11 +47,11 @@ def _check_labels(description: dict) -> None:
 def _check_lengths(description: dict) -> None:
     positions = description.get("max_positions")
     if positions is not None and (not _is_int(positions) or not 2 <= positions <= MAX_TOKENS):
-        raise LoraXSError(f"'max_positions' must be an integer in [2, {MAX_TOKENS}], got {str(positions)[:40]}")
+        raise LoraXSError(f"'max_positions' must be an integer in [2, {MAX_TOKENS}], got {str(positions)[:40]!r}")
     length, limit = description.get("max_length"), positions or MAX_TOKENS
     if not _is_int(length) or not 2 <= length <= limit:
         where = f"the model's {positions} positions" if positions else f"{MAX_TOKENS}"
-        raise LoraXSError(f"'max_length' must be an integer in [2, {where}], got {str(length)[:40]}")
+        raise LoraXSError(f"'max_length' must be an integer in [2, {where}], got {str(length)[:40]!r}")
 
 
 def _check_io(description: dict) -> None:

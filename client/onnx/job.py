@@ -52,7 +52,8 @@ class ExportConfig:
     tokenizer files (existing ones are replaced); with onnx_adapter also the shared base graph
     `<stem>.adapter-base.onnx` and `<adapter stem>.onnx_adapter`. model: must name the adapter's base model.
     data_dir: its test split measures accuracy; its `.loraxs/` cache may hold the factors.
-    opset: None = the exporter's default. repeats: timed runs behind each latency median."""
+    opset: None = the exporter's default. timing: also time PyTorch against onnxruntime (off by
+    default: a benchmark's job), `repeats` timed runs behind each latency median."""
 
     adapter: Path
     out: Path
@@ -63,6 +64,7 @@ class ExportConfig:
     adapter_as_input: bool = False
     onnx_adapter: bool = False
     opset: int | None = None
+    timing: bool = False
     repeats: int = 20
     max_length: int = DEFAULT_MAX_LENGTH
     latency_batches: tuple[int, ...] = (LATENCY_BATCH,)  # batch sizes timed; others than 1 are labelled
@@ -112,7 +114,7 @@ class ExportReport:
     opset: int
     files: dict[str, Path]  # fp32 / int8 / adapter-input / adapter-base / onnx-adapter / description / tokenizer:<name>
     diffs: dict[str, float]  # what was compared -> max abs difference of the logits
-    latency_ms: dict[str, float]  # runtime [", batch N"] -> median ms at (LATENCY_BATCH or N, LATENCY_LENGTH)
+    latency_ms: dict[str, float]  # runtime [", batch N"] -> median ms at (LATENCY_BATCH or N, LATENCY_LENGTH); {} without timing
     repeats: int
     threads: int
     accuracy: dict[str, float] = field(default_factory=dict)  # fp32 / int8 on the --data test split
@@ -275,13 +277,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         sessions.update({k: ort_session(files[k], threads) for k in ("adapter-input", "adapter-base") if k in files})
         diffs.update(_verify_adapter_graphs(config, subject, batches, sessions, stage, external))
 
-    sizes = " and ".join(str(b) for b in config.latency_batches)
-    _step(f"timing batch {sizes} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
-    latency = {}
-    for batch_size in config.latency_batches:
-        timed = _latencies(config.repeats, subject, reference, merged, sessions, files, batch_size)
-        suffix = "" if batch_size == LATENCY_BATCH else f", batch {batch_size}"
-        latency.update({f"{label}{suffix}": ms for label, ms in timed.items()})
+    latency = _timed(config, subject, reference, merged, sessions, files) if config.timing else {}
     report = ExportReport(meta=subject.meta, factors_source=subject.factors_source, opset=opset, files=files,
                           diffs=diffs, latency_ms=latency, repeats=config.repeats, threads=threads)
     if splits is not None:
@@ -356,6 +352,19 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
         max_abs_diff(a, b, batch["attention_mask"]) for a, b, batch in zip(out_a, out_b, batches)
     )
     return diffs
+
+
+def _timed(config: ExportConfig, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,
+           files: dict) -> dict[str, float]:
+    """--timing: every runtime's median latency at each of `config.latency_batches`."""
+    sizes = " and ".join(str(b) for b in config.latency_batches)
+    _step(f"timing batch {sizes} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
+    latency = {}
+    for batch_size in config.latency_batches:
+        timed = _latencies(config.repeats, subject, reference, merged, sessions, files, batch_size)
+        suffix = "" if batch_size == LATENCY_BATCH else f", batch {batch_size}"
+        latency.update({f"{label}{suffix}": ms for label, ms in timed.items()})
+    return latency
 
 
 def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,

@@ -84,11 +84,11 @@ def passphrase_from_prompt(confirm: bool, ask=getpass.getpass) -> KeySource:
 def key_from_file(path: str | Path) -> KeySource:
     """A key file holds 64 hex characters (`openssl rand -hex 32 > FILE; chmod 600 FILE`) and is
     readable by its owner only."""
-    _check_private(path)
     try:
         data = read_untrusted(path, "key file", MAX_KEY_FILE_BYTES)  # never blocks on a pipe or a device
     except LoraXSError as err:
         raise AtRestError(str(err)) from None
+    _check_private(path)
     text = data.decode("ascii", errors="replace").strip()
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         raise AtRestError(f"key file {path} must hold exactly 64 hex characters (openssl rand -hex 32); "
@@ -104,18 +104,6 @@ def _check_private(path: str | Path) -> None:
         raise AtRestError(f"cannot read key file {path}: {err.strerror}") from None
     if os.name == "posix" and mode & 0o077:
         raise AtRestError(f"key file {path} is accessible by others: chmod 600 it")
-
-
-def write_key_file(path: str | Path) -> KeySource:
-    """Creates a new random key file (hex, mode 0600); refuses to overwrite one."""
-    key = os.urandom(KEY_LEN)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as err:
-        raise AtRestError(f"cannot create key file {path}: {err.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-    return KeySource(key=key)
 
 
 def encrypt_bytes(plaintext: bytes, key_source: KeySource, kind: str = "", name: str = "") -> bytes:
@@ -223,19 +211,6 @@ def is_encrypted(blob_or_path: bytes | str | Path) -> bool:
         raise AtRestError(f"cannot tell whether it is encrypted: {err}") from None
     except OSError as err:
         raise AtRestError(f"cannot read {blob_or_path}: {err.strerror}") from None
-
-
-def read_maybe_encrypted(path: str | Path, key_source: KeySource | None) -> bytes:
-    """The file's plaintext: decrypted when encrypted (then `key_source` is required)."""
-    try:
-        blob = read_untrusted(path, "file", MAX_ENCRYPTED_FILE_BYTES)
-    except LoraXSError as err:
-        raise AtRestError(str(err)) from None
-    if not is_encrypted(blob):
-        return blob
-    if key_source is None:
-        raise AtRestError(f"{path} is encrypted: give --key-file or a passphrase ({PASSPHRASE_ENV})")
-    return decrypt_bytes(blob, key_source, str(path), name=Path(path).name)
 
 
 def write_encrypted(path: str | Path, plaintext: bytes, key_source: KeySource, kind: str = "") -> None:

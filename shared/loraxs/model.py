@@ -111,15 +111,6 @@ def adapted_layers(model: nn.Module) -> dict[str, LoraXSLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraXSLinear)}
 
 
-def model_basis(model: nn.Module) -> Basis:
-    """The factors held by an adapted model (what a server ships, what a fingerprint names)."""
-    layers = adapted_layers(model)
-    if not layers:
-        raise LoraXSError("the model has no LoRA-XS layers")
-    rank = next(iter(layers.values())).rank
-    return Basis(rank=rank, factors={n: (m.lora_B.cpu(), m.lora_A.cpu()) for n, m in layers.items()})
-
-
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the trainable adapter state: every `*.lora_R` and the head, as CPU float copies."""
     return {

@@ -49,7 +49,7 @@ class Recorder(SecAggServer):
 def _round(params, xs, ws, stop_after_shares=(), stop_after_masked=(), garbage=None, state_hops=True):
     """Drives stages 0-4 like a Flower ServerApp would; returns (server, result or exception)."""
     server = Recorder(params)
-    clients = {i: SecAggClient(SecAggParams.from_config(server.setup_message()), i) for i in params.participants}
+    clients = {i: SecAggClient(SecAggParams.from_config(params.to_config()), i) for i in params.participants}
     for i, c in clients.items():
         server.receive_keys(i, c.keys())
     directory = server.directory()
@@ -137,7 +137,7 @@ def test_checkers_never_raise_on_hostile_replies():
     for i, reply in replies.items():
         server.receive_keys(i, reply)
     assert server.receive_keys(params.participants[0], replies[params.participants[0]]) is False  # repeated
-    directory = server.directory()
+    server.directory()  # opens stage 2
     for reply in junk + [{str(i): b"\0" * 115 for i in IDS}]:
         assert server.receive_shares(params.participants[1], reply) is False
     assert set(server.dropped) == {params.participants[0], params.participants[1]}

@@ -38,9 +38,6 @@ class SecAggServer:
         self.survivors: tuple[int, ...] = ()
         self.gone: tuple[int, ...] = ()  # in U2 but not U3: their mask keys get rebuilt
 
-    def setup_message(self) -> dict:
-        return self.params.to_config()
-
     def drop(self, node: int, reason: str) -> None:
         if node in self.params.participants and node not in self.dropped:
             self.dropped[node] = reason
