@@ -15,6 +15,17 @@ import time
 from pathlib import Path
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM (ru_maxrss would count the parent's RSS at fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         "accuracy": result.after.accuracy, "frozen": result.baselines["frozen features + logistic regression"].accuracy,
         "steps": recipe.training.steps, "train_seconds": recipe.training.seconds, "max_length": recipe.max_length,
         "personalize_seconds": time.monotonic() - imported, "process_seconds": time.monotonic() - began,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "stopped_on_time": bool(getattr(recipe, "stopped_on_time", False)), "epochs_validated": len(recipe.history),
         "phases": getattr(recipe, "seconds", {}),
     }))
