@@ -1,25 +1,15 @@
-"""The training recipe for one user's small folder: the defaults `client.run` uses, and the
-ClientApp's personalization with them.
+"""Personalization of one user's small folder on the PyTorch path: the driver of the numpy recipe
+(shared/recipe/recipe.py, docs/recipe.md) for classifiers with one linear head over pooled
+features, and the whole-model loop for everything else (causal-lm, two-layer heads):
 
     train split -> fit + validation (stratified, seeded)
     max length  <- the 95th percentile of the fit texts' token counts (capped)
-    score       <- validation loss (mean cross-entropy; `select_on`), or accuracy: on a hundred
-                   examples accuracy moves in steps of one example and mostly ties, while the
-                   loss ranks two adapters by how sure they are of the right class
-    start       <- the better on validation of: the adapter as given, and the same adapter with
-                   its head refitted in closed form (logistic regression on its pooled features)
-    train       -> R (and, slowly, the head) with AdamW, an epoch budget from the folder size,
-                   validation after every epoch, early stopping, the best epoch kept; with a
-                   closed-form head, an epoch is scored with the head refitted on the fit
-                   split's current features (the head it would end with)
-    interpolate -> the point R_ref + lam (R_best - R_ref) on the line from the reference (the
-                   adapter as given, or from scratch the closed-form start) to the best epoch,
-                   lam chosen on validation (shared/interpolation.py); from a given adapter a
-                   lam > 0 must beat it by `significance` standard errors
-    never worse -> lam = 0 wins ties: the reference is what is kept when nothing beats it;
-                   chosen on loss, an epoch or a point must also keep the validation accuracy
-                   of what it replaces (`keep_accuracy`): a lower loss with one more wrong
-                   example is a trade a user did not ask for
+    score       <- validation loss (mean cross-entropy; `select_on`), or accuracy
+    train       -> every R (and the head) with AdamW, validation after every epoch, early
+                   stopping, the best epoch kept
+    interpolate -> R_given + lam (R_best - R_given), lam chosen on validation
+    never worse -> lam = 0 wins ties; chosen on loss, an epoch or a point must also keep the
+                   validation accuracy of what it replaces (`keep_accuracy`)
 
 No Flower, no files: the callers load data and write adapters.
 """
@@ -33,75 +23,16 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from shared.data.batches import DEFAULT_BATCH_SIZE, EVAL_BATCH_SIZE, make_loader
+from shared.data.batches import EVAL_BATCH_SIZE, IGNORE_INDEX, make_loader
 from shared.errors import LoraXSError
-from shared.data.batches import IGNORE_INDEX
 from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate
-from shared.linear_probe import (
-    LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, log_loss, refit, refit_on_both, set_head,
-)
-from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
+from shared.linear_probe import linear_head
+from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, PersonalTrainingConfig, epoch_budget  # noqa: F401 (re-exported)
+from shared.recipe.data import Tokenize
+from shared.recipe.recipe import RecipeResult, kept_words, run_recipe
+from shared.recipe.torch_backend import TorchBackend, load_params, params_from_model
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
-
-LENGTH_PERCENTILE = 95
-MIN_EXAMPLES = 4  # the fewest training examples that leave some for validation
-SELECT_ON = ("loss", "accuracy")
-
-
-@dataclass(frozen=True)
-class PersonalTrainingConfig:
-    """lr: AdamW on the r x r matrices. head_lr: None = lr x `head_lr_scale` when the head starts
-    from the closed-form fit (a good head moved fast is undone in one epoch), else lr.
-    max_length: None = from the folder (`LENGTH_PERCENTILE` of token counts, in
-    [min_length, length_cap]). epochs: None = `step_budget` optimizer steps, as whole epochs in
-    [min_epochs, max_epochs]. patience: epochs without a better validation score before stopping.
-    refit_head: after choosing the epoch, refit the head in closed form on fit + validation.
-    select_on: "loss" or "accuracy": the validation score that picks the start, the epoch and
-    the interpolation point (seq-cls; causal-lm is always scored by its loss); the closed-form
-    head's penalty is chosen on accuracy (on loss it lost 4 points on a tuning folder: the
-    stronger penalty it picks calibrates the head but blurs its argmax). keep_accuracy: with
-    select_on "loss", an epoch is kept only if its validation accuracy is at least the start's,
-    an interpolation point only if at least the reference's."""
-
-    lr: float = 5e-3
-    head_lr: float | None = None
-    head_lr_scale: float = 0.1
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_length: int | None = None
-    min_length: int = 32
-    length_cap: int = 256
-    epochs: float | None = None
-    step_budget: int = 400
-    min_epochs: int = 3
-    max_epochs: int = 10
-    val_fraction: float = 0.2
-    patience: int = 2
-    refit_head: bool = True
-    interpolate: bool = True
-    significance: float = 1.0
-    select_on: str = "loss"
-    keep_accuracy: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise LoraXSError(f"--lr must be a positive finite number, got {self.lr}")
-        if self.head_lr is not None and not (math.isfinite(self.head_lr) and self.head_lr > 0):
-            raise LoraXSError(f"--head-lr must be a positive finite number, got {self.head_lr}")
-        if self.epochs is not None and not (math.isfinite(self.epochs) and 0 < self.epochs <= 1000):
-            raise LoraXSError(f"--epochs must be in (0, 1000], got {self.epochs}")
-        if self.max_length is not None and self.max_length < 2:
-            raise LoraXSError(f"--max-length must be at least 2, got {self.max_length}")
-        if self.batch_size < 1:
-            raise LoraXSError(f"--batch-size must be positive, got {self.batch_size}")
-        if not 0 < self.val_fraction < 0.5:
-            raise LoraXSError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.patience < 1:
-            raise LoraXSError(f"--patience must be at least 1, got {self.patience}")
-        if self.select_on not in SELECT_ON:
-            raise LoraXSError(f"select-on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
-        if not (math.isfinite(self.significance) and self.significance >= 0):
-            raise LoraXSError(f"significance must be a finite number >= 0, got {self.significance}")
 
 
 @dataclass
@@ -168,12 +99,6 @@ def split_validation(train: Dataset, fraction: float, seed: int, stratify: bool)
     return train.select(fit), train.select(sorted(val_set))
 
 
-def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
-    if config.epochs is not None:
-        return config.epochs
-    return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
-
-
 def result_score(result: EvalResult, measure: str) -> float:
     """Higher is better: accuracy, or minus the mean loss (`measure` "loss")."""
     return result.accuracy if measure == "accuracy" else -result.loss
@@ -184,12 +109,7 @@ def validation_score(model: nn.Module, loader, device, measure: str) -> float:
     return result_score(evaluate(model, loader, device), measure)
 
 
-def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], measure: str) -> float:
-    return accuracy(head.weight, head.bias, *features) if measure == "accuracy" else -log_loss(
-        head.weight, head.bias, *features)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, list[float]]:
     """Per-example scores of one pass (higher is better): "loss" (minus the example's
     cross-entropy, or its mean next-token loss for causal-lm) and, for seq-cls, "accuracy"
@@ -211,31 +131,48 @@ def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, l
     return out
 
 
-def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Set every R to zero (the frozen base model); returns the state to restore."""
-    saved = copy.deepcopy(adapter_state(model))
-    with torch.no_grad():
-        for layer in adapted_layers(model).values():
-            layer.lora_R.zero_()
-    return saved
-
-
-def _state_with_head(model: nn.Module, head: LinearHead) -> dict[str, torch.Tensor]:
-    """The model's adapter state with `head` in place of its own (the model is left as it was)."""
-    own = linear_head(model)
-    kept = LinearHead(own.weight.detach().clone(), own.bias.detach().clone(), head.l2)
-    set_head(model, head)
-    state = copy.deepcopy(adapter_state(model))
-    set_head(model, kept)
-    return state
+def hf_tokenize(tokenizer) -> Tokenize:
+    """A Hugging Face tokenizer as the recipe's `Tokenize`."""
+    def tokenize(texts: list[str], max_length: int | None) -> list[np.ndarray]:
+        encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
+    return tokenize
 
 
 def personal_training(
     model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
     device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
+    test_set: Dataset | None = None, deadline: float | None = None,
+) -> PersonalTrainingResult | RecipeResult:
+    """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set`; the model ends
+    holding the chosen adapter state. A classifier with one linear head over pooled features
+    runs the numpy recipe (shared/recipe/recipe.py) on the PyTorch backend; `test_set` is only
+    reported on, `deadline` a time.monotonic() value. Other models (causal-lm, two-layer heads)
+    run the loop below over the whole model, without a deadline."""
+    if task == "seq-cls" and linear_head(model) is not None:
+        return _recipe_on_model(model, train_set, tokenizer, config, device, start, progress, test_set, deadline)
+    return _whole_model_loop(model, train_set, tokenizer, task, config, device, start, progress)
+
+
+def _recipe_on_model(model: nn.Module, train_set: Dataset, tokenizer, config: PersonalTrainingConfig, device,
+                     start: str, progress: bool, test_set: Dataset | None, deadline: float | None) -> RecipeResult:
+    backend = TorchBackend(model, config.train_blocks, device, bf16=config.bf16)
+    if tokenizer.pad_token_id is None:
+        raise LoraXSError("the tokenizer has no pad token")
+    test = (list(test_set["text"]), [int(y) for y in test_set["label"]]) if test_set is not None else None
+    result = run_recipe(
+        backend, hf_tokenize(tokenizer), tokenizer.pad_token_id, list(train_set["text"]),
+        [int(y) for y in train_set["label"]], linear_head(model).out_features, params_from_model(model), config,
+        start_name=start, test=test, progress=progress, deadline=deadline,
+        length_limit=model_length_limit(tokenizer, model))
+    load_params(model, result.params)
+    return result
+
+
+def _whole_model_loop(
+    model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
+    device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
 ) -> PersonalTrainingResult:
-    """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set` by the recipe above;
-    the model ends holding the chosen adapter state."""
     seq_cls = task == "seq-cls"
     measure = config.select_on if seq_cls else "loss"
     guarded = seq_cls and measure == "loss" and config.keep_accuracy  # loss chooses, accuracy must hold
@@ -244,62 +181,27 @@ def personal_training(
     loader = lambda ds, shuffle=False: make_loader(  # noqa: E731
         ds, tokenizer, task, config.batch_size if shuffle else EVAL_BATCH_SIZE, max_length,
         shuffle=shuffle, seed=config.seed)
-    fit_eval, val_loader = loader(fit), loader(val)
-    head = linear_head(model) if seq_cls else None
-    num_classes = head.out_features if head is not None else 0
-
+    val_loader = loader(val)
     given = copy.deepcopy(adapter_state(model))
     given_result = evaluate(model, val_loader, device)  # one pass: the start's score and its accuracy
     best_state, best_score = given, result_score(given_result, measure)
     start_accuracy = given_result.accuracy if seq_cls else None
-    start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
-    if head is not None:
-        # the frozen base model's features + logistic regression: the baseline, and a start
-        saved = _zeroed_adapters(model)
-        fit_features, val_features = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
-        frozen_head, frozen_score = fit_linear_head(fit_features, val_features, num_classes)
-        if config.refit_head:  # as the personal head will be: on fit + validation
-            frozen_head = refit_on_both(fit_features, val_features, num_classes, frozen_head.l2)
-        set_head(model, frozen_head)
-        frozen_state = copy.deepcopy(adapter_state(model))
-        load_adapter_state(model, saved)
-        # the start adapter's own features + logistic regression
-        probe_val = head_inputs(model, val_loader, device)
-        probe, probe_accuracy = fit_linear_head(head_inputs(model, fit_eval, device), probe_val, num_classes)
-        probe_score = _head_score(probe, probe_val, measure)
-        if probe_score > best_score or start == "scratch":
-            set_head(model, probe)
-            best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
-            start_accuracy = probe_accuracy
-            start_name = f"{start} + closed-form head" if start != "scratch" else "frozen features + closed-form head"
-    closed_form = config.refit_head and probe_l2 is not None
-    reference = given if start != "scratch" else best_state
+    reference = given
     start_score = best_score
     history: list[float] = []
     best_epoch, waited, progress_score, held_back = 0, 0, best_score, []
-
-    def scored_state() -> tuple[float, float | None, dict[str, torch.Tensor] | None]:
-        """This epoch's validation score, its validation accuracy (seq-cls) and, with a
-        closed-form head, the state with the head refitted on the fit split's current features
-        (None: the model's own state)."""
-        if not closed_form:
-            result = evaluate(model, val_loader, device)
-            return result_score(result, measure), result.accuracy if seq_cls else None, None
-        fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
-        refitted = refit(*fit_now, num_classes, probe_l2)
-        return (_head_score(refitted, val_now, measure), accuracy(refitted.weight, refitted.bias, *val_now),
-                _state_with_head(model, refitted))
 
     def after_epoch(_step: int) -> bool:
         """Keep the epoch if it beats the best kept one (and, guarded, holds the start's
         accuracy); stop after `patience` epochs without a better score of any epoch."""
         nonlocal best_state, best_score, best_epoch, waited, progress_score
-        score, epoch_accuracy, state = scored_state()
+        result = evaluate(model, val_loader, device)
+        score, epoch_accuracy = result_score(result, measure), result.accuracy if seq_cls else None
         history.append(score)
         if score > best_score and guarded and epoch_accuracy < start_accuracy:
             held_back.append(len(history))
         elif score > best_score:
-            best_state = state if state is not None else copy.deepcopy(adapter_state(model))
+            best_state = copy.deepcopy(adapter_state(model))
             best_score, best_epoch = score, len(history)
         if score > progress_score:
             progress_score, waited = score, 0
@@ -308,8 +210,8 @@ def personal_training(
         return waited >= config.patience
 
     train_loader = loader(fit, shuffle=True)
-    head_lr = config.head_lr or (config.lr * config.head_lr_scale if probe_l2 is not None else config.lr)
-    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr, head_lr=head_lr)
+    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr,
+                               head_lr=config.head_lr or config.lr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # dropout
         training = train(model, train_loader, train_config, device, progress=progress,
@@ -330,23 +232,11 @@ def personal_training(
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
-    if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
-        set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
-                                      num_classes, probe_l2))
     return PersonalTrainingResult(
-        start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
+        start=start, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
-        num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
+        num_fit=len(fit), num_val=len(val), frozen_head_score=None, frozen_head_state=None,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back, kept=_kept_words(lam, best_epoch, start, start_name),
+        held_back=held_back, kept=kept_words(lam, best_epoch, start, start),
     )
 
-
-def _kept_words(lam: float, best_epoch: int, start: str, start_name: str) -> str:
-    """lam = 0 is the reference: the adapter as given, or from scratch the start; lam = 1 the
-    best state: an epoch, or the start when none beat it; else a point between."""
-    reference = f"{start} itself" if start != "scratch" else f"the start ({start_name})"
-    best = f"epoch {best_epoch}" if best_epoch else f"the start ({start_name})"
-    if lam == 0.0:
-        return reference
-    return best if lam == 1.0 else f"lam {lam:g} of the way from {reference} to {best}"

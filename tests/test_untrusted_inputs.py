@@ -333,7 +333,8 @@ def test_the_recipe_report_names_what_was_kept(capsys):
     from client.personalization import PersonalizationResult
     from client.run import print_report
     from shared.artifacts.adapter_file import AdapterMeta
-    from shared.personal_training import PersonalTrainingResult, _kept_words
+    from shared.personal_training import PersonalTrainingResult
+    from shared.recipe.recipe import kept_words as _kept_words
     from shared.training import EvalResult, TrainResult
 
     start = "the given adapter + closed-form head"
