@@ -138,7 +138,7 @@ def trace(function, example: tuple[torch.Tensor, ...]):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     with _quiet(), traceable_masks(), fx_config.patch(use_duck_shape=False):
-        return make_fx(function, decomposition_table=core_aten_decompositions(), tracing_mode="symbolic",
+        return make_fx(lambda *inputs: function(*inputs), decomposition_table=core_aten_decompositions(), tracing_mode="symbolic",
                        _allow_non_fake_inputs=True)(*(t.clone() for t in example))
 
 

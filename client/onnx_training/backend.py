@@ -1,0 +1,61 @@
+"""The recipe's onnxruntime backend (shared/recipe/backend.py's protocol): the exported
+training-step graph gives the loss and the gradients of every R and the head, the feature graph
+what the head sees. numpy in, numpy out; onnxruntime only, no torch.
+"""
+
+import numpy as np
+
+from client.onnx_training.folder import TrainingFolder, ort_session
+from shared.errors import LoraXSError
+
+
+class OnnxBackend:
+    def __init__(self, folder: TrainingFolder, threads: int = 0, optimization: str = "all"):
+        if folder.description["task"] != "seq-cls":
+            raise LoraXSError(f"{folder.path} holds {folder.description['task']} artifacts; "
+                              "the onnx runtime trains classifiers (seq-cls) only: use --runtime torch")
+        self.folder = folder
+        self.layer_names = folder.layers
+        self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)
+        self.token_names = folder.token_inputs
+        self.hidden_size = int(folder.description["hidden_size"])
+        self.step_session = ort_session(folder.graph("step"), threads, optimization)
+        self.feature_session = ort_session(folder.graph("features"), threads, optimization)
+        self.step_inputs = [i.name for i in self.step_session.get_inputs()]
+        self.feature_inputs = [i.name for i in self.feature_session.get_inputs()]
+
+    def _tokens(self, batch: dict) -> dict[str, np.ndarray]:
+        tokens = {}
+        for name in self.token_names:
+            value = batch.get(name)
+            if value is None and name == "token_type_ids":
+                value = np.zeros_like(batch["input_ids"])
+            tokens[name] = np.ascontiguousarray(value, dtype=np.int64)  # (B, T)
+        return tokens
+
+    def _check_r(self, params: dict) -> np.ndarray:
+        lora_R = np.ascontiguousarray(params["lora_R"], dtype=np.float32)  # (L, r, r)
+        rank = self.folder.description["rank"]
+        if lora_R.shape != (len(self.layer_names), rank, rank):
+            raise LoraXSError(f"lora_R of shape {lora_R.shape} does not fit these artifacts "
+                              f"({len(self.layer_names)} layers at rank {rank})")
+        return lora_R
+
+    def features(self, batch: dict, params: dict) -> np.ndarray:
+        feed = {"lora_R": self._check_r(params), **self._tokens(batch)}
+        return self.feature_session.run(["features"], {k: feed[k] for k in self.feature_inputs})[0]  # (B, H)
+
+    def loss_and_grads(self, batch: dict, params: dict, logit_offset: np.ndarray | None = None):
+        weight = np.ascontiguousarray(params["head_weight"], dtype=np.float32)  # (C, H)
+        labels = np.ascontiguousarray(batch["labels"], dtype=np.int64)  # (B,)
+        if logit_offset is None:
+            logit_offset = np.zeros((len(labels), weight.shape[0]), dtype=np.float32)
+        feed = {"lora_R": self._check_r(params), "head_weight": weight,
+                "head_bias": np.ascontiguousarray(params["head_bias"], dtype=np.float32),
+                "labels": labels, "logit_offset": np.ascontiguousarray(logit_offset, dtype=np.float32),
+                **self._tokens(batch)}
+        loss, grad_r, grad_w, grad_b = self.step_session.run(
+            ["loss", "grad_lora_R", "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in self.step_inputs})
+        if not self.trainable_layers.all():
+            grad_r = grad_r * self.trainable_layers[:, None, None]
+        return float(loss), {"lora_R": grad_r, "head_weight": grad_w, "head_bias": grad_b}
