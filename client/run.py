@@ -3,6 +3,8 @@
 Local personalization (no server):
     python -m client.run --data DIR [--adapter GLOBAL.safetensors] [--out PERSONAL.safetensors]
                          [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
+On onnxruntime alone (no PyTorch; MODEL_DIR from `python -m client.export --training MODEL_DIR`):
+    python -m client.run --runtime onnx --model-dir MODEL_DIR --data DIR [--adapter FILE] [--out FILE]
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
@@ -15,8 +17,6 @@ import sys
 from dataclasses import replace
 
 from client.adapter_key import add_key_flags, key_source
-from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
-from deployment.supernode import SuperNodeConfig, run_supernode
 from shared.cli import run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
@@ -26,8 +26,13 @@ from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
 RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on",
                 "train_blocks", "time_budget")
-LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
+LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", "model_dir", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
+NOT_ON_ONNX = ("basis", "model", "rank", "task", "device", "key_file", "encrypt_at_rest")  # --runtime onnx
+DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # = client.personalization's (a test checks)
+RUNTIMES = ("torch", "onnx")
+# The PyTorch runtime's modules (torch, transformers, datasets) and the SuperNode's are imported
+# only when used: `--runtime onnx` runs in a process that never imports torch.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--time-budget", type=float, metavar="SECONDS", help=(
         "stop training in time to finish within about SECONDS, keeping the best validated adapter so far"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    local.add_argument("--runtime", choices=RUNTIMES, default="torch", help=(
+        "torch: PyTorch (default); onnx: onnxruntime + numpy with the training artifacts of --model-dir"))
+    local.add_argument("--model-dir", metavar="DIR", help="training artifacts (python -m client.export --training DIR)")
+    local.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --runtime onnx (0: its choice)")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")
     federation.add_argument("--superlink", metavar="HOST:PORT", help="run as a SuperNode of this SuperLink")
@@ -93,7 +102,32 @@ def check_mode_flags(args: argparse.Namespace) -> None:
         raise LoraXSError(f"{flags}: only for joining a federation with --superlink HOST:PORT")
 
 
-def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
+def check_runtime_flags(args: argparse.Namespace) -> None:
+    if args.runtime != "onnx":
+        if args.model_dir is not None:
+            raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
+        return
+    if args.model_dir is None:
+        raise LoraXSError("--runtime onnx needs --model-dir DIR (python -m client.export --training DIR)")
+    given = [name for name in NOT_ON_ONNX if getattr(args, name, None)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise LoraXSError(f"{flags}: not with --runtime onnx (the training artifacts fix the model, "
+                          "factors and rank); use --runtime torch")
+
+
+def onnx_config(args: argparse.Namespace):
+    from client.onnx_training.personalize import OnnxRunConfig
+
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    return OnnxRunConfig(data_dir=args.data, model_dir=args.model_dir, adapter=args.adapter, out=args.out,
+                         force=args.force, training=PersonalTrainingConfig(seed=args.seed, **given),
+                         seed=args.seed, threads=args.threads)
+
+
+def personalization_config(args: argparse.Namespace):
+    from client.personalization import PersonalizationConfig
+
     given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
     return PersonalizationConfig(
         data_dir=args.data, adapter=args.adapter, basis_file=args.basis, out=args.out, force=args.force,
@@ -103,7 +137,8 @@ def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
     )
 
 
-def print_report(result: PersonalizationResult) -> None:
+def print_report(result) -> None:
+    """result: client.personalization.PersonalizationResult."""
     meta, recipe = result.meta, result.recipe
     print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
           f"factors from {result.factors_source} (basis {meta.basis_fingerprint[:12]})")
@@ -150,10 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.superlink and (args.key_file or args.encrypt_at_rest):
             raise LoraXSError("--encrypt-at-rest, --key-file: only for local personalization, not with --superlink")
         if args.superlink:
+            from deployment.supernode import SuperNodeConfig, run_supernode
+
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
                 auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
             ))
+        check_runtime_flags(args)
+        if args.runtime == "onnx":
+            from client.onnx_training.personalize import personalize_onnx, report_lines
+
+            print("\n".join(report_lines(personalize_onnx(onnx_config(args)))))
+            return 0
+        from client.personalization import personalize
+
         config = personalization_config(args)
         config = replace(config, key_source=key_source(args, config.adapter), encrypt_at_rest=bool(args.encrypt_at_rest))
         print_report(personalize(config))

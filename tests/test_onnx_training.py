@@ -270,3 +270,56 @@ def test_gradients_match_pytorch_on_minilm(tmp_path):
     assert abs(loss - float(expected.detach())) <= 1e-5
     assert np.abs(grads["lora_R"] - r_grads).max() <= 1e-5
     assert np.abs(grads["head_weight"] - model.classifier.weight.grad.numpy()).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    words = {"pos": ["good", "great", "fine", "lovely"], "neg": ["bad", "awful", "poor", "dull"]}
+    for name, count in (("train", 40), ("test", 12)):
+        rows = [{"text": " ".join(rng.choice(words[label], 3)) + f" film {i}", "label": label}
+                for i, label in enumerate(["pos", "neg"] * (count // 2))]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads(
+        tiny_training, small_folder, tiny_bert_dir, tmp_path):
+    out = tmp_path / "personal.safetensors"
+    code = ("import sys; from client.run import main; "
+            f"rc = main(['--runtime', 'onnx', '--model-dir', {str(tiny_training)!r}, '--data', {str(small_folder)!r}, "
+            f"'--out', {str(out)!r}, '--epochs', '2']); "
+            f"print(rc, ' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "0", done.stdout[-2000:]  # exit 0, and nothing after it: no torch
+    assert "held-out accuracy after" in done.stdout
+    from shared.artifacts.open_adapter import open_adapter, read_adapter
+
+    adapter = read_adapter(out, model=tiny_bert_dir)
+    assert adapter.meta.extra["kind"] == "personal" and adapter.meta.labels == ("neg", "pos")
+    opened = open_adapter(adapter)  # the PyTorch path: same factors (fingerprint), same names and shapes
+    assert opened.basis.fingerprint == open_training_folder(tiny_training).fingerprint
+    # and the onnx runtime starts from it
+    from client.run import main as run_main
+
+    again = tmp_path / "again.safetensors"
+    assert run_main(["--runtime", "onnx", "--model-dir", str(tiny_training), "--data", str(small_folder),
+                     "--adapter", str(out), "--out", str(again), "--epochs", "1"]) == 0
+    assert load_adapter(again)[1].extra["started_from"] == out.name
+
+
+def test_client_run_on_onnx_refuses_what_it_cannot_do(tiny_training, small_folder, tmp_path, capsys):
+    from client.run import DEFAULT_OUT_NAME, main as run_main
+    from client.personalization import DEFAULT_OUT_NAME as TORCH_DEFAULT
+
+    assert DEFAULT_OUT_NAME == TORCH_DEFAULT
+    cases = [(["--runtime", "onnx"], "needs --model-dir"),
+             (["--runtime", "onnx", "--model-dir", str(tiny_training), "--rank", "4"], "--rank: not with --runtime onnx"),
+             (["--model-dir", str(tiny_training)], "pass --runtime onnx"),
+             (["--runtime", "onnx", "--model-dir", str(tmp_path)], "holds no training.json")]
+    for argv, message in cases:
+        assert run_main(["--data", str(small_folder), *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

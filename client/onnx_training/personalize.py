@@ -147,3 +147,33 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
     num_bytes = write_adapter(out, adapter_state(folder, recipe.params), meta)
     seconds = {"load": loaded - began, "train": trained - loaded, "write": time.monotonic() - trained}
     return OnnxRunResult(out, num_bytes, recipe, meta, len(rows.train_texts), seconds)
+
+
+def report_lines(result: OnnxRunResult) -> list[str]:
+    """What `client.run --runtime onnx` prints."""
+    meta = {k: json.loads(v) for k, v in result.meta.items()}
+    recipe, training = result.recipe, result.recipe.training
+    shown = (lambda score: score) if recipe.measure == "accuracy" else (lambda score: -score)  # loss: lower is better
+    lines = [
+        f"runtime onnx: base model {meta['base_model']}, task {meta['task']}, rank {meta['rank']} "
+        f"(basis {meta['basis_fingerprint'][:12]}), artifacts loaded in {result.seconds['load']:.1f} s",
+        f"trained on {recipe.num_fit} of {result.num_train} examples ({recipe.num_val} held out for validation), "
+        f"{recipe.max_length} tokens: {training.steps} steps in {training.seconds:.1f} s, mean loss {training.loss:.4f}",
+        f"validation {recipe.measure}: start ({recipe.start}) {shown(recipe.start_score):.4f}; after each epoch "
+        + ", ".join(f"{shown(score):.3f}" for score in recipe.history),
+    ]
+    if recipe.stopped_on_time:
+        lines.append(f"stopped on time: the --time-budget ran out after {training.steps} steps; "
+                     "the best validated adapter so far is kept")
+    if recipe.improved:
+        lines.append(f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f}), "
+                     f"interpolation lam = {recipe.lam:g}")
+    else:
+        lines.append(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
+    if recipe.before is not None:
+        lines += [f"held-out accuracy before: {recipe.before.accuracy:.4f} (loss {recipe.before.loss:.4f}, "
+                  f"{recipe.before.examples} examples)",
+                  f"held-out accuracy after:  {recipe.after.accuracy:.4f} (loss {recipe.after.loss:.4f})",
+                  f"baseline frozen features + logistic regression: {recipe.frozen_test.accuracy:.4f} on the same split"]
+    lines.append(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
+    return lines
