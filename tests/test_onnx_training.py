@@ -323,3 +323,105 @@ def test_client_run_on_onnx_refuses_what_it_cannot_do(tiny_training, small_folde
         assert run_main(["--data", str(small_folder), *argv]) == 1
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _train_message(arrays, fingerprint: str, node_id: int = 7):
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1, "fingerprint": fingerprint})}),
+                  dst_node_id=node_id, message_type=MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = f"m{node_id}"
+    return msg
+
+
+def test_a_federation_mixes_onnx_and_pytorch_nodes_and_averages_them_exactly(
+        tiny_training, small_folder, tiny_bert_dir, tmp_path):
+    """The same global adapter to a PyTorch node and an onnx node (node config runtime = "onnx"):
+    same fingerprint, same keys, shapes and dtype back, and FedAvg's mean of the two is the
+    weighted mean of their arrays."""
+    import shutil
+
+    from flwr.app import Context, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from client.app import app
+    from client.node_state import node_state_for
+    from shared.federation.protocol import pack_adapter
+    from shared.federation.run_config import FederationConfig
+
+    config = FederationConfig(model=tiny_bert_dir, rank=4, labels="neg,pos", lr=0.01, head_lr=0.01, batch_size=8,
+                              max_length=32)
+    model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), labels=["neg", "pos"])
+    assert basis.fingerprint == open_training_folder(tiny_training).fingerprint
+    arrays = pack_adapter(adapter_state(model), "fp32")
+    replies = {}
+    for runtime in ("torch", "onnx"):
+        data = tmp_path / runtime
+        shutil.copytree(small_folder, data)
+        node_config = {"data-dir": str(data), "partition-id": 0}
+        if runtime == "onnx":
+            node_config |= {"runtime": "onnx", "onnx-model-dir": str(tiny_training)}
+        context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
+                          run_config=config.to_run_config())
+        if runtime == "torch":
+            node_state_for(context).store_basis(basis, tiny_bert_dir)
+        replies[runtime] = app(_train_message(arrays, basis.fingerprint), context)
+        assert not replies[runtime].has_error(), replies[runtime].error
+        assert replies[runtime].content["status"]["fingerprint"] == basis.fingerprint
+    torch_arrays, onnx_arrays = (replies[k].content["arrays"] for k in ("torch", "onnx"))
+    assert list(torch_arrays.keys()) == list(onnx_arrays.keys()) == list(arrays.keys())
+    for key in arrays.keys():
+        a, b = torch_arrays[key].numpy(), onnx_arrays[key].numpy()
+        assert a.shape == b.shape == arrays[key].numpy().shape and a.dtype == b.dtype == np.float32
+        assert not np.array_equal(b, arrays[key].numpy())  # the onnx node trained
+    for reply, weight in ((replies["torch"], 3), (replies["onnx"], 1)):
+        reply.content["metrics"]["num-examples"] = weight
+    mean = aggregate_arrayrecords([replies["torch"].content, replies["onnx"].content], "num-examples")
+    for key in arrays.keys():
+        expected = (3 * torch_arrays[key].numpy().astype(np.float64) + onnx_arrays[key].numpy()) / 4
+        assert np.abs(mean[key].numpy() - expected).max() <= 1e-7
+
+
+def test_an_onnx_nodes_training_message_imports_no_torch(tiny_training, small_folder, tmp_path):
+    """A training message on a node with runtime = "onnx", in a fresh interpreter as a
+    flwr-clientapp process runs it: a reply with arrays, and no torch, transformers or datasets."""
+    folder = open_training_folder(tiny_training)
+    script = tmp_path / "message.py"
+    script.write_text(f'''
+import sys
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from client.app import app
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+shape = {folder.description["shapes"]["lora_R"]!r}
+arrays = ArrayRecord({{"lora_R": Array(np.zeros(shape, np.float32)),
+                      "classifier.weight": Array(np.zeros((2, {folder.description["hidden_size"]}), np.float32)),
+                      "classifier.bias": Array(np.zeros(2, np.float32))}})
+context = Context(run_id=1, node_id=7, node_config={{"data-dir": {str(small_folder)!r}, "runtime": "onnx",
+                  "onnx-model-dir": {str(tiny_training)!r}}}, state=RecordDict(), run_config={{}})
+msg = Message(RecordDict({{"arrays": arrays, "config": ConfigRecord({{"server-round": 1,
+              "fingerprint": {folder.fingerprint!r}}})}}), dst_node_id=7, message_type=MessageType.TRAIN)
+msg.metadata.__dict__["_message_id"] = "m"
+reply = app(msg, context)
+assert not reply.has_error(), reply.error
+print(float(np.abs(reply.content["arrays"]["lora_R"].numpy()).max()) > 0,
+      sorted({{m.split(".")[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r}))
+''')
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "[]"], done.stdout
+
+
+def test_node_settings_defaults_are_the_federation_configs():
+    from client.onnx_training.node_messages import NodeSettings
+    from shared.federation.run_config import FederationConfig
+
+    federation = FederationConfig()
+    for name, field in NodeSettings.__dataclass_fields__.items():
+        assert getattr(federation, name) == field.default, name
+    assert NodeSettings.from_run_config(FederationConfig(lr=0.5).to_run_config()).lr == 0.5
+    assert "secure aggregation" in NodeSettings(secure_aggregation=True).refusal()
