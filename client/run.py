@@ -26,7 +26,7 @@ from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
 RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on",
                 "train_blocks", "time_budget")
-LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", "model_dir", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
+LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
 NOT_ON_ONNX = ("basis", "model", "rank", "task", "device", "key_file", "encrypt_at_rest")  # --runtime onnx
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # = client.personalization's (a test checks)
@@ -187,9 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.superlink:
             from deployment.supernode import SuperNodeConfig, run_supernode
 
+            if args.model_dir is not None and args.runtime != "onnx":
+                raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
                 auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
+                runtime=args.runtime, onnx_model_dir=args.model_dir,
             ))
         check_runtime_flags(args)
         if args.runtime == "onnx":

@@ -425,3 +425,17 @@ def test_node_settings_defaults_are_the_federation_configs():
         assert getattr(federation, name) == field.default, name
     assert NodeSettings.from_run_config(FederationConfig(lr=0.5).to_run_config()).lr == 0.5
     assert "secure aggregation" in NodeSettings(secure_aggregation=True).refusal()
+
+
+def test_a_supernode_on_the_onnx_runtime_passes_it_as_node_config(tmp_path, small_folder):
+    from flwr.common.config import parse_config_args
+
+    from deployment.supernode import SuperNodeConfig, supernode_command
+
+    model_dir = tmp_path / "my artifacts"
+    config = SuperNodeConfig("127.0.0.1:9092", small_folder, insecure=True, runtime="onnx", onnx_model_dir=model_dir)
+    command = supernode_command(config, runtime_port=40001)
+    node_config = parse_config_args([command[command.index("--node-config") + 1]])
+    assert node_config == {"data-dir": str(small_folder), "runtime": "onnx", "onnx-model-dir": str(model_dir.resolve())}
+    with pytest.raises(LoraXSError, match="torch or onnx"):
+        SuperNodeConfig("127.0.0.1:9092", small_folder, runtime="tensorflow")
