@@ -439,3 +439,23 @@ def test_a_supernode_on_the_onnx_runtime_passes_it_as_node_config(tmp_path, smal
     assert node_config == {"data-dir": str(small_folder), "runtime": "onnx", "onnx-model-dir": str(model_dir.resolve())}
     with pytest.raises(LoraXSError, match="torch or onnx"):
         SuperNodeConfig("127.0.0.1:9092", small_folder, runtime="tensorflow")
+
+
+def test_a_crafted_description_is_only_ever_a_one_line_rejection(tiny_training, tmp_path):
+    """Every field of a valid description replaced by odd values: open_training_folder either
+    accepts it or raises LoraXSError, nothing else."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_training, copy)
+    valid = json.loads((copy / "training.json").read_text())
+    odd = [None, 0, -1, True, 1e308, "", "x" * 300, [], {}, ["../etc/passwd"], {"a": 1}, [1, 2, 3]]
+    for key in valid:
+        for value in odd:
+            (copy / "training.json").write_text(json.dumps(valid | {key: value}))
+            try:
+                open_training_folder(copy, verify=False)
+            except LoraXSError:
+                pass
+    (copy / "training.json").write_text(json.dumps(valid))
+    assert open_training_folder(copy).fingerprint == valid["basis_fingerprint"]

@@ -101,10 +101,19 @@ def _description_problem(d) -> str | None:
     for name in files:
         if Path(name).name != name or name.startswith("."):
             return f"file name {name[:80]!r} is not a plain name in the folder"
-    if not isinstance(d.get("basis_fingerprint"), str) or not isinstance(d.get("adapter_meta"), dict):
+    meta = d.get("adapter_meta")
+    if not isinstance(d.get("basis_fingerprint"), str) or not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         return "basis fingerprint or adapter metadata missing"
-    if not isinstance(d.get("hidden_size"), int):
-        return "hidden_size missing"
+    hidden = d.get("hidden_size")
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or not 0 < hidden <= 1 << 16:
+        return "hidden_size is not a positive integer"
+    shapes = d.get("shapes")
+    if not isinstance(shapes, dict) or shapes.get("lora_R") != [len(layers), rank, rank]:
+        return "shapes.lora_R is not [layers, rank, rank]"
+    for key in ("pad_token", "max_length_limit"):
+        if d.get(key) is not None and not isinstance(d.get(key), str if key == "pad_token" else int):
+            return f"{key} has the wrong type"
     return None
 
 
