@@ -459,3 +459,12 @@ def test_a_crafted_description_is_only_ever_a_one_line_rejection(tiny_training, 
                 pass
     (copy / "training.json").write_text(json.dumps(valid))
     assert open_training_folder(copy).fingerprint == valid["basis_fingerprint"]
+
+
+def test_train_blocks_picks_the_same_layers_as_the_pytorch_backend(tiny_training):
+    backend = OnnxBackend(open_training_folder(tiny_training))
+    backend.train_top_blocks(1)  # tiny BERT: 2 blocks x 4 adapted layers
+    assert backend.trainable_layers.tolist() == [False] * 4 + [True] * 4
+    assert all(".layer.1." in n for n, on in zip(backend.layer_names, backend.trainable_layers) if on)
+    backend.train_top_blocks(None)
+    assert backend.trainable_layers.all()

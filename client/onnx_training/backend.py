@@ -3,6 +3,8 @@ training-step graph gives the loss and the gradients of every R and the head, th
 what the head sees. numpy in, numpy out; onnxruntime only, no torch.
 """
 
+import re
+
 import numpy as np
 
 from client.onnx_training.folder import TrainingFolder, ort_session
@@ -23,6 +25,17 @@ class OnnxBackend:
         self.feature_session = ort_session(folder.graph("features"), threads, optimization)
         self.step_inputs = [i.name for i in self.step_session.get_inputs()]
         self.feature_inputs = [i.name for i in self.feature_session.get_inputs()]
+
+    def train_top_blocks(self, blocks: int | None) -> None:
+        """Only the R of the top `blocks` transformer blocks train (their gradients; the others
+        stay as given), as the PyTorch backend's `train_blocks`. The graph still computes every
+        gradient: the same numbers, no speed-up."""
+        index = [int(m.group(1)) if (m := re.search(r"\.layer\.(\d+)\.", name)) else -1 for name in self.layer_names]
+        count = max(index) + 1
+        if blocks is None or count == 0 or blocks >= count:
+            self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)
+            return
+        self.trainable_layers = np.array([i >= count - blocks for i in index])
 
     def _tokens(self, batch: dict) -> dict[str, np.ndarray]:
         tokens = {}

@@ -133,6 +133,7 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
     rows = read_local_rows(config.data_dir, seed=config.seed)
     start, start_name = start_params(folder, rows, config.adapter)
     backend = OnnxBackend(folder, threads=config.threads)
+    backend.train_top_blocks(config.training.train_blocks)
     tokenize = FolderTokenizer(folder)
     loaded = time.monotonic()
     recipe = run_recipe(backend, tokenize, tokenize.pad_id, rows.train_texts, rows.train_labels, len(rows.labels),
