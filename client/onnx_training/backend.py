@@ -12,7 +12,7 @@ from shared.errors import LoraXSError
 
 
 class OnnxBackend:
-    def __init__(self, folder: TrainingFolder, threads: int = 0, optimization: str = "all"):
+    def __init__(self, folder: TrainingFolder, threads: int = 0, optimization: str = "all", arena: bool = False):
         if folder.description["task"] != "seq-cls":
             raise LoraXSError(f"{folder.path} holds {folder.description['task']} artifacts; "
                               "the onnx runtime trains classifiers (seq-cls) only: use --runtime torch")
@@ -21,10 +21,16 @@ class OnnxBackend:
         self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)
         self.token_names = folder.token_inputs
         self.hidden_size = int(folder.description["hidden_size"])
-        self.step_session = ort_session(folder.graph("step"), threads, optimization)
-        self.feature_session = ort_session(folder.graph("features"), threads, optimization)
-        self.step_inputs = [i.name for i in self.step_session.get_inputs()]
-        self.feature_inputs = [i.name for i in self.feature_session.get_inputs()]
+        self.threads, self.optimization, self.arena = threads, optimization, arena
+        self._sessions: dict = {}
+
+    def _session(self, kind: str):
+        """Opened on first use: a training message never loads the feature graph, an evaluation
+        never the step (each holds its own copy of the frozen weights in memory)."""
+        if kind not in self._sessions:
+            session = ort_session(self.folder.graph(kind), self.threads, self.optimization, self.arena)
+            self._sessions[kind] = (session, [i.name for i in session.get_inputs()])
+        return self._sessions[kind]
 
     def train_top_blocks(self, blocks: int | None) -> None:
         """Only the R of the top `blocks` transformer blocks train (their gradients; the others
@@ -56,7 +62,8 @@ class OnnxBackend:
 
     def features(self, batch: dict, params: dict) -> np.ndarray:
         feed = {"lora_R": self._check_r(params), **self._tokens(batch)}
-        return self.feature_session.run(["features"], {k: feed[k] for k in self.feature_inputs})[0]  # (B, H)
+        session, names = self._session("features")
+        return session.run(["features"], {k: feed[k] for k in names})[0]  # (B, H)
 
     def loss_and_grads(self, batch: dict, params: dict, logit_offset: np.ndarray | None = None):
         weight = np.ascontiguousarray(params["head_weight"], dtype=np.float32)  # (C, H)
@@ -67,8 +74,9 @@ class OnnxBackend:
                 "head_bias": np.ascontiguousarray(params["head_bias"], dtype=np.float32),
                 "labels": labels, "logit_offset": np.ascontiguousarray(logit_offset, dtype=np.float32),
                 **self._tokens(batch)}
-        loss, grad_r, grad_w, grad_b = self.step_session.run(
-            ["loss", "grad_lora_R", "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in self.step_inputs})
+        session, names = self._session("step")
+        loss, grad_r, grad_w, grad_b = session.run(
+            ["loss", "grad_lora_R", "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in names})
         if not self.trainable_layers.all():
             grad_r = grad_r * self.trainable_layers[:, None, None]
         return float(loss), {"lora_R": grad_r, "head_weight": grad_w, "head_bias": grad_b}

@@ -137,13 +137,18 @@ def check_files(folder: TrainingFolder) -> None:
                               "export the training artifacts again")
 
 
-def ort_session(path: Path, threads: int = 0, optimization: str = "all"):
-    """An onnxruntime CPU session; `optimization`: basic | extended | all (graph optimizations)."""
+def ort_session(path: Path, threads: int = 0, optimization: str = "all", arena: bool = False):
+    """An onnxruntime CPU session; `optimization`: basic | extended | all (graph optimizations;
+    the same step time here). Lean on memory: no pre-packed copies of the MatMul weights (MiniLM:
+    45 MiB less, the same step time) and, unless `arena`, no memory arena (a 16 x 64 step peaked
+    at 343 instead of 483 MiB, about 8 % slower)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
+    options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
