@@ -5,6 +5,7 @@ Local personalization (no server):
                          [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
 On onnxruntime alone (no PyTorch; MODEL_DIR from `python -m client.export --training MODEL_DIR`):
     python -m client.run --runtime onnx --model-dir MODEL_DIR --data DIR [--adapter FILE] [--out FILE]
+(--runtime auto, the default, trains on onnx when DIR/.loraxs/onnx-training holds artifacts)
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
@@ -15,6 +16,7 @@ User errors print one line to stderr and exit non-zero; no file is ever half-wri
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from client.adapter_key import add_key_flags, key_source
 from shared.cli import run_cli
@@ -30,7 +32,8 @@ LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *REC
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
 NOT_ON_ONNX = ("basis", "model", "rank", "task", "device", "key_file", "encrypt_at_rest")  # --runtime onnx
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # = client.personalization's (a test checks)
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
+ONNX_ARTIFACTS = Path(".loraxs") / "onnx-training"  # in the data folder: the artifacts `auto` picks up
 # The PyTorch runtime's modules (torch, transformers, datasets) and the SuperNode's are imported
 # only when used: `--runtime onnx` runs in a process that never imports torch.
 
@@ -73,8 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--time-budget", type=float, metavar="SECONDS", help=(
         "stop training in time to finish within about SECONDS, keeping the best validated adapter so far"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    local.add_argument("--runtime", choices=RUNTIMES, default="torch", help=(
-        "torch: PyTorch (default); onnx: onnxruntime + numpy with the training artifacts of --model-dir"))
+    local.add_argument("--runtime", choices=RUNTIMES, default="auto", help=(
+        "onnx: onnxruntime + numpy with the training artifacts of --model-dir; torch: PyTorch; auto (default): "
+        f"onnx when --model-dir is given or DIR/{ONNX_ARTIFACTS} holds artifacts and no PyTorch-only flag is, else torch"))
     local.add_argument("--model-dir", metavar="DIR", help="training artifacts (python -m client.export --training DIR)")
     local.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --runtime onnx (0: its choice)")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
@@ -102,7 +106,21 @@ def check_mode_flags(args: argparse.Namespace) -> None:
         raise LoraXSError(f"{flags}: only for joining a federation with --superlink HOST:PORT")
 
 
+def resolve_runtime(args: argparse.Namespace) -> None:
+    """--runtime auto -> onnx or torch (see its help); sets args.model_dir for found artifacts."""
+    if args.runtime != "auto":
+        return
+    found = Path(args.data).expanduser() / ONNX_ARTIFACTS
+    if args.model_dir is not None:
+        args.runtime = "onnx"
+    elif (found / "training.json").is_file() and not any(getattr(args, n, None) for n in NOT_ON_ONNX):
+        args.runtime, args.model_dir = "onnx", str(found)
+    else:
+        args.runtime = "torch"
+
+
 def check_runtime_flags(args: argparse.Namespace) -> None:
+    resolve_runtime(args)
     if args.runtime != "onnx":
         if args.model_dir is not None:
             raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
@@ -187,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.superlink:
             from deployment.supernode import SuperNodeConfig, run_supernode
 
-            if args.model_dir is not None and args.runtime != "onnx":
+            if args.model_dir is not None and args.runtime == "torch":
                 raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
+            runtime = "onnx" if args.runtime == "onnx" or args.model_dir is not None else "torch"
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
                 auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
-                runtime=args.runtime, onnx_model_dir=args.model_dir,
+                runtime=runtime, onnx_model_dir=args.model_dir,
             ))
         check_runtime_flags(args)
         if args.runtime == "onnx":

@@ -317,7 +317,7 @@ def test_client_run_on_onnx_refuses_what_it_cannot_do(tiny_training, small_folde
     assert DEFAULT_OUT_NAME == TORCH_DEFAULT
     cases = [(["--runtime", "onnx"], "needs --model-dir"),
              (["--runtime", "onnx", "--model-dir", str(tiny_training), "--rank", "4"], "--rank: not with --runtime onnx"),
-             (["--model-dir", str(tiny_training)], "pass --runtime onnx"),
+             (["--runtime", "torch", "--model-dir", str(tiny_training)], "pass --runtime onnx"),
              (["--runtime", "onnx", "--model-dir", str(tmp_path)], "holds no training.json")]
     for argv, message in cases:
         assert run_main(["--data", str(small_folder), *argv]) == 1
@@ -468,3 +468,16 @@ def test_train_blocks_picks_the_same_layers_as_the_pytorch_backend(tiny_training
     assert all(".layer.1." in n for n, on in zip(backend.layer_names, backend.trainable_layers) if on)
     backend.train_top_blocks(None)
     assert backend.trainable_layers.all()
+
+
+def test_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training, small_folder, tmp_path, capsys):
+    import shutil
+
+    from client.run import main as run_main
+
+    data = tmp_path / "data"
+    shutil.copytree(small_folder, data)
+    shutil.copytree(tiny_training, data / ".loraxs" / "onnx-training")
+    assert run_main(["--data", str(data), "--epochs", "1"]) == 0
+    assert capsys.readouterr().out.startswith("runtime onnx")
+    assert load_adapter(data / "personal_adapter.safetensors")[1].extra["runtime"] == "onnx"
