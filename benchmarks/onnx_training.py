@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folders", nargs="+", default=["debates"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="onnx_training", help="result file stem (one run per set of --parts)")
     args = parser.parse_args(argv)
     document = {"command": command_line("benchmarks.onnx_training", argv), "machine": machine_now()}
     with tempfile.TemporaryDirectory(prefix="onnx-training-") as tmp:
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if "folders" in args.parts:
             document["folders"] = folder_runs(model_dir, args.folders, args.seeds, work)
     document["goals"], markdown = summary(document)
-    write_result(args.out, "onnx_training", document, markdown)
+    write_result(args.out, args.name, document, markdown)
     print(markdown)
     return 0
 
