@@ -481,3 +481,17 @@ def test_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training
     assert run_main(["--data", str(data), "--epochs", "1"]) == 0
     assert capsys.readouterr().out.startswith("runtime onnx")
     assert load_adapter(data / "personal_adapter.safetensors")[1].extra["runtime"] == "onnx"
+
+
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(tiny_training, monkeypatch):
+    import client.onnx_training.backend as backend_module
+
+    backend = OnnxBackend(open_training_folder(tiny_training))
+    params, batch = seeded(tiny_training, seed=3, batch=7, length=11)
+    offset = np.random.default_rng(3).standard_normal((7, len(LABELS))).astype(np.float32)
+    whole = backend.loss_and_grads(batch, params, offset)
+    monkeypatch.setattr(backend_module, "MICRO_TOKENS", 22)  # 2 rows a run: 4 runs
+    parts = backend.loss_and_grads(batch, params, offset)
+    assert abs(whole[0] - parts[0]) <= 1e-6
+    for key in whole[1]:
+        assert np.abs(whole[1][key] - parts[1][key]).max() <= 1e-6

@@ -10,6 +10,8 @@ import numpy as np
 from client.onnx_training.folder import TrainingFolder, ort_session
 from shared.errors import LoraXSError
 
+MICRO_TOKENS = 1024  # padded tokens per run of the step graph: its memory grows with batch x length^2
+
 
 class OnnxBackend:
     def __init__(self, folder: TrainingFolder, threads: int = 0, optimization: str = "all", arena: bool = False):
@@ -66,17 +68,31 @@ class OnnxBackend:
         return session.run(["features"], {k: feed[k] for k in names})[0]  # (B, H)
 
     def loss_and_grads(self, batch: dict, params: dict, logit_offset: np.ndarray | None = None):
+        """The batch in micro-batches of at most MICRO_TOKENS padded tokens, their losses and
+        gradients weighted by their share of the rows: the mean over the whole batch (the loss is
+        a mean, so this is the same sum, regrouped)."""
         weight = np.ascontiguousarray(params["head_weight"], dtype=np.float32)  # (C, H)
         labels = np.ascontiguousarray(batch["labels"], dtype=np.int64)  # (B,)
         if logit_offset is None:
             logit_offset = np.zeros((len(labels), weight.shape[0]), dtype=np.float32)
-        feed = {"lora_R": self._check_r(params), "head_weight": weight,
-                "head_bias": np.ascontiguousarray(params["head_bias"], dtype=np.float32),
-                "labels": labels, "logit_offset": np.ascontiguousarray(logit_offset, dtype=np.float32),
-                **self._tokens(batch)}
+        fixed = {"lora_R": self._check_r(params), "head_weight": weight,
+                 "head_bias": np.ascontiguousarray(params["head_bias"], dtype=np.float32)}
+        tokens = self._tokens(batch)
+        rows = max(1, MICRO_TOKENS // max(1, tokens["input_ids"].shape[1]))
         session, names = self._session("step")
-        loss, grad_r, grad_w, grad_b = session.run(
-            ["loss", "grad_lora_R", "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in names})
+        total, grads = 0.0, None
+        for start in range(0, len(labels), rows):
+            part = slice(start, start + rows)
+            feed = {**fixed, "labels": labels[part],
+                    "logit_offset": np.ascontiguousarray(logit_offset[part], dtype=np.float32),
+                    **{k: np.ascontiguousarray(v[part]) for k, v in tokens.items()}}
+            share = len(labels[part]) / len(labels)
+            loss, grad_r, grad_w, grad_b = session.run(
+                ["loss", "grad_lora_R", "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in names})
+            total += share * float(loss)
+            parts = (grad_r, grad_w, grad_b)
+            grads = [share * g for g in parts] if grads is None else [a + share * g for a, g in zip(grads, parts)]
+        grad_r, grad_w, grad_b = grads
         if not self.trainable_layers.all():
             grad_r = grad_r * self.trainable_layers[:, None, None]
-        return float(loss), {"lora_R": grad_r, "head_weight": grad_w, "head_bias": grad_b}
+        return total, {"lora_R": grad_r, "head_weight": grad_w, "head_bias": grad_b}
