@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from benchmarks.small_folders import TUNING, build_folders
 from shared.artifacts.cache import user_cache_dir
+from shared.recipe.config import PersonalTrainingConfig
 
 HERE = Path(__file__).resolve().parent.parent
 RUN_SCRIPT = Path(__file__).resolve().parent / "recipe_run.py"
@@ -49,8 +50,9 @@ def run_once(checkout: Path, folder: Path, seed: int, budget: float | None = Non
 
 
 def throughput() -> dict:
-    """Tokens per second of the packaged MiniLM with LoRA-XS on this machine: forward alone, and
-    forward + backward to the R (batch 16 x 128 tokens), float32 and bfloat16 autocast."""
+    """Tokens per second of the packaged MiniLM with LoRA-XS on this machine (batch 16 x 128
+    tokens): forward alone in float32 and bfloat16 autocast, forward + backward to the R in
+    float32 (the recipe's training steps are float32)."""
     import torch
 
     from shared.base_models import DEFAULT_MODEL, load_base_model
@@ -63,19 +65,18 @@ def throughput() -> dict:
     ids = torch.randint(1000, 20000, (16, 128))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(16, dtype=torch.int64)}
     out = {"blocks": len(model.backbone.encoder.layer)}
-    for name, bf16 in (("fp32", False), ("bf16", True)):
-        for mode in ("forward", "forward_backward"):
-            seconds = []
-            for _ in range(4):
-                started = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    if mode == "forward":
-                        with torch.inference_mode():
-                            model(**batch)
-                    else:
-                        model(**batch).loss.backward()
-                seconds.append(time.perf_counter() - started)
-            out[f"{name}_{mode}_tokens_per_second"] = ids.numel() / statistics.median(seconds[1:])
+    for name, bf16, mode in (("fp32", False, "forward"), ("bf16", True, "forward"), ("fp32", False, "forward_backward")):
+        seconds = []
+        for _ in range(4):
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if mode == "forward":
+                    with torch.inference_mode():
+                        model(**batch)
+                else:
+                    model(**batch).loss.backward()
+            seconds.append(time.perf_counter() - started)
+        out[f"{name}_{mode}_tokens_per_second"] = ids.numel() / statistics.median(seconds[1:])
     return out
 
 
@@ -83,7 +84,6 @@ def token_counts(folder: Path, max_length: int, seed: int) -> dict:
     """Tokens (truncated to `max_length`) of the train split, its fit part and the test split."""
     from shared.base_models import DEFAULT_MODEL, load_tokenizer
     from shared.data.local_folder import load_local_folder
-    from shared.recipe.config import PersonalTrainingConfig
     from shared.recipe.data import split_validation
 
     tokenizer = load_tokenizer(DEFAULT_MODEL)
@@ -97,7 +97,7 @@ def token_counts(folder: Path, max_length: int, seed: int) -> dict:
 
 def floor_seconds(tokens: dict, speed: dict, precision: str, trained_blocks: int) -> float:
     forward = (tokens["train"] + tokens["test"]) / speed[f"{precision}_forward_tokens_per_second"]
-    train = tokens["fit"] * trained_blocks / speed["blocks"] / speed[f"{precision}_forward_backward_tokens_per_second"]
+    train = tokens["fit"] * trained_blocks / speed["blocks"] / speed["fp32_forward_backward_tokens_per_second"]
     return forward + train
 
 
@@ -109,12 +109,14 @@ def summary(runs: list[dict]) -> dict:
 
 
 def markdown(document: dict) -> str:
+    document["goals"] = goals(document)
     lines = ["# Time to accuracy on small real folders: today's recipe and the new one\n",
              "Each run is `client.run --data DIR` with the defaults in a fresh process; wall = the whole "
-             "process; accuracy on the folder's test split, mean over the seeds shown (lowest-highest).\n",
+             "process; accuracy on the folder's test split, mean over the seeds shown (lowest-highest); "
+             "load = the 1-minute load average before each run (2 cores: above 2, other jobs shared them).\n",
              "| folder | texts | p95 tokens | recipe | seeds | accuracy | wall s | peak RSS MB | steps | "
-             "acc @30 s | acc @60 s | acc @120 s | floor s | wall / floor |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "acc @30 s | acc @60 s | acc @120 s | floor s | wall / floor | load |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, entry in document["folders"].items():
         tag = " (tuning)" if name in TUNING else " (held out)"
         for recipe, row in entry["recipes"].items():
@@ -126,18 +128,20 @@ def markdown(document: dict) -> str:
             ratio = f"{row['wall_seconds'] / entry['floor_seconds']:.1f}" if recipe == "new" else "—"
             lines.append(f"| {name}{tag} | {entry['texts'][0]}/{entry['texts'][1]} | {entry['p95']:.0f} | {recipe} | "
                          f"{len(row['seeds'])} | {acc} | {row['wall_seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
-                         f"{row['steps']:.0f} | {' | '.join(cells)} | {floor} | {ratio} |")
+                         f"{row['steps']:.0f} | {' | '.join(cells)} | {floor} | {ratio} | "
+                         f"{statistics.fmean(r['load_before'] for r in row['runs']):.1f} |")
     speed = document["throughput"]
     lines += ["", f"Throughput here (MiniLM + LoRA-XS, batch 16 x 128): forward {speed['fp32_forward_tokens_per_second']:.0f} "
               f"tokens/s fp32, {speed['bf16_forward_tokens_per_second']:.0f} bf16; forward + backward "
-              f"{speed['fp32_forward_backward_tokens_per_second']:.0f} fp32, "
-              f"{speed['bf16_forward_backward_tokens_per_second']:.0f} bf16.", "", *goal_lines(document["goals"]), "",
+              f"{speed['fp32_forward_backward_tokens_per_second']:.0f} fp32.", "", *goal_lines(document["goals"]), "",
               footer(document)]
     return "\n".join(lines) + "\n"
 
 
 def goals(document: dict) -> list[dict]:
     rows = {name: e["recipes"] for name, e in document["folders"].items() if "new" in e["recipes"]}
+    if not rows:
+        return []
     walls = [r["new"]["wall_seconds"] for r in rows.values()]
     rss = [r["new"]["peak_rss_mb"] for r in rows.values()]
     gaps = {n: r["new"]["accuracy"] - r["today"]["accuracy"] for n, r in rows.items() if "today" in r}
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--baseline-checkout", type=Path, help="a checkout of today's recipe (git worktree add DIR main)")
     parser.add_argument("--baseline-seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--baseline-folders", nargs="+", help="run the baseline only on these folders (default: all)")
     parser.add_argument("--budgets", nargs="*", type=float, default=[30, 60, 120])
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -169,31 +174,39 @@ def main(argv: list[str] | None = None) -> None:
     document = {"command": command_line("benchmarks." + NAME, argv), "machine": machine_now(),
                 "baseline_checkout": "given" if args.baseline_checkout else None, "folders": {}}
     document["throughput"] = speed = throughput()
+    print("throughput (tokens/s):", {k: round(v) for k, v in speed.items()}, flush=True)
     for name in args.folders:
-        entry = document["folders"][name] = {"recipes": {}}
-        if args.baseline_checkout:
-            entry["recipes"]["today"] = summary([run_once(args.baseline_checkout, folders[name], s)
-                                                 for s in args.baseline_seeds])
-        new = entry["recipes"]["new"] = summary([run_once(HERE, folders[name], s) for s in args.seeds])
-        first = new["runs"][0]
-        tokens = token_counts(folders[name], first["max_length"], first["seed"])
-        entry.update(texts=tokens["texts"], p95=tokens["p95"], tokens=tokens)
-        from shared.recipe.config import PersonalTrainingConfig
-        config = PersonalTrainingConfig()
-        blocks = config.train_blocks or speed["blocks"]
-        entry["floor_seconds"] = floor_seconds(tokens, speed, "bf16" if config.bf16 else "fp32", blocks)
-        entry["budgets"] = {}
+        entry = document["folders"][name] = {"recipes": {}, "budgets": {}}
+        save = lambda: write_result(args.out, NAME, document, markdown(document))  # noqa: E731 (after every run)
+        new_runs = []
+        for seed in args.seeds:
+            new_runs.append(run_once(HERE, folders[name], seed))
+            entry["recipes"]["new"] = summary(new_runs)
+            if len(new_runs) == 1:
+                first = new_runs[0]
+                tokens = token_counts(folders[name], first["max_length"], first["seed"])
+                entry.update(texts=tokens["texts"], p95=tokens["p95"], tokens=tokens)
+                config = PersonalTrainingConfig()
+                blocks = config.train_blocks or speed["blocks"]
+                entry["floor_seconds"] = floor_seconds(tokens, speed, "bf16" if config.bf16 else "fp32", blocks)
+            save()
+        if args.baseline_checkout and (args.baseline_folders is None or name in args.baseline_folders):
+            old_runs = []
+            for seed in args.baseline_seeds:
+                old_runs.append(run_once(args.baseline_checkout, folders[name], seed))
+                entry["recipes"]["today"] = summary(old_runs)
+                document["goals"] = goals(document)
+                save()
+        first = new_runs[0]
         for budget in args.budgets:
             if first["personalize_seconds"] <= budget:
                 entry["budgets"][str(int(budget))] = {"accuracy": first["accuracy"], "binding": False}
             else:
                 run = run_once(HERE, folders[name], first["seed"], budget)
                 entry["budgets"][str(int(budget))] = {**run, "binding": True}
-        document["goals"] = goals(document)
-        write_result(args.out, NAME, document, markdown(document))
+            save()
         print(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.3f} in {v['wall_seconds']:.0f} s"
                                       for k, v in entry["recipes"].items()), flush=True)
-
 
 if __name__ == "__main__":
     main()

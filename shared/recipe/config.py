@@ -46,8 +46,8 @@ class PersonalTrainingConfig:
     significance: float = 1.0
     select_on: str = "loss"
     keep_accuracy: bool = True
-    train_blocks: int | None = None
-    bf16: bool = False
+    train_blocks: int | None = 2
+    bf16: bool = True
     time_budget: float | None = None
     seed: int = 0
 
