@@ -5,7 +5,7 @@ Local personalization (no server):
                          [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
 On onnxruntime alone (no PyTorch; MODEL_DIR from `python -m client.export --training MODEL_DIR`):
     python -m client.run --runtime onnx --model-dir MODEL_DIR --data DIR [--adapter FILE] [--out FILE]
-(--runtime auto, the default, trains on onnx when DIR/.loraxs/onnx-training holds artifacts)
+(--runtime auto trains on onnx when DIR/.loraxs/onnx-training holds artifacts; torch is the default)
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--time-budget", type=float, metavar="SECONDS", help=(
         "stop training in time to finish within about SECONDS, keeping the best validated adapter so far"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    local.add_argument("--runtime", choices=RUNTIMES, default="auto", help=(
-        "onnx: onnxruntime + numpy with the training artifacts of --model-dir; torch: PyTorch; auto (default): "
+    local.add_argument("--runtime", choices=RUNTIMES, default="torch", help=(
+        "torch: PyTorch (default); onnx: onnxruntime + numpy with the training artifacts of --model-dir; auto: "
         f"onnx when --model-dir is given or DIR/{ONNX_ARTIFACTS} holds artifacts and no PyTorch-only flag is, else torch"))
     local.add_argument("--model-dir", metavar="DIR", help="training artifacts (python -m client.export --training DIR)")
     local.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --runtime onnx (0: its choice)")

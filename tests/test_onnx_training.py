@@ -470,7 +470,7 @@ def test_train_blocks_picks_the_same_layers_as_the_pytorch_backend(tiny_training
     assert backend.trainable_layers.all()
 
 
-def test_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training, small_folder, tmp_path, capsys):
+def test_runtime_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training, small_folder, tmp_path, capsys):
     import shutil
 
     from client.run import main as run_main
@@ -478,7 +478,7 @@ def test_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training
     data = tmp_path / "data"
     shutil.copytree(small_folder, data)
     shutil.copytree(tiny_training, data / ".loraxs" / "onnx-training")
-    assert run_main(["--data", str(data), "--epochs", "1"]) == 0
+    assert run_main(["--data", str(data), "--epochs", "1", "--runtime", "auto"]) == 0
     assert capsys.readouterr().out.startswith("runtime onnx")
     assert load_adapter(data / "personal_adapter.safetensors")[1].extra["runtime"] == "onnx"
 
