@@ -31,12 +31,20 @@ def make_client_app(config: "FederationConfig | None" = None, torch_threads: int
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
+        if _onnx_node(context):
+            from client.onnx_training import node_messages
+
+            return node_messages.answer(msg, context, node_messages.train_reply)
         from client import message_work
 
         return message_work.answer(msg, context, config, torch_threads, message_work.train_reply)
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        if _onnx_node(context):
+            from client.onnx_training import node_messages
+
+            return node_messages.answer(msg, context, node_messages.evaluate_reply)
         from client import message_work
 
         return message_work.answer(msg, context, config, torch_threads, message_work.evaluate_reply)
@@ -52,6 +60,12 @@ def make_client_app(config: "FederationConfig | None" = None, torch_threads: int
         return Message(RecordDict({STATUS: status}), reply_to=msg)
 
     return client_app
+
+
+def _onnx_node(context: Context) -> bool:
+    """Node config `runtime = "onnx"`: train and evaluate with onnxruntime, no torch imported
+    (client/onnx_training/node_messages.py)."""
+    return str(context.node_config.get("runtime", "")).strip().lower() == "onnx"
 
 
 def _secure_stage(name: str):

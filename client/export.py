@@ -3,6 +3,7 @@
     python -m client.export --adapter PERSONAL.safetensors --out model.onnx [--model M]
                             [--basis FILE] [--quantize int8] [--adapter-as-input] [--onnx-adapter] [--opset N]
                             [--data DIR] [--timing [--repeats N]] [--max-length N]
+    python -m client.export --training DIR [--adapter FILE | --model M --rank R] [--basis FILE] [--force]
 
 Writes the merged fp32 model, optionally its int8 quantization and the adapter-as-input graph,
 the tokenizer files and `<stem>.export.json` into the folder of --out; prints the files and the max
@@ -26,8 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m client.export",
         description="Merge a LoRA-XS adapter into its base model and export it to ONNX, verified with onnxruntime.",
     )
-    parser.add_argument("--adapter", required=True, metavar="FILE", help="the personal adapter (.safetensors)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the merged model to write (.onnx); a missing folder is created")
+    parser.add_argument("--adapter", metavar="FILE", help="the personal adapter (.safetensors)")
+    parser.add_argument("--out", metavar="FILE", help="the merged model to write (.onnx); a missing folder is created")
     parser.add_argument("--model", help="base model id or folder; must be the adapter's (default: from the adapter)")
     parser.add_argument("--basis", metavar="FILE", help="the factor bundle the adapter was trained with")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="also write an onnxruntime dynamic int8 model")
@@ -41,9 +42,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20, help="with --timing: timed runs per latency median (default 20)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="tokens per text for --data (default %(default)s)")
+    training = parser.add_argument_group("training artifacts (--training)")
+    training.add_argument("--training", metavar="DIR", help=(
+        "write the training-step and feature graphs a device trains with (onnxruntime only) to DIR, "
+        "for the factors of --adapter, or of --model at --rank"))
+    training.add_argument("--rank", type=int, help="LoRA-XS rank without --adapter (default 16)")
+    training.add_argument("--task", choices=("seq-cls", "causal-lm"), help="without --adapter (default seq-cls)")
+    training.add_argument("--force", action="store_true", help="replace the training artifacts already in DIR")
     add_key_flags(parser, encrypt=False)
     args = parser.parse_args(argv)
     refuse_blank_values(parser, args)  # --model '' is no default, --adapter '' no "none"
+    if args.training is None:
+        missing = [flag for flag, value in (("--adapter", args.adapter), ("--out", args.out)) if value is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)} (or --training DIR)")
+        given = [flag for flag, value in (("--rank", args.rank), ("--task", args.task)) if value is not None]
+        if given or args.force:
+            parser.error(f"{', '.join(given + (['--force'] if args.force else []))}: only with --training DIR")
+    elif args.out is not None:
+        parser.error("--out: the merged-model export; --training DIR writes its own files")
     return args
 
 
@@ -86,10 +103,37 @@ def print_report(report: ExportReport) -> None:
         print(f"onnxruntime accuracy on {report.test_examples} test examples: {line}")
 
 
+def training_config(args: argparse.Namespace):
+    from client.onnx_training.export import TrainingExportConfig
+
+    return TrainingExportConfig(
+        out_dir=args.training, adapter=args.adapter, model=args.model, rank=args.rank, task=args.task or "seq-cls",
+        basis_file=args.basis, opset=args.opset, force=args.force,
+        key_source=key_source(args, args.adapter) if args.adapter else None,
+    )
+
+
+def print_training_report(done) -> None:
+    meta = done.meta
+    print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
+          f"factors from {done.factors_source} (basis {meta.basis_fingerprint[:12]}), opset {done.opset}")
+    print("files:")
+    for path in done.files.values():
+        print(f"  {_size(path.stat().st_size):>11}  {path}")
+    print("max abs difference, onnxruntime vs PyTorch:")
+    for what, diff in done.diffs.items():
+        print(f"  {diff:9.2e}  {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def work() -> int:
+        if args.training is not None:
+            from client.onnx_training.export import run_training_export
+
+            print_training_report(run_training_export(training_config(args)))
+            return 0
         print_report(run_export(export_config(args)))
         return 0
 

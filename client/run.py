@@ -3,6 +3,9 @@
 Local personalization (no server):
     python -m client.run --data DIR [--adapter GLOBAL.safetensors] [--out PERSONAL.safetensors]
                          [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
+On onnxruntime alone (no PyTorch; MODEL_DIR from `python -m client.export --training MODEL_DIR`):
+    python -m client.run --runtime onnx --model-dir MODEL_DIR --data DIR [--adapter FILE] [--out FILE]
+(--runtime auto trains on onnx when DIR/.loraxs/onnx-training holds artifacts; torch is the default)
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
@@ -14,10 +17,9 @@ User errors print one line to stderr and exit non-zero; no file is ever half-wri
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from client.adapter_key import add_key_flags, key_source
-from client.personalization import DEFAULT_OUT_NAME, PersonalizationConfig, PersonalizationResult, personalize
-from deployment.supernode import SuperNodeConfig, run_supernode
 from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
@@ -29,6 +31,12 @@ RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_frac
                 "train_blocks", "time_budget")
 LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")  # and --insecure, --secure-aggregation
+NOT_ON_ONNX = ("basis", "model", "rank", "task", "device", "key_file", "encrypt_at_rest")  # --runtime onnx
+DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # = client.personalization's (a test checks)
+RUNTIMES = ("auto", "torch", "onnx")
+ONNX_ARTIFACTS = Path(".loraxs") / "onnx-training"  # in the data folder: the artifacts `auto` picks up
+# The PyTorch runtime's modules (torch, transformers, datasets) and the SuperNode's are imported
+# only when used: `--runtime onnx` runs in a process that never imports torch.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument("--time-budget", type=float, metavar="SECONDS", help=(
         "stop training in time to finish within about SECONDS, keeping the best validated adapter so far"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    local.add_argument("--runtime", choices=RUNTIMES, default="torch", help=(
+        "torch: PyTorch (default); onnx: onnxruntime + numpy with the training artifacts of --model-dir; auto: "
+        f"onnx when --model-dir is given or DIR/{ONNX_ARTIFACTS} holds artifacts and no PyTorch-only flag is, else torch"))
+    local.add_argument("--model-dir", metavar="DIR", help="training artifacts (python -m client.export --training DIR)")
+    local.add_argument("--threads", type=int, default=0, help="onnxruntime threads with --runtime onnx (0: its choice)")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")
     federation.add_argument("--superlink", metavar="HOST:PORT", help="run as a SuperNode of this SuperLink")
@@ -100,7 +113,46 @@ def check_mode_flags(args: argparse.Namespace) -> None:
         raise LoraXSError(f"{flags}: only for joining a federation with --superlink HOST:PORT")
 
 
-def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
+def resolve_runtime(args: argparse.Namespace) -> None:
+    """--runtime auto -> onnx or torch (see its help); sets args.model_dir for found artifacts."""
+    if args.runtime != "auto":
+        return
+    found = Path(args.data).expanduser() / ONNX_ARTIFACTS
+    if args.model_dir is not None:
+        args.runtime = "onnx"
+    elif (found / "training.json").is_file() and not any(getattr(args, n, None) for n in NOT_ON_ONNX):
+        args.runtime, args.model_dir = "onnx", str(found)
+    else:
+        args.runtime = "torch"
+
+
+def check_runtime_flags(args: argparse.Namespace) -> None:
+    resolve_runtime(args)
+    if args.runtime != "onnx":
+        if args.model_dir is not None:
+            raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
+        return
+    if args.model_dir is None:
+        raise LoraXSError("--runtime onnx needs --model-dir DIR (python -m client.export --training DIR)")
+    given = [name for name in NOT_ON_ONNX if getattr(args, name, None)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise LoraXSError(f"{flags}: not with --runtime onnx (the training artifacts fix the model, "
+                          "factors and rank); use --runtime torch")
+
+
+def onnx_config(args: argparse.Namespace):
+    from client.onnx_training.personalize import OnnxRunConfig
+
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    return OnnxRunConfig(data_dir=args.data, model_dir=args.model_dir, adapter=args.adapter, out=args.out,
+                         force=args.force, training=PersonalTrainingConfig(seed=args.seed, **given),
+                         seed=args.seed, threads=args.threads)
+
+
+def personalization_config(args: argparse.Namespace):
+    from client.personalization import PersonalizationConfig
+
     given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
     return PersonalizationConfig(
         data_dir=args.data, adapter=args.adapter, basis_file=args.basis, out=args.out, force=args.force,
@@ -110,7 +162,8 @@ def personalization_config(args: argparse.Namespace) -> PersonalizationConfig:
     )
 
 
-def print_report(result: PersonalizationResult) -> None:
+def print_report(result) -> None:
+    """result: client.personalization.PersonalizationResult."""
     meta, recipe = result.meta, result.recipe
     print(f"base model {meta.base_model}, task {meta.task}, rank {meta.rank}, "
           f"factors from {result.factors_source} (basis {meta.basis_fingerprint[:12]})")
@@ -159,11 +212,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.superlink and (args.key_file or args.encrypt_at_rest):
             raise LoraXSError("--encrypt-at-rest, --key-file: only for local personalization, not with --superlink")
         if args.superlink:
+            from deployment.supernode import SuperNodeConfig, run_supernode
+
+            if args.model_dir is not None and args.runtime == "torch":
+                raise LoraXSError("--model-dir: the training artifacts of --runtime onnx; pass --runtime onnx")
+            runtime = "onnx" if args.runtime == "onnx" or args.model_dir is not None else "torch"
             return run_supernode(SuperNodeConfig(
                 superlink=args.superlink, data_dir=args.data, root_certificates=args.root_certificates,
                 auth_key=args.auth_key, insecure=args.insecure, server_key=args.server_key,
                 secure_aggregation=args.secure_aggregation,
+                runtime=runtime, onnx_model_dir=args.model_dir,
             ))
+        check_runtime_flags(args)
+        if args.runtime == "onnx":
+            from client.onnx_training.personalize import personalize_onnx, report_lines
+
+            print("\n".join(report_lines(personalize_onnx(onnx_config(args)))))
+            return 0
+        from client.personalization import personalize
+
         config = personalization_config(args)
         config = replace(config, key_source=key_source(args, config.adapter), encrypt_at_rest=bool(args.encrypt_at_rest))
         print_report(personalize(config))

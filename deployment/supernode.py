@@ -30,12 +30,18 @@ class SuperNodeConfig:
     runtime_port: int = 0
     server_key: Path | None = None  # the ServerApp's public key file, pinned (node config server-key)
     secure_aggregation: bool = False  # take part in secure aggregation (node config secure-aggregation)
+    runtime: str = "torch"  # "onnx": node config runtime = "onnx", trains through onnxruntime
+    onnx_model_dir: Path | None = None  # its training artifacts (node config onnx-model-dir)
 
     def __post_init__(self):
         parse_address(self.superlink)
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         if self.insecure and self.root_certificates:
             raise LoraXSError("--insecure and --root-certificates contradict each other; pick one")
+        if self.runtime not in ("torch", "onnx"):
+            raise LoraXSError(f"--runtime must be torch or onnx, got {self.runtime!r}")
+        if self.onnx_model_dir is not None:
+            object.__setattr__(self, "onnx_model_dir", Path(self.onnx_model_dir).expanduser().resolve())
         for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key),
                            ("--server-key", self.server_key)):
             if path is not None and not Path(path).is_file():
@@ -60,8 +66,13 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         raise LoraXSError(f"cannot reach SuperLink at {address}")
 
 
-def check_data_folder(data_dir: Path) -> None:
+def check_data_folder(data_dir: Path, runtime: str = "torch") -> None:
     """Fail fast, before joining, on a folder the ClientApp could not read."""
+    if runtime == "onnx":
+        from shared.data.local_folder import read_local_rows
+
+        read_local_rows(data_dir)  # without datasets, as the onnx node reads it
+        return
     load_local_folder(data_dir, task=infer_task(data_dir))
 
 
@@ -75,12 +86,16 @@ def quoted_config_value(text: str) -> str:
 
 
 def supernode_command(config: SuperNodeConfig, runtime_port: int) -> list[str]:
+    node_config = f"data-dir={quoted_config_value(str(config.data_dir))}" + (
+        f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else "") + (
+        " secure-aggregation=true" if config.secure_aggregation else "")
+    if config.runtime == "onnx":
+        node_config += " runtime='onnx'" + (
+            f" onnx-model-dir={quoted_config_value(str(config.onnx_model_dir))}" if config.onnx_model_dir else "")
     command = [
         flower_command("flower-supernode"),
         "--superlink", config.superlink,
-        "--node-config", f"data-dir={quoted_config_value(str(config.data_dir))}" + (
-            f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else "") + (
-            " secure-aggregation=true" if config.secure_aggregation else ""),
+        "--node-config", node_config,
         "--host", RUNTIME_HOST,
         "--port", str(runtime_port),
     ]
@@ -104,7 +119,11 @@ def start_supernode(
 def run_supernode(config: SuperNodeConfig) -> int:
     """Join the federation in the foreground until the SuperNode exits or we get SIGINT/SIGTERM
     (forwarded to it); returns its exit status. It is never left running."""
-    check_data_folder(config.data_dir)
+    check_data_folder(config.data_dir, config.runtime)
+    if config.runtime == "onnx":
+        from client.onnx_training.folder import open_training_folder
+
+        open_training_folder(config.onnx_model_dir or config.data_dir / ".loraxs" / "onnx-training")
     check_reachable(config.superlink)
     started: list[ProcessTree] = []
     forwarded: list[int] = []

@@ -21,13 +21,16 @@ import csv
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-
-from datasets import Dataset
+from typing import TYPE_CHECKING
 
 from shared.artifacts.untrusted_file import open_regular
-from shared.data.text_splits import TextSplits, check_task, split_train_test
+from shared.data.text_splits import TextSplits, check_task, split_indices, split_train_test
 from shared.errors import LoraXSError
+
+if TYPE_CHECKING:  # datasets costs seconds to import; read_local_rows never needs it
+    from datasets import Dataset
 
 SUPPORTED_SUFFIXES = {"seq-cls": (".jsonl", ".csv"), "causal-lm": (".txt", ".jsonl", ".csv")}
 INTEGER_LABEL = re.compile(r"-?\d{1,18}")
@@ -50,6 +53,59 @@ def infer_task(path: str | Path) -> str:
     return "seq-cls"
 
 
+@dataclass(frozen=True)
+class FolderRows:
+    """A folder's train and test examples as plain lists (no datasets): what a device reads."""
+
+    train_texts: list[str]
+    train_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+    labels: list[str]
+
+
+def read_local_rows(path: str | Path, seed: int = 0, test_fraction: float = 0.2) -> FolderRows:
+    """A classification folder as `load_local_folder(path, "seq-cls", seed)` reads it, the same
+    rows in the same order, without importing datasets."""
+    folder = Path(path).expanduser()
+    files = _supported_files(folder, "seq-cls")
+    train_files = [f for f in files if f.stem.lower() == "train"]
+    test_files = [f for f in files if f.stem.lower() == "test"]
+    _refuse_test_without_train(folder, train_files, test_files)
+    if train_files and test_files:
+        train_rows = [row for f in train_files for row in _read_file(f, True)]
+        test_rows = [row for f in test_files for row in _read_file(f, True)]
+        _check_split_rows(folder, train_rows, test_rows)
+        labels, ids = _label_ids(train_rows + test_rows)
+        cut = len(train_rows)
+        texts = [text for text, _ in train_rows + test_rows]
+        return FolderRows(texts[:cut], ids[:cut], texts[cut:], ids[cut:], labels)
+    rows = [row for f in files for row in _read_file(f, True)]
+    if len(rows) < 2:
+        raise LoraXSError(f"{folder} holds {len(rows)} example(s); at least 2 are needed")
+    labels, ids = _label_ids(rows)
+    train, test = split_indices(len(rows), test_fraction, seed)
+    return FolderRows([rows[i][0] for i in train], [ids[i] for i in train],
+                      [rows[i][0] for i in test], [ids[i] for i in test], labels)
+
+
+def _refuse_test_without_train(folder: Path, train_files: list[Path], test_files: list[Path]) -> None:
+    if test_files and not train_files:
+        raise LoraXSError(f"{folder} holds {test_files[0].name} but no train file: add train.* (a test file is "
+                          "never split and trained on), or rename it to use the 80/20 split")
+
+
+def _check_split_rows(folder: Path, train_rows: list[Row], test_rows: list[Row], needs_label: bool = True) -> None:
+    for rows, kind in ((train_rows, "train"), (test_rows, "test")):
+        if not rows:
+            raise LoraXSError(f"{folder}: the {kind}.* files hold no examples")
+    if needs_label:
+        unseen = sorted({str(label) for _, label in test_rows} - {str(label) for _, label in train_rows})
+        if unseen:
+            raise LoraXSError(f"{folder}: label(s) {', '.join(repr(u) for u in unseen[:5])} occur only in the "
+                              "test files; every label needs training examples")
+
+
 def load_local_folder(
     path: str | Path, task: str = "seq-cls", seed: int = 0, test_fraction: float = 0.2
 ) -> TextSplits:
@@ -61,20 +117,11 @@ def load_local_folder(
     test_files = [f for f in files if f.stem.lower() == "test"]
     needs_label = task == "seq-cls"
 
-    if test_files and not train_files:
-        raise LoraXSError(f"{folder} holds {test_files[0].name} but no train file: add train.* (a test file is "
-                          "never split and trained on), or rename it to use the 80/20 split")
+    _refuse_test_without_train(folder, train_files, test_files)
     if train_files and test_files:
         train_rows = [row for f in train_files for row in _read_file(f, needs_label)]
         test_rows = [row for f in test_files for row in _read_file(f, needs_label)]
-        for rows, kind in ((train_rows, "train"), (test_rows, "test")):
-            if not rows:
-                raise LoraXSError(f"{folder}: the {kind}.* files hold no examples")
-        if needs_label:
-            unseen = sorted({str(label) for _, label in test_rows} - {str(label) for _, label in train_rows})
-            if unseen:
-                raise LoraXSError(f"{folder}: label(s) {', '.join(repr(u) for u in unseen[:5])} occur only in the "
-                                  "test files; every label needs training examples")
+        _check_split_rows(folder, train_rows, test_rows, needs_label)
         labels, train, test = _to_datasets(train_rows, test_rows, needs_label)
         return TextSplits(train=train, test=test, labels=labels)
 
@@ -227,29 +274,35 @@ def _checked_row(text, label, where: str, needs_label: bool) -> Row:
 
 def _to_datasets(
     train_rows: list[Row], test_rows: list[Row], needs_label: bool
-) -> tuple[list[str] | None, Dataset, Dataset | None]:
+) -> tuple[list[str] | None, "Dataset", "Dataset | None"]:
     """Turn rows into datasets with label ids shared by train and test, plus the label names."""
+    from datasets import Dataset
+
     rows = train_rows + test_rows
     columns: dict[str, list] = {"text": [text for text, _ in rows]}
     labels = None
     if needs_label:
-        raw_labels = [label for _, label in rows]
-        kinds = {isinstance(label, int) for label in raw_labels}
-        if len(kinds) > 1:
-            raise LoraXSError("the labels mix integers and strings (e.g. 1 and \"pos\"); use one kind")
-        distinct = sorted(set(raw_labels))  # integers in numeric order, strings in text order
-        if len(distinct) < 2:
-            raise LoraXSError(f"classification needs at least 2 labels; the files hold only {str(distinct[0])[:80]!r}")
-        if len(distinct) > MAX_CLASSES:
-            raise LoraXSError(f"the files hold {len(distinct)} distinct labels, more than the {MAX_CLASSES} allowed")
-        if len(raw_labels) == len(distinct):
-            raise LoraXSError(f"every one of the {len(raw_labels)} examples has a label of its own: a classifier "
-                              "needs several examples of a label (is the label column an id?)")
-        labels = [str(label) for label in distinct]
-        id_of_label = {label: i for i, label in enumerate(distinct)}
-        columns["label"] = [id_of_label[label] for label in raw_labels]
+        labels, columns["label"] = _label_ids(rows)
 
     cut = len(train_rows)
     train = Dataset.from_dict({name: values[:cut] for name, values in columns.items()})
     test = Dataset.from_dict({name: values[cut:] for name, values in columns.items()})
     return labels, train, test if test_rows else None
+
+
+def _label_ids(rows: list[Row]) -> tuple[list[str], list[int]]:
+    """(class names, each row's class id): integers in numeric order, strings in text order."""
+    raw_labels = [label for _, label in rows]
+    kinds = {isinstance(label, int) for label in raw_labels}
+    if len(kinds) > 1:
+        raise LoraXSError("the labels mix integers and strings (e.g. 1 and \"pos\"); use one kind")
+    distinct = sorted(set(raw_labels))
+    if len(distinct) < 2:
+        raise LoraXSError(f"classification needs at least 2 labels; the files hold only {str(distinct[0])[:80]!r}")
+    if len(distinct) > MAX_CLASSES:
+        raise LoraXSError(f"the files hold {len(distinct)} distinct labels, more than the {MAX_CLASSES} allowed")
+    if len(raw_labels) == len(distinct):
+        raise LoraXSError(f"every one of the {len(raw_labels)} examples has a label of its own: a classifier "
+                          "needs several examples of a label (is the label column an id?)")
+    id_of_label = {label: i for i, label in enumerate(distinct)}
+    return [str(label) for label in distinct], [id_of_label[label] for label in raw_labels]

@@ -1,10 +1,16 @@
 """The train/test pair every loader returns, and the seeded split that makes one."""
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-from datasets import Dataset
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from shared.errors import LoraXSError
+
+if TYPE_CHECKING:  # importing datasets costs seconds; the device path never needs it
+    from datasets import Dataset
 
 TASKS = ("seq-cls", "causal-lm")
 
@@ -42,3 +48,15 @@ def split_train_test(
     num_test = min(max(round(len(ds) * test_fraction), 1), len(ds) - 1)
     parts = ds.train_test_split(test_size=num_test, seed=seed)
     return parts["train"], parts["test"]
+
+
+def split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, test) row indices of `split_train_test` on `n` rows, without datasets: the same
+    permutation (`np.random.default_rng(seed)`), test first (tests/test_onnx_training.py checks)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise LoraXSError(f"the test fraction must be between 0 and 1, got {test_fraction}")
+    if n < 2:
+        raise LoraXSError(f"need at least 2 examples to split into train and test, got {n}")
+    num_test = min(max(round(n * test_fraction), 1), n - 1)
+    permutation = np.random.default_rng(seed).permutation(n)
+    return [int(i) for i in permutation[num_test:]], [int(i) for i in permutation[:num_test]]
