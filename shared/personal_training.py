@@ -124,6 +124,7 @@ class PersonalTrainingResult:
     start_accuracy: float | None = None  # validation accuracy of the start and of the kept adapter
     kept_accuracy: float | None = None  # (seq-cls; the kept one before its head is refitted on validation)
     held_back: list[int] = field(default_factory=list)  # epochs with a better score but a lower accuracy
+    head_l2: float | None = None  # the kept head was refitted on fit + validation with this penalty
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -336,7 +337,8 @@ def personal_training(
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
-    if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
+    head_refitted = closed_form and not (lam == 0.0 and start != "scratch")  # a given adapter kept as given
+    if head_refitted:
         set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
                                       num_classes, probe_l2))
     return PersonalTrainingResult(
@@ -344,5 +346,5 @@ def personal_training(
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back,
+        held_back=held_back, head_l2=probe_l2 if head_refitted else None,
     )

@@ -75,7 +75,7 @@ def test_from_scratch_writes_personal_adapter_and_leaves_data_alone(tiny_bert_di
     state, meta = load_adapter(out_path)
     assert meta.extra["kind"] == "personal"
     assert meta.labels == ("fresh", "rotten") and meta.rank == RANK and meta.task == "seq-cls"
-    assert set(state) == {k for k in state if k.endswith("lora_R") or k.startswith("classifier.")}
+    assert set(state) == {k for k in state if k.endswith("lora_R") or k.startswith(("classifier.", "lexical."))}
     assert sum(k.endswith("lora_R") for k in state) == 8  # 2 layers x 4 targets
     # the factors it was trained on are cached under their fingerprint
     assert cached_basis_path(data_dir / STATE_FOLDER / "basis", meta.basis_fingerprint).is_file()
