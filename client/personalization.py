@@ -6,7 +6,7 @@ split before and after, and writes a personal adapter atomically. Nothing in the
 changes except the output file and the `.loraxs/` state folder (cached factors).
 """
 
-import copy
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,13 +21,16 @@ from shared.data.local_folder import infer_task, load_local_folder
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.linear_probe import linear_head
+from shared.loraxs.model import adapter_state
 from shared.calibration import expected_calibration_error, nll
 from shared.personal_output import OutputParts, PersonalClassifier, parts_meta, parts_state
 from shared.personal_parts import PartsChoice, choose_parts, collect_logits
 from shared.personal_training import (
-    PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training, split_validation,
+    PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training,
 )
+from shared.recipe.data import split_validation
+from shared.recipe.recipe import RecipeResult
 from shared.training import EvalResult, evaluate
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # in the data folder itself (public: docs, tests)
@@ -89,7 +92,7 @@ class PersonalizationResult:
     before: EvalResult  # the start adapter as given (from scratch: an untrained head)
     after: EvalResult
     baselines: dict[str, EvalResult]  # name -> held-out result, on the same split
-    recipe: PersonalTrainingResult
+    recipe: PersonalTrainingResult | RecipeResult
     meta: AdapterMeta
     factors_source: str
     num_train: int
@@ -100,6 +103,8 @@ class PersonalizationResult:
 
 
 def personalize(config: PersonalizationConfig) -> PersonalizationResult:
+    began = time.monotonic()  # --time-budget counts from here
+    deadline = began + config.training.time_budget if config.training.time_budget else None
     out = config.out_path
     check_output_file(out, config.force)
     start = read_adapter(config.adapter, config.model, config.rank, config.task,
@@ -126,25 +131,26 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     store_basis_somewhere(basis_cache_dirs(config.data_dir), basis, model_id)  # a read-only folder: user cache
 
     tokenizer = load_tokenizer(model_id)
+    start_name = "the given adapter" if config.adapter else "scratch"
     test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
-    recipe_length = choose_max_length(splits.train["text"], tokenizer, config.training, model)
-    before = evaluate(model, test_loader(recipe_length), device)
-    recipe = personal_training(
-        model, splits.train, tokenizer, task, config.training, device,
-        start="the given adapter" if config.adapter else "scratch", progress=config.progress,
-    )
-    after_encoder = evaluate(model, test_loader(recipe.max_length), device)
-    choice = _choose_parts(config, model, splits.train, tokenizer, recipe, device) if task == "seq-cls" else None
+    choice = None
+    if task == "seq-cls" and linear_head(model) is not None:  # the numpy recipe reports on the test split itself
+        recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
+                                   progress=config.progress, test_set=splits.test, deadline=deadline)
+        before, after = recipe.before, recipe.after
+        baselines = {"frozen features + logistic regression": recipe.frozen_test}
+        choice = _choose_parts(config, model, splits.train, tokenizer, recipe, device)
+    else:
+        before = evaluate(model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)),
+                          device)
+        recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
+                                   progress=config.progress)
+        after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
+    after_encoder = after
     parts = choice.parts if choice is not None else OutputParts()
-    classifier = PersonalClassifier(model, parts) if not parts.empty else model
-    after = evaluate(classifier, test_loader(recipe.max_length), device) if not parts.empty else after_encoder
+    if not parts.empty:
+        after = evaluate(PersonalClassifier(model, parts), test_loader(recipe.max_length), device)
     calibration = _test_calibration(model, parts, test_loader(recipe.max_length), device) if choice else None
-    baselines = {}
-    if recipe.frozen_head_state is not None:
-        chosen = copy.deepcopy(adapter_state(model))
-        load_adapter_state(model, recipe.frozen_head_state)
-        baselines["frozen features + logistic regression"] = evaluate(model, test_loader(recipe.max_length), device)
-        load_adapter_state(model, chosen)
     if config.adapter:
         baselines["the given adapter"] = before
 
@@ -171,7 +177,8 @@ def _choose_parts(config: PersonalizationConfig, model, train, tokenizer, recipe
     """The lexical part and temperature on the recipe's own fit / validation split."""
     if not (config.lexical or config.calibrate):
         return None
-    fit, val = split_validation(train, config.training.val_fraction, config.training.seed, stratify=True)
+    fit, val = split_validation(list(train["label"]), config.training.val_fraction, config.training.seed, stratify=True)
+    fit, val = train.select(fit), train.select(val)  # the recipe's own split
     choice = choose_parts(model, fit, val, tokenizer, recipe.max_length, recipe.head_l2, device, config.lexical)
     if choice is not None and not config.calibrate:
         choice.parts = OutputParts(choice.parts.lexical, 1.0)

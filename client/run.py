@@ -21,10 +21,11 @@ from shared.cli import run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.personal_training import LENGTH_PERCENTILE, PersonalTrainingConfig
+from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
-RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on")
+RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on",
+                "train_blocks", "time_budget")
 LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", "no_lexical", "no_calibration",
               *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="no lexical part (by default one is added when it helps on validation)")
     local.add_argument("--no-calibration", action="store_true", default=None,
                        help="no temperature (by default one is fit on validation: calibrated probabilities)")
+    local.add_argument("--train-blocks", type=int, help=(
+        "train the R of the top N transformer blocks only; the hidden states entering them are computed once "
+        f"per text (default {RECIPE.train_blocks or 'all'})"))
+    local.add_argument("--time-budget", type=float, metavar="SECONDS", help=(
+        "stop training in time to finish within about SECONDS, keeping the best validated adapter so far"))
     local.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     local.add_argument("--seed", type=int, default=0, help="data split, head init and shuffling")
     federation = parser.add_argument_group("joining a federation")
@@ -113,6 +119,9 @@ def print_report(result: PersonalizationResult) -> None:
           f"mean loss {training.loss:.4f}")
     shown = (lambda score: score) if recipe.measure == "accuracy" else (lambda score: -score)  # loss: lower is better
     history = ", ".join(f"{shown(score):.3f}" for score in recipe.history)
+    if getattr(recipe, "stopped_on_time", False):
+        print(f"stopped on time: the --time-budget ran out after {training.steps} steps; the best validated "
+              "adapter so far is kept")
     print(f"validation {recipe.measure}: start ({recipe.start}) {shown(recipe.start_score):.4f}; after each epoch {history}")
     if recipe.held_back:
         print(f"not kept: epoch(s) {', '.join(map(str, recipe.held_back))}: a lower validation {recipe.measure} "

@@ -12,21 +12,21 @@ exactly the interpolation of the two delta Ws. The head's weights interpolate th
 lam = 0 (the start) is always a candidate and wins every tie, so the choice never scores below
 the start on that held-out data; a positive lam is kept only when its gain over the start is
 larger than `significance` standard errors of the paired per-example differences.
-Pure functions: no model, no data, no files.
+Pure functions: no model, no data, no files; torch tensors or numpy arrays alike (no torch import:
+the device runtime uses them too).
 """
 
 import math
 from collections.abc import Mapping, Sequence
 
-import torch
+import numpy as np
 
 from shared.errors import LoraXSError
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def interpolate(start: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
-                lam: float) -> dict[str, torch.Tensor]:
+def interpolate(start: Mapping, tuned: Mapping, lam: float) -> dict:
     """start + lam * (tuned - start), tensor by tensor (same keys and shapes)."""
     if set(start) != set(tuned):
         raise LoraXSError("the two adapter states to interpolate have different tensors")
@@ -37,7 +37,10 @@ def interpolate(start: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Ten
         b = tuned[name]
         if a.shape != b.shape:
             raise LoraXSError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
-        out[name] = (a.float() + lam * (b.float() - a.float())).to(a.dtype)
+        if isinstance(a, np.ndarray):
+            out[name] = (a.astype(np.float32) + lam * (np.asarray(b, np.float32) - a.astype(np.float32))).astype(a.dtype)
+        else:
+            out[name] = (a.float() + lam * (b.float() - a.float())).to(a.dtype)
     return out
 
 

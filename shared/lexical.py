@@ -12,7 +12,7 @@ positions alone (`lexical_logits`): position t with id v weighs w_t = idf_v (1 +
 so sum_t w_t W[:, t_t] = W x ||.||, and ||.||^2 = sum_t w_t^2 c_t. That form needs only gathers
 over a (vocab,) idf table and a (vocab, C) weight table, so the ONNX graphs compute it exactly.
 
-Numpy only: the fit runs on a device (logistic regression by accelerated gradient descent).
+Numpy only. The weights are fit by the recipe's closed-form head (shared/recipe/head.py).
 """
 
 import base64
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # penalty on the summed squared weights, per mean example loss
 MIN_DF = 2  # a wordpiece must occur in this many training texts to get a weight
 MAX_IDS = 200_000  # more distinct ids than any tokenizer this project loads: a crafted file
 
@@ -82,28 +81,6 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
-def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
-                 offset: np.ndarray | None = None, iterations: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression, mean cross-entropy + l2 |W|^2, by Nesterov's accelerated
-    gradient (a convex problem; rows of `x` have norm <= 1, so the step 1 / (1 + 2 l2) is safe).
-    offset (N, C): logits added before the loss (another part of the model, held fixed).
-    -> W (C, k), b (C,)."""
-    n, k = x.shape
-    onehot = np.eye(num_classes)[labels]  # (N, C)
-    offset = np.zeros((n, num_classes)) if offset is None else offset.astype(np.float64)
-    w, b = np.zeros((num_classes, k)), np.zeros(num_classes)
-    w_prev, b_prev = w, b
-    step = 1.0 / (1.0 + 2.0 * l2)
-    for i in range(1, iterations + 1):
-        momentum = (i - 1) / (i + 2)
-        yw, yb = w + momentum * (w - w_prev), b + momentum * (b - b_prev)
-        residual = (softmax(x @ yw.T + yb + offset) - onehot) / n  # (N, C)
-        w_prev, b_prev = w, b
-        w = yw - step * (residual.T @ x + 2 * l2 * yw)  # (C, k)
-        b = yb - step * residual.sum(0)
-    return w.astype(np.float32), b.astype(np.float32)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -2,8 +2,9 @@
 
     encoder   <- the trained adapter; its head refitted on the fit split alone, so that the
                  validation split is held out from every part scored on it
-    lexical   <- logistic regression on idf-weighted wordpieces of the fit split, penalty chosen
-                 on validation accuracy (shared/lexical.py)
+    lexical   <- logistic regression on idf-weighted wordpieces of the fit split (shared/lexical.py),
+                 by the recipe's closed-form head (shared/recipe/head.py), penalty chosen on
+                 validation accuracy
     mix       <- logits = encoder + a * lexical, a in MIX_GRID; each scored by its validation
                  loss at its own best temperature; a > 0 is kept only when that loss is lower and
                  the validation accuracy at least a = 0's (a = 0, the encoder alone, wins ties:
@@ -21,8 +22,9 @@ from torch import nn
 
 from shared.calibration import expected_calibration_error, fit_temperature, nll
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
-from shared.lexical import L2_GRID, LexicalHead, accuracy, features, fit_logistic, fit_vocabulary
-from shared.linear_probe import head_inputs, linear_head, refit
+from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
+from shared.linear_probe import head_inputs, linear_head
+from shared.recipe.head import choose_head, fit_head
 from shared.personal_output import OutputParts
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -48,27 +50,21 @@ def choose_parts(model: nn.Module, fit, val, tokenizer, max_length: int, head_l2
         return None
     num_classes = linear_head(model).out_features
     loader = lambda ds: make_loader(ds, tokenizer, "seq-cls", EVAL_BATCH_SIZE, max_length)  # noqa: E731
-    (fit_x, fit_y), (val_x, val_y) = head_inputs(model, loader(fit), device), head_inputs(model, loader(val), device)
+    (fit_x, fit_y), (val_x, val_y) = (tuple(t.numpy() for t in head_inputs(model, loader(ds), device)) for ds in (fit, val))
     if head_l2 is not None:  # the kept head saw validation: score the one fitted on the fit split alone
-        head = refit(fit_x, fit_y, num_classes, head_l2)
+        head = fit_head(fit_x, fit_y, num_classes, head_l2)
         weight, bias = head.weight, head.bias
     else:
-        weight, bias = linear_head(model).weight.detach().float().cpu(), linear_head(model).bias.detach().float().cpu()
-    encoder_val = (val_x @ weight.T + bias).double().numpy()  # (N_val, C)
-    fit_y, val_y = fit_y.numpy(), val_y.numpy()
+        weight, bias = (p.detach().float().cpu().numpy() for p in (linear_head(model).weight, linear_head(model).bias))
+    encoder_val = (val_x @ weight.T + bias).astype(np.float64)  # (N_val, H) @ (H, C) -> (N_val, C)
 
     fit_ids, val_ids = _token_ids(fit, tokenizer, max_length), _token_ids(val, tokenizer, max_length)
     lexical_val, l2, only = np.zeros_like(encoder_val), None, 0.0
     if lexical:
         ids, idf = fit_vocabulary(fit_ids, set(tokenizer.all_special_ids))
         x_fit, x_val = features(fit_ids, ids, idf), features(val_ids, ids, idf)
-        best = None
-        for candidate in sorted(L2_GRID, reverse=True):  # ties: the stronger penalty
-            w, b = fit_logistic(x_fit, fit_y, num_classes, candidate)
-            score = accuracy(x_val @ w.T + b, val_y)
-            if best is None or score > best[0]:
-                best = (score, candidate, x_val @ w.T + b)
-        only, l2, lexical_val = best
+        lexical_head, only = choose_head((x_fit, fit_y), (x_val, val_y), num_classes)
+        l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)
     scores = {}
     for mix in MIX_GRID if lexical else (0.0,):
         logits = encoder_val + mix * lexical_val
@@ -81,8 +77,8 @@ def choose_parts(model: nn.Module, fit, val, tokenizer, max_length: int, head_l2
     if mix > 0:
         both_ids, both_y = fit_ids + val_ids, np.concatenate([fit_y, val_y])
         ids, idf = fit_vocabulary(both_ids, set(tokenizer.all_special_ids))
-        w, b = fit_logistic(features(both_ids, ids, idf), both_y, num_classes, l2)
-        head = LexicalHead(ids, idf, w, b).scaled(mix)
+        both = fit_head(features(both_ids, ids, idf), both_y, num_classes, l2)
+        head = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(mix)
     return PartsChoice(
         parts=OutputParts(head, temperature), mix=mix, lexical_l2=l2 if mix > 0 else None,
         vocabulary=len(head.ids) if head is not None else 0, scores=scores,

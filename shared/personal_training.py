@@ -41,67 +41,12 @@ from shared.linear_probe import (
     LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, log_loss, refit, refit_on_both, set_head,
 )
 from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
+from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, SELECT_ON, PersonalTrainingConfig, epoch_budget  # noqa: F401
+from shared.recipe.data import Tokenize
+from shared.recipe.recipe import RecipeResult, run_recipe
+from shared.recipe.torch_backend import TorchBackend, load_params, params_from_model
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
 
-LENGTH_PERCENTILE = 95
-MIN_EXAMPLES = 4  # the fewest training examples that leave some for validation
-SELECT_ON = ("loss", "accuracy")
-
-
-@dataclass(frozen=True)
-class PersonalTrainingConfig:
-    """lr: AdamW on the r x r matrices. head_lr: None = lr x `head_lr_scale` when the head starts
-    from the closed-form fit (a good head moved fast is undone in one epoch), else lr.
-    max_length: None = from the folder (`LENGTH_PERCENTILE` of token counts, in
-    [min_length, length_cap]). epochs: None = `step_budget` optimizer steps, as whole epochs in
-    [min_epochs, max_epochs]. patience: epochs without a better validation score before stopping.
-    refit_head: after choosing the epoch, refit the head in closed form on fit + validation.
-    select_on: "loss" or "accuracy": the validation score that picks the start, the epoch and
-    the interpolation point (seq-cls; causal-lm is always scored by its loss); the closed-form
-    head's penalty is chosen on accuracy (on loss it lost 4 points on a tuning folder: the
-    stronger penalty it picks calibrates the head but blurs its argmax). keep_accuracy: with
-    select_on "loss", an epoch is kept only if its validation accuracy is at least the start's,
-    an interpolation point only if at least the reference's."""
-
-    lr: float = 5e-3
-    head_lr: float | None = None
-    head_lr_scale: float = 0.1
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_length: int | None = None
-    min_length: int = 32
-    length_cap: int = 256
-    epochs: float | None = None
-    step_budget: int = 400
-    min_epochs: int = 3
-    max_epochs: int = 10
-    val_fraction: float = 0.2
-    patience: int = 2
-    refit_head: bool = True
-    interpolate: bool = True
-    significance: float = 1.0
-    select_on: str = "loss"
-    keep_accuracy: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise LoraXSError(f"--lr must be a positive finite number, got {self.lr}")
-        if self.head_lr is not None and not (math.isfinite(self.head_lr) and self.head_lr > 0):
-            raise LoraXSError(f"--head-lr must be a positive finite number, got {self.head_lr}")
-        if self.epochs is not None and not (math.isfinite(self.epochs) and 0 < self.epochs <= 1000):
-            raise LoraXSError(f"--epochs must be in (0, 1000], got {self.epochs}")
-        if self.max_length is not None and self.max_length < 2:
-            raise LoraXSError(f"--max-length must be at least 2, got {self.max_length}")
-        if self.batch_size < 1:
-            raise LoraXSError(f"--batch-size must be positive, got {self.batch_size}")
-        if not 0 < self.val_fraction < 0.5:
-            raise LoraXSError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.patience < 1:
-            raise LoraXSError(f"--patience must be at least 1, got {self.patience}")
-        if self.select_on not in SELECT_ON:
-            raise LoraXSError(f"select-on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
-        if not (math.isfinite(self.significance) and self.significance >= 0):
-            raise LoraXSError(f"significance must be a finite number >= 0, got {self.significance}")
 
 
 @dataclass
@@ -124,7 +69,6 @@ class PersonalTrainingResult:
     start_accuracy: float | None = None  # validation accuracy of the start and of the kept adapter
     kept_accuracy: float | None = None  # (seq-cls; the kept one before its head is refitted on validation)
     held_back: list[int] = field(default_factory=list)  # epochs with a better score but a lower accuracy
-    head_l2: float | None = None  # the kept head was refitted on fit + validation with this penalty
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
@@ -166,12 +110,6 @@ def split_validation(train: Dataset, fraction: float, seed: int, stratify: bool)
     val_set = set(int(i) for i in val)
     fit = [i for i in range(n) if i not in val_set]
     return train.select(fit), train.select(sorted(val_set))
-
-
-def epoch_budget(num_batches: int, config: PersonalTrainingConfig) -> float:
-    if config.epochs is not None:
-        return config.epochs
-    return float(min(config.max_epochs, max(config.min_epochs, math.ceil(config.step_budget / num_batches))))
 
 
 def result_score(result: EvalResult, measure: str) -> float:
@@ -237,12 +175,48 @@ def _state_with_head(model: nn.Module, head: LinearHead) -> dict[str, torch.Tens
     return state
 
 
+def hf_tokenize(tokenizer) -> Tokenize:
+    """A Hugging Face tokenizer as the recipe's `Tokenize`."""
+    def tokenize(texts: list[str], max_length: int | None) -> list[np.ndarray]:
+        encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
+    return tokenize
+
+
 def personal_training(
     model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
     device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
+    test_set: Dataset | None = None, deadline: float | None = None,
+) -> PersonalTrainingResult | RecipeResult:
+    """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set`; the model ends
+    holding the chosen adapter state. A classifier with one linear head over pooled features
+    runs the numpy recipe (shared/recipe/recipe.py) on the PyTorch backend; `test_set` is only
+    reported on, `deadline` a time.monotonic() value. Other models (causal-lm, two-layer heads)
+    run the loop below over the whole model, without a deadline."""
+    if task == "seq-cls" and linear_head(model) is not None:
+        return _recipe_on_model(model, train_set, tokenizer, config, device, start, progress, test_set, deadline)
+    return _whole_model_loop(model, train_set, tokenizer, task, config, device, start, progress)
+
+
+def _recipe_on_model(model: nn.Module, train_set: Dataset, tokenizer, config: PersonalTrainingConfig, device,
+                     start: str, progress: bool, test_set: Dataset | None, deadline: float | None) -> RecipeResult:
+    backend = TorchBackend(model, config.train_blocks, device)
+    if tokenizer.pad_token_id is None:
+        raise LoraXSError("the tokenizer has no pad token")
+    test = (list(test_set["text"]), [int(y) for y in test_set["label"]]) if test_set is not None else None
+    result = run_recipe(
+        backend, hf_tokenize(tokenizer), tokenizer.pad_token_id, list(train_set["text"]),
+        [int(y) for y in train_set["label"]], linear_head(model).out_features, params_from_model(model), config,
+        start_name=start, test=test, progress=progress, deadline=deadline,
+        length_limit=model_length_limit(tokenizer, model))
+    load_params(model, result.params)
+    return result
+
+
+def _whole_model_loop(
+    model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
+    device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
 ) -> PersonalTrainingResult:
-    """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set` by the recipe above;
-    the model ends holding the chosen adapter state."""
     seq_cls = task == "seq-cls"
     measure = config.select_on if seq_cls else "loss"
     guarded = seq_cls and measure == "loss" and config.keep_accuracy  # loss chooses, accuracy must hold
@@ -337,8 +311,7 @@ def personal_training(
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
-    head_refitted = closed_form and not (lam == 0.0 and start != "scratch")  # a given adapter kept as given
-    if head_refitted:
+    if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
         set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
                                       num_classes, probe_l2))
     return PersonalTrainingResult(
@@ -346,5 +319,5 @@ def personal_training(
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
         num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back, head_l2=probe_l2 if head_refitted else None,
+        held_back=held_back,
     )

@@ -43,7 +43,10 @@ class PooledClassifier(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**inputs).last_hidden_state  # (B, T, H)
+        return self.pool(self.backbone(**inputs).last_hidden_state, attention_mask)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) last hidden states -> (B, H) sentence features."""
         if self.pooling == "cls":
             return hidden[:, 0]  # (B, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

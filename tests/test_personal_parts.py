@@ -14,7 +14,7 @@ import torch
 from shared.calibration import expected_calibration_error, fit_temperature, nll
 from shared.errors import LoraXSError
 from shared.lexical import (
-    LexicalHead, decode_ids, encode_ids, features, fit_logistic, fit_vocabulary, lexical_logits, softmax,
+    LexicalHead, decode_ids, encode_ids, features, fit_vocabulary, lexical_logits, softmax,
 )
 from shared.personal_output import OutputParts, PersonalOutput, parts_meta, parts_state, split_parts
 
@@ -70,30 +70,6 @@ def test_torch_output_matches_numpy_with_the_temperature():
     with torch.no_grad():
         got = output(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(encoder)).numpy()
     np.testing.assert_allclose(got, (encoder + lexical_logits(ids, mask, head)) / 2.5, atol=1e-5)
-
-
-def test_logistic_regression_reaches_the_optimum_torch_lbfgs_finds():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(80, 10))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    y = (x[:, 0] + 0.3 * rng.normal(size=80) > 0).astype(int) + (x[:, 1] > 0.5)
-    l2 = 1e-2
-    w, b = fit_logistic(x, y, 3, l2, iterations=2000)
-
-    tw, tb = torch.zeros(3, 10, dtype=torch.float64, requires_grad=True), torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    objective = lambda w_, b_: torch.nn.functional.cross_entropy(tx @ w_.T + b_, ty) + l2 * (w_ ** 2).sum()  # noqa: E731
-    optimizer = torch.optim.LBFGS([tw, tb], max_iter=500, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = objective(tw, tb)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    ours = float(objective(torch.from_numpy(w.astype(np.float64)), torch.from_numpy(b.astype(np.float64))))
-    assert ours == pytest.approx(float(objective(tw, tb).detach()), abs=1e-5)
 
 
 def test_temperature_recovers_the_one_that_made_the_labels():
