@@ -244,3 +244,28 @@ def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp
         np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-4)
     int8 = predict(folder, texts, int8=True)
     np.testing.assert_allclose([g[1] for g in int8], [e[1] for e in expected], atol=0.05)
+
+
+# --- the benchmark's goals ------------------------------------------------------------------
+
+def test_goals_judge_the_seeded_means_against_the_best_baseline():
+    from benchmarks.personal_parts import folder_summary, goals
+
+    def loraxs(accuracy, ece_after, nll=(0.5, 0.4), int8=(0.80, 0.795)):
+        return {"accuracy": accuracy, "encoder_accuracy": accuracy, "lexical_mix": 1.0,
+                "calibration": {"nll_before": nll[0], "nll_after": nll[1], "ece_before": 0.1, "ece_after": ece_after,
+                                "temperature": 1.5}, "onnx_accuracy": {"fp32": int8[0], "int8": int8[1]}}
+
+    def entry(ours: dict, best: float) -> dict:
+        methods = {"loraxs": ours, "tfidf": {"accuracy": best}, "frozen": {"accuracy": best - 0.1}}
+        return {"methods": methods, "source": {m: "this run" for m in methods}}
+
+    summaries = [folder_summary("a", entry(loraxs(0.805, 0.04), 0.80)),  # above, calibrated
+                 folder_summary("b", entry(loraxs(0.795, 0.06, nll=(0.4, 0.41)), 0.80)),  # within 1 point only
+                 folder_summary("c", entry(loraxs(0.70, 0.03, int8=(0.70, 0.68)), 0.80))]  # 10 points below
+    judged = [(g["met"], g["measured"]) for g in goals(summaries)]
+    assert judged == [(False, "2 of 3 folders"),  # within 1 point of the best: a, b
+                      (False, "1 of 3 folders"),  # strictly above: a
+                      (False, "2 of 3 folders"),  # ECE <= 0.05: a, c
+                      (False, "2 of 3 folders"),  # NLL never worse: a, c
+                      (False, "2 of 3 folders")]  # int8 within 1 point: a, b
