@@ -60,8 +60,9 @@ def choose_parts(model: nn.Module, fit, val, tokenizer, max_length: int, head_l2
 
     fit_ids, val_ids = _token_ids(fit, tokenizer, max_length), _token_ids(val, tokenizer, max_length)
     lexical_val, l2, only = np.zeros_like(encoder_val), None, 0.0
+    ids, idf = fit_vocabulary(fit_ids, set(tokenizer.all_special_ids)) if lexical else (np.zeros(0), None)
+    lexical = lexical and len(ids) > 0  # no wordpiece in two fit texts: nothing to weigh
     if lexical:
-        ids, idf = fit_vocabulary(fit_ids, set(tokenizer.all_special_ids))
         x_fit, x_val = features(fit_ids, ids, idf), features(val_ids, ids, idf)
         lexical_head, only = choose_head((x_fit, fit_y), (x_val, val_y), num_classes)
         l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)

@@ -269,3 +269,13 @@ def test_goals_judge_the_seeded_means_against_the_best_baseline():
                       (False, "2 of 3 folders"),  # ECE <= 0.05: a, c
                       (False, "2 of 3 folders"),  # NLL never worse: a, c
                       (False, "2 of 3 folders")]  # int8 within 1 point: a, b
+
+
+def test_part_flags_belong_to_local_personalization():
+    from client.run import check_mode_flags, parse_args, personalization_config
+
+    config = personalization_config(parse_args(["--data", "d", "--no-lexical", "--no-calibration"]))
+    assert not config.lexical and not config.calibrate
+    assert personalization_config(parse_args(["--data", "d"])).lexical
+    with pytest.raises(LoraXSError, match="--no-lexical: only for local personalization"):
+        check_mode_flags(parse_args(["--data", "d", "--superlink", "h:1", "--no-lexical"]))
