@@ -127,7 +127,10 @@ def markdown(document: dict) -> str:
         temps = ", ".join(f"{t:.2f}" for t in s["temperature"])
         lines.append(f"| {s['folder']} | {temps} | {nll} | {ece} | {int8} | {s['parts_bytes']:,} ({s['wordpieces']}) | "
                      f"{s['encoder_bytes']:,} |")
-    lines += ["", "Goals:", *goal_lines(document["goals"]), "", footer(document)]
+    lines += ["", "Goals:", *goal_lines(document["goals"]), "", "Runs:"]
+    lines += [f"- `{r['command']}` (load {r['load_before']}){': ' + r['note'] if r.get('note') else ''}"
+              for r in document["runs"]]
+    lines += ["", footer(document)]
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     summaries = [s for name, entry in folders.items() if (s := folder_summary(name, entry))]
     document = {"command": command_line("benchmarks.personal_parts", argv), "machine": machine_now(),
                 "runs": [{"file": p.name, "command": json.loads(p.read_text())["command"],
-                          "load_before": json.loads(p.read_text()).get("load_before")} for p in args.runs],
+                          "load_before": json.loads(p.read_text()).get("load_before"),
+                          "note": json.loads(p.read_text()).get("note", "")} for p in args.runs],
                 "folders": summaries, "goals": goals(summaries)}
     write_result(args.out, "personal_parts", document, markdown(document))
     print(markdown(document))
