@@ -13,6 +13,11 @@ fine-tuned method:
 - frozen:   frozen mean-pooled embeddings + logistic regression (L2 chosen on validation)
 - tfidf:    TF-IDF 1-2-grams + logistic regression (C chosen on validation)
 Writes benchmarks/results/small_data.json and small_data.md (accuracy, training seconds, bytes).
+
+Time to accuracy (wall seconds, peak RSS, steps, accuracy at 30 / 60 / 120 s of `--time-budget`,
+the compute floor) of today's recipe and this checkout's, side by side, each run in a fresh
+process: `python -m benchmarks.small_data --speed [small_data_speed's flags]`
+(`benchmarks/small_data_speed.py`).
 """
 
 import argparse
@@ -270,6 +275,11 @@ def goal_counts(report: dict) -> list[str]:
 
 
 def main() -> None:
+    if "--speed" in os.sys.argv[1:]:
+        from benchmarks.small_data_speed import main as speed
+
+        speed([a for a in os.sys.argv[1:] if a != "--speed"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet",
                                                          "maintainers", "stdlib"])

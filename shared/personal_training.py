@@ -1,25 +1,15 @@
-"""The training recipe for one user's small folder: the defaults `client.run` uses, and the
-ClientApp's personalization with them.
+"""Personalization of one user's small folder on the PyTorch path: the driver of the numpy recipe
+(shared/recipe/recipe.py, docs/recipe.md) for classifiers with one linear head over pooled
+features, and the whole-model loop for everything else (causal-lm, two-layer heads):
 
     train split -> fit + validation (stratified, seeded)
     max length  <- the 95th percentile of the fit texts' token counts (capped)
-    score       <- validation loss (mean cross-entropy; `select_on`), or accuracy: on a hundred
-                   examples accuracy moves in steps of one example and mostly ties, while the
-                   loss ranks two adapters by how sure they are of the right class
-    start       <- the better on validation of: the adapter as given, and the same adapter with
-                   its head refitted in closed form (logistic regression on its pooled features)
-    train       -> R (and, slowly, the head) with AdamW, an epoch budget from the folder size,
-                   validation after every epoch, early stopping, the best epoch kept; with a
-                   closed-form head, an epoch is scored with the head refitted on the fit
-                   split's current features (the head it would end with)
-    interpolate -> the point R_ref + lam (R_best - R_ref) on the line from the reference (the
-                   adapter as given, or from scratch the closed-form start) to the best epoch,
-                   lam chosen on validation (shared/interpolation.py); from a given adapter a
-                   lam > 0 must beat it by `significance` standard errors
-    never worse -> lam = 0 wins ties: the reference is what is kept when nothing beats it;
-                   chosen on loss, an epoch or a point must also keep the validation accuracy
-                   of what it replaces (`keep_accuracy`): a lower loss with one more wrong
-                   example is a trade a user did not ask for
+    score       <- validation loss (mean cross-entropy; `select_on`), or accuracy
+    train       -> every R (and the head) with AdamW, validation after every epoch, early
+                   stopping, the best epoch kept
+    interpolate -> R_given + lam (R_best - R_given), lam chosen on validation
+    never worse -> lam = 0 wins ties; chosen on loss, an epoch or a point must also keep the
+                   validation accuracy of what it replaces (`keep_accuracy`)
 
 No Flower, no files: the callers load data and write adapters.
 """
@@ -33,20 +23,16 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from shared.data.batches import DEFAULT_BATCH_SIZE, EVAL_BATCH_SIZE, make_loader
+from shared.data.batches import EVAL_BATCH_SIZE, IGNORE_INDEX, make_loader
 from shared.errors import LoraXSError
-from shared.data.batches import IGNORE_INDEX
 from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate
-from shared.linear_probe import (
-    LinearHead, accuracy, fit_linear_head, head_inputs, linear_head, log_loss, refit, refit_on_both, set_head,
-)
-from shared.loraxs.model import adapted_layers, adapter_state, load_adapter_state
-from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, SELECT_ON, PersonalTrainingConfig, epoch_budget  # noqa: F401
+from shared.linear_probe import linear_head
+from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, PersonalTrainingConfig, epoch_budget  # noqa: F401 (re-exported)
 from shared.recipe.data import Tokenize
 from shared.recipe.recipe import RecipeResult, run_recipe
 from shared.recipe.torch_backend import TorchBackend, load_params, params_from_model
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
-
 
 
 @dataclass
@@ -122,11 +108,6 @@ def validation_score(model: nn.Module, loader, device, measure: str) -> float:
     return result_score(evaluate(model, loader, device), measure)
 
 
-def _head_score(head: LinearHead, features: tuple[torch.Tensor, torch.Tensor], measure: str) -> float:
-    return accuracy(head.weight, head.bias, *features) if measure == "accuracy" else -log_loss(
-        head.weight, head.bias, *features)
-
-
 def example_scores(model: nn.Module, loader, device, task: str, measure: str = "accuracy") -> list[float]:
     """One score per example (higher is better): 1.0 / 0.0 for a right / wrong class, or minus
     its cross-entropy (seq-cls, measure "loss"), or minus the example's mean next-token loss
@@ -134,7 +115,7 @@ def example_scores(model: nn.Module, loader, device, task: str, measure: str = "
     return example_outcomes(model, loader, device, task)[measure if task == "seq-cls" else "loss"]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, list[float]]:
     """Per-example scores of one pass (higher is better): "loss" (minus the example's
     cross-entropy, or its mean next-token loss for causal-lm) and, for seq-cls, "accuracy"
@@ -154,25 +135,6 @@ def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, l
         mask = (target != IGNORE_INDEX).float()
         out["loss"] += (-(losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).tolist()
     return out
-
-
-def _zeroed_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Set every R to zero (the frozen base model); returns the state to restore."""
-    saved = copy.deepcopy(adapter_state(model))
-    with torch.no_grad():
-        for layer in adapted_layers(model).values():
-            layer.lora_R.zero_()
-    return saved
-
-
-def _state_with_head(model: nn.Module, head: LinearHead) -> dict[str, torch.Tensor]:
-    """The model's adapter state with `head` in place of its own (the model is left as it was)."""
-    own = linear_head(model)
-    kept = LinearHead(own.weight.detach().clone(), own.bias.detach().clone(), head.l2)
-    set_head(model, head)
-    state = copy.deepcopy(adapter_state(model))
-    set_head(model, kept)
-    return state
 
 
 def hf_tokenize(tokenizer) -> Tokenize:
@@ -200,7 +162,7 @@ def personal_training(
 
 def _recipe_on_model(model: nn.Module, train_set: Dataset, tokenizer, config: PersonalTrainingConfig, device,
                      start: str, progress: bool, test_set: Dataset | None, deadline: float | None) -> RecipeResult:
-    backend = TorchBackend(model, config.train_blocks, device)
+    backend = TorchBackend(model, config.train_blocks, device, bf16=config.bf16)
     if tokenizer.pad_token_id is None:
         raise LoraXSError("the tokenizer has no pad token")
     test = (list(test_set["text"]), [int(y) for y in test_set["label"]]) if test_set is not None else None
@@ -226,61 +188,26 @@ def _whole_model_loop(
         ds, tokenizer, task, config.batch_size if shuffle else EVAL_BATCH_SIZE, max_length,
         shuffle=shuffle, seed=config.seed)
     fit_eval, val_loader = loader(fit), loader(val)
-    head = linear_head(model) if seq_cls else None
-    num_classes = head.out_features if head is not None else 0
-
     given = copy.deepcopy(adapter_state(model))
     given_result = evaluate(model, val_loader, device)  # one pass: the start's score and its accuracy
     best_state, best_score = given, result_score(given_result, measure)
     start_accuracy = given_result.accuracy if seq_cls else None
-    start_name, probe_l2, frozen_score, frozen_state = start, None, None, None
-    if head is not None:
-        # the frozen base model's features + logistic regression: the baseline, and a start
-        saved = _zeroed_adapters(model)
-        fit_features, val_features = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
-        frozen_head, frozen_score = fit_linear_head(fit_features, val_features, num_classes)
-        if config.refit_head:  # as the personal head will be: on fit + validation
-            frozen_head = refit_on_both(fit_features, val_features, num_classes, frozen_head.l2)
-        set_head(model, frozen_head)
-        frozen_state = copy.deepcopy(adapter_state(model))
-        load_adapter_state(model, saved)
-        # the start adapter's own features + logistic regression
-        probe_val = head_inputs(model, val_loader, device)
-        probe, probe_accuracy = fit_linear_head(head_inputs(model, fit_eval, device), probe_val, num_classes)
-        probe_score = _head_score(probe, probe_val, measure)
-        if probe_score > best_score or start == "scratch":
-            set_head(model, probe)
-            best_state, best_score, probe_l2 = copy.deepcopy(adapter_state(model)), probe_score, probe.l2
-            start_accuracy = probe_accuracy
-            start_name = f"{start} + closed-form head" if start != "scratch" else "frozen features + closed-form head"
-    closed_form = config.refit_head and probe_l2 is not None
-    reference = given if start != "scratch" else best_state
+    reference = given
     start_score = best_score
     history: list[float] = []
     best_epoch, waited, progress_score, held_back = 0, 0, best_score, []
-
-    def scored_state() -> tuple[float, float | None, dict[str, torch.Tensor] | None]:
-        """This epoch's validation score, its validation accuracy (seq-cls) and, with a
-        closed-form head, the state with the head refitted on the fit split's current features
-        (None: the model's own state)."""
-        if not closed_form:
-            result = evaluate(model, val_loader, device)
-            return result_score(result, measure), result.accuracy if seq_cls else None, None
-        fit_now, val_now = head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device)
-        refitted = refit(*fit_now, num_classes, probe_l2)
-        return (_head_score(refitted, val_now, measure), accuracy(refitted.weight, refitted.bias, *val_now),
-                _state_with_head(model, refitted))
 
     def after_epoch(_step: int) -> bool:
         """Keep the epoch if it beats the best kept one (and, guarded, holds the start's
         accuracy); stop after `patience` epochs without a better score of any epoch."""
         nonlocal best_state, best_score, best_epoch, waited, progress_score
-        score, epoch_accuracy, state = scored_state()
+        result = evaluate(model, val_loader, device)
+        score, epoch_accuracy = result_score(result, measure), result.accuracy if seq_cls else None
         history.append(score)
         if score > best_score and guarded and epoch_accuracy < start_accuracy:
             held_back.append(len(history))
         elif score > best_score:
-            best_state = state if state is not None else copy.deepcopy(adapter_state(model))
+            best_state = copy.deepcopy(adapter_state(model))
             best_score, best_epoch = score, len(history)
         if score > progress_score:
             progress_score, waited = score, 0
@@ -289,8 +216,8 @@ def _whole_model_loop(
         return waited >= config.patience
 
     train_loader = loader(fit, shuffle=True)
-    head_lr = config.head_lr or (config.lr * config.head_lr_scale if probe_l2 is not None else config.lr)
-    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr, head_lr=head_lr)
+    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr,
+                               head_lr=config.head_lr or config.lr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # dropout
         training = train(model, train_loader, train_config, device, progress=progress,
@@ -311,13 +238,10 @@ def _whole_model_loop(
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
-    if closed_form and not (lam == 0.0 and start != "scratch"):  # a given adapter kept as given
-        set_head(model, refit_on_both(head_inputs(model, fit_eval, device), head_inputs(model, val_loader, device),
-                                      num_classes, probe_l2))
     return PersonalTrainingResult(
-        start=start_name, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
+        start=start, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
         history=history, best_epoch=best_epoch, training=training, max_length=max_length,
-        num_fit=len(fit), num_val=len(val), frozen_head_score=frozen_score, frozen_head_state=frozen_state,
+        num_fit=len(fit), num_val=len(val), frozen_head_score=None, frozen_head_state=None,
         lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
         held_back=held_back,
     )

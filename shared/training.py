@@ -153,7 +153,7 @@ def train(
     return TrainResult(loss=total_loss / steps, examples=examples, steps=steps, seconds=seconds)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, loader, device: torch.device | str = "cpu", progress: bool = False
 ) -> EvalResult:

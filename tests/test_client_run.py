@@ -89,6 +89,24 @@ def test_from_scratch_writes_personal_adapter_and_leaves_data_alone(tiny_bert_di
     assert all(k == "personal_adapter.safetensors" or k.startswith(STATE_FOLDER) for k in new)
 
 
+@pytest.mark.parametrize("blocks", ["1", None])
+def test_a_spent_time_budget_writes_the_validated_start_and_says_so(tiny_bert_dir, data_dir, capsys, blocks):
+    """A budget already spent before training: no step is taken, the report says it stopped on
+    time, and the adapter written is the closed-form start (validated), from every block setting."""
+    extra = ["--train-blocks", blocks] if blocks else []
+    code, out, err = run_cli(capsys, "--data", data_dir, "--model", tiny_bert_dir, "--rank", RANK,
+                             "--time-budget", "0.001", *extra)
+    assert code == 0, err
+    assert "stopped on time" in out and "0 steps" in out
+    assert "no epoch beat the start" in out
+    assert (data_dir / "personal_adapter.safetensors").is_file()
+
+
+def test_time_budget_must_be_positive(data_dir, capsys):
+    code, _, err = run_cli(capsys, "--data", data_dir, "--time-budget", "-3")
+    assert code != 0 and "--time-budget" in err and "Traceback" not in err
+
+
 def test_from_global_adapter_keeps_its_metadata_and_uses_the_cache(tiny_bert_dir, data_dir, tmp_path, capsys):
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     _, start_meta = load_adapter(start)

@@ -24,6 +24,7 @@ class PersonalTrainingConfig:
     "loss", an epoch is kept only if its validation accuracy is at least the start's, an
     interpolation point only if at least the reference's. train_blocks: the top transformer blocks
     whose R train (None = all); the hidden states entering them are computed once per text.
+    bf16: bfloat16 matmuls in the passes without gradients where the hardware has them.
     time_budget: seconds for the whole run (None = no limit): the best validated state so far
     is kept when it runs out."""
 
@@ -45,7 +46,8 @@ class PersonalTrainingConfig:
     significance: float = 1.0
     select_on: str = "loss"
     keep_accuracy: bool = True
-    train_blocks: int | None = None
+    train_blocks: int | None = 2
+    bf16: bool = True
     time_budget: float | None = None
     seed: int = 0
 

@@ -33,7 +33,8 @@ from shared.recipe.head import Head, accuracy, choose_head, example_losses, fit_
 
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
-EVAL_BATCH = 32
+EVAL_BATCH = 64
+EVAL_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,8 @@ class Passes:
 
     def features(self, indices: list[int], params: Params) -> np.ndarray:
         """(len(indices), H) in the order of `indices`."""
-        order = sorted(range(len(indices)), key=lambda k: len(self.examples.ids[indices[k]]))
         out = None
-        for start in range(0, len(order), EVAL_BATCH):
-            rows = order[start:start + EVAL_BATCH]
+        for rows in self._groups(indices):
             batch = make_batches(self.examples, [indices[k] for k in rows], len(rows), self.pad_id)[0]
             feats = self.backend.features(batch, params)  # (B, H), in the batch's order
             if out is None:
@@ -114,6 +113,19 @@ class Passes:
             position = {int(i): b for b, i in enumerate(batch["example_index"])}
             out[rows] = feats[[position[indices[k]] for k in rows]]
         return out
+
+    def _groups(self, indices: list[int]) -> list[list[int]]:
+        """Positions in `indices`, by length, cut into batches of at most `EVAL_TOKENS` padded
+        tokens (memory: attention grows with batch x length^2) and `EVAL_BATCH` texts."""
+        order = sorted(range(len(indices)), key=lambda k: len(self.examples.ids[indices[k]]))
+        groups, current = [], []
+        for k in order:
+            longest = len(self.examples.ids[indices[k]])  # sorted: the newest is the longest
+            if current and (len(current) + 1) * longest > EVAL_TOKENS or len(current) == EVAL_BATCH:
+                groups.append(current)
+                current = []
+            current.append(k)
+        return groups + ([current] if current else [])
 
     def labels(self, indices: list[int]) -> np.ndarray:
         return self.examples.labels[np.asarray(indices, dtype=np.int64)]

@@ -6,6 +6,8 @@ so they are computed once per text (keyed by `example_index` and the lower R's b
 epoch runs the top k blocks alone. Otherwise every R trains through the whole model.
 """
 
+import ctypes
+import ctypes.util
 import hashlib
 
 import numpy as np
@@ -19,6 +21,7 @@ from shared.pooled_classifier import PooledClassifier
 from shared.recipe.backend import Batch, Params
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+TRAIN_TOKENS = 1024  # padded tokens per micro-batch of a training step (activation memory)
 
 
 def params_from_model(model: nn.Module) -> Params:
@@ -53,9 +56,13 @@ def _blocks(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, str] | None:
 
 
 class TorchBackend:
-    def __init__(self, model: nn.Module, train_blocks: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, model: nn.Module, train_blocks: int | None = None, device: str | torch.device = "cpu",
+                 bf16: bool = False):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        # bfloat16 matmuls in the passes without gradients; training steps stay float32 (bfloat16
+        # backward held accuracy too, but kept ~300 MB more memory on long texts)
+        self.autocast = bf16 and bf16_supported(self.device)
         self.layers = adapted_layers(model)
         self.layer_names = list(self.layers)
         self.head = linear_head(model)
@@ -75,8 +82,11 @@ class TorchBackend:
     # -- what the protocol asks -------------------------------------------------------------
     def features(self, batch: Batch, params: Params) -> np.ndarray:
         load_params(self.model, params)
-        with torch.inference_mode():
-            return self._features(batch).float().cpu().numpy()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self._features(batch).float().cpu().numpy()
+        if batch["input_ids"].size >= TRAIN_TOKENS:
+            release_free_memory()
+        return out
 
     def loss_and_grads(self, batch: Batch, params: Params,
                        logit_offset: np.ndarray | None = None) -> tuple[float, Params]:
@@ -84,17 +94,23 @@ class TorchBackend:
         trained = [layer.lora_R for layer, on in zip(self.layers.values(), self.trainable_layers) if on]
         for tensor in [*trained, self.head.weight, self.head.bias]:
             tensor.grad = None
-        with torch.enable_grad():
-            logits = self.head(self._features(batch))  # (B, C)
-            if logit_offset is not None:
-                logits = logits + torch.from_numpy(logit_offset).to(logits)
-            loss = nn.functional.cross_entropy(logits.float(), torch.from_numpy(batch["labels"]).to(self.device))
-            loss.backward()
+        total, rows = 0.0, len(batch["labels"])
+        for part in _row_chunks(batch):  # long texts: micro-batches, the same mean loss and gradients
+            chunk = {k: v[part] for k, v in batch.items()}
+            with torch.enable_grad():
+                logits = self.head(self._features(chunk))  # (b, C)
+                if logit_offset is not None:
+                    logits = logits + torch.from_numpy(logit_offset[part]).to(logits)
+                loss = nn.functional.cross_entropy(logits.float(), torch.from_numpy(chunk["labels"]).to(self.device))
+                (loss * (len(chunk["labels"]) / rows)).backward()
+            total += float(loss.detach()) * len(chunk["labels"]) / rows
         r_grads = np.zeros_like(params["lora_R"])
         for index, (layer, on) in enumerate(zip(self.layers.values(), self.trainable_layers)):
             if on and layer.lora_R.grad is not None:
                 r_grads[index] = layer.lora_R.grad.cpu().numpy()
-        return float(loss.detach()), {"lora_R": r_grads, "head_weight": self.head.weight.grad.cpu().numpy().copy(),
+        if batch["input_ids"].size >= TRAIN_TOKENS:
+            release_free_memory()
+        return total, {"lora_R": r_grads, "head_weight": self.head.weight.grad.cpu().numpy().copy(),
                              "head_bias": self.head.bias.grad.cpu().numpy().copy()}
 
     # -- how --------------------------------------------------------------------------------
@@ -129,14 +145,14 @@ class TorchBackend:
         key, lengths = self._lower_key(), batch["attention_mask"].sum(1)
         ids = [int(i) for i in batch["example_index"]]
         if not all((key, i) in self.cache for i in ids):
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 hidden = self.backbone.embeddings(input_ids=inputs["input_ids"],
                                                   token_type_ids=inputs.get("token_type_ids"))
                 mask = self._mask(inputs["attention_mask"], hidden)
                 for block in self.blocks[:self.first_trained]:
                     hidden = _hidden(block(hidden, mask))
             for row, i in enumerate(ids):
-                self.cache[key, i] = hidden[row, :int(lengths[row])].clone()
+                self.cache[key, i] = hidden[row, :int(lengths[row])].float().clone()
         out = torch.zeros(len(ids), batch["input_ids"].shape[1], self.cache[key, ids[0]].shape[-1],
                           device=self.device)  # (B, T, H)
         for row, i in enumerate(ids):
@@ -146,6 +162,29 @@ class TorchBackend:
     def forget(self) -> None:
         """Drop the cached hidden states."""
         self.cache.clear()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc keeps what a long batch freed)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        pass
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bfloat16 matmuls in hardware: a CUDA device that has them, or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _row_chunks(batch: Batch) -> list[slice]:
+    """Row ranges of at most `TRAIN_TOKENS` padded tokens each (at least one row)."""
+    rows, length = batch["input_ids"].shape
+    step = max(1, TRAIN_TOKENS // max(length, 1))
+    return [slice(k, min(k + step, rows)) for k in range(0, rows, step)]
 
 
 def _block_of(name: str, prefix: str) -> int:
