@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 from benchmarks.small_folders import TUNING, build_folders
 from shared.artifacts.cache import user_cache_dir
+from shared.recipe.config import PersonalTrainingConfig
 
 HERE = Path(__file__).resolve().parent.parent
 RUN_SCRIPT = Path(__file__).resolve().parent / "recipe_run.py"
@@ -83,7 +84,6 @@ def token_counts(folder: Path, max_length: int, seed: int) -> dict:
     """Tokens (truncated to `max_length`) of the train split, its fit part and the test split."""
     from shared.base_models import DEFAULT_MODEL, load_tokenizer
     from shared.data.local_folder import load_local_folder
-    from shared.recipe.config import PersonalTrainingConfig
     from shared.recipe.data import split_validation
 
     tokenizer = load_tokenizer(DEFAULT_MODEL)
@@ -109,6 +109,7 @@ def summary(runs: list[dict]) -> dict:
 
 
 def markdown(document: dict) -> str:
+    document["goals"] = goals(document)
     lines = ["# Time to accuracy on small real folders: today's recipe and the new one\n",
              "Each run is `client.run --data DIR` with the defaults in a fresh process; wall = the whole "
              "process; accuracy on the folder's test split, mean over the seeds shown (lowest-highest); "
@@ -139,6 +140,8 @@ def markdown(document: dict) -> str:
 
 def goals(document: dict) -> list[dict]:
     rows = {name: e["recipes"] for name, e in document["folders"].items() if "new" in e["recipes"]}
+    if not rows:
+        return []
     walls = [r["new"]["wall_seconds"] for r in rows.values()]
     rss = [r["new"]["peak_rss_mb"] for r in rows.values()]
     gaps = {n: r["new"]["accuracy"] - r["today"]["accuracy"] for n, r in rows.items() if "today" in r}
@@ -173,30 +176,37 @@ def main(argv: list[str] | None = None) -> None:
     document["throughput"] = speed = throughput()
     print("throughput (tokens/s):", {k: round(v) for k, v in speed.items()}, flush=True)
     for name in args.folders:
-        entry = document["folders"][name] = {"recipes": {}}
+        entry = document["folders"][name] = {"recipes": {}, "budgets": {}}
+        save = lambda: write_result(args.out, NAME, document, markdown(document))  # noqa: E731 (after every run)
+        new_runs = []
+        for seed in args.seeds:
+            new_runs.append(run_once(HERE, folders[name], seed))
+            entry["recipes"]["new"] = summary(new_runs)
+            if len(new_runs) == 1:
+                first = new_runs[0]
+                tokens = token_counts(folders[name], first["max_length"], first["seed"])
+                entry.update(texts=tokens["texts"], p95=tokens["p95"], tokens=tokens)
+                config = PersonalTrainingConfig()
+                blocks = config.train_blocks or speed["blocks"]
+                entry["floor_seconds"] = floor_seconds(tokens, speed, "bf16" if config.bf16 else "fp32", blocks)
+            save()
         if args.baseline_checkout and (args.baseline_folders is None or name in args.baseline_folders):
-            entry["recipes"]["today"] = summary([run_once(args.baseline_checkout, folders[name], s)
-                                                 for s in args.baseline_seeds])
-        new = entry["recipes"]["new"] = summary([run_once(HERE, folders[name], s) for s in args.seeds])
-        first = new["runs"][0]
-        tokens = token_counts(folders[name], first["max_length"], first["seed"])
-        entry.update(texts=tokens["texts"], p95=tokens["p95"], tokens=tokens)
-        from shared.recipe.config import PersonalTrainingConfig
-        config = PersonalTrainingConfig()
-        blocks = config.train_blocks or speed["blocks"]
-        entry["floor_seconds"] = floor_seconds(tokens, speed, "bf16" if config.bf16 else "fp32", blocks)
-        entry["budgets"] = {}
+            old_runs = []
+            for seed in args.baseline_seeds:
+                old_runs.append(run_once(args.baseline_checkout, folders[name], seed))
+                entry["recipes"]["today"] = summary(old_runs)
+                document["goals"] = goals(document)
+                save()
+        first = new_runs[0]
         for budget in args.budgets:
             if first["personalize_seconds"] <= budget:
                 entry["budgets"][str(int(budget))] = {"accuracy": first["accuracy"], "binding": False}
             else:
                 run = run_once(HERE, folders[name], first["seed"], budget)
                 entry["budgets"][str(int(budget))] = {**run, "binding": True}
-        document["goals"] = goals(document)
-        write_result(args.out, NAME, document, markdown(document))
+            save()
         print(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.3f} in {v['wall_seconds']:.0f} s"
                                       for k, v in entry["recipes"].items()), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -104,7 +104,7 @@ def test_from_a_given_adapter_the_kept_one_never_scores_below_it_on_validation(t
             layer.lora_R.normal_(0, 0.01)
     given = {k: v.clone() for k, v in adapter_state(model).items()}
     tokenizer, data = load_tokenizer(tiny_bert_dir), _toy()
-    config = PersonalTrainingConfig(lr=lr, epochs=3, seed=1)
+    config = PersonalTrainingConfig(lr=lr, epochs=3, seed=1, bf16=False)  # float32: rescored by the float32 model
     _, val = split_validation(data, config.val_fraction, config.seed, stratify=True)
     result = personal_training(model, data, tokenizer, "seq-cls", config, start="the global adapter")
     val_loader = make_loader(val, tokenizer, "seq-cls", 64, result.max_length)

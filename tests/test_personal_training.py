@@ -141,7 +141,8 @@ def test_recipe_never_ends_below_its_start_on_validation(tiny_bert_dir, lr, sele
     epoch beat it."""
     model, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
     tokenizer = load_tokenizer(tiny_bert_dir)
-    config = PersonalTrainingConfig(lr=lr, epochs=3, refit_head=False, seed=1, select_on=select_on)
+    # float32 passes: the scores below are recomputed by the float32 model (bf16 passes agree only to ~1e-2)
+    config = PersonalTrainingConfig(lr=lr, epochs=3, refit_head=False, seed=1, select_on=select_on, bf16=False)
     data = _toy(60)
     result = personal_training(model, data, tokenizer, "seq-cls", config)
     _, val = split_validation(data, config.val_fraction, config.seed, stratify=True)
