@@ -127,12 +127,13 @@ def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> d
     return {"accuracy": accuracy, "train_seconds": result.seconds, "bytes": len(save(best["state"]))}
 
 
-def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
+def run_loraxs(folder: Path, recipe: PersonalTrainingConfig, int8: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = personalize(PersonalizationConfig(data_dir=folder, out=Path(tmp) / "personal.safetensors",
                                                    training=recipe, seed=recipe.seed))
         seconds = time.perf_counter() - start
+        exported = export_accuracy(result.out, folder, result.recipe.max_length) if int8 else {}
     return {"accuracy": result.after.accuracy, "train_seconds": result.recipe.training.seconds,
             "wall_seconds": seconds, "bytes": result.num_bytes, "max_length": result.recipe.max_length,
             "validation": {"measure": result.recipe.measure, "start": result.recipe.start_score,
@@ -141,7 +142,30 @@ def run_loraxs(folder: Path, recipe: PersonalTrainingConfig) -> dict:
                            "history": result.recipe.history, "improved": result.recipe.improved,
                            "held_back": result.recipe.held_back,
                            "lam": result.recipe.lam, "lam_scores": result.recipe.lam_scores},
-            "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy}
+            "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy,
+            **parts_fields(result), **exported}
+
+
+def export_accuracy(adapter: Path, folder: Path, max_length: int) -> dict:
+    """onnxruntime accuracy on the test split of the merged fp32 export and its int8 quantization."""
+    from client.onnx.job import ExportConfig, run_export
+
+    report = run_export(ExportConfig(adapter=adapter, out=adapter.parent / "export" / "model.onnx", quantize="int8",
+                                     data_dir=folder, max_length=max_length, repeats=1))
+    return {"onnx_accuracy": report.accuracy}
+
+
+def parts_fields(result) -> dict:
+    """The lexical part and temperature of one `client.run`: what was kept, why, what it cost."""
+    choice = result.parts
+    if choice is None:
+        return {}
+    return {"encoder_accuracy": result.after_encoder.accuracy, "lexical_mix": choice.mix,
+            "lexical_wordpieces": choice.vocabulary, "lexical_only_val_accuracy": choice.lexical_only_accuracy,
+            "mix_scores": {str(m): list(v) for m, v in choice.scores.items()},
+            "temperature": choice.parts.temperature, "calibration": result.calibration,
+            "val_nll": list(choice.val_nll), "val_ece": list(choice.val_ece),
+            "encoder_bytes": result.encoder_bytes, "parts_bytes": result.num_bytes - result.encoder_bytes}
 
 
 def run_tfidf(split: Split) -> dict:
@@ -165,9 +189,9 @@ def run_tfidf(split: Split) -> dict:
     return {"accuracy": float(accuracy), "train_seconds": seconds, "C": best[1]}
 
 
-def run_method(method: str, folder: Path, split: Split, recipe: PersonalTrainingConfig) -> dict:
+def run_method(method: str, folder: Path, split: Split, recipe: PersonalTrainingConfig, int8: bool = False) -> dict:
     if method == "loraxs":
-        return run_loraxs(folder, recipe)
+        return run_loraxs(folder, recipe, int8)
     if method == "frozen":
         return run_frozen(split, recipe)
     if method == "tfidf":
@@ -257,7 +281,8 @@ def main() -> None:
         speed([a for a in os.sys.argv[1:] if a != "--speed"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet"])
+    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet",
+                                                         "maintainers", "stdlib"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--finetune-folders", nargs="+", default=None, metavar="FOLDER",
                         help="run lora and full only on these folders (default: every folder); fine-tuning "
@@ -269,6 +294,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="one run per seed (validation split, initialization, batch order; the test split "
                              "is the folder's): accuracy is the mean, with every seed's in the JSON")
+    parser.add_argument("--int8", action="store_true",
+                        help="loraxs, first seed: also export to ONNX (fp32 and int8) and measure both on the test split")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args()
     if args.render:
@@ -294,7 +321,8 @@ def main() -> None:
             runs = []
             for seed in args.seeds:
                 torch.manual_seed(seed)
-                runs.append(run_method(method, folders[name], splits[name, seed], recipes[seed]))
+                runs.append(run_method(method, folders[name], splits[name, seed], recipes[seed],
+                                       args.int8 and seed == args.seeds[0]))
             row = runs[0] if len(runs) == 1 else seeds_row(runs, args.seeds)
             methods = report["folders"][name]["methods"]
             methods[method] = row

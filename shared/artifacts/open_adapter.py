@@ -30,6 +30,7 @@ from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.mixed_rank import truncated_factors
 from shared.loraxs.model import compute_basis, load_adapter_state
+from shared.personal_output import OutputParts, split_parts
 
 DERIVED_SOURCE = "the factors derived from the base model"
 
@@ -39,8 +40,9 @@ class AdapterFile:
     """An adapter file as read: its state and metadata (checked against the user's flags)."""
 
     path: Path
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]  # exactly the model's adapter state
     meta: AdapterMeta
+    parts: OutputParts = OutputParts()  # a personal adapter's lexical part and temperature (never trained on)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
                           "(a smaller --rank trains its top-left block)")
     if task is not None and task != meta.task:
         raise LoraXSError(f"{path} is for task {meta.task}, but --task is {task}")
-    return AdapterFile(Path(path), state, meta)
+    state, parts = split_parts(state, meta.extra, len(meta.labels) if meta.labels else None, str(path))
+    return AdapterFile(Path(path), state, meta, parts)
 
 
 def nested_adapter(adapter: AdapterFile, rank: int, basis_file: Path | None = None,

@@ -79,6 +79,7 @@ class RecipeResult:
     frozen_test: Evaluation | None = None  # on `test`: the frozen baseline
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     kept: str = ""  # what the kept adapter is, in words the report uses (never contradicting `lam`)
+    head_l2: float | None = None  # the kept head was refitted on fit + validation with this penalty
 
 
 class Clock:
@@ -299,7 +300,8 @@ def run_recipe(
     kept = interpolate(reference, best, lam) if 0.0 < lam < 1.0 else (best if lam == 1.0 else reference)
     kept = _copy(kept)
     kept_accuracy = _evaluation(kept, kept_features[1], y_val).accuracy
-    if closed_form and not (lam == 0.0 and not scratch):  # a given adapter kept as given keeps its head
+    head_l2 = probe.l2 if closed_form and not (lam == 0.0 and not scratch) else None
+    if head_l2 is not None:  # a given adapter kept as given keeps its head
         kept_fit = kept_features[0] if kept_features[0] is not None else passes.features(fit, kept)
         kept = _with_head(kept, fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val],
                                          num_classes, probe.l2))
@@ -320,7 +322,7 @@ def run_recipe(
         num_val=len(val), frozen_head_score=frozen_score, frozen_params=frozen_params, lam=lam,
         lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
         held_back=held_back, stopped_on_time=stopped_on_time, before=before, after=after, frozen_test=frozen_test,
-        seconds=dict(clock.spent), kept=kept_words(lam, best_epoch, start_name, start_label),
+        seconds=dict(clock.spent), kept=kept_words(lam, best_epoch, start_name, start_label), head_l2=head_l2,
     )
 
 
