@@ -82,6 +82,10 @@ REGISTRY = (
               "`flower-simulation` (Ray) for round times and RSS", "benchmarks.speed_memory", timeout=1200),
     Benchmark("onnx", "6 ONNX", "`client.export` (onnxruntime)", "benchmarks.export", quick=None,
               full=("--folders", *ONNX_FOLDERS, "--work", "{out}/onnx_work", "--out", "{out}"), result_name="export"),
+    Benchmark("small_data", "7 Small real folders", "`client.run` defaults (the `personalize` function) against "
+              "TF-IDF + LR, frozen embeddings + LR and PEFT LoRA r=8, same splits", "benchmarks.small_data", quick=None,
+              full=("--folders", "debates", "debian", "manpages", "hamlet", "--methods", "tfidf", "frozen", "loraxs",
+                    "--out", "{out}"), timeout=2400),
     Benchmark("predict_startup", "6 ONNX start-up", "`client.predict` vs the PyTorch path, fresh processes",
               "benchmarks.predict_startup", quick=None, full=("--runs", "3", "--out", "{out}")),
 )

@@ -21,18 +21,16 @@ process: `python -m benchmarks.small_data --speed [small_data_speed's flags]`
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
 
+from benchmarks.result_files import RESULTS, command_line, goal, load_result, machine_now, write_result
 from benchmarks.small_folders import TUNING, build_folders
 from client.personalization import PersonalizationConfig, personalize
 from shared.artifacts.cache import user_cache_dir
@@ -46,7 +44,6 @@ from shared.personal_training import (
 )
 from shared.training import TrainConfig, evaluate, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("loraxs", "lora", "full", "frozen", "tfidf")
 RUN_ORDER = ("tfidf", "frozen", "loraxs", "lora", "full")  # a report cut short still has the goals' rows
 BASELINE_LR = {"lora": 5e-4, "full": 5e-5}
@@ -215,10 +212,16 @@ def accuracy_cell(row: dict) -> str:
     return f"{row['accuracy']:.3f} ({min(row['accuracies']):.3f}–{max(row['accuracies']):.3f})"
 
 
+def _machine_text(machine) -> str:
+    """Earlier result files hold a line of text, newer ones result_files.machine_now()'s dict."""
+    return machine if isinstance(machine, str) else f"{machine.get('cores')} cores, torch {machine.get('torch')}"
+
+
 def markdown(report: dict) -> str:
     seeds = report.get("seeds", [0])
     lines = ["# Small real folders: `client.run` defaults vs the alternatives\n",
-             f"`{report['command']}` — {report['date']}, {report['machine']}, load before {report['load_before']}\n",
+             f"`{report['command']}` — {report['date']}, {_machine_text(report['machine'])}, "
+             f"load before {report['load_before']}\n",
              *([f"Mean of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}: validation split, initialization, "
                 "batch order; the test split is the folder's), lowest–highest in brackets; training seconds "
                 "per run.\n"] if len(seeds) > 1 else []),
@@ -259,14 +262,21 @@ def goal_met(gap: float, margin: float | None = None) -> bool:
     return gap >= -margin - SAME if margin else gap > SAME
 
 
+GOALS = (("frozen", "beats frozen embeddings + LR", None), ("lora", "within 2 points of PEFT LoRA r=8", 0.02),
+         ("tfidf", "beats TF-IDF + LR", None))
+
+
+def _goal_pairs(report: dict, other: str) -> list[tuple[str, float]]:
+    """(folder, LoRA-XS accuracy minus `other`'s) for every folder with both rows."""
+    return [(name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
+            for name, e in report["folders"].items() if {"loraxs", other} <= set(e["methods"])]
+
+
 def goal_counts(report: dict) -> list[str]:
     """How many folders meet each goal, among those with both rows."""
     out = []
-    for other, label, margin in (("frozen", "beats frozen embeddings + LR", None),
-                                 ("lora", "within 2 points of PEFT LoRA r=8", 0.02),
-                                 ("tfidf", "beats TF-IDF + LR", None)):
-        pairs = [(name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
-                 for name, e in report["folders"].items() if {"loraxs", other} <= set(e["methods"])]
+    for other, label, margin in GOALS:
+        pairs = _goal_pairs(report, other)
         if pairs:
             met = [name for name, gap in pairs if goal_met(gap, margin)]
             out.append(f"- {label}: {len(met)} of {len(pairs)} folders"
@@ -274,11 +284,24 @@ def goal_counts(report: dict) -> list[str]:
     return out
 
 
-def main() -> None:
-    if "--speed" in os.sys.argv[1:]:
+def goals(report: dict) -> list[dict]:
+    """The goals for RESULTS.md: on every measured folder, the `client.run` default against each baseline."""
+    out = []
+    for other, label, margin in GOALS:
+        pairs = _goal_pairs(report, other)
+        if pairs:
+            missed = [name for name, gap in pairs if not goal_met(gap, margin)]
+            out.append(goal(f"client.run {label}, on every folder", f"{len(pairs) - len(missed)} of {len(pairs)} folders",
+                            not missed, f"not on {', '.join(missed)}" if missed else ""))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(os.sys.argv[1:] if argv is None else argv)
+    if "--speed" in argv:
         from benchmarks.small_data_speed import main as speed
 
-        speed([a for a in os.sys.argv[1:] if a != "--speed"])
+        speed([a for a in argv if a != "--speed"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet",
@@ -288,7 +311,8 @@ def main() -> None:
                         help="run lora and full only on these folders (default: every folder); fine-tuning "
                              "a 110 MB model on the long-text folders takes most of an hour on 2 cores")
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
-    parser.add_argument("--out", type=Path, default=RESULTS / "small_data.json")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    parser.add_argument("--name", default="small_data", help="result file name: <out>/<name>.json and .md")
     parser.add_argument("--select-on", choices=("loss", "accuracy"), default=PersonalTrainingConfig().select_on,
                         help="the recipe's validation measure (default: client.run's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -297,16 +321,18 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true",
                         help="loraxs, first seed: also export to ONNX (fp32 and int8) and measure both on the test split")
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.render:
-        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
+        report = load_result(args.out, args.name)
+        if not report:
+            parser.error(f"no readable {args.name}.json in {args.out}")
+        (args.out / f"{args.name}.md").write_text(markdown(report))
         return
     folders = build_folders(args.data_root)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
-    report = {"command": "python -m benchmarks.small_data " + " ".join(os.sys.argv[1:]),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-              "load_before": round(os.getloadavg()[0], 2), "seeds": args.seeds, "folders": {}}
+    machine = machine_now()
+    report = {"command": command_line("benchmarks.small_data", argv), "date": machine["date"], "machine": machine,
+              "load_before": machine["load_average_before"], "seeds": args.seeds, "folders": {}}
     recipes = {seed: PersonalTrainingConfig(select_on=args.select_on, seed=seed) for seed in args.seeds}
     splits = {(name, seed): Split(folders[name], recipes[seed], tokenizer) for name in args.folders for seed in args.seeds}
     for name in args.folders:
@@ -328,11 +354,10 @@ def main() -> None:
             methods[method] = row
             report["folders"][name]["methods"] = {m: methods[m] for m in METHODS if m in methods}
             print(f"{name} {method}: accuracy {row['accuracy']:.3f}, {row['train_seconds']:.1f} s", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
-            args.out.with_suffix(".md").write_text(markdown(report))
-    report["load_after"] = round(os.getloadavg()[0], 2)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            report["goals"] = goals(report)
+            write_result(args.out, args.name, report, markdown(report))  # a run cut short keeps its rows
+    report["load_after"] = report["machine"]["load_average_after"]
+    write_result(args.out, args.name, report, markdown(report))
     print(markdown(report))
 
 

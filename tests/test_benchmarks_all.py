@@ -103,9 +103,9 @@ def test_no_benchmark_imports_the_tests_or_hacks_sys_path():
         assert "sys.path.insert" not in text, source
 
 
-# small_data (its recipe is being redesigned) still takes no argv and --out is a file: the one exception
+# modules that are not benchmarks themselves: helpers, and children a benchmark runs (recipe_run, secagg_signing)
 HELPERS = {"all", "result_files", "results_page", "simulation_cases", "federated_loop", "federated_methods",
-           "deployment_load_report", "synthetic_reviews", "small_folders", "small_data", "__init__"}
+           "deployment_load_report", "synthetic_reviews", "small_folders", "recipe_run", "secagg_signing", "__init__"}
 
 
 @pytest.mark.parametrize("module", sorted(
