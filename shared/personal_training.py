@@ -15,7 +15,6 @@ No Flower, no files: the callers load data and write adapters.
 """
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,8 @@ from shared.linear_probe import linear_head
 from shared.loraxs.model import adapter_state, load_adapter_state
 from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, PersonalTrainingConfig, epoch_budget  # noqa: F401 (re-exported)
 from shared.recipe.data import Tokenize
+from shared.recipe.data import choose_max_length as recipe_max_length
+from shared.recipe.data import split_validation as recipe_split
 from shared.recipe.recipe import RecipeResult, kept_words, run_recipe
 from shared.recipe.torch_backend import TorchBackend, load_params, params_from_model
 from shared.training import EvalResult, TrainConfig, TrainResult, evaluate, train
@@ -59,15 +60,9 @@ class PersonalTrainingResult:
 
 
 def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
-    """`config.max_length`, else the `LENGTH_PERCENTILE` of the texts' token counts (rounded up
-    to 8, in [min_length, length_cap]); never above what the tokenizer and model accept."""
-    limit = model_length_limit(tokenizer, model)
-    if config.max_length is not None:
-        return min(config.max_length, limit) if limit else config.max_length
-    counts = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
-    length = int(math.ceil(np.percentile(counts, LENGTH_PERCENTILE) / 8) * 8) if counts else config.min_length
-    limit = min(config.length_cap, limit or config.length_cap)
-    return max(min(length, limit), min(config.min_length, limit))
+    """The recipe's token length (shared/recipe/data.py) for `texts` under this tokenizer and model."""
+    counts = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]] if config.max_length is None else []
+    return recipe_max_length(counts, config, model_length_limit(tokenizer, model))
 
 
 def model_length_limit(tokenizer, model: nn.Module | None = None) -> int | None:
@@ -78,25 +73,9 @@ def model_length_limit(tokenizer, model: nn.Module | None = None) -> int | None:
 
 
 def split_validation(train: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[Dataset, Dataset]:
-    """(fit, validation): `fraction` of every class (at least one example of a class with two
-    or more), seeded."""
-    rng = np.random.default_rng(seed)
-    n = len(train)
-    if n < MIN_EXAMPLES:
-        raise LoraXSError(f"{n} training examples are too few to hold some out for validation "
-                          f"(need {MIN_EXAMPLES})")
-    groups = {}
-    keys = train["label"] if stratify else [0] * n
-    for index, key in enumerate(keys):
-        groups.setdefault(key, []).append(index)
-    val = []
-    for indices in groups.values():
-        take = int(round(fraction * len(indices)))
-        take = max(take, 1) if len(indices) >= 2 else 0
-        val += list(rng.permutation(indices)[:take])
-    val_set = set(int(i) for i in val)
-    fit = [i for i in range(n) if i not in val_set]
-    return train.select(fit), train.select(sorted(val_set))
+    """(fit, validation) datasets of the recipe's split (shared/recipe/data.py)."""
+    fit, val = recipe_split(list(train["label"]) if stratify else [0] * len(train), fraction, seed, stratify)
+    return train.select(fit), train.select(val)
 
 
 def result_score(result: EvalResult, measure: str) -> float:
