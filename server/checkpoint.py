@@ -19,7 +19,8 @@ from safetensors.torch import save as save_bytes
 
 from server.run_folder import CHECKPOINT
 from server.traffic import PhaseTraffic, TrafficMeter
-from shared.artifacts.blob import read_blob, read_file, write_atomically
+from shared.artifacts.atomic_write import write_atomically
+from shared.artifacts.blob import read_blob, read_file
 from shared.errors import LoraXSError
 from shared.federation.run_config import FederationConfig
 

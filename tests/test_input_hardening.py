@@ -17,7 +17,7 @@ from shared.artifacts.adapter_file import (
     adapter_meta, load_adapter, metadata_digest, save_adapter,
 )
 from shared.artifacts.basis_file import basis_to_bytes, basis_to_tensors, load_basis, save_basis
-from shared.artifacts.blob import write_atomically
+from shared.artifacts.atomic_write import write_atomically
 from shared.artifacts.cache import find_cached_basis, store_basis
 from shared.artifacts.open_adapter import read_adapter
 from shared.base_models import build_adapted_model

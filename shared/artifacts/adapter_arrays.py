@@ -9,12 +9,11 @@ here with `adapter_file.load_adapter` and checks the digests against it.
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from shared.artifacts.atomic_write import write_atomically
 from shared.errors import LoraXSError
 
 ADAPTER_FORMAT, ADAPTER_FORMAT_VERSION = "loraxs-adapter", "2"
@@ -65,21 +64,7 @@ def adapter_bytes(state: dict[str, np.ndarray], meta_strings: dict[str, str], so
 def write_adapter(path: str | Path, state: dict[str, np.ndarray], meta_strings: dict[str, str]) -> int:
     """Atomically (temp file + rename); -> bytes written."""
     path = Path(path)
-    data = adapter_bytes(state, meta_strings, str(path))
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        raise LoraXSError(f"cannot write adapter {path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return len(data)
+    return write_atomically(path, adapter_bytes(state, meta_strings, str(path)), "adapter")
 
 
 def read_adapter_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

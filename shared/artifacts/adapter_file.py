@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_bytes
 
-from shared.artifacts.blob import read_blob, read_file, write_atomically
+from shared.artifacts.atomic_write import write_atomically
+from shared.artifacts.blob import read_blob, read_file
 from shared.base_models import canonical_model_id, model_pooling
 from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, header_kind, is_encrypted, write_encrypted
 from shared.errors import LoraXSError

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save as save_bytes
 
 from shared.errors import LoraXSError
-from shared.artifacts.blob import read_blob, read_file, write_atomically
+from shared.artifacts.atomic_write import write_atomically
+from shared.artifacts.blob import read_blob, read_file
 from shared.loraxs.basis import Basis
 
 BASIS_FORMAT = "loraxs-basis"

@@ -52,33 +52,6 @@ def read_file(path: str | Path, kind: str, max_bytes: int | None = None) -> byte
     return read_untrusted(path, f"{kind} file", max_bytes or MAX_FILE_BYTES.get(kind, DEFAULT_MAX_FILE_BYTES))
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: str | Path, data: bytes, kind: str) -> int:
-    """A fresh temp file in the same folder (mkstemp: never an existing name, never a symlink),
-    then a rename, so a crash never leaves half a file; returns the bytes written."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # as a plain open() would create it
-            handle.write(data)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        raise LoraXSError(f"cannot write {kind} {path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return len(data)
-
-
 def check_output_file(out: Path, force: bool = False, hint: str = "a file name") -> None:
     """Before any heavy work: `out` names a file (not a folder) that may be written, in a folder
     that exists or can be made and that takes new files."""
