@@ -14,7 +14,6 @@ anything is written; files are staged and moved into place all or nothing.
 """
 
 import contextlib
-import hashlib
 import json
 import shutil
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.onnx_training.folder import sha256_file
 from client.onnx.folder import move_into_place
 from client.onnx.graph import token_input_names
 from client.onnx_training.shared_weights import share_weights
@@ -187,14 +187,6 @@ def _max_diff(want: torch.Tensor, have: np.ndarray) -> float:
     if want.shape != have.shape:
         return float("nan")
     return float(np.abs(want - have.astype(np.float64)).max()) if want.size else 0.0
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe(model, meta: AdapterMeta, task: str, token_names: list[str], tokenizer, opset: int,
