@@ -56,6 +56,7 @@ import psutil
 from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
 from benchmarks.synthetic_reviews import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
+from deployment.process_tree import pids_with_environment
 from deployment.supernode import quoted_config_value
 from shared.errors import LoraXSError
 
@@ -105,15 +106,7 @@ def role_of(proc: psutil.Process) -> str:
 
 def tagged_pids(tag: str) -> list[int]:
     """Processes whose environment holds our tag: everything a level started, however detached."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if needle in environ.read_bytes():
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
+    return pids_with_environment(TAG_VARIABLE, tag)
 
 
 class Sampler(threading.Thread):

@@ -166,3 +166,17 @@ def _signal(proc: psutil.Process, sig: int) -> None:
 def exit_code(returncode: int) -> int:
     """A child's return code as a shell exit status (killed by signal N -> 128 + N)."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def pids_with_environment(variable: str, value: str) -> list[int]:
+    """Processes whose environment holds `variable=value`: everything a tagged command started,
+    however detached (Linux /proc; processes not ours to read are skipped)."""
+    needle = f"{variable}={value}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return found

@@ -24,6 +24,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from client.app import make_client_app
 from client.export import main as export_main
 from client.run import main as client_run_main
+from deployment.process_tree import pids_with_environment
 from deployment.supernode import quoted_config_value
 from server.federation import run_federation
 from shared.artifacts.adapter_file import adapter_meta, save_adapter
@@ -224,15 +225,7 @@ def tagged_run(command: list[str], timeout: float) -> subprocess.CompletedProces
 
 
 def processes_tagged(tag: str) -> list[int]:
-    needle = f"LORAXS_TEST_RUN={tag}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if needle in environ.read_bytes():
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue  # gone, or not ours to read
-    return found
+    return pids_with_environment("LORAXS_TEST_RUN", tag)
 
 
 def assert_all_gone(pids: set[int]) -> None:
