@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, adapter_to_bytes, save_adapter
 from shared.artifacts.blob import check_output_file
 from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
@@ -148,9 +150,14 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
     after_encoder = after
     parts = choice.parts if choice is not None else OutputParts()
-    if not parts.empty:
-        after = evaluate(PersonalClassifier(model, parts), test_loader(recipe.max_length), device)
-    calibration = _test_calibration(model, parts, test_loader(recipe.max_length), device) if choice else None
+    calibration = None
+    if choice is not None:  # one test pass: the personal model's result and its calibration
+        logits, truth = collect_logits(PersonalClassifier(model, OutputParts(parts.lexical, 1.0)),
+                                       test_loader(recipe.max_length), device)
+        calibration = _test_calibration(logits, truth, parts.temperature)
+        if not parts.empty:
+            after = EvalResult(loss=calibration["nll_after"], accuracy=float(np.mean(logits.argmax(-1) == truth)),
+                               examples=len(truth))
     if config.adapter:
         baselines["the given adapter"] = before
 
@@ -185,10 +192,8 @@ def _choose_parts(config: PersonalizationConfig, model, train, tokenizer, recipe
     return choice
 
 
-def _test_calibration(model, parts: OutputParts, loader, device) -> dict[str, float]:
-    """NLL and ECE of the personal model on the test split without and with its temperature."""
-    logits, labels = collect_logits(PersonalClassifier(model, OutputParts(parts.lexical, 1.0)), loader, device)
-    t = parts.temperature
+def _test_calibration(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
+    """NLL and ECE of the personal model's test logits (before its temperature) without and with it."""
     return {"nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
             "ece_before": expected_calibration_error(logits, labels),
             "ece_after": expected_calibration_error(logits, labels, t), "temperature": t}
