@@ -162,10 +162,14 @@ def goals(document: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", default=["debates", "hamlet", "debian", "manpages"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2],
+                        help="this checkout's seeds (none: run only the baseline)")
     parser.add_argument("--baseline-checkout", type=Path, help="a checkout of today's recipe (git worktree add DIR main)")
     parser.add_argument("--baseline-seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--baseline-folders", nargs="+", help="run the baseline only on these folders (default: all)")
+    parser.add_argument("--baseline-from", type=Path,
+                        help="take the baseline rows from an earlier small_data_speed.json (its folders and "
+                             "seeds) instead of running them: its runs keep their own load and date")
     parser.add_argument("--budgets", nargs="*", type=float, default=[30, 60, 120])
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     folders = build_folders(args.data_root)
     document = {"command": command_line("benchmarks." + NAME, argv), "machine": machine_now(),
                 "baseline_checkout": "given" if args.baseline_checkout else None, "folders": {}}
+    earlier = json.loads(args.baseline_from.read_text())["folders"] if args.baseline_from else {}
+    if args.baseline_from:
+        document["baseline_from"] = f"{args.baseline_from.name} ({json.loads(args.baseline_from.read_text())['machine'].get('date', '?')})"
     document["throughput"] = speed = throughput()
     print("throughput (tokens/s):", {k: round(v) for k, v in speed.items()}, flush=True)
     for name in args.folders:
@@ -190,13 +197,23 @@ def main(argv: list[str] | None = None) -> None:
                 blocks = config.train_blocks or speed["blocks"]
                 entry["floor_seconds"] = floor_seconds(tokens, speed, "bf16" if config.bf16 else "fp32", blocks)
             save()
-        if args.baseline_checkout and (args.baseline_folders is None or name in args.baseline_folders):
+        if name in earlier and "today" in earlier[name]["recipes"]:
+            entry["recipes"]["today"] = earlier[name]["recipes"]["today"]
+            if not new_runs:
+                entry.update({k: earlier[name][k] for k in ("texts", "p95", "tokens") if k in earlier[name]})
+            save()
+        elif args.baseline_checkout and (args.baseline_folders is None or name in args.baseline_folders):
             old_runs = []
             for seed in args.baseline_seeds:
                 old_runs.append(run_once(args.baseline_checkout, folders[name], seed))
+                if "texts" not in entry:  # no run of this checkout: the folder's counts from the baseline's
+                    tokens = token_counts(folders[name], old_runs[0]["max_length"], old_runs[0]["seed"])
+                    entry.update(texts=tokens["texts"], p95=tokens["p95"], tokens=tokens)
                 entry["recipes"]["today"] = summary(old_runs)
                 document["goals"] = goals(document)
                 save()
+        if not new_runs:
+            continue
         first = new_runs[0]
         for budget in args.budgets:
             if first["personalize_seconds"] <= budget:
