@@ -7,10 +7,9 @@ changes except the output file and the `.loraxs/` state folder (cached factors).
 """
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, adapter_to_bytes, save_adapter
 from shared.artifacts.blob import check_output_file
@@ -25,13 +24,12 @@ from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 from shared.linear_probe import linear_head
 from shared.loraxs.model import adapter_state
-from shared.calibration import expected_calibration_error, nll
-from shared.personal_output import OutputParts, PersonalClassifier, parts_meta, parts_state
-from shared.personal_parts import PartsChoice, choose_parts, collect_logits
+from shared.output_parts import OutputParts, parts_meta
+from shared.personal_output import parts_state
+from shared.personal_parts import PartsChoice, choose_parts, held_out
 from shared.personal_training import (
     PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training,
 )
-from shared.recipe.data import split_validation
 from shared.recipe.recipe import RecipeResult
 from shared.training import EvalResult, evaluate
 
@@ -135,13 +133,13 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     tokenizer = load_tokenizer(model_id)
     start_name = "the given adapter" if config.adapter else "scratch"
     test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
-    choice = None
+    choice = calibration = None
     if task == "seq-cls" and linear_head(model) is not None:  # the numpy recipe reports on the test split itself
         recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
                                    progress=config.progress, test_set=splits.test, deadline=deadline)
         before, after = recipe.before, recipe.after
         baselines = {"frozen features + logistic regression": recipe.frozen_test}
-        choice = _choose_parts(config, model, splits.train, tokenizer, recipe, device)
+        choice = _choose_parts(config, recipe, set(tokenizer.all_special_ids))
     else:
         before = evaluate(model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)),
                           device)
@@ -150,14 +148,11 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
     after_encoder = after
     parts = choice.parts if choice is not None else OutputParts()
-    calibration = None
-    if choice is not None:  # one test pass: the personal model's result and its calibration
-        logits, truth = collect_logits(PersonalClassifier(model, OutputParts(parts.lexical, 1.0)),
-                                       test_loader(recipe.max_length), device)
-        calibration = _test_calibration(logits, truth, parts.temperature)
+    if choice is not None:  # the personal model on the test features the recipe already has
+        held = held_out(recipe.views["test"], recipe.params["head_weight"], recipe.params["head_bias"], parts)
+        calibration = asdict(held)
         if not parts.empty:
-            after = EvalResult(loss=calibration["nll_after"], accuracy=float(np.mean(logits.argmax(-1) == truth)),
-                               examples=len(truth))
+            after = EvalResult(loss=held.nll_after, accuracy=held.accuracy, examples=held.examples)
     if config.adapter:
         baselines["the given adapter"] = before
 
@@ -179,21 +174,9 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     )
 
 
-def _choose_parts(config: PersonalizationConfig, model, train, tokenizer, recipe: PersonalTrainingResult,
-                  device) -> PartsChoice | None:
+def _choose_parts(config: PersonalizationConfig, recipe: RecipeResult, special_ids: set[int]) -> PartsChoice | None:
     """The lexical part and temperature on the recipe's own fit / validation split."""
     if not (config.lexical or config.calibrate):
         return None
-    fit, val = split_validation(list(train["label"]), config.training.val_fraction, config.training.seed, stratify=True)
-    fit, val = train.select(fit), train.select(val)  # the recipe's own split
-    choice = choose_parts(model, fit, val, tokenizer, recipe.max_length, recipe.head_l2, device, config.lexical)
-    if choice is not None and not config.calibrate:
-        choice.parts = OutputParts(choice.parts.lexical, 1.0)
-    return choice
-
-
-def _test_calibration(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
-    """NLL and ECE of the personal model's test logits (before its temperature) without and with it."""
-    return {"nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
-            "ece_before": expected_calibration_error(logits, labels),
-            "ece_after": expected_calibration_error(logits, labels, t), "temperature": t}
+    return choose_parts(recipe.views, recipe.params["head_weight"], recipe.params["head_bias"], recipe.head_l2,
+                        special_ids, config.lexical, config.calibrate)

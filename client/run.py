@@ -24,6 +24,7 @@ from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
+from shared.personal_parts import parts_lines
 from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
@@ -152,7 +153,8 @@ def onnx_config(args: argparse.Namespace):
     given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
     return OnnxRunConfig(data_dir=args.data, model_dir=args.model_dir, adapter=args.adapter, out=args.out,
                          force=args.force, training=PersonalTrainingConfig(seed=args.seed, **given),
-                         seed=args.seed, threads=args.threads)
+                         seed=args.seed, threads=args.threads, lexical=not args.no_lexical,
+                         calibrate=not args.no_calibration)
 
 
 def personalization_config(args: argparse.Namespace):
@@ -200,7 +202,7 @@ def print_report(result) -> None:
                else f"kept for its lower validation {recipe.measure}")
         print(f"validation accuracy: start ({recipe.start}) {recipe.start_accuracy:.4f}, kept ({recipe.kept}) "
               f"{recipe.kept_accuracy:.4f}" + (f" (note: below the start; {why})" if below else ""))
-    for line in parts_lines(result):
+    for line in parts_lines(result.parts):
         print(line)
     print(f"held-out accuracy before: {result.before.accuracy:.4f} (loss {result.before.loss:.4f}, "
           f"{result.before.examples} examples)")
@@ -216,31 +218,6 @@ def print_report(result) -> None:
             "tied" if result.after.accuracy == baseline.accuracy else "NOT beaten")
         print(f"baseline {name}: {baseline.accuracy:.4f} on the same split ({verdict})")
     print(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
-
-
-def parts_lines(result) -> list[str]:
-    """Which parts the personal model kept (encoder, lexical, temperature), and why."""
-    choice = result.parts
-    if choice is None:
-        return ["parts kept: encoder only (no lexical part or temperature for this task or model)"]
-    scores = choice.scores
-    lines = ["parts kept: encoder (the LoRA-XS adapter and its head)"
-             + (", lexical" if choice.mix else "") + (", temperature" if choice.parts.temperature != 1.0 else "")]
-    if len(scores) > 1:
-        by_mix = ", ".join(f"{mix:g}: {acc:.3f}/{loss:.3f}" for mix, (acc, loss) in scores.items())
-        why = (f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
-               f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
-               f"{scores[choice.mix][0]:.4f}" if choice.mix else
-               "not kept: no weight beat the encoder alone on validation loss while holding its accuracy")
-        lines.append(f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
-                     f"validation accuracy/calibrated loss by weight ({by_mix})")
-    elif result.parts is not None:
-        lines.append("lexical part: off (--no-lexical)")
-    t = choice.parts.temperature
-    lines.append(f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
-                 f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}" if t != 1.0 else
-                 "temperature: none (--no-calibration, or no temperature lowered the validation loss)")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

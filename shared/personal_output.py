@@ -4,15 +4,11 @@
 
 `PersonalOutput` computes the second factor from the token ids (gathers over a (V,) idf table and
 a (V, C) weight table: shared/lexical.py), so the PyTorch model, the merged ONNX graph and the
-adapter-as-input graph compute the same logits. In a personal adapter file the parts are stored
-compactly: tensors `lexical.idf` (k,), `lexical.weight` (C, k), `lexical.bias` (C,) and, in the
-(checksummed) metadata, `lexical_ids` (the k vocabulary ids, base64) and `temperature`. They stay
-on the device: they are not model parameters, so `adapter_state` (what a federation moves) never
-holds them.
+adapter-as-input graph compute the same logits. The parts as data, and how an adapter file stores
+them: shared/output_parts.py. Reading them back from a file (`split_parts`) is here.
 """
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,25 +16,12 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from shared.errors import LoraXSError
-from shared.lexical import LexicalHead, decode_ids, encode_ids
+from shared.lexical import LexicalHead, decode_ids
+from shared.output_parts import TENSORS, OutputParts, parts_arrays, parts_meta  # noqa: F401 (re-exported)
 
 PREFIX = "lexical."
-TENSORS = ("lexical.idf", "lexical.weight", "lexical.bias")
 GRAPH_INPUTS = ("lexical.idf_table", "lexical.weight_table", "lexical.bias", "calibration.log_temperature")
 MIN_T, MAX_T = 0.05, 20.0
-
-
-@dataclass(frozen=True)
-class OutputParts:
-    """lexical: None = the encoder alone (its weights already scaled by how much of it is used);
-    temperature: 1.0 = uncalibrated."""
-
-    lexical: LexicalHead | None = None
-    temperature: float = 1.0
-
-    @property
-    def empty(self) -> bool:
-        return self.lexical is None and self.temperature == 1.0
 
 
 class PersonalOutput(nn.Module):
@@ -99,20 +82,8 @@ class PersonalClassifier(nn.Module):
 
 
 def parts_state(parts: OutputParts) -> dict[str, torch.Tensor]:
-    """The tensors a personal adapter file stores (none without a lexical part)."""
-    if parts.lexical is None:
-        return {}
-    head = parts.lexical
-    return {"lexical.idf": torch.from_numpy(head.idf.copy()), "lexical.weight": torch.from_numpy(head.weight.copy()),
-            "lexical.bias": torch.from_numpy(head.bias.copy())}
-
-
-def parts_meta(parts: OutputParts) -> dict[str, str]:
-    """The metadata entries (strings) a personal adapter file stores."""
-    out = {"temperature": repr(float(parts.temperature))} if parts.temperature != 1.0 else {}
-    if parts.lexical is not None:
-        out["lexical_ids"] = encode_ids(parts.lexical.ids)
-    return out
+    """The tensors a personal adapter file stores, as torch tensors (none without a lexical part)."""
+    return {name: torch.from_numpy(value) for name, value in parts_arrays(parts).items()}
 
 
 def split_parts(state: dict[str, torch.Tensor], extra: dict[str, str], num_classes: int | None,

@@ -1,6 +1,9 @@
-"""After the encoder is trained: whether to add the lexical part, and the temperature, chosen on validation.
+"""After the encoder is trained: whether to add the lexical part, and the temperature, chosen on
+validation from what the recipe already computed (its `SplitView`s: the kept adapter's features
+and the token ids of every split). Numpy only, and no pass of the network: the PyTorch and the
+onnxruntime paths share it.
 
-    encoder   <- the trained adapter; its head refitted on the fit split alone, so that the
+    encoder   <- the kept adapter; its head refitted on the fit split alone, so that the
                  validation split is held out from every part scored on it
     lexical   <- logistic regression on idf-weighted wordpieces of the fit split (shared/lexical.py),
                  by the recipe's closed-form head (shared/recipe/head.py), penalty chosen on
@@ -17,15 +20,11 @@
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from shared.calibration import expected_calibration_error, fit_temperature, nll
-from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
-from shared.linear_probe import head_inputs, linear_head
+from shared.output_parts import OutputParts, lexical_part
 from shared.recipe.head import choose_head, fit_head
-from shared.personal_output import OutputParts
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -40,68 +39,107 @@ class PartsChoice:
     val_nll: tuple[float, float] = (0.0, 0.0)  # the chosen mix's validation loss before / after the temperature
     val_ece: tuple[float, float] = (0.0, 0.0)
     lexical_only_accuracy: float = 0.0  # the lexical head alone on validation
+    lexical_tried: bool = True  # False: --no-lexical
 
 
-def choose_parts(model: nn.Module, fit, val, tokenizer, max_length: int, head_l2: float | None,
-                 device: torch.device | str = "cpu", lexical: bool = True) -> PartsChoice | None:
-    """The parts for `model` (the recipe's kept adapter) on the recipe's fit / validation
-    datasets; None without a linear head over pooled features."""
-    if linear_head(model) is None:
-        return None
-    num_classes = linear_head(model).out_features
-    loader = lambda ds: make_loader(ds, tokenizer, "seq-cls", EVAL_BATCH_SIZE, max_length)  # noqa: E731
-    (fit_x, fit_y), (val_x, val_y) = (tuple(t.numpy() for t in head_inputs(model, loader(ds), device)) for ds in (fit, val))
+@dataclass(frozen=True)
+class HeldOut:
+    """The personal model on the test split: its accuracy, and its calibration without / with T."""
+
+    accuracy: float
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    temperature: float
+    examples: int
+
+
+def choose_parts(views: dict, head_weight: np.ndarray, head_bias: np.ndarray, head_l2: float | None,
+                 special_ids: set[int], lexical: bool = True, calibrate: bool = True) -> PartsChoice:
+    """The parts for the recipe's kept adapter (head (C, H), (C,)); `views` its "fit" and "val"
+    `SplitView`s; `head_l2` the penalty its head was refitted on fit + validation with (None: the
+    head as given)."""
+    fit, val = views["fit"], views["val"]
+    num_classes = len(head_bias)
     if head_l2 is not None:  # the kept head saw validation: score the one fitted on the fit split alone
-        head = fit_head(fit_x, fit_y, num_classes, head_l2)
-        weight, bias = head.weight, head.bias
-    else:
-        weight, bias = (p.detach().float().cpu().numpy() for p in (linear_head(model).weight, linear_head(model).bias))
-    encoder_val = (val_x @ weight.T + bias).astype(np.float64)  # (N_val, H) @ (H, C) -> (N_val, C)
+        head = fit_head(fit.features, fit.labels, num_classes, head_l2)
+        head_weight, head_bias = head.weight, head.bias
+    encoder_val = val.features.astype(np.float64) @ head_weight.T + head_bias  # (N_val, H) @ (H, C) -> (N_val, C)
 
-    fit_ids, val_ids = _token_ids(fit, tokenizer, max_length), _token_ids(val, tokenizer, max_length)
     lexical_val, l2, only = np.zeros_like(encoder_val), None, 0.0
-    ids, idf = fit_vocabulary(fit_ids, set(tokenizer.all_special_ids)) if lexical else (np.zeros(0), None)
-    lexical = lexical and len(ids) > 0  # no wordpiece in two fit texts: nothing to weigh
-    if lexical:
-        x_fit, x_val = features(fit_ids, ids, idf), features(val_ids, ids, idf)
-        lexical_head, only = choose_head((x_fit, fit_y), (x_val, val_y), num_classes)
+    ids, idf = fit_vocabulary(fit.ids, special_ids) if lexical else (np.zeros(0), None)
+    use_lexical = lexical and len(ids) > 0  # no wordpiece in two fit texts: nothing to weigh
+    if use_lexical:
+        x_fit, x_val = features(fit.ids, ids, idf), features(val.ids, ids, idf)
+        lexical_head, only = choose_head((x_fit, fit.labels), (x_val, val.labels), num_classes)
         l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)
     scores = {}
-    for mix in MIX_GRID if lexical else (0.0,):
+    for mix in MIX_GRID if use_lexical else (0.0,):
         logits = encoder_val + mix * lexical_val
-        scores[mix] = (accuracy(logits, val_y), nll(logits, val_y, fit_temperature(logits, val_y)))
+        scores[mix] = (accuracy(logits, val.labels), nll(logits, val.labels, fit_temperature(logits, val.labels)))
     allowed = [m for m in scores if scores[m][0] >= scores[0.0][0]]
     mix = min(allowed, key=lambda m: (scores[m][1], m))
     logits = encoder_val + mix * lexical_val
-    temperature = fit_temperature(logits, val_y)
-    head = None
+    temperature = fit_temperature(logits, val.labels) if calibrate else 1.0
+    final = None
     if mix > 0:
-        both_ids, both_y = fit_ids + val_ids, np.concatenate([fit_y, val_y])
-        ids, idf = fit_vocabulary(both_ids, set(tokenizer.all_special_ids))
+        both_ids, both_y = fit.ids + val.ids, np.concatenate([fit.labels, val.labels])
+        ids, idf = fit_vocabulary(both_ids, special_ids)
         both = fit_head(features(both_ids, ids, idf), both_y, num_classes, l2)
-        head = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(mix)
+        final = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(mix)
     return PartsChoice(
-        parts=OutputParts(head, temperature), mix=mix, lexical_l2=l2 if mix > 0 else None,
-        vocabulary=len(head.ids) if head is not None else 0, scores=scores,
-        val_nll=(nll(logits, val_y), nll(logits, val_y, temperature)),
-        val_ece=(expected_calibration_error(logits, val_y), expected_calibration_error(logits, val_y, temperature)),
-        lexical_only_accuracy=only,
+        parts=OutputParts(final, temperature), mix=mix, lexical_l2=l2 if mix > 0 else None,
+        vocabulary=len(final.ids) if final is not None else 0, scores=scores,
+        val_nll=(nll(logits, val.labels), nll(logits, val.labels, temperature)),
+        val_ece=(expected_calibration_error(logits, val.labels),
+                 expected_calibration_error(logits, val.labels, temperature)),
+        lexical_only_accuracy=only, lexical_tried=lexical,
     )
 
 
-def _token_ids(ds, tokenizer, max_length: int) -> list[np.ndarray]:
-    """The ids the encoder reads (truncated to `max_length`, special tokens included)."""
-    encoded = tokenizer(list(ds["text"]), truncation=True, max_length=max_length)["input_ids"]
-    return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+def personal_logits(view, head_weight: np.ndarray, head_bias: np.ndarray, parts: OutputParts) -> np.ndarray:
+    """(N, C) logits of the personal model before its temperature: encoder head + lexical part."""
+    encoder = view.features.astype(np.float64) @ head_weight.T + head_bias  # (N, H) @ (H, C)
+    return encoder + lexical_part(view.ids, parts.lexical, len(head_bias))
 
 
-@torch.no_grad()
-def collect_logits(model: nn.Module, loader, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) logits and (N,) labels of a classifier over `loader`."""
-    model.to(device).eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float().cpu())
-        labels.append(batch["labels"].cpu())
-    return torch.cat(logits).double().numpy(), torch.cat(labels).numpy()
+def held_out(view, head_weight: np.ndarray, head_bias: np.ndarray, parts: OutputParts) -> HeldOut:
+    """The personal model (kept head, `parts`) on the recipe's "test" view."""
+    logits, labels, t = personal_logits(view, head_weight, head_bias, parts), view.labels, parts.temperature
+    return HeldOut(accuracy=accuracy(logits, labels), nll_before=nll(logits, labels), nll_after=nll(logits, labels, t),
+                   ece_before=expected_calibration_error(logits, labels),
+                   ece_after=expected_calibration_error(logits, labels, t), temperature=t, examples=len(labels))
+
+
+def parts_lines(choice: PartsChoice | None) -> list[str]:
+    """Which parts the personal model kept (encoder, lexical, temperature), and why."""
+    if choice is None:
+        return ["parts kept: encoder only (no lexical part or temperature for this task or model)"]
+    scores = choice.scores
+    lines = ["parts kept: encoder (the LoRA-XS adapter and its head)"
+             + (", lexical" if choice.mix else "") + (", temperature" if choice.parts.temperature != 1.0 else "")]
+    if len(scores) > 1:
+        by_mix = ", ".join(f"{mix:g}: {acc:.3f}/{loss:.3f}" for mix, (acc, loss) in scores.items())
+        why = (f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
+               f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
+               f"{scores[choice.mix][0]:.4f}" if choice.mix else
+               "not kept: no weight beat the encoder alone on validation loss while holding its accuracy")
+        lines.append(f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
+                     f"validation accuracy/calibrated loss by weight ({by_mix})")
+    elif not choice.lexical_tried:
+        lines.append("lexical part: off (--no-lexical)")
+    else:
+        lines.append("lexical part: not tried (no wordpiece occurs in two fit texts)")
+    t = choice.parts.temperature
+    lines.append(f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
+                 f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}" if t != 1.0 else
+                 "temperature: none (--no-calibration, or no temperature lowered the validation loss)")
+    return lines
+
+
+def held_out_lines(result: HeldOut, encoder_accuracy: float) -> list[str]:
+    """The personal model's held-out calibration (and the encoder alone when the parts changed it)."""
+    lines = [] if result.accuracy == encoder_accuracy else [f"held-out accuracy of the encoder alone: {encoder_accuracy:.4f}"]
+    return lines + [f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
+                    f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f}"]

@@ -294,11 +294,16 @@ def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "0", done.stdout[-2000:]  # exit 0, and nothing after it: no torch
-    assert "held-out accuracy after" in done.stdout
+    assert "held-out accuracy after" in done.stdout and "held-out calibration" in done.stdout
     from shared.artifacts.open_adapter import open_adapter, read_adapter
 
     adapter = read_adapter(out, model=tiny_bert_dir)
     assert adapter.meta.extra["kind"] == "personal" and adapter.meta.labels == ("neg", "pos")
+    # the same personal parts as the PyTorch path, in the same file entries: the kept line says which
+    kept = next(line for line in done.stdout.splitlines() if line.startswith("parts kept:"))
+    assert ("lexical" in kept) == (adapter.parts.lexical is not None), done.stdout
+    assert ("temperature" in kept) == (adapter.parts.temperature != 1.0), done.stdout
+    assert not any(name.startswith("lexical.") for name in adapter.state)  # split off: the federation never sees them
     opened = open_adapter(adapter)  # the PyTorch path: same factors (fingerprint), same names and shapes
     assert opened.basis.fingerprint == open_training_folder(tiny_training).fingerprint
     # and the onnx runtime starts from it

@@ -180,6 +180,7 @@ class FolderTokenizer:
         self.pad_id = int(pad_id) if pad_id is not None else 0
         limit = folder.description.get("max_length_limit")
         self.limit = int(limit) if isinstance(limit, int) and limit > 0 else None
+        self.special_ids = {int(i) for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
 
     def __call__(self, texts: list[str], max_length: int | None) -> list[np.ndarray]:
         if max_length is None:

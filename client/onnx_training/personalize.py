@@ -21,11 +21,14 @@ from client.onnx_training.folder import FolderTokenizer, TrainingFolder, open_tr
 from shared.artifacts.adapter_arrays import read_adapter_arrays, write_adapter
 from shared.data.local_folder import FolderRows, read_local_rows
 from shared.errors import LoraXSError
+from shared.output_parts import OutputParts, parts_arrays, parts_meta
+from shared.personal_parts import HeldOut, PartsChoice, choose_parts, held_out, held_out_lines, parts_lines
 from shared.recipe.config import PersonalTrainingConfig
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # as client.personalization's
 HEAD_NAMES = ("classifier.weight", "classifier.bias")
 KEPT_EXTRA = ("pooling", "svd_method", "basis_dtype")  # describe the factors: carried to every adapter
+LEXICAL_PREFIX = "lexical."
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class OnnxRunConfig:
     seed: int = 0
     threads: int = 0
     progress: bool = True
+    lexical: bool = True  # may add the lexical part (kept only when validation says so)
+    calibrate: bool = True  # fit a temperature on validation
 
     def __post_init__(self):
         for name in ("data_dir", "model_dir", "adapter", "out"):
@@ -58,6 +63,8 @@ class OnnxRunResult:
     meta: dict[str, str]  # the adapter file's metadata strings
     num_train: int
     seconds: dict[str, float]  # load / train / write
+    parts: PartsChoice | None = None  # the lexical part and temperature, and why
+    held_out: HeldOut | None = None  # the personal model (with its parts) on the test split
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -75,6 +82,7 @@ def start_params(folder: TrainingFolder, rows: FolderRows, adapter: Path | None)
                 "head_weight": np.zeros((len(rows.labels), hidden), dtype=np.float32),
                 "head_bias": np.zeros(len(rows.labels), dtype=np.float32)}, "scratch"
     state, meta = read_adapter_arrays(adapter)
+    state = {k: v for k, v in state.items() if not k.startswith(LEXICAL_PREFIX)}  # a personal start's parts: chosen anew
     if meta.get("basis_fingerprint") != json.dumps(folder.fingerprint):
         raise LoraXSError(f"{adapter} belongs to another basis than the training artifacts in {folder.path} "
                           f"({folder.fingerprint[:12]}); export them for this adapter: client.export --training DIR --adapter FILE")
@@ -140,14 +148,22 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
                         start, config.training, start_name=start_name, test=(rows.test_texts, rows.test_labels),
                         progress=config.progress, deadline=deadline, length_limit=tokenize.limit)
     trained = time.monotonic()
+    choice = held = None
+    parts = OutputParts()
+    if config.lexical or config.calibrate:  # the same parts as the PyTorch path, from the recipe's views
+        head = (recipe.params["head_weight"], recipe.params["head_bias"])
+        choice = choose_parts(recipe.views, *head, recipe.head_l2, tokenize.special_ids, config.lexical, config.calibrate)
+        parts = choice.parts
+        held = held_out(recipe.views["test"], *head, parts) if "test" in recipe.views else None
     meta = adapter_metadata(folder, rows.labels, kind="personal",
                             started_from=config.adapter.name if config.adapter else "scratch",
                             train_examples=str(len(rows.train_texts)), max_length=str(recipe.max_length),
-                            runtime="onnx")
+                            runtime="onnx", **parts_meta(parts),
+                            **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}))
     check_output(out, config.force)  # it may have appeared while training
-    num_bytes = write_adapter(out, adapter_state(folder, recipe.params), meta)
+    num_bytes = write_adapter(out, adapter_state(folder, recipe.params) | parts_arrays(parts), meta)
     seconds = {"load": loaded - began, "train": trained - loaded, "write": time.monotonic() - trained}
-    return OnnxRunResult(out, num_bytes, recipe, meta, len(rows.train_texts), seconds)
+    return OnnxRunResult(out, num_bytes, recipe, meta, len(rows.train_texts), seconds, choice, held)
 
 
 def report_lines(result: OnnxRunResult) -> list[str]:
@@ -171,10 +187,15 @@ def report_lines(result: OnnxRunResult) -> list[str]:
                      f"interpolation lam = {recipe.lam:g}")
     else:
         lines.append(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
+    lines += parts_lines(result.parts)
     if recipe.before is not None:
+        held = result.held_out
+        accuracy, loss = (held.accuracy, held.nll_after) if held else (recipe.after.accuracy, recipe.after.loss)
         lines += [f"held-out accuracy before: {recipe.before.accuracy:.4f} (loss {recipe.before.loss:.4f}, "
                   f"{recipe.before.examples} examples)",
-                  f"held-out accuracy after:  {recipe.after.accuracy:.4f} (loss {recipe.after.loss:.4f})",
+                  f"held-out accuracy after:  {accuracy:.4f} (loss {loss:.4f})",
                   f"baseline frozen features + logistic regression: {recipe.frozen_test.accuracy:.4f} on the same split"]
+        if held is not None:
+            lines += held_out_lines(held, recipe.after.accuracy)
     lines.append(f"personal adapter: {result.num_bytes} bytes written to {result.out}")
     return lines

@@ -53,6 +53,16 @@ class TrainingSummary:
 
 
 @dataclass
+class SplitView:
+    """One split as the kept adapter sees it: what its later parts (lexical, temperature) are fit
+    and scored on without another pass of the network."""
+
+    features: np.ndarray | None  # (N, H) pooled features of the kept adapter; None: not computed
+    ids: list[np.ndarray]  # the token ids the encoder read (truncated, special tokens included)
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
 class RecipeResult:
     params: Params  # the adapter kept
     start: str  # what training started from
@@ -80,6 +90,7 @@ class RecipeResult:
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     kept: str = ""  # what the kept adapter is, in words the report uses (never contradicting `lam`)
     head_l2: float | None = None  # the kept head was refitted on fit + validation with this penalty
+    views: dict[str, SplitView] = field(default_factory=dict, repr=False)  # "fit", "val" (, "test")
 
 
 class Clock:
@@ -301,12 +312,15 @@ def run_recipe(
     kept = _copy(kept)
     kept_accuracy = _evaluation(kept, kept_features[1], y_val).accuracy
     head_l2 = probe.l2 if closed_form and not (lam == 0.0 and not scratch) else None
+    kept_fit = kept_features[0]
     if head_l2 is not None:  # a given adapter kept as given keeps its head
-        kept_fit = kept_features[0] if kept_features[0] is not None else passes.features(fit, kept)
+        kept_fit = kept_fit if kept_fit is not None else passes.features(fit, kept)
         kept = _with_head(kept, fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val],
                                          num_classes, probe.l2))
     clock.add("interpolation and refit", since)
 
+    views = {"fit": SplitView(kept_fit, [examples.ids[i] for i in fit], y_fit),
+             "val": SplitView(kept_features[1], [examples.ids[i] for i in val], y_val)}
     before = after = frozen_test = None
     if test:
         since = time.monotonic()
@@ -314,7 +328,9 @@ def run_recipe(
         frozen_test = _evaluation(frozen_params, f_test, y_test)
         same_r = [(frozen, f_test), (start, g_test)]
         known = next((feats for p, feats in same_r if np.array_equal(p["lora_R"], kept["lora_R"])), None)
-        after = _evaluation(kept, known if known is not None else passes.features(test_idx, kept), y_test)
+        kept_test = known if known is not None else passes.features(test_idx, kept)
+        after = _evaluation(kept, kept_test, y_test)
+        views["test"] = SplitView(kept_test, [examples.ids[i] for i in test_idx], y_test)
         clock.add("test", since)
     return RecipeResult(
         params=kept, start=start_label, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
@@ -323,6 +339,7 @@ def run_recipe(
         lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
         held_back=held_back, stopped_on_time=stopped_on_time, before=before, after=after, frozen_test=frozen_test,
         seconds=dict(clock.spent), kept=kept_words(lam, best_epoch, start_name, start_label), head_l2=head_l2,
+        views=views,
     )
 
 
