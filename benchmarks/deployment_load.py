@@ -53,6 +53,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.result_files import command_line, load_average, machine_now
 from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
 from benchmarks.synthetic_reviews import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
@@ -411,19 +412,22 @@ def stop_on_sigterm(signum, _frame):
     raise SystemExit(128 + signum)  # unwinds through LocalDeployment.__exit__ and the reaping
 
 
-def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float) -> str:
+def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float,
+                  machine: dict) -> str:
+    """`machine`: `machine_now()` at the start of the run (the date and the load average before)."""
     meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": machine["date"],
         "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": machine["cores"],
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
-        "load_average_1min_at_end": os.getloadavg()[0],
+        "load_average_before": machine["load_average_before"],
+        "load_average_after": load_average(),
         "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4" if args.model == "tiny"
         else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
         "examples": args.examples,
         "rounds": args.rounds,
         "fraction": args.fraction,
-        "command": "python -m benchmarks.deployment_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks.deployment_load", argv),
         "wall_s": round(time.time() - started, 1),
     }
     out = Path(args.out)
@@ -461,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     levels: list[dict] = []
     broke_at = None
     started = time.time()
+    machine = machine_now(with_torch=False)  # this process stays without torch: the nodes' processes are measured
     for nodes in sorted(args.nodes):
         if broke_at is not None:
             levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
@@ -471,10 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                               int(args.min_free_gib * GIB), Path(tmp), args.fraction)
         levels.append(level)
         print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
-        write_results(levels, args, argv, started)  # after every level: a later one may not end
+        write_results(levels, args, argv, started, machine)  # after every level: a later one may not end
         if level["broken"]:
             broke_at = nodes
-    print(write_results(levels, args, argv, started))
+    print(write_results(levels, args, argv, started, machine))
     for path in _TINY:
         shutil.rmtree(path.parent, ignore_errors=True)
     leftovers = sum(lv.get("leftover_processes", 0) for lv in levels)
