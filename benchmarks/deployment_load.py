@@ -337,7 +337,8 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
                            else "the ServerApp wrote no report (it stopped before the end)")
     run_log = log_tail(workdir / "flwr-run.log", lines=2000)
     level["last_round_started"] = last_round_started(run_log)
-    if level["broken"]:  # the why, before the temporary folder goes
+    if level["broken"]:  # the why, before the temporary folder goes (and without its path: a result names no machine folder)
+        level["broken"] = level["broken"].replace(str(workdir), "...")
         named = {f"supernode-{i}.log" for i in re.findall(r"supernode-(\d+)", level["broken"])}  # one that exited
         tails = {name: log_tail(workdir / "deployment" / name) for name in {"superlink.log", "supernode-0.log", *named}}
         tails["flwr-run.log"] = run_log[-40:]
