@@ -29,7 +29,7 @@ fraction kept side by side (a new run replaces only the one with its fraction).
 
 Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of simulations/tiny_models.py, rank 4. On a
 2-core machine a round costs every node a fresh flwr-clientapp process (torch + transformers
-imports, ~5 CPU-seconds, benchmarks/results/deployment_overhead.md) whatever the model, so the
+imports, ~5 CPU-seconds, benchmarks/studies/results/deployment_overhead.md) whatever the model, so the
 client side is what saturates; MiniLM would add its training and model load per message on top
 and leave no room to see the SuperLink itself. `minilm` is there for a small N.
 """
