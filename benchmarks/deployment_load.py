@@ -29,7 +29,7 @@ fraction kept side by side (a new run replaces only the one with its fraction).
 
 Model: `tiny` (default) is the 2-layer, 32-wide seeded BERT of simulations/tiny_models.py, rank 4. On a
 2-core machine a round costs every node a fresh flwr-clientapp process (torch + transformers
-imports, ~5 CPU-seconds, benchmarks/results/deployment_overhead.md) whatever the model, so the
+imports, ~5 CPU-seconds, benchmarks/studies/results/deployment_overhead.md) whatever the model, so the
 client side is what saturates; MiniLM would add its training and model load per message on top
 and leave no room to see the SuperLink itself. `minilm` is there for a small N.
 """
@@ -53,6 +53,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.result_files import command_line, load_average, machine_now
 from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
 from benchmarks.synthetic_reviews import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
@@ -336,7 +337,8 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
                            else "the ServerApp wrote no report (it stopped before the end)")
     run_log = log_tail(workdir / "flwr-run.log", lines=2000)
     level["last_round_started"] = last_round_started(run_log)
-    if level["broken"]:  # the why, before the temporary folder goes
+    if level["broken"]:  # the why, before the temporary folder goes (and without its path: a result names no machine folder)
+        level["broken"] = level["broken"].replace(str(workdir), "...")
         named = {f"supernode-{i}.log" for i in re.findall(r"supernode-(\d+)", level["broken"])}  # one that exited
         tails = {name: log_tail(workdir / "deployment" / name) for name in {"superlink.log", "supernode-0.log", *named}}
         tails["flwr-run.log"] = run_log[-40:]
@@ -411,19 +413,22 @@ def stop_on_sigterm(signum, _frame):
     raise SystemExit(128 + signum)  # unwinds through LocalDeployment.__exit__ and the reaping
 
 
-def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float) -> str:
+def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float,
+                  machine: dict) -> str:
+    """`machine`: `machine_now()` at the start of the run (the date and the load average before)."""
     meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": machine["date"],
         "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": machine["cores"],
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
-        "load_average_1min_at_end": os.getloadavg()[0],
+        "load_average_before": machine["load_average_before"],
+        "load_average_after": load_average(),
         "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4" if args.model == "tiny"
         else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
         "examples": args.examples,
         "rounds": args.rounds,
         "fraction": args.fraction,
-        "command": "python -m benchmarks.deployment_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks.deployment_load", argv),
         "wall_s": round(time.time() - started, 1),
     }
     out = Path(args.out)
@@ -461,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     levels: list[dict] = []
     broke_at = None
     started = time.time()
+    machine = machine_now(with_torch=False)  # this process stays without torch: the nodes' processes are measured
     for nodes in sorted(args.nodes):
         if broke_at is not None:
             levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
@@ -471,10 +477,10 @@ def main(argv: list[str] | None = None) -> int:
                               int(args.min_free_gib * GIB), Path(tmp), args.fraction)
         levels.append(level)
         print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
-        write_results(levels, args, argv, started)  # after every level: a later one may not end
+        write_results(levels, args, argv, started, machine)  # after every level: a later one may not end
         if level["broken"]:
             broke_at = nodes
-    print(write_results(levels, args, argv, started))
+    print(write_results(levels, args, argv, started, machine))
     for path in _TINY:
         shutil.rmtree(path.parent, ignore_errors=True)
     leftovers = sum(lv.get("leftover_processes", 0) for lv in levels)

@@ -133,6 +133,13 @@ def _commands(levels: list[dict], meta: dict) -> str:
         f"{', '.join(map(str, nodes))} nodes: `{command}` ({date})" for (command, date), nodes in groups.items()) + "."
 
 
+def _load(meta: dict) -> str:
+    """The run's 1-minute load average before and after, when recorded (older runs lack it)."""
+    if meta.get("load_average_before") is None:
+        return ""
+    return f" Load average {meta['load_average_before']} before, {meta.get('load_average_after', '?')} after."
+
+
 def run_markdown(run: dict) -> list[str]:
     meta, levels = run["meta"], run["levels"]
     fraction = meta.get("fraction", 1.0)
@@ -143,7 +150,7 @@ def run_markdown(run: dict) -> list[str]:
         "",
         f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, {meta['memory_gib']} GiB), model "
         f"{meta['model']}, {meta['examples']} synthetic reviews per node, {meta['rounds']} rounds, no federated "
-        f"evaluation. {_commands(levels, meta)}" + (f" Note: {meta['note']}" if meta.get("note") else ""),
+        f"evaluation. {_commands(levels, meta)}" + _load(meta) + (f" Note: {meta['note']}" if meta.get("note") else ""),
         "",
         "| SuperNodes | trained per round | all online after (s) | round seconds (median; each) | bytes up / round | "
         "bytes down / round (round 1; later) | SuperLink CPU s, whole level (+ ServerApp) | "

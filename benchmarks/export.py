@@ -14,12 +14,9 @@ reuses an adapter already there. Writes benchmarks/results/export.json and expor
 
 import argparse
 import json
-import os
 import platform
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +26,7 @@ from client.onnx.job import ExportConfig, ExportReport, run_export  # noqa: E402
 from client.personalization import PersonalizationConfig, personalize  # noqa: E402
 from client.onnx.graph import file_size  # noqa: E402
 from client.onnx.verify import LATENCY_LENGTH  # noqa: E402
-from benchmarks.result_files import goal  # noqa: E402
+from benchmarks.result_files import command_line, goal, load_average, machine_now, write_result  # noqa: E402
 from shared.artifacts.adapter_file import adapter_meta  # noqa: E402
 from shared.artifacts.cache import user_cache_dir  # noqa: E402
 from shared.base_models import build_adapted_model  # noqa: E402
@@ -146,7 +143,7 @@ def export_goals(per_folder: dict) -> list[dict]:
     return out
 
 
-def markdown(per_folder: dict, config: dict) -> str:
+def markdown(per_folder: dict, config: dict, machine: dict) -> str:
     mib = lambda n: f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"  # noqa: E731
     first = next(iter(per_folder.values()))
     lines = [
@@ -155,8 +152,8 @@ def markdown(per_folder: dict, config: dict) -> str:
         f"Measured {config['date']} on {config['machine']} ({config['cpu_threads']} threads for PyTorch and "
         f"onnxruntime), {config['model']}, rank 16, opset {first['opset']}, torch {config['torch']}, "
         f"onnxruntime {config['onnxruntime']}. Latency: batch 1 and 32 x sequence {LATENCY_LENGTH}, median of "
-        f"{config['repeats']} runs after 2 warm-up runs; 1-minute load average {config['load_average_1min']['start']} "
-        f"at the start, {config['load_average_1min']['end']} at the end. int8 recipe: {config['int8_recipe']}. "
+        f"{config['repeats']} runs after 2 warm-up runs; 1-minute load average {machine['load_average_before']} "
+        f"at the start, {machine['load_average_after']} at the end. int8 recipe: {config['int8_recipe']}. "
         f"Command: `{config['command']}`.",
         "",
         f"Goals: {GOALS}.",
@@ -193,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="keep the folders and adapters here (reused when present)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
-    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the latencies
+    machine = machine_now()  # its load average: other work on the machine skews the latencies
     per_folder = {}
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
         work = args.work or Path(tmp)
@@ -213,19 +210,17 @@ def main(argv=None) -> int:
     from client.onnx.graph import INT8_RECIPE
 
     config = {
-        "command": " ".join(["python -m benchmarks.export", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("benchmarks.export", argv),
         "model": DEFAULT_MODEL, "repeats": args.repeats, "seed": args.seed, "int8_recipe": INT8_RECIPE,
         "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1min": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
+        "date": machine["date"],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "export.json").write_text(json.dumps({"config": config, "command": config["command"], "results": per_folder,
-                                                 "goals": export_goals(per_folder)}, indent=2) + "\n")
-    (out / "export.md").write_text(markdown(per_folder, config))
-    print(markdown(per_folder, config))
+    machine["load_average_after"] = load_average()
+    text = markdown(per_folder, config, machine)
+    write_result(Path(args.out), "export", {"command": config["command"], "machine": machine, "config": config,
+                                            "results": per_folder, "goals": export_goals(per_folder)}, text)
+    print(text)
     return 0
 
 

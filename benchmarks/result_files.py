@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 STUDY_RESULTS = REPO / "benchmarks" / "studies" / "results"
@@ -26,11 +24,16 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def machine_now() -> dict:
-    """The machine a result comes from, at the start of a run."""
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "torch": torch.__version__, "load_average_before": load_average()}
+def machine_now(with_torch: bool = True) -> dict:
+    """The machine a result comes from, at the start of a run; `with_torch=False` for a benchmark
+    whose own process never imports torch (its threads and version are then not recorded)."""
+    machine = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
+               "platform": platform.platform(), "load_average_before": load_average()}
+    if with_torch:
+        import torch
+
+        machine.update(torch_threads=torch.get_num_threads(), torch=torch.__version__)
+    return machine
 
 
 def portable(argument: str) -> str:

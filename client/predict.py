@@ -15,7 +15,7 @@ label, the adapter parameters); every file is a regular file under a size cap (n
 a device); an `.onnx_adapter` must match its sha256 checksum; onnxruntime's load and run errors
 are one line; --threads is at most the machine's CPUs.
 
-This module must import neither torch nor transformers (tests/test_predict.py checks): a device
+This module must import neither torch nor transformers (tests/test_onnx_adapter.py checks): a device
 or a serving process pays for onnxruntime and a tokenizer, nothing more.
 """
 

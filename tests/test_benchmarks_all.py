@@ -58,6 +58,19 @@ def test_page_from_fake_results(tmp_path):
         assert f": {bench.name}\n" in page
 
 
+def test_the_hand_written_part_comes_last_with_its_links_from_the_page(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    run = fake_results(results)
+    (results / "by_hand.md").write_text("# Measured by hand\n\n## A study\n\nSee [its table](../studies/results/x.md), "
+                                        "[a run](run/report.md), [docs](../../docs/SCALE.md) and [above](#goals).\n")
+    page = build_page(REGISTRY, results, tmp_path / "benchmarks" / "RESULTS.md", run)
+    assert page.index("## Measured by hand\n") > page.index(f": {REGISTRY[-1].name}\n")  # its title: one section
+    assert "### A study" in page
+    assert "[its table](studies/results/x.md)" in page and "[a run](results/run/report.md)" in page
+    assert "[docs](../docs/SCALE.md)" in page and "[above](#goals)" in page
+
+
 def test_a_failing_benchmark_is_reported(tmp_path):
     failing = Benchmark("broken", "9 Broken", "none", "json.tool", quick=(str(tmp_path / "no_such_file.json"),))
     status = run_benchmark(failing, quick=True, out=tmp_path)

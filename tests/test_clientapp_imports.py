@@ -1,6 +1,6 @@
 """What a deployed ClientApp pays per message before it works: every Flower message runs in a
 fresh `flwr-clientapp` process that imports `client.app`, so nothing that a train message does not
-need may be imported at module level (benchmarks/results/deployment_overhead.md)."""
+need may be imported at module level (benchmarks/studies/results/deployment_overhead.md)."""
 
 import subprocess
 import sys

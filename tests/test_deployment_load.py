@@ -23,7 +23,10 @@ def test_load_benchmark_on_two_supernodes_measures_and_cleans_up(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=420,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # non-zero also if a process was left
-    level = json.loads(out.with_suffix(".json").read_text())["runs"][0]["levels"][0]
+    run = json.loads(out.with_suffix(".json").read_text())["runs"][0]
+    level = run["levels"][0]
+    assert run["meta"]["load_average_before"] >= 0 and run["meta"]["load_average_after"] >= 0  # from result_files
+    assert str(tmp_path) not in run["meta"]["command"]  # no machine path in a result
     assert level["broken"] is None and level["leftover_processes"] == 0
     assert level["rounds_completed"] == 1 and level["clients_trained"] == [2]
     assert level["bytes_up_per_round"][0] > 0 and level["bytes_down_per_round"][0] > 0

@@ -76,7 +76,7 @@ def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tin
     assert [r["clients_trained"] for r in report["rounds"]] == [3, 3]
     final = report["final"]
     # basis-delivery derive in Ray workers: each node derives the factors or, where its SVD differs
-    # from the server's, is shipped them once (benchmarks/results/basis_reproducibility.md)
+    # from the server's, is shipped them once (tests/test_basis_recipe.py)
     assert final["factors_derived"] + final["factors_shipped"] == final["clients_reached"] == 5
     assert final["max_bases_per_client"] <= 1
     assert final["clients_shifted"] == 1 and final["clients_unshifted"] == 4

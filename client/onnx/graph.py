@@ -26,7 +26,7 @@ SINGLE_FILE_LIMIT = 2**31 - 2**26  # protobuf caps one file at 2 GiB; larger wei
 # Hugging Face's "sdpa" attention exports as a decomposition with a Where and an IsNaN per layer
 # (for fully masked rows) that onnxruntime runs as separate kernels; "eager" is the same math as
 # MatMul / Add(mask) / Softmax / MatMul. MiniLM, batch 32 x 64 on 2 cores: int8 128 -> 111 ms,
-# fp32 278 -> 261 ms (benchmarks/results/int8_recipes.md).
+# fp32 278 -> 261 ms (benchmarks/studies/results/int8_recipes.md).
 EXPORT_ATTENTION = "eager"
 
 
@@ -165,7 +165,7 @@ def head_nodes(model) -> list[str]:
 def quantize_int8(source: Path, target: Path, external_data: bool) -> None:
     """onnxruntime dynamic quantization, INT8_RECIPE: int8 weights, activations quantized at run time.
 
-    What costs a trained adapter's accuracy (docs/export.md, benchmarks/results/int8_recipes.md):
+    What costs a trained adapter's accuracy (docs/export.md, benchmarks/studies/results/int8_recipes.md):
     per-tensor weight scales (a few large columns set the step for all) and the int8
     word-embedding table. Per-channel MatMul weights with fp32 embeddings keep nearly every
     prediction. The head (a few thousand weights, the logits themselves) is kept fp32 at no cost;

@@ -8,7 +8,7 @@ file (which must be for this base model), the cache (a data folder's `.loraxs/ba
 $LORAXS_CACHE/basis/), else they are derived: the adapter's SVD recipe (the canonical one unless
 its metadata names another, rounded to its basis dtype) on the base model. Whichever it is, its
 fingerprint must be the adapter's; the canonical SVD reproduces bit for bit on the machines
-measured (benchmarks/results/basis_reproducibility.md), and where it does not, the error says to
+tested (tests/test_basis_recipe.py), and where it does not, the error says to
 pass the basis file the server shipped. A ClientApp derives a federation's factors the same way
 (`derived_basis`).
 """

@@ -133,9 +133,9 @@ class FederationConfig:
     local_epochs: float = TrainConfig.epochs
     # Overrides TrainConfig.lr (2e-3, local personalization from an adapter): a client takes only
     # a few steps per round on a small partition, and 64 steps at 2e-3 do not leave the majority
-    # class (benchmarks/results/centralized_side_by_side/), so the federation steps larger, with
+    # class (benchmarks/results/by_hand.md, learning rates), so the federation steps larger, with
     # its own head_lr. lr and head_lr (0.01, down from 0.05: the head's jumps made the rounds swing)
-    # come from benchmarks/federation_sweep.py with the strategy below (docs/federation.md).
+    # come from benchmarks/studies/federation_sweep.py with the strategy below (docs/federation.md).
     lr: float = 0.02
     head_lr: float = 0.01
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -161,7 +161,7 @@ class FederationConfig:
     secure_aggregation: bool = False
     secagg_timeout: float = 120.0
     secagg_clipping_range: float = 8.0
-    # The default strategy and rates come from benchmarks/federation_sweep.py (docs/federation.md):
+    # The default strategy and rates come from benchmarks/studies/federation_sweep.py (docs/federation.md):
     # FedAvgM with a damped server step ends higher and never drops > 3 points after round 4.
     strategy: str = "fedavgm"
     server_lr: float = 0.5

@@ -12,7 +12,7 @@ machines and thread counts (signs, last bits), so the default recipe is canonica
 and a client derives the factors itself from the base weights it holds; the fingerprint proves
 the result (a mismatch falls back to receiving them). `basis_dtype` then rounds the factors to
 fp16 / bf16 values (kept in float32 tensors): everyone, server included, uses the rounded ones.
-benchmarks/basis_reproducibility.py measures which recipe reproduces where.
+tests/test_basis_recipe.py checks that it reproduces (threads, fresh processes; slow: the packaged MiniLM).
 """
 
 import hashlib
