@@ -6,7 +6,7 @@
     lower.onnx           the hidden states entering the top `train_blocks` blocks (split_graph.py)
     upper_step.onnx      loss and gradients of the top blocks' R and the head, from those states
     upper_features.onnx  the pooled features, from those states
-    frozen_weights.data  the base weights and SVD factors of both graphs, stored once
+    frozen_weights.data  the base weights and SVD factors of every graph, each stored once
     tokenizer.json, tokenizer_config.json
     training.json        how to feed the graphs, the adapter metadata, a sha256 of every file
 
