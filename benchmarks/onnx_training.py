@@ -1,13 +1,18 @@
 """Training through onnxruntime (client.run --runtime onnx, node config runtime = "onnx") against
 the PyTorch runtime, on this machine, side by side in one run.
 
-    python -m benchmarks.onnx_training [--model-dir DIR] [--parts step folders message size]
-                                      [--lengths 32 64 128] [--batch 16] [--repeats 5]
+    python -m benchmarks.onnx_training [--model-dir DIR] [--parts step split folders message size]
+                                      [--lengths 32 64 128] [--batch 16] [--repeats 5] [--train-blocks 2]
                                       [--folders debates] [--seeds 0] [--out DIR]
 
 - step:    one training step (loss + gradients of every R and the head) on identical batches of
            `--batch` x each length: the exported graph in onnxruntime (graph optimizations basic
            and all) against PyTorch eager (the recipe's TorchBackend), median of `--repeats`.
+- split:   one training step when only the top `--train-blocks` blocks train: onnxruntime's full
+           step graph, its upper step graph (the hidden states entering the top blocks cached, as
+           in every epoch after the first; the first step, which also runs the lower graph, apart)
+           and PyTorch (TorchBackend with train_blocks, cached), median of `--repeats` after one
+           warm-up each, interleaved.
 - folders: `client.run` on small real folders (benchmarks/small_folders.py), each runtime in a
            fresh process: held-out accuracy, wall seconds, peak RSS (wait4).
 - message: one training message of a deployed node (the ClientApp in a fresh process, 16
@@ -34,7 +39,7 @@ from benchmarks.predict_startup import LAUNCHER
 from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("step", "folders", "message", "size")
+PARTS = ("step", "split", "folders", "message", "size")
 
 
 def run_measured(argv: list[str], cwd: Path = REPO, env: dict | None = None) -> dict:
@@ -91,6 +96,65 @@ def step_times(model_dir: Path, lengths: list[int], batch: int, repeats: int) ->
                      "ratio_basic": round(ms["onnxruntime (basic)"] / ms["PyTorch eager"], 3),
                      "ratio_arena": round(ms["onnxruntime (all, arena)"] / ms["PyTorch eager"], 3)})
         print(f"step {batch}x{length}: {ms}", file=sys.stderr, flush=True)
+    return rows
+
+
+def split_step_times(model_dir: Path, lengths: list[int], batch: int, repeats: int, train_blocks: int) -> list[dict]:
+    import torch
+
+    from client.onnx_training.backend import OnnxBackend
+    from client.onnx_training.folder import open_training_folder
+    from shared.base_models import build_adapted_model
+    from shared.loraxs.config import LoraXSConfig
+    from shared.recipe.torch_backend import TorchBackend
+
+    folder = open_training_folder(model_dir)
+    d = folder.description
+    if not folder.split or folder.split["train_blocks"] != train_blocks:
+        raise SystemExit(f"{model_dir} holds no graphs split at {train_blocks} blocks: "
+                         f"client.export --training DIR --train-blocks {train_blocks}")
+    model, basis = build_adapted_model(d["base_model"], "seq-cls", LoraXSConfig(rank=d["rank"]), labels=["a", "b"])
+    assert basis.fingerprint == folder.fingerprint
+    threads = torch.get_num_threads()
+    full, split = OnnxBackend(folder, threads=threads), OnnxBackend(folder, threads=threads)
+    full.train_top_blocks(None)
+    split.train_top_blocks(train_blocks)
+    cached_torch = TorchBackend(model, train_blocks=train_blocks)
+    rng = np.random.default_rng(0)
+    params = {"lora_R": (0.05 * rng.standard_normal(d["shapes"]["lora_R"])).astype(np.float32),
+              "head_weight": (0.1 * rng.standard_normal((2, d["hidden_size"]))).astype(np.float32),
+              "head_bias": np.zeros(2, np.float32)}
+    upper = split.trainable_layers
+    runs = {"onnx full graph": full, "onnx split (upper only)": split,
+            f"PyTorch train_blocks={train_blocks} (cached)": cached_torch}
+    rows = []
+    for length in lengths:
+        ids = rng.integers(1000, 20000, (batch, length))
+        data = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
+                "labels": np.arange(batch) % 2, "example_index": np.arange(batch) + 1000 * length}
+        start = time.perf_counter()
+        split.loss_and_grads(data, params)  # the first step: the lower graph too, then cached
+        first = time.perf_counter() - start
+        grads = {name: backend.loss_and_grads(data, params)[1] for name, backend in runs.items()}  # warm-up
+        timed: dict[str, list[float]] = {}
+        for _ in range(repeats):  # interleaved, so load changes hit every runtime alike
+            for name, backend in runs.items():
+                start = time.perf_counter()
+                backend.loss_and_grads(data, params)
+                timed.setdefault(name, []).append(time.perf_counter() - start)
+        ms = {name: round(1000 * statistics.median(t), 1) for name, t in timed.items()}
+        reference = grads["onnx full graph"]
+        diff = {name: max(float(np.abs(g["lora_R"][upper] - reference["lora_R"][upper]).max()),
+                          float(np.abs(g["head_weight"] - reference["head_weight"]).max()))
+                for name, g in grads.items() if name != "onnx full graph"}
+        names = list(runs)
+        rows.append({"batch": batch, "length": length, "train_blocks": train_blocks, "ms": ms,
+                     "split_first_step_ms": round(1000 * first, 1), "max_abs_diff_vs_full": diff,
+                     "split_over_full": round(ms[names[1]] / ms[names[0]], 3),
+                     "split_over_torch_cached": round(ms[names[1]] / ms[names[2]], 3),
+                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]})
+        print(f"split {batch}x{length}: {ms}, first split step {rows[-1]['split_first_step_ms']} ms", file=sys.stderr,
+              flush=True)
     return rows
 
 
@@ -203,6 +267,18 @@ def summary(document: dict) -> tuple[list[dict], str]:
         goals.append(goal("step time onnxruntime <= 0.6x PyTorch eager", f"{worst}x at worst", worst <= 0.6,
                           "the exported graph's backward is aten-decomposed; see the table"))
         lines.append("")
+    if document.get("split"):
+        rows = document["split"]
+        names = list(rows[0]["ms"])
+        lines += [f"One step when the top {rows[0]['train_blocks']} blocks train (median ms; the split's hidden states "
+                  "cached, its first step apart; gradients of the top R and head against the full graph).", "",
+                  f"| batch x length | {' | '.join(names)} | split first step | split / full | split / PyTorch cached | "
+                  "max abs diff (split, PyTorch) |", "|---" * (len(names) + 5) + "|"]
+        for r in rows:
+            diffs = ", ".join(f"{v:.1e}" for v in r["max_abs_diff_vs_full"].values())
+            lines.append(f"| {r['batch']} x {r['length']} | {' | '.join(str(r['ms'][n]) for n in names)} | "
+                         f"{r['split_first_step_ms']} | {r['split_over_full']} | {r['split_over_torch_cached']} | {diffs} |")
+        lines.append("")
     if document.get("folders"):
         lines += ["| folder | seed | runtime | accuracy | seconds | peak RSS MiB |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['folder']} | {r['seed']} | {r['runtime']} | {r['accuracy']:.4f} | {r['seconds']} | {r['peak_rss_mib']} |"
@@ -239,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-blocks", type=int, default=2, help="the split part: top blocks that train")
     parser.add_argument("--folders", nargs="+", default=["debates"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -249,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model_dir = Path(args.model_dir) if args.model_dir else work / "artifacts"
         if not args.model_dir:
-            subprocess.run([sys.executable, "-m", "client.export", "--training", str(model_dir)], cwd=REPO, check=True)
+            subprocess.run([sys.executable, "-m", "client.export", "--training", str(model_dir),
+                            "--train-blocks", str(args.train_blocks)], cwd=REPO, check=True)
         if "message" in args.parts:  # the quick parts first
             document["message"] = message_runs(model_dir, work, max(1, min(args.repeats, 3)))
         if "size" in args.parts:
             document["size"] = install_sizes(work)
         if "step" in args.parts:
             document["step"] = step_times(model_dir, args.lengths, args.batch, args.repeats)
+        if "split" in args.parts:
+            document["split"] = split_step_times(model_dir, args.lengths, args.batch, args.repeats, args.train_blocks)
         if "folders" in args.parts:
             document["folders"] = folder_runs(model_dir, args.folders, args.seeds, work)
     document["goals"], markdown = summary(document)

@@ -3,7 +3,7 @@
     python -m client.export --adapter PERSONAL.safetensors --out model.onnx [--model M]
                             [--basis FILE] [--quantize int8] [--adapter-as-input] [--onnx-adapter] [--opset N]
                             [--data DIR] [--timing [--repeats N]] [--max-length N]
-    python -m client.export --training DIR [--adapter FILE | --model M --rank R] [--basis FILE] [--force]
+    python -m client.export --training DIR [--adapter FILE | --model M --rank R] [--basis FILE] [--train-blocks N] [--force]
 
 Writes the merged fp32 model, optionally its int8 quantization and the adapter-as-input graph,
 the tokenizer files and `<stem>.export.json` into the folder of --out; prints the files and the max
@@ -20,6 +20,7 @@ from client.onnx.graph import file_size
 from client.onnx.verify import FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH
 from shared.cli import refuse_blank_values, run_cli
 from shared.data.batches import DEFAULT_MAX_LENGTH
+from shared.recipe.config import PersonalTrainingConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for the factors of --adapter, or of --model at --rank"))
     training.add_argument("--rank", type=int, help="LoRA-XS rank without --adapter (default 16)")
     training.add_argument("--task", choices=("seq-cls", "causal-lm"), help="without --adapter (default seq-cls)")
+    training.add_argument("--train-blocks", type=int, help=(
+        "also write graphs split below the top N transformer blocks: a device training only their R "
+        "(client.run --train-blocks N) runs the blocks below once per text (default: the recipe's, "
+        f"{PersonalTrainingConfig().train_blocks})"))
     training.add_argument("--force", action="store_true", help="replace the training artifacts already in DIR")
     add_key_flags(parser, encrypt=False)
     args = parser.parse_args(argv)
@@ -56,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         missing = [flag for flag, value in (("--adapter", args.adapter), ("--out", args.out)) if value is None]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)} (or --training DIR)")
-        given = [flag for flag, value in (("--rank", args.rank), ("--task", args.task)) if value is not None]
+        given = [flag for flag, value in (("--rank", args.rank), ("--task", args.task),
+                                          ("--train-blocks", args.train_blocks)) if value is not None]
         if given or args.force:
             parser.error(f"{', '.join(given + (['--force'] if args.force else []))}: only with --training DIR")
     elif args.out is not None:
@@ -109,6 +115,7 @@ def training_config(args: argparse.Namespace):
     return TrainingExportConfig(
         out_dir=args.training, adapter=args.adapter, model=args.model, rank=args.rank, task=args.task or "seq-cls",
         basis_file=args.basis, opset=args.opset, force=args.force,
+        **({"train_blocks": args.train_blocks} if args.train_blocks is not None else {}),
         key_source=key_source(args, args.adapter) if args.adapter else None,
     )
 

@@ -270,6 +270,19 @@ def test_gradients_match_pytorch_on_minilm(tmp_path):
     assert abs(loss - float(expected.detach())) <= 1e-5
     assert np.abs(grads["lora_R"] - r_grads).max() <= 1e-5
     assert np.abs(grads["head_weight"] - model.classifier.weight.grad.numpy()).max() <= 1e-5
+    # the graphs split below the recipe's top 2 blocks: the same numbers for what trains
+    split = OnnxBackend(folder)
+    split.train_top_blocks(2)
+    assert folder.split["train_blocks"] == 2 and split.split is not None
+    upper = split.trainable_layers
+    batch["example_index"] = np.arange(len(ids))
+    for _ in ("lower graph", "cache"):
+        split_loss, split_grads = split.loss_and_grads(batch, params)
+        assert abs(split_loss - float(expected.detach())) <= 1e-5
+        assert np.abs(split_grads["lora_R"][upper] - r_grads[upper]).max() <= 1e-5
+        assert not split_grads["lora_R"][~upper].any()
+        assert np.abs(split_grads["head_weight"] - model.classifier.weight.grad.numpy()).max() <= 1e-5
+    assert np.abs(split.features(batch, params) - backend.features(batch, params)).max() <= 1e-5
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ DESCRIPTION = "training.json"
 FORMAT, READABLE_VERSIONS = "loraxs-onnx-training", ("1",)
 TOKEN_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MAX_DESCRIPTION_BYTES = 1 << 20
+SPLIT_GRAPHS = ("lower", "upper_step", "upper_features")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,12 @@ class TrainingFolder:
     @property
     def fingerprint(self) -> str:
         return str(self.description["basis_fingerprint"])
+
+    @property
+    def split(self) -> dict | None:
+        """{"train_blocks", "blocks", "lower_layers", "upper_layers"} of the split graphs (lower.onnx,
+        upper_step.onnx, upper_features.onnx); None for a folder with the full graphs alone."""
+        return self.description.get("split")
 
     def graph(self, kind: str) -> Path:
         name = self.description["graphs"].get(kind)
@@ -111,9 +118,30 @@ def _description_problem(d) -> str | None:
     shapes = d.get("shapes")
     if not isinstance(shapes, dict) or shapes.get("lora_R") != [len(layers), rank, rank]:
         return "shapes.lora_R is not [layers, rank, rank]"
+    problem = _split_problem(d.get("split"), len(layers), graphs)
+    if problem:
+        return problem
     for key in ("pad_token", "max_length_limit"):
         if d.get(key) is not None and not isinstance(d.get(key), str if key == "pad_token" else int):
             return f"{key} has the wrong type"
+    return None
+
+
+def _split_problem(split, num_layers: int, graphs: dict) -> str | None:
+    if split is None:
+        return None
+    if not isinstance(split, dict):
+        return "split is not a table"
+    numbers = [split.get("train_blocks"), split.get("blocks")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers) or not 0 < numbers[0] < numbers[1]:
+        return "split.train_blocks is not a positive integer below split.blocks"
+    rows = [split.get("lower_layers"), split.get("upper_layers")]
+    if not all(isinstance(r, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in r) for r in rows):
+        return "split layers are not lists of R rows"
+    if sorted(rows[0] + rows[1]) != list(range(num_layers)) or not rows[1]:
+        return "split layers are not the R rows, each once"
+    if not all(kind in graphs for kind in SPLIT_GRAPHS):
+        return f"split names no {', '.join(SPLIT_GRAPHS)} graphs"
     return None
 
 
