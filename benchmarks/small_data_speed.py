@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, machine_now, write_result
+from benchmarks.result_files import RESULTS, command_line, footer, goal, goal_lines, load_average, machine_now, write_result
 from benchmarks.small_folders import TUNING, build_folders
 from shared.artifacts.cache import user_cache_dir
 from shared.recipe.config import PersonalTrainingConfig
@@ -39,7 +39,7 @@ def run_once(checkout: Path, folder: Path, seed: int, budget: float | None = Non
     command = [sys.executable, str(RUN_SCRIPT), "--data", str(folder), "--seed", str(seed)]
     command += ["--time-budget", str(budget)] if budget else []
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    load = round(os.getloadavg()[0], 2)
+    load = load_average()
     started = time.monotonic()
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - started
@@ -130,6 +130,10 @@ def markdown(document: dict) -> str:
                          f"{len(row['seeds'])} | {acc} | {row['wall_seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
                          f"{row['steps']:.0f} | {' | '.join(cells)} | {floor} | {ratio} | "
                          f"{statistics.fmean(r['load_before'] for r in row['runs']):.1f} |")
+    for given in document.get("baseline_from", []):
+        lines += ["", f"The `today` rows of {', '.join(given['folders'])} come from an earlier run of this benchmark "
+                  f"({given['date']}, the baseline checkout alone, one thread, beside other jobs): compare their "
+                  "accuracy, not their wall time or RSS."]
     speed = document["throughput"]
     lines += ["", f"Throughput here (MiniLM + LoRA-XS, batch 16 x 128): forward {speed['fp32_forward_tokens_per_second']:.0f} "
               f"tokens/s fp32, {speed['bf16_forward_tokens_per_second']:.0f} bf16; forward + backward "
@@ -167,9 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-checkout", type=Path, help="a checkout of today's recipe (git worktree add DIR main)")
     parser.add_argument("--baseline-seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--baseline-folders", nargs="+", help="run the baseline only on these folders (default: all)")
-    parser.add_argument("--baseline-from", type=Path,
-                        help="take the baseline rows from an earlier small_data_speed.json (its folders and "
-                             "seeds) instead of running them: its runs keep their own load and date")
+    parser.add_argument("--baseline-from", type=Path, nargs="+", default=[],
+                        help="take the baseline rows from earlier small_data_speed.json files (a folder's from "
+                             "the first that has it, with its seeds) instead of running them: the runs keep "
+                             "their own load, and the files' dates are recorded")
     parser.add_argument("--budgets", nargs="*", type=float, default=[30, 60, 120])
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -177,9 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     folders = build_folders(args.data_root)
     document = {"command": command_line("benchmarks." + NAME, argv), "machine": machine_now(),
                 "baseline_checkout": "given" if args.baseline_checkout else None, "folders": {}}
-    earlier = json.loads(args.baseline_from.read_text())["folders"] if args.baseline_from else {}
-    if args.baseline_from:
-        document["baseline_from"] = f"{args.baseline_from.name} ({json.loads(args.baseline_from.read_text())['machine'].get('date', '?')})"
+    earlier: dict = {}
+    for path in args.baseline_from:
+        given = json.loads(path.read_text())
+        found = {k: v for k, v in given["folders"].items() if "today" in v["recipes"] and k not in earlier}
+        earlier.update(found)
+        document.setdefault("baseline_from", []).append({"folders": sorted(found), "date": given["machine"].get("date")})
     document["throughput"] = speed = throughput()
     print("throughput (tokens/s):", {k: round(v) for k, v in speed.items()}, flush=True)
     for name in args.folders:
