@@ -66,6 +66,7 @@ def folder_summary(name: str, entry: dict) -> dict | None:
         "temperature": [c["temperature"] for c in calibrated],
         "nll": [(c["nll_before"], c["nll_after"]) for c in calibrated],
         "ece": [(c["ece_before"], c["ece_after"]) for c in calibrated],
+        "ece_floor": [c["ece_floor"] for c in calibrated if "ece_floor" in c],
         "int8": onnx[0] if onnx else None,
         "parts_bytes": max((r.get("parts_bytes", 0) for r in runs), default=0),
         "encoder_bytes": max((r.get("encoder_bytes", 0) for r in runs), default=0),
@@ -118,14 +119,17 @@ def markdown(document: dict) -> str:
                      if src != "this run"})
     if reused:
         lines += ["", "\\* from an earlier run on the same folders and test splits: " + "; ".join(reused)]
-    lines += ["", "| folder | temperature | test NLL before → after | test ECE before → after | int8 − fp32 | "
-              "parts bytes (wordpieces) | adapter bytes without |", "|---|---|---|---|---|---:|---:|"]
+    lines += ["", "*ECE floor*: the ECE a perfectly calibrated model with the same confidences shows on this many "
+              "test texts (`shared/calibration.py:sampling_floor`, mean over seeds): the binned estimate's own noise.", "",
+              "| folder | temperature | test NLL before → after | test ECE before → after | ECE floor | int8 − fp32 | "
+              "parts bytes (wordpieces) | adapter bytes without |", "|---|---|---|---|---:|---|---:|---:|"]
     for s in document["folders"]:
         nll = f"{mean([n[0] for n in s['nll']]):.3f} → {mean([n[1] for n in s['nll']]):.3f}"
         ece = f"{mean([e[0] for e in s['ece']]):.3f} → {mean([e[1] for e in s['ece']]):.3f} (max {max(e[1] for e in s['ece']):.3f})"
         int8 = f"{100 * (s['int8']['int8'] - s['int8']['fp32']) + 0.0:+.1f} pts" if s["int8"] else "—"
         temps = ", ".join(f"{t:.2f}" for t in s["temperature"])
-        lines.append(f"| {s['folder']} | {temps} | {nll} | {ece} | {int8} | {s['parts_bytes']:,} ({s['wordpieces']}) | "
+        floor = f"{mean(s['ece_floor']):.3f}" if s.get("ece_floor") else "—"
+        lines.append(f"| {s['folder']} | {temps} | {nll} | {ece} | {floor} | {int8} | {s['parts_bytes']:,} ({s['wordpieces']}) | "
                      f"{s['encoder_bytes']:,} |")
     lines += ["", "Goals:", *goal_lines(document["goals"]), "", "Runs:"]
     lines += [f"- `{r['command']}` (load {r['load_before']}){': ' + r['note'] if r.get('note') else ''}"

@@ -212,7 +212,8 @@ def print_report(result) -> None:
     if result.calibration:
         c = result.calibration
         print(f"held-out calibration (temperature {c['temperature']:.3g}): NLL {c['nll_before']:.4f} -> "
-              f"{c['nll_after']:.4f}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+              f"{c['nll_after']:.4f}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f} (a perfectly "
+              f"calibrated model would show about {c['ece_floor']:.3f} on {c['examples']} texts)")
     for name, baseline in result.baselines.items():
         verdict = "beaten" if result.after.accuracy > baseline.accuracy else (
             "tied" if result.after.accuracy == baseline.accuracy else "NOT beaten")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.calibration import expected_calibration_error, fit_temperature, nll
+from shared.calibration import expected_calibration_error, fit_temperature, nll, sampling_floor
 from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
 from shared.output_parts import OutputParts, lexical_part
 from shared.recipe.head import choose_head, fit_head
@@ -53,6 +53,7 @@ class HeldOut:
     ece_after: float
     temperature: float
     examples: int
+    ece_floor: float  # what a perfectly calibrated model with these confidences would show here
 
 
 def choose_parts(views: dict, head_weight: np.ndarray, head_bias: np.ndarray, head_l2: float | None,
@@ -109,7 +110,8 @@ def held_out(view, head_weight: np.ndarray, head_bias: np.ndarray, parts: Output
     logits, labels, t = personal_logits(view, head_weight, head_bias, parts), view.labels, parts.temperature
     return HeldOut(accuracy=accuracy(logits, labels), nll_before=nll(logits, labels), nll_after=nll(logits, labels, t),
                    ece_before=expected_calibration_error(logits, labels),
-                   ece_after=expected_calibration_error(logits, labels, t), temperature=t, examples=len(labels))
+                   ece_after=expected_calibration_error(logits, labels, t), temperature=t, examples=len(labels),
+                   ece_floor=sampling_floor(logits, t))
 
 
 def parts_lines(choice: PartsChoice | None) -> list[str]:
@@ -142,4 +144,5 @@ def held_out_lines(result: HeldOut, encoder_accuracy: float) -> list[str]:
     """The personal model's held-out calibration (and the encoder alone when the parts changed it)."""
     lines = [] if result.accuracy == encoder_accuracy else [f"held-out accuracy of the encoder alone: {encoder_accuracy:.4f}"]
     return lines + [f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
-                    f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f}"]
+                    f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f} "
+                    f"(a perfectly calibrated model would show about {result.ece_floor:.3f} on {result.examples} texts)"]

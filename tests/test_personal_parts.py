@@ -96,6 +96,21 @@ def test_ece_of_a_hand_computed_example():
     assert expected_calibration_error(np.log(probs), labels) == pytest.approx(expected)
 
 
+def test_ece_floor_is_the_noise_of_a_calibrated_model_and_shrinks_with_more_texts():
+    from shared.calibration import sampling_floor
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(size=(100, 2)) * 2, rng.normal(size=(10_000, 2)) * 2
+    assert sampling_floor(few) > 0.04 > 0.01 > sampling_floor(many)  # about 0.08 and 0.008
+    sure = np.array([[30.0, 0.0]] * 50)  # right with probability ~1: nothing to miss
+    assert sampling_floor(sure) < 1e-9
+    # a model that is calibrated by construction scores about its floor
+    logits = rng.normal(size=(400, 2)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    eces = [expected_calibration_error(logits, (rng.random(400) > probs[:, 0]).astype(int)) for _ in range(200)]
+    assert abs(np.mean(eces) - sampling_floor(logits)) < 0.01
+
+
 def test_ids_round_trip_and_bad_ids_are_rejected():
     ids = np.array([3, 17, 30521], dtype=np.int64)
     np.testing.assert_array_equal(decode_ids(encode_ids(ids), 3, 30522), ids)
