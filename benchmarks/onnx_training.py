@@ -170,7 +170,7 @@ def folder_runs(model_dir: Path, folders: list[str], seeds: list[int], work: Pat
     rows = []
     for name in folders:
         for seed in seeds:
-            for runtime in ("torch", "onnx"):
+            for runtime in ("torch", "onnx") if seed % 2 == 0 else ("onnx", "torch"):  # alternate: drift hits both
                 data = work / f"{name}-{seed}-{runtime}"
                 shutil.copytree(root / name, data, dirs_exist_ok=True)
                 extra = ["--runtime", "onnx", "--model-dir", str(model_dir)] if runtime == "onnx" else []
@@ -280,15 +280,30 @@ def summary(document: dict) -> tuple[list[dict], str]:
                          f"{r['split_first_step_ms']} | {r['split_over_full']} | {r['split_over_torch_cached']} | {diffs} |")
         lines.append("")
     if document.get("folders"):
-        lines += ["| folder | seed | runtime | accuracy | seconds | peak RSS MiB |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['folder']} | {r['seed']} | {r['runtime']} | {r['accuracy']:.4f} | {r['seconds']} | {r['peak_rss_mib']} |"
-                  for r in document["folders"]]
-        by = {rt: [r for r in document["folders"] if r["runtime"] == rt] for rt in ("torch", "onnx")}
-        gap = statistics.mean(r["accuracy"] for r in by["onnx"]) - statistics.mean(r["accuracy"] for r in by["torch"])
-        rss = max(r["peak_rss_mib"] for r in by["onnx"]) / max(r["peak_rss_mib"] for r in by["torch"])
-        goals.append(goal("accuracy within 1 point of the PyTorch path", f"{100 * gap:+.1f} points", gap >= -0.01,
-                          "see the table"))
-        goals.append(goal("peak RSS <= 1/2 of the PyTorch path", f"{rss:.2f}x", rss <= 0.5, "see the table"))
+        lines += ["`client.run --data DIR` with the defaults, each runtime in a fresh process, alternating; accuracy "
+                  "is the mean over seeds (every seed's in the JSON), seconds the mean wall time of the whole process, "
+                  "RSS the largest peak.", "",
+                  "| folder | seeds | PyTorch accuracy | onnx accuracy | PyTorch s | onnx s | onnx / PyTorch time | "
+                  "PyTorch peak RSS MiB | onnx peak RSS MiB | RSS ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        gaps, rss_ratios = {}, {}
+        for name in dict.fromkeys(r["folder"] for r in document["folders"]):
+            by = {rt: [r for r in document["folders"] if r["folder"] == name and r["runtime"] == rt] for rt in ("torch", "onnx")}
+            if not (by["torch"] and by["onnx"]):
+                continue
+            acc = {rt: statistics.mean(r["accuracy"] for r in rows) for rt, rows in by.items()}
+            sec = {rt: statistics.mean(r["seconds"] for r in rows) for rt, rows in by.items()}
+            rss = {rt: max(r["peak_rss_mib"] for r in rows) for rt, rows in by.items()}
+            gaps[name], rss_ratios[name] = acc["onnx"] - acc["torch"], rss["onnx"] / rss["torch"]
+            lines.append(f"| {name} | {len(by['onnx'])} | {acc['torch']:.4f} | {acc['onnx']:.4f} | {sec['torch']:.1f} | "
+                         f"{sec['onnx']:.1f} | {sec['onnx'] / sec['torch']:.2f} | {rss['torch']:.0f} | {rss['onnx']:.0f} | "
+                         f"{rss_ratios[name]:.2f} |")
+        if gaps:
+            worst = min(gaps, key=gaps.get)
+            goals.append(goal("accuracy within 1 point of the PyTorch path (seeded means, every folder)",
+                              f"worst {100 * gaps[worst]:+.1f} points ({worst})", gaps[worst] >= -0.01 - 1e-9, "see the table"))
+            top = max(rss_ratios, key=rss_ratios.get)
+            goals.append(goal("peak RSS <= 1/2 of the PyTorch path", f"at most {rss_ratios[top]:.2f}x ({top})",
+                              rss_ratios[top] <= 0.5, "see the table"))
         lines.append("")
     if document.get("message"):
         med = {rt: {k: statistics.median(r[k] for r in document["message"] if r["runtime"] == rt)
