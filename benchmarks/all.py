@@ -56,38 +56,108 @@ class Benchmark:
 # evaluate; the latency benchmarks take medians of fewer repeats; robustness runs the poisoning
 # cases only (dp_noise measures DP), half a local epoch, scored on the server; the ONNX
 # benchmarks share two trained adapters (--work).
-POISON_CASES = tuple(f"poison{share}-{name}" for share in (10, 20)
-                     for name in ("fedavg", "fedmedian", "fedtrimmedavg", "norm-bound"))
+POISON_CASES = tuple(
+    f"poison{share}-{name}" for share in (10, 20) for name in ("fedavg", "fedmedian", "fedtrimmedavg", "norm-bound")
+)
 ONNX_FOLDERS = ("rotten", "debian")
 
 REGISTRY = (
-    Benchmark("bytes_per_round", "1 Bytes", "`wire_bytes` of Flower Messages built as the apps build them",
-              "benchmarks.bytes_per_round", timeout=600),
-    Benchmark("participation_bytes", "1 Bytes per participation (derived factors)",
-              "real ServerApp + ClientApp on the in-process Grid, `wire_bytes`", "benchmarks.participation_bytes",
-              quick=None),
-    Benchmark("pareto", "2 Accuracy vs bytes", "in-process FedAvg loop `benchmarks/federated_loop.py` (same "
-              "sampling, data and `shared/training.py` for every method)", "benchmarks.pareto", timeout=1800,
-              full=("--lora-lrs", "0.002", "--eval-examples", "500", "--out", "{out}")),
-    Benchmark("personalization", "3 Personalization", "`flower-simulation --personalize finetune` "
-              "(concept-shift, Dirichlet(0.1))", "benchmarks.personalization", quick=None,
-              full=("--rounds", "2", "--final-eval-fraction", "0.15", "--out", "{out}"), timeout=1200),
-    Benchmark("robustness", "4 Privacy and robustness", "`flower-simulation` (DP, poisoning)", "benchmarks.robustness",
-              quick=None, full=("--rounds", "2", "--local-epochs", "0.5", "--only", "clean-fedavg", *POISON_CASES,
-                                "--out", "{out}"), timeout=1800),
-    Benchmark("dp_noise", "4 Privacy: accuracy vs DP noise", "in-process loop `benchmarks/federated_loop.py` "
-              "with Flower's DP-FedAvg functions", "benchmarks.dp_noise", quick=None,
-              full=("--rounds", "2", "--out", "{out}"), timeout=1800),
-    Benchmark("speed_memory", "5 Speed and memory", "`shared/training.py` on identical batches; "
-              "`flower-simulation` (Ray) for round times and RSS", "benchmarks.speed_memory", timeout=1200),
-    Benchmark("onnx", "6 ONNX", "`client.export` (onnxruntime)", "benchmarks.export", quick=None,
-              full=("--folders", *ONNX_FOLDERS, "--work", "{out}/onnx_work", "--out", "{out}"), result_name="export"),
-    Benchmark("small_data", "7 Small real folders", "`client.run` defaults (the `personalize` function) against "
-              "TF-IDF + LR, frozen embeddings + LR and PEFT LoRA r=8, same splits", "benchmarks.small_data", quick=None,
-              full=("--folders", "debates", "debian", "manpages", "hamlet", "--methods", "tfidf", "frozen", "loraxs",
-                    "--out", "{out}"), timeout=2400),
-    Benchmark("predict_startup", "6 ONNX start-up", "`client.predict` vs the PyTorch path, fresh processes",
-              "benchmarks.predict_startup", quick=None, full=("--runs", "3", "--out", "{out}")),
+    Benchmark(
+        "bytes_per_round",
+        "1 Bytes",
+        "`wire_bytes` of Flower Messages built as the apps build them",
+        "benchmarks.bytes_per_round",
+        timeout=600,
+    ),
+    Benchmark(
+        "participation_bytes",
+        "1 Bytes per participation (derived factors)",
+        "real ServerApp + ClientApp on the in-process Grid, `wire_bytes`",
+        "benchmarks.participation_bytes",
+        quick=None,
+    ),
+    Benchmark(
+        "pareto",
+        "2 Accuracy vs bytes",
+        "in-process FedAvg loop `benchmarks/federated_loop.py` (same "
+        "sampling, data and `shared/training.py` for every method)",
+        "benchmarks.pareto",
+        timeout=1800,
+        full=("--lora-lrs", "0.002", "--eval-examples", "500", "--out", "{out}"),
+    ),
+    Benchmark(
+        "personalization",
+        "3 Personalization",
+        "`flower-simulation --personalize finetune` (concept-shift, Dirichlet(0.1))",
+        "benchmarks.personalization",
+        quick=None,
+        full=("--rounds", "2", "--final-eval-fraction", "0.15", "--out", "{out}"),
+        timeout=1200,
+    ),
+    Benchmark(
+        "robustness",
+        "4 Privacy and robustness",
+        "`flower-simulation` (DP, poisoning)",
+        "benchmarks.robustness",
+        quick=None,
+        full=("--rounds", "2", "--local-epochs", "0.5", "--only", "clean-fedavg", *POISON_CASES, "--out", "{out}"),
+        timeout=1800,
+    ),
+    Benchmark(
+        "dp_noise",
+        "4 Privacy: accuracy vs DP noise",
+        "in-process loop `benchmarks/federated_loop.py` with Flower's DP-FedAvg functions",
+        "benchmarks.dp_noise",
+        quick=None,
+        full=("--rounds", "2", "--out", "{out}"),
+        timeout=1800,
+    ),
+    Benchmark(
+        "speed_memory",
+        "5 Speed and memory",
+        "`shared/training.py` on identical batches; `flower-simulation` (Ray) for round times and RSS",
+        "benchmarks.speed_memory",
+        timeout=1200,
+    ),
+    Benchmark(
+        "onnx",
+        "6 ONNX",
+        "`client.export` (onnxruntime)",
+        "benchmarks.export",
+        quick=None,
+        full=("--folders", *ONNX_FOLDERS, "--work", "{out}/onnx_work", "--out", "{out}"),
+        result_name="export",
+    ),
+    Benchmark(
+        "small_data",
+        "7 Small real folders",
+        "`client.run` defaults (the `personalize` function) against "
+        "TF-IDF + LR, frozen embeddings + LR and PEFT LoRA r=8, same splits",
+        "benchmarks.small_data",
+        quick=None,
+        full=(
+            "--folders",
+            "debates",
+            "debian",
+            "manpages",
+            "hamlet",
+            "--methods",
+            "tfidf",
+            "frozen",
+            "loraxs",
+            "--out",
+            "{out}",
+        ),
+        timeout=2400,
+    ),
+    Benchmark(
+        "predict_startup",
+        "6 ONNX start-up",
+        "`client.predict` vs the PyTorch path, fresh processes",
+        "benchmarks.predict_startup",
+        quick=None,
+        full=("--runs", "3", "--out", "{out}"),
+    ),
 )
 
 
@@ -122,8 +192,9 @@ def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
     started = time.perf_counter()
     print(f"== {bench.name}: {' '.join(command[1:])}", flush=True)
     limit = bench.timeout if not quick else max(300.0, bench.timeout / 3)
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)  # its own process group: a timeout ends all it started
+    child = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group: a timeout ends all it started
     try:
         stdout, stderr = child.communicate(timeout=limit)
         error = None if child.returncode == 0 else f"exit {child.returncode}: {last_line(stderr or stdout)}"
@@ -136,8 +207,12 @@ def run_benchmark(bench: Benchmark, quick: bool, out: Path) -> dict:
         raise
     (logs / f"{bench.name}.log").write_text(stdout + stderr)
     seconds = round(time.perf_counter() - started, 1)
-    status = {"state": "ran" if error is None else "failed", "module": module, "seconds": seconds,
-              "command": command_line(module, args)}
+    status = {
+        "state": "ran" if error is None else "failed",
+        "module": module,
+        "seconds": seconds,
+        "command": command_line(module, args),
+    }
     if error:
         status["error"] = error
     print(f"== {bench.name}: {status['state']} in {seconds:.0f} s" + (f" ({error})" if error else ""), flush=True)
@@ -149,9 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the <= 5 min subset, into results/quick/")
     parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all)")
     parser.add_argument("--page-only", action="store_true", help="only rewrite RESULTS.md from the result files")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default results/, quick: results/quick/)")
-    parser.add_argument("--page", type=Path, default=None, help="RESULTS.md path (default benchmarks/RESULTS.md; "
-                        "quick: inside the results folder)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default results/, quick: results/quick/)"
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        help="RESULTS.md path (default benchmarks/RESULTS.md; quick: inside the results folder)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ends the running benchmark's group too
     out = args.out or (QUICK if args.quick else RESULTS)
@@ -172,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run["statuses"][bench.name] = run_benchmark(bench, args.quick, out)
             except (SystemExit, KeyboardInterrupt):  # stopped: say so on the page, then stop
-                run["statuses"][bench.name] = {"state": "failed", "module": bench.module, "seconds": 0.0,
-                                               "error": "stopped while running (SIGTERM / Ctrl-C)"}
+                run["statuses"][bench.name] = {
+                    "state": "failed",
+                    "module": bench.module,
+                    "seconds": 0.0,
+                    "error": "stopped while running (SIGTERM / Ctrl-C)",
+                }
                 finish(run, out, page)
                 raise
         finish(run, out, page)

@@ -32,13 +32,21 @@ def measure(configs: list[tuple[str, int, str]]) -> list[dict]:
             models[key] = build(method, rank, LABELS)
         federated = models[key]
         b = round_bytes(federated, dtype)
-        rows.append({
-            "method": method, "rank": rank, "update_dtype": dtype, "name": f"{federated.name} {dtype}",
-            "trainable_parameters": federated.trainable_parameters(), "payload_bytes": b.payload,
-            "up_per_round": b.up, "down_per_round": b.down, "factors_once": b.factors,
-            "one_participation": b.factors + b.down + b.up,
-            "ten_participations": b.factors + 10 * (b.down + b.up),
-        })
+        rows.append(
+            {
+                "method": method,
+                "rank": rank,
+                "update_dtype": dtype,
+                "name": f"{federated.name} {dtype}",
+                "trainable_parameters": federated.trainable_parameters(),
+                "payload_bytes": b.payload,
+                "up_per_round": b.up,
+                "down_per_round": b.down,
+                "factors_once": b.factors,
+                "one_participation": b.factors + b.down + b.up,
+                "ten_participations": b.factors + 10 * (b.down + b.up),
+            }
+        )
         if method == "full":
             del models[key]  # 90 MB of weights: not kept
     return rows
@@ -51,11 +59,15 @@ def goals(rows: list[dict]) -> list[dict]:
         if lora8 is None:
             continue
         ratio = lora8["up_per_round"] / row["up_per_round"]
-        found.append(goal(
-            f"{row['name']}: >= {GOAL_RATIO:.0f}x below PEFT LoRA r=8 fp32 per round (upload)",
-            f"{ratio:.1f}x ({row['up_per_round']:,} B vs {lora8['up_per_round']:,} B)", ratio >= GOAL_RATIO,
-            "LoRA-XS's update is 24 r x r matrices + the head; at this rank the head and the per-array "
-            "message overhead are a fixed share"))
+        found.append(
+            goal(
+                f"{row['name']}: >= {GOAL_RATIO:.0f}x below PEFT LoRA r=8 fp32 per round (upload)",
+                f"{ratio:.1f}x ({row['up_per_round']:,} B vs {lora8['up_per_round']:,} B)",
+                ratio >= GOAL_RATIO,
+                "LoRA-XS's update is 24 r x r matrices + the head; at this rank the head and the per-array "
+                "message overhead are a fixed share",
+            )
+        )
     return found
 
 
@@ -69,12 +81,17 @@ def markdown(document: dict) -> str:
     ]
     for r in rows:
         ratio = f"{lora8['up_per_round'] / r['up_per_round']:.3g}x" if lora8 else "—"
-        lines.append(f"| {r['name']} | {r['trainable_parameters']:,} | {r['payload_bytes']:,} | "
-                     f"{r['up_per_round']:,} | {r['down_per_round']:,} | {r['factors_once']:,} | "
-                     f"{r['one_participation']:,} | {r['ten_participations']:,} | {ratio} |")
-    lines += ["", "Counted by `server/traffic.py:wire_bytes` on real Flower Messages (MiniLM, 2 labels; "
-              "arrays with distinct values, as after training). Factors are shipped on a node's first "
-              "message (`basis-delivery = ship`); LoRA-XS with derived factors: see `participation_bytes`."]
+        lines.append(
+            f"| {r['name']} | {r['trainable_parameters']:,} | {r['payload_bytes']:,} | "
+            f"{r['up_per_round']:,} | {r['down_per_round']:,} | {r['factors_once']:,} | "
+            f"{r['one_participation']:,} | {r['ten_participations']:,} | {ratio} |"
+        )
+    lines += [
+        "",
+        "Counted by `server/traffic.py:wire_bytes` on real Flower Messages (MiniLM, 2 labels; "
+        "arrays with distinct values, as after training). Factors are shipped on a node's first "
+        "message (`basis-delivery = ship`); LoRA-XS with derived factors: see `participation_bytes`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         configs.append(("full", 0, "fp32"))
     rows = measure(configs)
-    document = {"command": command_line(f"benchmarks.{NAME}", argv), "machine": machine,
-                "rows": rows, "goals": goals(rows)}
+    document = {
+        "command": command_line(f"benchmarks.{NAME}", argv),
+        "machine": machine,
+        "rows": rows,
+        "goals": goals(rows),
+    }
     text = markdown(document)
     write_result(args.out, NAME, document, text)
     print(text)

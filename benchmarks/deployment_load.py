@@ -39,8 +39,8 @@ import json
 import os
 import platform
 import re
-import signal
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,8 +53,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.result_files import command_line, load_average, machine_now
 from benchmarks.deployment_load_report import break_reason, error_summary, last_round_started, markdown, merged_runs
+from benchmarks.result_files import command_line, load_average, machine_now
 from benchmarks.synthetic_reviews import LABELS, write_synthetic_reviews
 from deployment.local import DeploymentConfig, LocalDeployment
 from deployment.process_tree import pids_with_environment
@@ -72,7 +72,7 @@ NODE_ROLES = ("flower-supernode", "flower-superexec")  # what an idle SuperNode 
 SAMPLE_EVERY_S = 0.5
 MEMORY_CHECK_EVERY_S = 0.1
 IDLE_WINDOW_S = 10.0  # SuperLink CPU with all nodes connected and no run: the cost of their polling
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclass
@@ -172,8 +172,8 @@ class Sampler(threading.Thread):
                 result.memory_guard = {
                     "seconds_into_level": round(time.monotonic() - self.started, 1),
                     "clientapps_alive": clientapps,
-                    "clientapp_rss_mib": round(rss.get("flwr-clientapp", 0) / 2 ** 20, 1),
-                    "everything_rss_mib": round(sum(rss.values()) / 2 ** 20, 1),
+                    "clientapp_rss_mib": round(rss.get("flwr-clientapp", 0) / 2**20, 1),
+                    "everything_rss_mib": round(sum(rss.values()) / 2**20, 1),
                     "mem_available_gib": round(available / GIB, 2),
                 }
             self.over_memory.set()
@@ -203,8 +203,8 @@ class Sampler(threading.Thread):
                 continue
             entry = by_role.setdefault(self._roles[pid], {"processes": 0, "rss_mib": 0.0, "pss_mib": 0.0})
             entry["processes"] += 1
-            entry["rss_mib"] += memory.rss / 2 ** 20
-            entry["pss_mib"] += getattr(memory, "pss", 0) / 2 ** 20
+            entry["rss_mib"] += memory.rss / 2**20
+            entry["pss_mib"] += getattr(memory, "pss", 0) / 2**20
         nodes_part = [by_role.get(role, {}) for role in NODE_ROLES]
         return {
             "by_role": {role: {k: round(v, 1) for k, v in e.items()} for role, e in by_role.items()},
@@ -225,13 +225,22 @@ class Sampler(threading.Thread):
         return self.result
 
 
-def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout: float,
-               fraction: float = 1.0) -> str:
+def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout: float, fraction: float = 1.0) -> str:
     """The `--run-config` of one level: `fraction` of the nodes train per round, none evaluates."""
     values = {
-        "num-clients": nodes, "num-server-rounds": rounds, "fraction-train": fraction, "min-train-nodes": 1,
-        "fraction-evaluate": 0.0, "final-eval-fraction": 0.0, "dataset": "", "labels": ",".join(LABELS), "personalize": "none",
-        "local-epochs": 1.0, "batch-size": 8, "max-length": 32, "round-timeout": round_timeout,
+        "num-clients": nodes,
+        "num-server-rounds": rounds,
+        "fraction-train": fraction,
+        "min-train-nodes": 1,
+        "fraction-evaluate": 0.0,
+        "final-eval-fraction": 0.0,
+        "dataset": "",
+        "labels": ",".join(LABELS),
+        "personalize": "none",
+        "local-epochs": 1.0,
+        "batch-size": 8,
+        "max-length": 32,
+        "round-timeout": round_timeout,
         "out-dir": str(out_dir),
     }
     if model == "tiny":
@@ -253,16 +262,29 @@ def tiny_model_dir() -> Path:
     return _TINY[0]
 
 
-def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float, min_free: int,
-              workdir: Path, fraction: float = 1.0) -> dict:
+def run_level(
+    nodes: int,
+    rounds: int,
+    model: str,
+    examples: int,
+    timeout: float,
+    min_free: int,
+    workdir: Path,
+    fraction: float = 1.0,
+) -> dict:
     """One level: N SuperNodes, R rounds; everything it started is gone when it returns."""
     tag = uuid.uuid4().hex
     os.environ[TAG_VARIABLE] = tag  # inherited by the SuperLink, SuperNodes and all they start
     data_dirs = tuple(write_synthetic_reviews(workdir / f"node-{i}", examples) for i in range(nodes))
     out_dir = workdir / "server-out"
     config = run_config(nodes, rounds, model, out_dir, round_timeout=timeout, fraction=fraction)
-    level = {"nodes": nodes, "rounds_asked": rounds, "fraction_train": fraction, "broken": None,
-             "mem_available_before_gib": round(psutil.virtual_memory().available / GIB, 2)}
+    level = {
+        "nodes": nodes,
+        "rounds_asked": rounds,
+        "fraction_train": fraction,
+        "broken": None,
+        "mem_available_before_gib": round(psutil.virtual_memory().available / GIB, 2),
+    }
     sampler = Sampler(tag, min_free)
     cpu_at_submission = None
     started = time.monotonic()
@@ -283,24 +305,33 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
             idle_available = psutil.virtual_memory().available
             level["idle"] = sampler.idle_snapshot(nodes)
             level["idle"]["mem_available_drop_mib_per_node"] = round(
-                (level["mem_available_before_gib"] * GIB - idle_available) / nodes / 2 ** 20, 1)
+                (level["mem_available_before_gib"] * GIB - idle_available) / nodes / 2**20, 1
+            )
             level["mem_available_idle_gib"] = round(idle_available / GIB, 2)
             cpu_at_submission = sampler.cpu_by_role()
             level["superlink_idle_cores"] = round(
-                (cpu_at_submission.get("flower-superlink", 0.0) - idle_from) / (time.monotonic() - idle_started), 4)
+                (cpu_at_submission.get("flower-superlink", 0.0) - idle_from) / (time.monotonic() - idle_started), 4
+            )
             with open(workdir / "flwr-run.log", "ab") as log:
                 submitted = time.monotonic()
-                flwr_run = subprocess.Popen(deployment.flwr_run_command(".", config), env=deployment.cli_env(),
-                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                flwr_run = subprocess.Popen(
+                    deployment.flwr_run_command(".", config),
+                    env=deployment.cli_env(),
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
                 try:
                     while flwr_run.poll() is None:
                         if sampler.over_memory.is_set():
                             guard = sampler.result.memory_guard or {}
-                            level["broken"] = (f"memory: MemAvailable fell under {min_free / GIB:.1f} GiB with "
-                                               f"{guard.get('clientapps_alive', '?')} flwr-clientapp alive "
-                                               f"({guard.get('clientapp_rss_mib', 0):,.0f} MiB RSS), "
-                                               f"{time.monotonic() - submitted:.0f} s into the run "
-                                               "(stopped before the OOM killer)")
+                            level["broken"] = (
+                                f"memory: MemAvailable fell under {min_free / GIB:.1f} GiB with "
+                                f"{guard.get('clientapps_alive', '?')} flwr-clientapp alive "
+                                f"({guard.get('clientapp_rss_mib', 0):,.0f} MiB RSS), "
+                                f"{time.monotonic() - submitted:.0f} s into the run "
+                                "(stopped before the OOM killer)"
+                            )
                             break
                         if time.monotonic() > deadline:
                             level["broken"] = f"timeout: the run did not finish within {timeout:.0f} s"
@@ -333,19 +364,25 @@ def run_level(nodes: int, rounds: int, model: str, examples: int, timeout: float
     if report.is_file():
         level.update(from_report(json.loads(report.read_text())))
     if level["broken"] is None and level.get("rounds_completed", 0) < rounds:
-        level["broken"] = (f"only {level.get('rounds_completed', 0)} of {rounds} rounds completed" if report.is_file()
-                           else "the ServerApp wrote no report (it stopped before the end)")
+        level["broken"] = (
+            f"only {level.get('rounds_completed', 0)} of {rounds} rounds completed"
+            if report.is_file()
+            else "the ServerApp wrote no report (it stopped before the end)"
+        )
     run_log = log_tail(workdir / "flwr-run.log", lines=2000)
     level["last_round_started"] = last_round_started(run_log)
-    if level["broken"]:  # the why, before the temporary folder goes (and without its path: a result names no machine folder)
+    if level[
+        "broken"
+    ]:  # the why, before the temporary folder goes (and without its path: a result names no machine folder)
         level["broken"] = level["broken"].replace(str(workdir), "...")
         named = {f"supernode-{i}.log" for i in re.findall(r"supernode-(\d+)", level["broken"])}  # one that exited
         tails = {name: log_tail(workdir / "deployment" / name) for name in {"superlink.log", "supernode-0.log", *named}}
         tails["flwr-run.log"] = run_log[-40:]
         level["log_tails"] = tails
         level["broken_why"] = break_reason(tails)
-        level["log_errors"] = error_summary({path.name: log_tail(path, lines=100_000)
-                                             for path in sorted((workdir / "deployment").glob("*.log"))})
+        level["log_errors"] = error_summary(
+            {path.name: log_tail(path, lines=100_000) for path in sorted((workdir / "deployment").glob("*.log"))}
+        )
     return level
 
 
@@ -375,15 +412,15 @@ def summarize_samples(samples: Samples) -> dict:
     return {
         "superlink_cpu_s": samples.cpu_s.get("flower-superlink", 0.0),
         "superlink_tree_cpu_s": round(tree_cpu, 2),
-        "superlink_peak_rss_mib": round(samples.peak_rss.get("flower-superlink", 0) / 2 ** 20, 1),
-        "superlink_tree_peak_rss_mib": round(tree_rss / 2 ** 20, 1),
+        "superlink_peak_rss_mib": round(samples.peak_rss.get("flower-superlink", 0) / 2**20, 1),
+        "superlink_tree_peak_rss_mib": round(tree_rss / 2**20, 1),
         "cpu_s_by_role": samples.cpu_s,
-        "peak_rss_mib_by_role": {role: round(v / 2 ** 20, 1) for role, v in samples.peak_rss.items()},
+        "peak_rss_mib_by_role": {role: round(v / 2**20, 1) for role, v in samples.peak_rss.items()},
         "peak_clientapps_alive": samples.peak_clientapps,
-        "clientapp_peak_rss_mib_each": round(samples.peak_process_rss.get("flwr-clientapp", 0) / 2 ** 20, 1),
-        "peak_process_rss_mib_by_role": {role: round(v / 2 ** 20, 1) for role, v in samples.peak_process_rss.items()},
+        "clientapp_peak_rss_mib_each": round(samples.peak_process_rss.get("flwr-clientapp", 0) / 2**20, 1),
+        "peak_process_rss_mib_by_role": {role: round(v / 2**20, 1) for role, v in samples.peak_process_rss.items()},
         "memory_guard": samples.memory_guard,
-        "peak_rss_everything_mib": round(samples.peak_everything_rss / 2 ** 20, 1),
+        "peak_rss_everything_mib": round(samples.peak_everything_rss / 2**20, 1),
         "min_mem_available_gib": round(samples.min_available / GIB, 2),
         "samples": samples.samples,
     }
@@ -413,8 +450,9 @@ def stop_on_sigterm(signum, _frame):
     raise SystemExit(128 + signum)  # unwinds through LocalDeployment.__exit__ and the reaping
 
 
-def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float,
-                  machine: dict) -> str:
+def write_results(
+    levels: list[dict], args: argparse.Namespace, argv: list[str] | None, started: float, machine: dict
+) -> str:
     """`machine`: `machine_now()` at the start of the run (the date and the load average before)."""
     meta = {
         "date": machine["date"],
@@ -423,7 +461,8 @@ def write_results(levels: list[dict], args: argparse.Namespace, argv: list[str] 
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
         "load_average_before": machine["load_average_before"],
         "load_average_after": load_average(),
-        "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4" if args.model == "tiny"
+        "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4"
+        if args.model == "tiny"
         else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
         "examples": args.examples,
         "rounds": args.rounds,
@@ -448,13 +487,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deployment_load", description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 25, 50], help="SuperNodes per level")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds per level")
-    parser.add_argument("--fraction", type=float, default=1.0,
-                        help="fraction-train: the share of the nodes sampled to train each round (1.0 = all)")
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="fraction-train: the share of the nodes sampled to train each round (1.0 = all)",
+    )
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
     parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
-    parser.add_argument("--min-free-gib", type=float, default=4.0,
-                        help="stop a level when the machine's MemAvailable falls under this")
+    parser.add_argument(
+        "--min-free-gib", type=float, default=4.0, help="stop a level when the machine's MemAvailable falls under this"
+    )
     parser.add_argument("--out", default=str(RESULTS / "deployment_load"), help="results path without suffix")
     args = parser.parse_args(argv)
     if min(args.nodes) < 1 or args.rounds < 1:
@@ -473,8 +517,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"level: {nodes} SuperNodes, {args.rounds} rounds, fraction-train {args.fraction} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"loraxs-load-{nodes}-") as tmp:
-            level = run_level(nodes, args.rounds, args.model, args.examples, args.level_timeout,
-                              int(args.min_free_gib * GIB), Path(tmp), args.fraction)
+            level = run_level(
+                nodes,
+                args.rounds,
+                args.model,
+                args.examples,
+                args.level_timeout,
+                int(args.min_free_gib * GIB),
+                Path(tmp),
+                args.fraction,
+            )
         levels.append(level)
         print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
         write_results(levels, args, argv, started, machine)  # after every level: a later one may not end

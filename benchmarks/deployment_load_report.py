@@ -46,13 +46,17 @@ def _errors_text(summary: dict, nodes: int) -> str:
     if not summary:
         return ""
     superlink = summary.get("superlink.log")
-    supernodes = sorted((n for n in summary if n.startswith("supernode-")), key=lambda n: int(re.sub(r"\D", "", n) or 0))
+    supernodes = sorted(
+        (n for n in summary if n.startswith("supernode-")), key=lambda n: int(re.sub(r"\D", "", n) or 0)
+    )
     parts = []
     if superlink:
         parts.append(f"superlink.log has {superlink['errors']} ERROR line(s), the first: `{superlink['first']}`")
     if supernodes:
-        parts.append(f"{len(supernodes)} of {nodes} SuperNode logs have ERROR lines ({', '.join(supernodes[:5])}"
-                     f"{', ...' if len(supernodes) > 5 else ''}), the first: `{summary[supernodes[0]]['first']}`")
+        parts.append(
+            f"{len(supernodes)} of {nodes} SuperNode logs have ERROR lines ({', '.join(supernodes[:5])}"
+            f"{', ...' if len(supernodes) > 5 else ''}), the first: `{summary[supernodes[0]]['first']}`"
+        )
     return "; ".join(parts)
 
 
@@ -95,8 +99,10 @@ def _idle_per_node(lv: dict) -> str:
     idle = lv.get("idle")
     if not idle:
         return "-"
-    return (f"{_num(idle.get('node_rss_mib_per_node'))} ({_num(idle.get('node_pss_mib_per_node'))}); "
-            f"{_num(idle.get('mem_available_drop_mib_per_node'))}")
+    return (
+        f"{_num(idle.get('node_rss_mib_per_node'))} ({_num(idle.get('node_pss_mib_per_node'))}); "
+        f"{_num(idle.get('mem_available_drop_mib_per_node'))}"
+    )
 
 
 def _level_row(lv: dict) -> str:
@@ -108,8 +114,9 @@ def _level_row(lv: dict) -> str:
     up_text = f"{statistics.median(up):,.0f}" if up else "-"
     down_text = f"{down[0]:,}; {down[-1]:,}" if len(down) > 1 else (f"{down[0]:,}" if down else "-")
     trained = lv.get("clients_trained")
-    memory = " / ".join(_num(lv.get(k), ".2f") for k in ("mem_available_before_gib", "mem_available_idle_gib",
-                                                         "min_mem_available_gib"))
+    memory = " / ".join(
+        _num(lv.get(k), ".2f") for k in ("mem_available_before_gib", "mem_available_idle_gib", "min_mem_available_gib")
+    )
     return (
         f"| {lv['nodes']} | {', '.join(map(str, trained)) if trained else '-'} | "
         f"{lv.get('seconds_until_all_online', '-')} | {med} | {up_text} | {down_text} | "
@@ -122,15 +129,20 @@ def _level_row(lv: dict) -> str:
 
 
 def _commands(levels: list[dict], meta: dict) -> str:
-    """"Command: `...`", or which levels which command measured when they differ."""
+    """ "Command: `...`", or which levels which command measured when they differ."""
     groups: dict[tuple, list[int]] = {}
     for lv in levels:
         measured = lv.get("measured") or meta
         groups.setdefault((measured.get("command"), measured.get("date")), []).append(lv["nodes"])
     if len(groups) <= 1:
         return f"Command: `{meta['command']}`."
-    return "Levels by command: " + "; ".join(
-        f"{', '.join(map(str, nodes))} nodes: `{command}` ({date})" for (command, date), nodes in groups.items()) + "."
+    return (
+        "Levels by command: "
+        + "; ".join(
+            f"{', '.join(map(str, nodes))} nodes: `{command}` ({date})" for (command, date), nodes in groups.items()
+        )
+        + "."
+    )
 
 
 def _load(meta: dict) -> str:
@@ -143,8 +155,11 @@ def _load(meta: dict) -> str:
 def run_markdown(run: dict) -> list[str]:
     meta, levels = run["meta"], run["levels"]
     fraction = meta.get("fraction", 1.0)
-    who = "every node trains every round" if fraction == 1.0 else \
-        f"fraction-train {fraction}: a seeded {fraction:.0%} of the nodes trains each round (sampling)"
+    who = (
+        "every node trains every round"
+        if fraction == 1.0
+        else f"fraction-train {fraction}: a seeded {fraction:.0%} of the nodes trains each round (sampling)"
+    )
     lines = [
         f"## {who}",
         "",
@@ -166,13 +181,19 @@ def run_markdown(run: dict) -> list[str]:
         for lv in broken:
             where = lv.get("last_round_started")
             errors = _errors_text(lv.get("log_errors") or {}, lv["nodes"])
-            lines.append(f"- {lv['nodes']} nodes: {lv['broken']}; last round the ServerApp started: "
-                         f"{where if where is not None else 'none'}; logs say: "
-                         f"`{lv.get('broken_why') or 'nothing (not captured)'}`" + (f". {errors}." if errors else ""))
+            lines.append(
+                f"- {lv['nodes']} nodes: {lv['broken']}; last round the ServerApp started: "
+                f"{where if where is not None else 'none'}; logs say: "
+                f"`{lv.get('broken_why') or 'nothing (not captured)'}`" + (f". {errors}." if errors else "")
+            )
     ok = [lv for lv in levels if not lv.get("skipped") and not lv.get("broken") and lv.get("round_seconds")]
     if ok:
-        lines += ["", "Per message, from the levels that completed (messages = the train messages and the one "
-                  "partition query per node before round 1):", ""]
+        lines += [
+            "",
+            "Per message, from the levels that completed (messages = the train messages and the one "
+            "partition query per node before round 1):",
+            "",
+        ]
         for lv in ok:
             messages = sum(lv["clients_trained"]) + lv["nodes"]
             lines.append(

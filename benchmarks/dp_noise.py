@@ -50,12 +50,15 @@ LORA_LR = 2e-3
 
 def update_norms(global_state: dict, states: list[dict]) -> list[float]:
     """L2 norm of each client's delta over every trained tensor."""
-    return [math.sqrt(sum(float(((s[n].double() - g.double()) ** 2).sum()) for n, g in global_state.items()))
-            for s in states]
+    return [
+        math.sqrt(sum(float(((s[n].double() - g.double()) ** 2).sum()) for n, g in global_state.items()))
+        for s in states
+    ]
 
 
-def dp_fedavg(global_state: dict, states: list[dict], clip: float | None, noise: float, noise_clients: int,
-              rng_seed: int) -> dict:
+def dp_fedavg(
+    global_state: dict, states: list[dict], clip: float | None, noise: float, noise_clients: int, rng_seed: int
+) -> dict:
     """Flower's server-side fixed clipping + Gaussian noise of std z C / `noise_clients` on the
     uniform mean (clip None: no clipping, no noise)."""
     names = list(global_state)
@@ -73,8 +76,9 @@ def dp_fedavg(global_state: dict, states: list[dict], clip: float | None, noise:
     return {n: torch.from_numpy(np.asarray(m)).float() for n, m in zip(names, mean)}
 
 
-def run(method: str, noise: float, config: FederationConfig, clip: float | None, noise_clients: int, tokenizer,
-        eval_loader) -> dict:
+def run(
+    method: str, noise: float, config: FederationConfig, clip: float | None, noise_clients: int, tokenizer, eval_loader
+) -> dict:
     labels = config.label_names() or ["fresh", "rotten"]
     federated = build(method, RANKS[method], labels, seed=config.seed)
     base = config.train_config()
@@ -88,9 +92,15 @@ def run(method: str, noise: float, config: FederationConfig, clip: float | None,
     began = time.perf_counter()
     result = run_federated(federated, config, train_config, tokenizer, eval_loader, aggregate=aggregate)
     d = federated.trainable_parameters()
-    return {"accuracy": result.accuracy, "trainable_parameters": d, "lr": train_config.lr, "clip": clip,
-            "median_update_norm": {r: float(np.median(v)) for r, v in norms.items()},
-            "noise_to_signal": noise * math.sqrt(d) / noise_clients, "seconds": round(time.perf_counter() - began, 1)}
+    return {
+        "accuracy": result.accuracy,
+        "trainable_parameters": d,
+        "lr": train_config.lr,
+        "clip": clip,
+        "median_update_norm": {r: float(np.median(v)) for r, v in norms.items()},
+        "noise_to_signal": noise * math.sqrt(d) / noise_clients,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
 
 
 def noise_goals(results: dict, noises: list[float], rule: str) -> list[dict]:
@@ -98,13 +108,21 @@ def noise_goals(results: dict, noises: list[float], rule: str) -> list[dict]:
     z = 0 accuracy) than PEFT LoRA r=8 loses from its own."""
     if 0.0 not in noises:
         return []
-    lost = {m: {z: (results[f"{m}-z0"]["accuracy"] - results[f"{m}-z{z:g}"]["accuracy"]) * 100
-                for z in noises if z > 0} for m in ("loraxs", "lora")}
-    measured = "; ".join(f"z={z:g}: LoRA-XS {-lost['loraxs'][z]:+.1f}, LoRA {-lost['lora'][z]:+.1f} points"
-                         for z in lost["loraxs"])
-    return [goal(f"LoRA-XS loses less accuracy to DP noise than PEFT LoRA r=8 at every z > 0 ({rule})",
-                 measured, all(lost["loraxs"][z] <= lost["lora"][z] for z in lost["loraxs"]),
-                 "at that z the clipped signal of both is buried, or LoRA's z = 0 start is lower")]
+    lost = {
+        m: {z: (results[f"{m}-z0"]["accuracy"] - results[f"{m}-z{z:g}"]["accuracy"]) * 100 for z in noises if z > 0}
+        for m in ("loraxs", "lora")
+    }
+    measured = "; ".join(
+        f"z={z:g}: LoRA-XS {-lost['loraxs'][z]:+.1f}, LoRA {-lost['lora'][z]:+.1f} points" for z in lost["loraxs"]
+    )
+    return [
+        goal(
+            f"LoRA-XS loses less accuracy to DP noise than PEFT LoRA r=8 at every z > 0 ({rule})",
+            measured,
+            all(lost["loraxs"][z] <= lost["lora"][z] for z in lost["loraxs"]),
+            "at that z the clipped signal of both is buried, or LoRA's z = 0 start is lower",
+        )
+    ]
 
 
 def method_clip(results: dict, method: str, fixed: float | None) -> float:
@@ -113,13 +131,21 @@ def method_clip(results: dict, method: str, fixed: float | None) -> float:
 
 
 def markdown(meta: dict, results: dict, goals: list[dict], noises: list[float], methods: list[str]) -> str:
-    rule = (f"fixed C = {meta['clip']:g} for both" if meta["clip"] is not None
-            else "C = the method's median round-1 update norm at z = 0; z = 0 unclipped")
-    lines = [f"# DP-FedAvg (server-side fixed clipping) vs noise multiplier ({meta['rounds']} rounds "
-             f"of {meta['clients_per_round']} clients, noise of a {meta['noise_clients']}-client round, "
-             f"{meta['eval_examples']} held-out reviews)", "", f"Clipping: {rule}.", "",
-             "| noise multiplier z | " + " | ".join(f"{m} (r={RANKS[m]}) accuracy | noise / C" for m in methods) + " |",
-             "|---|" + "---:|---:|" * len(methods)]
+    rule = (
+        f"fixed C = {meta['clip']:g} for both"
+        if meta["clip"] is not None
+        else "C = the method's median round-1 update norm at z = 0; z = 0 unclipped"
+    )
+    lines = [
+        f"# DP-FedAvg (server-side fixed clipping) vs noise multiplier ({meta['rounds']} rounds "
+        f"of {meta['clients_per_round']} clients, noise of a {meta['noise_clients']}-client round, "
+        f"{meta['eval_examples']} held-out reviews)",
+        "",
+        f"Clipping: {rule}.",
+        "",
+        "| noise multiplier z | " + " | ".join(f"{m} (r={RANKS[m]}) accuracy | noise / C" for m in methods) + " |",
+        "|---|" + "---:|---:|" * len(methods),
+    ]
     for z in noises:
         cells = []
         for m in methods:
@@ -131,11 +157,19 @@ def markdown(meta: dict, results: dict, goals: list[dict], noises: list[float], 
         runs = [r for k, r in results.items() if r["method"] == m]
         if runs:
             clips = sorted({r["clip"] for r in runs if r["clip"] is not None})
-            details.append(f"{m}: {runs[0]['trainable_parameters']:,} trained parameters, lr {runs[0]['lr']:g}, "
-                           f"C {', '.join(f'{c:.2f}' for c in clips) or 'none'}")
-    lines += ["", *goal_lines(goals), "",
-              "noise / C: the noise's expected L2 norm over the clipped mean's largest, z sqrt(d) / N.",
-              f"Per method: {'; '.join(details)}.", "", footer(meta)]
+            details.append(
+                f"{m}: {runs[0]['trainable_parameters']:,} trained parameters, lr {runs[0]['lr']:g}, "
+                f"C {', '.join(f'{c:.2f}' for c in clips) or 'none'}"
+            )
+    lines += [
+        "",
+        *goal_lines(goals),
+        "",
+        "noise / C: the noise's expected L2 norm over the clipped mean's largest, z sqrt(d) / N.",
+        f"Per method: {'; '.join(details)}.",
+        "",
+        footer(meta),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -143,10 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clip", type=float, default=None,
-                        help="one fixed clipping norm for both methods (default: each its median update norm)")
-    parser.add_argument("--noise-clients", type=int, default=100,
-                        help="N in the noise's standard deviation z C / N: the clients sharing a round")
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        help="one fixed clipping norm for both methods (default: each its median update norm)",
+    )
+    parser.add_argument(
+        "--noise-clients",
+        type=int,
+        default=100,
+        help="N in the noise's standard deviation z C / N: the clients sharing a round",
+    )
     parser.add_argument("--methods", nargs="+", default=["loraxs", "lora"], choices=sorted(RANKS))
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -160,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     eval_loader = held_out_loader(config, tokenizer, args.eval_examples)
     noises = sorted(args.noise)  # z = 0 first: it measures the clipping norm
-    meta = {"command": command_line("benchmarks.dp_noise", argv), "machine": machine_now(), "rounds": args.rounds,
-            "clip": args.clip, "noise_clients": args.noise_clients, "eval_examples": args.eval_examples,
-            "clients_per_round": len(sampled_partitions(config, 1))}
+    meta = {
+        "command": command_line("benchmarks.dp_noise", argv),
+        "machine": machine_now(),
+        "rounds": args.rounds,
+        "clip": args.clip,
+        "noise_clients": args.noise_clients,
+        "eval_examples": args.eval_examples,
+        "clients_per_round": len(sampled_partitions(config, 1)),
+    }
     rule = "same clipping norm" if args.clip is not None else "each clipped at its own median update norm"
     results, goals = {}, []
     for method in args.methods:
@@ -170,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{method}-z{z:g}"
             clip = args.clip if (args.clip is not None or z == 0) else method_clip(results, method, None)
             print(key, f"C={clip}", flush=True)
-            results[key] = {"method": method, "noise_multiplier": z,
-                            **run(method, z, config, clip, args.noise_clients, tokenizer, eval_loader)}
+            results[key] = {
+                "method": method,
+                "noise_multiplier": z,
+                **run(method, z, config, clip, args.noise_clients, tokenizer, eval_loader),
+            }
             print(f"  -> {results[key]}", flush=True)
             save(args.out, meta, results, goals, noises, args.methods)
     goals = noise_goals(results, noises, rule) if {"loraxs", "lora"} <= set(args.methods) else []

@@ -21,21 +21,24 @@ from pathlib import Path
 
 import torch
 
-
-from client.onnx.job import ExportConfig, ExportReport, run_export  # noqa: E402
-from client.personalization import PersonalizationConfig, personalize  # noqa: E402
-from client.onnx.graph import file_size  # noqa: E402
-from client.onnx.verify import LATENCY_LENGTH  # noqa: E402
-from benchmarks.result_files import command_line, goal, load_average, machine_now, write_result  # noqa: E402
-from shared.artifacts.adapter_file import adapter_meta  # noqa: E402
-from shared.artifacts.cache import user_cache_dir  # noqa: E402
-from shared.base_models import build_adapted_model  # noqa: E402
-from shared.artifacts.adapter_file import save_adapter  # noqa: E402
-from shared.data.catalog import load_dataset  # noqa: E402
-from shared.data.local_folder import load_local_folder  # noqa: E402
-from shared.loraxs.config import LoraXSConfig  # noqa: E402
-from shared.loraxs.model import adapter_state  # noqa: E402
-from shared.base_models import DEFAULT_MODEL  # noqa: E402
+from benchmarks.result_files import command_line, goal, load_average, machine_now, write_result
+from client.onnx.graph import file_size
+from client.onnx.job import ExportConfig, ExportReport, run_export
+from client.onnx.verify import LATENCY_LENGTH
+from client.personalization import PersonalizationConfig, personalize
+from shared.artifacts.adapter_file import (
+    adapter_meta,
+    save_adapter,
+)
+from shared.artifacts.cache import user_cache_dir
+from shared.base_models import (
+    DEFAULT_MODEL,
+    build_adapted_model,
+)
+from shared.data.catalog import load_dataset
+from shared.data.local_folder import load_local_folder
+from shared.loraxs.config import LoraXSConfig
+from shared.loraxs.model import adapter_state
 
 RANDOM_ADAPTER_STD = 0.05  # the order of trained R entries
 FOLDERS = ("rotten", "debates", "debian", "convention")
@@ -126,25 +129,42 @@ GOALS = "fp32 <= 0.7x PyTorch latency, int8 <= 0.4x, int8 accuracy drop <= 1 poi
 
 def export_goals(per_folder: dict) -> list[dict]:
     """The three goals of GOALS, each on its worst folder (latency: batch 1 and 32)."""
+
     def worst(key: str) -> tuple[str, float]:
-        found = [(f"{name}, {k.split(', ')[1]}", r) for name, res in per_folder.items()
-                 for k, r in res["latency_vs_pytorch"].items() if k.startswith(key)]
+        found = [
+            (f"{name}, {k.split(', ')[1]}", r)
+            for name, res in per_folder.items()
+            for k, r in res["latency_vs_pytorch"].items()
+            if k.startswith(key)
+        ]
         return max(found, key=lambda item: item[1]) if found else ("not measured", float("inf"))
+
     out = []
     for kind, limit in (("fp32", 0.7), ("int8", 0.4)):
         where, ratio = worst(f"{kind} / PyTorch")
-        out.append(goal(f"onnxruntime {kind} latency <= {limit}x PyTorch eager", f"worst {ratio:.2f}x ({where})",
-                        ratio <= limit, "onnxruntime's kernels on 2 cores; see benchmarks/studies/results/int8_recipes.md"))
+        out.append(
+            goal(
+                f"onnxruntime {kind} latency <= {limit}x PyTorch eager",
+                f"worst {ratio:.2f}x ({where})",
+                ratio <= limit,
+                "onnxruntime's kernels on 2 cores; see benchmarks/studies/results/int8_recipes.md",
+            )
+        )
     drops = {name: -100 * res["accuracy_int8_minus_fp32"] for name, res in per_folder.items()}
     name = max(drops, key=drops.get)
-    out.append(goal("int8 accuracy drop <= 1 point on trained adapters",
-                    f"worst {-drops[name]:+.1f} points ({name}); " + ", ".join(f"{n} {-d:+.1f}" for n, d in drops.items()),
-                    drops[name] <= 1.0, "quantization error on the decision boundary; see int8_recipes"))
+    out.append(
+        goal(
+            "int8 accuracy drop <= 1 point on trained adapters",
+            f"worst {-drops[name]:+.1f} points ({name}); " + ", ".join(f"{n} {-d:+.1f}" for n, d in drops.items()),
+            drops[name] <= 1.0,
+            "quantization error on the decision boundary; see int8_recipes",
+        )
+    )
     return out
 
 
 def markdown(per_folder: dict, config: dict, machine: dict) -> str:
-    mib = lambda n: f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"  # noqa: E731
+    mib = lambda n: f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
     first = next(iter(per_folder.values()))
     lines = [
         "# ONNX export of personalized MiniLMs: int8 accuracy and latency",
@@ -169,21 +189,33 @@ def markdown(per_folder: dict, config: dict, machine: dict) -> str:
             f"{'—' if torch_acc is None else f'{torch_acc:.4f}'} | {acc['onnxruntime fp32']:.4f} | "
             f"{acc['onnxruntime int8']:.4f} | {100 * res['accuracy_int8_minus_fp32']:+.1f} pts | "
             f"{ratio.get('fp32 / PyTorch, batch 1', float('nan')):.2f}x, {ratio.get('fp32 / PyTorch, batch 32', float('nan')):.2f}x | "
-            f"{ratio.get('int8 / PyTorch, batch 1', float('nan')):.2f}x, {ratio.get('int8 / PyTorch, batch 32', float('nan')):.2f}x |")
-    lines += ["", f"Latency of the first folder ({next(iter(per_folder))}):", "",
-              "| runtime | latency (ms) |", "|---|---:|",
-              *[f"| {runtime} | {ms:.2f} |" for runtime, ms in first["latency_ms"].items()],
-              "", "| file | size |", "|---|---:|",
-              *[f"| {kind} | {mib(n)} |" for kind, n in first["file_bytes"].items()],
-              "", "| max abs difference of the logits | value |", "|---|---:|",
-              *[f"| {what} | {diff:.2e} |" for what, diff in first["max_abs_diff"].items()]]
+            f"{ratio.get('int8 / PyTorch, batch 1', float('nan')):.2f}x, {ratio.get('int8 / PyTorch, batch 32', float('nan')):.2f}x |"
+        )
+    lines += [
+        "",
+        f"Latency of the first folder ({next(iter(per_folder))}):",
+        "",
+        "| runtime | latency (ms) |",
+        "|---|---:|",
+        *[f"| {runtime} | {ms:.2f} |" for runtime, ms in first["latency_ms"].items()],
+        "",
+        "| file | size |",
+        "|---|---:|",
+        *[f"| {kind} | {mib(n)} |" for kind, n in first["file_bytes"].items()],
+        "",
+        "| max abs difference of the logits | value |",
+        "|---|---:|",
+        *[f"| {what} | {diff:.2e} |" for what, diff in first["max_abs_diff"].items()],
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", choices=FOLDERS, default=list(FOLDERS))
-    parser.add_argument("--train", type=int, default=1000, help="rotten-tomatoes reviews to train on (0 = random adapter)")
+    parser.add_argument(
+        "--train", type=int, default=1000, help="rotten-tomatoes reviews to train on (0 = random adapter)"
+    )
     parser.add_argument("--test", type=int, default=500, help="held-out rotten-tomatoes reviews")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per latency median")
     parser.add_argument("--seed", type=int, default=0)
@@ -198,12 +230,25 @@ def main(argv=None) -> int:
             folder = work / name
             prepare_folder(name, folder, args)
             adapter, kind, torch_accuracy = adapter_for(name, folder, args)
-            report = run_export(ExportConfig(adapter=adapter, out=Path(tmp) / name / "model.onnx", data_dir=folder,
-                                             quantize="int8", onnx_adapter=True, timing=True, repeats=args.repeats,
-                                             latency_batches=LATENCY_BATCHES))
+            report = run_export(
+                ExportConfig(
+                    adapter=adapter,
+                    out=Path(tmp) / name / "model.onnx",
+                    data_dir=folder,
+                    quantize="int8",
+                    onnx_adapter=True,
+                    timing=True,
+                    repeats=args.repeats,
+                    latency_batches=LATENCY_BATCHES,
+                )
+            )
             per_folder[name] = results(report, torch_accuracy, kind)
-            print(name, json.dumps(per_folder[name]["accuracy"]), json.dumps(per_folder[name]["latency_vs_pytorch"]),
-                  flush=True)
+            print(
+                name,
+                json.dumps(per_folder[name]["accuracy"]),
+                json.dumps(per_folder[name]["latency_vs_pytorch"]),
+                flush=True,
+            )
 
     import onnxruntime
 
@@ -211,15 +256,30 @@ def main(argv=None) -> int:
 
     config = {
         "command": command_line("benchmarks.export", argv),
-        "model": DEFAULT_MODEL, "repeats": args.repeats, "seed": args.seed, "int8_recipe": INT8_RECIPE,
-        "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "model": DEFAULT_MODEL,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "int8_recipe": INT8_RECIPE,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "date": machine["date"],
     }
     machine["load_average_after"] = load_average()
     text = markdown(per_folder, config, machine)
-    write_result(Path(args.out), "export", {"command": config["command"], "machine": machine, "config": config,
-                                            "results": per_folder, "goals": export_goals(per_folder)}, text)
+    write_result(
+        Path(args.out),
+        "export",
+        {
+            "command": config["command"],
+            "machine": machine,
+            "config": config,
+            "results": per_folder,
+            "goals": export_goals(per_folder),
+        },
+        text,
+    )
     print(text)
     return 0
 

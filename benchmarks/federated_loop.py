@@ -42,9 +42,14 @@ class LoopResult:
     train_seconds: float
 
 
-def run_federated(federated: Federated, config: FederationConfig, train_config: TrainConfig, tokenizer,
-                  eval_loader, aggregate: Callable[[dict, list[dict], list[int], int], dict] | None = None
-                  ) -> LoopResult:
+def run_federated(
+    federated: Federated,
+    config: FederationConfig,
+    train_config: TrainConfig,
+    tokenizer,
+    eval_loader,
+    aggregate: Callable[[dict, list[dict], list[int], int], dict] | None = None,
+) -> LoopResult:
     """`config.num_server_rounds` rounds; the final global model's held-out accuracy. `aggregate`
     (global state, client states, weights, round) -> new global state; default FedAvg."""
     global_state = federated.state()
@@ -55,8 +60,9 @@ def run_federated(federated: Federated, config: FederationConfig, train_config: 
             data = simulated_node_data(config, partition)
             federated.load(global_state)
             seed = shuffle_seed(config, server_round, partition)
-            loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
-                                 shuffle=True, seed=seed)
+            loader = make_loader(
+                data.train, tokenizer, config.task, config.batch_size, config.max_length, shuffle=True, seed=seed
+            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # dropout, as client/local_round.py seeds it
                 result = train(federated.model, loader, train_config)
@@ -64,22 +70,27 @@ def run_federated(federated: Federated, config: FederationConfig, train_config: 
             weights.append(len(data.train))
             seen += result.examples
             seconds += result.seconds
-        global_state = (aggregate(global_state, states, weights, server_round) if aggregate is not None
-                        else weighted_mean(states, weights))
+        global_state = (
+            aggregate(global_state, states, weights, server_round)
+            if aggregate is not None
+            else weighted_mean(states, weights)
+        )
     federated.load(global_state)
     return LoopResult(evaluate(federated.model, eval_loader).accuracy, seen, seconds)
 
 
-def run_centralized(federated: Federated, config: FederationConfig, train_config: TrainConfig, tokenizer,
-                    eval_loader, examples: int) -> LoopResult:
+def run_centralized(
+    federated: Federated, config: FederationConfig, train_config: TrainConfig, tokenizer, eval_loader, examples: int
+) -> LoopResult:
     """One model trained on the union of every client's training split for `examples` examples."""
-    pooled = concatenate_datasets([simulated_node_data(config, i).train.select_columns(["text", "label"])
-                                   for i in range(config.num_clients)])
-    loader = make_loader(pooled, tokenizer, config.task, config.batch_size, config.max_length,
-                         shuffle=True, seed=config.seed)
+    pooled = concatenate_datasets(
+        [simulated_node_data(config, i).train.select_columns(["text", "label"]) for i in range(config.num_clients)]
+    )
+    loader = make_loader(
+        pooled, tokenizer, config.task, config.batch_size, config.max_length, shuffle=True, seed=config.seed
+    )
     steps = math.ceil(examples / config.batch_size)
-    capped = TrainConfig(epochs=train_config.epochs, lr=train_config.lr, head_lr=train_config.head_lr,
-                         max_steps=steps)
+    capped = TrainConfig(epochs=train_config.epochs, lr=train_config.lr, head_lr=train_config.head_lr, max_steps=steps)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         result = train(federated.model, loader, capped)
@@ -90,4 +101,3 @@ def held_out_loader(config: FederationConfig, tokenizer, max_examples: int):
     """The server's held-out set (the union of the clients' test splits, a seeded sample)."""
     held_out, _ = held_out_union(config, max_examples)
     return make_loader(held_out, tokenizer, config.task, EVAL_BATCH_SIZE, config.max_length)
-

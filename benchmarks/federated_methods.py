@@ -25,7 +25,14 @@ from torch import nn
 from server.traffic import wire_bytes
 from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_base_model
 from shared.federation.protocol import (
-    ARRAYS, BASIS, CONFIG, METRICS, NUMPY_DTYPES, STATUS, pack_adapter, pack_basis,
+    ARRAYS,
+    BASIS,
+    CONFIG,
+    METRICS,
+    NUMPY_DTYPES,
+    STATUS,
+    pack_adapter,
+    pack_basis,
 )
 from shared.loraxs.config import BERT_TARGETS, LoraXSConfig
 from shared.loraxs.model import adapter_state, head_parameter_names, load_adapter_state
@@ -81,8 +88,9 @@ class Federated:
 def build(method: str, rank: int, labels: list[str], seed: int = 0) -> Federated:
     """A fresh model of `method` (rank ignored for full fine-tuning), head seeded by `seed`."""
     if method == "loraxs":
-        model, basis = build_adapted_model(DEFAULT_MODEL, "seq-cls", LoraXSConfig(rank=rank, alpha=LORA_ALPHA),
-                                           labels, seed=seed)
+        model, basis = build_adapted_model(
+            DEFAULT_MODEL, "seq-cls", LoraXSConfig(rank=rank, alpha=LORA_ALPHA), labels, seed=seed
+        )
         return Federated(method, rank, model, pack_basis(basis))
     model = load_base_model(DEFAULT_MODEL, "seq-cls", len(labels), seed)
     if method == "lora":
@@ -92,8 +100,9 @@ def build(method: str, rank: int, labels: list[str], seed: int = 0) -> Federated
         # so `head_parameter_names` finds the head and the optimizer gives it `head_lr`.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
-                                               target_modules=list(BERT_TARGETS)), model)
+            inject_adapter_in_model(
+                LoraConfig(r=rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=list(BERT_TARGETS)), model
+            )
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or name in head_parameter_names(model))
     elif method == "full":
@@ -107,29 +116,36 @@ def build(method: str, rank: int, labels: list[str], seed: int = 0) -> Federated
 def weighted_mean(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
     """FedAvg: the example-weighted mean of every tensor (for PEFT LoRA: of A and of B, apart)."""
     total = float(sum(weights))
-    return {name: sum(s[name].double() * (w / total) for s, w in zip(states, weights)).float()
-            for name in states[0]}
+    return {name: sum(s[name].double() * (w / total) for s, w in zip(states, weights)).float() for name in states[0]}
 
 
-def train_message(federated: Federated, state: dict, server_round: int, node_id: int, update_dtype: str,
-                  with_basis: bool) -> Message:
+def train_message(
+    federated: Federated, state: dict, server_round: int, node_id: int, update_dtype: str, with_basis: bool
+) -> Message:
     """The server's train message to one node, built as `server/strategy.py` builds it."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # as a ServerApp
-    content = RecordDict({ARRAYS: federated.record(state, update_dtype),
-                          CONFIG: ConfigRecord({"server-round": server_round, "fingerprint": "0" * 64})})
+    content = RecordDict(
+        {
+            ARRAYS: federated.record(state, update_dtype),
+            CONFIG: ConfigRecord({"server-round": server_round, "fingerprint": "0" * 64}),
+        }
+    )
     if with_basis and federated.basis_record is not None:
         content[BASIS] = federated.basis_record
     return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
 
 
-def train_reply(federated: Federated, state: dict, message: Message, examples: int, loss: float,
-                update_dtype: str) -> Message:
+def train_reply(
+    federated: Federated, state: dict, message: Message, examples: int, loss: float, update_dtype: str
+) -> Message:
     """A client's train reply, built as `client/app.py` builds it."""
-    content = RecordDict({
-        ARRAYS: federated.record(state, update_dtype),
-        METRICS: MetricRecord({"num-examples": examples, "train-loss": float(loss)}),
-        STATUS: ConfigRecord({"fingerprint": "0" * 64}),
-    })
+    content = RecordDict(
+        {
+            ARRAYS: federated.record(state, update_dtype),
+            METRICS: MetricRecord({"num-examples": examples, "train-loss": float(loss)}),
+            STATUS: ConfigRecord({"fingerprint": "0" * 64}),
+        }
+    )
     message.metadata.__dict__["_message_id"] = "1" * 64  # a delivered message has an id to reply to
     return Message(content, reply_to=message)
 
@@ -157,7 +173,9 @@ def round_bytes(federated: Federated, update_dtype: str = "fp32", examples: int 
     plain = train_message(federated, state, 1, 1001, update_dtype, with_basis=False)
     first = train_message(federated, state, 1, 1001, update_dtype, with_basis=True)
     reply = train_reply(federated, state, plain, examples, 0.5, update_dtype)
-    payload = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                  for a in federated.record(state, update_dtype).values())
-    return RoundBytes(down=wire_bytes(plain), up=wire_bytes(reply),
-                      factors=wire_bytes(first) - wire_bytes(plain), payload=payload)
+    payload = sum(
+        int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in federated.record(state, update_dtype).values()
+    )
+    return RoundBytes(
+        down=wire_bytes(plain), up=wire_bytes(reply), factors=wire_bytes(first) - wire_bytes(plain), payload=payload
+    )

@@ -22,16 +22,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from benchmarks.federated_loop import held_out_loader, run_centralized, run_federated  # noqa: E402
-from benchmarks.federated_methods import build, round_bytes  # noqa: E402
-from benchmarks.result_files import RESULTS, command_line, goal, machine_now, write_result  # noqa: E402
-from shared.base_models import DEFAULT_MODEL, load_tokenizer  # noqa: E402
-from shared.federation.node_data import simulated_node_data  # noqa: E402
-from shared.federation.run_config import FederationConfig  # noqa: E402
-from shared.training import TrainConfig  # noqa: E402
+from benchmarks.federated_loop import held_out_loader, run_centralized, run_federated
+from benchmarks.federated_methods import build, round_bytes
+from benchmarks.result_files import RESULTS, command_line, goal, machine_now, write_result
+from shared.base_models import DEFAULT_MODEL, load_tokenizer
+from shared.federation.node_data import simulated_node_data
+from shared.federation.run_config import FederationConfig
+from shared.training import TrainConfig
 
 NAME = "pareto"
 LORAXS_RANKS = (2, 4, 8, 16, 32)
@@ -49,14 +49,18 @@ def plan(args) -> list[dict]:
     """The runs, in order: LoRA r=8's lr sweep first (the other LoRA ranks use its best lr), then
     the default LoRA-XS, the other ranks, centralized (results are saved after every run)."""
     if args.quick:
-        return [{"method": "loraxs", "rank": DEFAULT_RANK, "mode": "federated"},
-                {"method": "lora", "rank": 8, "lr": LORA_LRS[1], "mode": "federated"}]
+        return [
+            {"method": "loraxs", "rank": DEFAULT_RANK, "mode": "federated"},
+            {"method": "lora", "rank": 8, "lr": LORA_LRS[1], "mode": "federated"},
+        ]
     runs = [{"method": "lora", "rank": 8, "lr": lr, "mode": "federated"} for lr in args.lora_lrs]
     runs += [{"method": "loraxs", "rank": DEFAULT_RANK, "mode": "federated"}]
     runs += [{"method": "lora", "rank": r, "lr": None, "mode": "federated"} for r in LORA_RANKS if r != 8]
     runs += [{"method": "loraxs", "rank": r, "mode": "federated"} for r in LORAXS_RANKS if r != DEFAULT_RANK]
-    runs += [{"method": "loraxs", "rank": DEFAULT_RANK, "lr": CENTRALIZED_LORAXS_LR, "mode": "centralized"},
-             {"method": "lora", "rank": 8, "lr": None, "mode": "centralized"}]
+    runs += [
+        {"method": "loraxs", "rank": DEFAULT_RANK, "lr": CENTRALIZED_LORAXS_LR, "mode": "centralized"},
+        {"method": "lora", "rank": 8, "lr": None, "mode": "centralized"},
+    ]
     return runs
 
 
@@ -77,17 +81,27 @@ def run_one(spec: dict, rows: list[dict], config: FederationConfig, tokenizer, e
     else:
         seen = next(r["examples_seen"] for r in rows if r["mode"] == "federated")
         result = run_centralized(federated, config, train_config, tokenizer, eval_loader, seen)
-    return {**spec, "lr": lr, "name": federated.name, "accuracy": round(result.accuracy, 4),
-            "examples_seen": result.examples_seen, "train_seconds": round(result.train_seconds, 1),
-            "train_examples_per_second": round(result.examples_seen / result.train_seconds, 2),
-            "up_bytes_per_round": up, "trainable_parameters": federated.trainable_parameters()}
+    return {
+        **spec,
+        "lr": lr,
+        "name": federated.name,
+        "accuracy": round(result.accuracy, 4),
+        "examples_seen": result.examples_seen,
+        "train_seconds": round(result.train_seconds, 1),
+        "train_examples_per_second": round(result.examples_seen / result.train_seconds, 2),
+        "up_bytes_per_round": up,
+        "trainable_parameters": federated.trainable_parameters(),
+    }
 
 
 def lora_curve(rows: list[dict]) -> list[tuple[int, float]]:
     """(bytes, accuracy) of federated LoRA at its chosen lr, by bytes."""
     lr = best_lora_lr(rows)
-    return sorted((r["up_bytes_per_round"], r["accuracy"]) for r in rows
-                  if r["method"] == "lora" and r["mode"] == "federated" and r["lr"] == lr)
+    return sorted(
+        (r["up_bytes_per_round"], r["accuracy"])
+        for r in rows
+        if r["method"] == "lora" and r["mode"] == "federated" and r["lr"] == lr
+    )
 
 
 def curve_at(curve: list[tuple[int, float]], x: int) -> float:
@@ -111,23 +125,33 @@ def goals(rows: list[dict], eval_examples: int) -> list[dict]:
     for r in (r for r in fed if r["method"] == "loraxs"):
         if r["accuracy"] < curve_at(curve, r["up_bytes_per_round"]):
             below.append(f"r={r['rank']} {r['accuracy']:.3f} < {curve_at(curve, r['up_bytes_per_round']):.3f}")
-    found.append(goal("every federated LoRA-XS point at or above the federated PEFT LoRA curve",
-                      "all at or above" if not below else "below: " + "; ".join(below), not below,
-                      "LoRA-XS trains only r x r entries inside each weight's top-r singular directions; one seed, and the held-out accuracy "
-                      f"alone has a 95% interval of about +/-{noise_points(curve[-1][1], eval_examples):.1f} "
-                      f"points on {eval_examples} examples"))
+    found.append(
+        goal(
+            "every federated LoRA-XS point at or above the federated PEFT LoRA curve",
+            "all at or above" if not below else "below: " + "; ".join(below),
+            not below,
+            "LoRA-XS trains only r x r entries inside each weight's top-r singular directions; one seed, and the held-out accuracy "
+            f"alone has a 95% interval of about +/-{noise_points(curve[-1][1], eval_examples):.1f} "
+            f"points on {eval_examples} examples",
+        )
+    )
     ours = next((r for r in fed if r["method"] == "loraxs" and r["rank"] == DEFAULT_RANK), None)
     lora8 = next((r for r in fed if r["method"] == "lora" and r["rank"] == 8 and r["lr"] == best_lora_lr(fed)), None)
     if ours and lora8:
         gap = lora8["accuracy"] - ours["accuracy"]
         ratio = lora8["up_bytes_per_round"] / ours["up_bytes_per_round"]
-        found.append(goal(f"LoRA-XS r={DEFAULT_RANK} within {GOAL_POINTS * 100:.0f} points of LoRA r=8 "
-                          f"at <= 1/{GOAL_RATIO:.0f} of its bytes",
-                          f"{ours['accuracy']:.3f} vs {lora8['accuracy']:.3f} ({-gap * 100:+.1f} points) "
-                          f"at 1/{ratio:.1f} of the bytes", gap <= GOAL_POINTS and ratio >= GOAL_RATIO,
-                          "LoRA-XS's r x r matrices act only within the top-r singular directions of each "
-                          "weight, LoRA r=8 learns its own directions; one seed, +/-"
-                          f"{noise_points(lora8['accuracy'], eval_examples):.1f} points of evaluation noise"))
+        found.append(
+            goal(
+                f"LoRA-XS r={DEFAULT_RANK} within {GOAL_POINTS * 100:.0f} points of LoRA r=8 "
+                f"at <= 1/{GOAL_RATIO:.0f} of its bytes",
+                f"{ours['accuracy']:.3f} vs {lora8['accuracy']:.3f} ({-gap * 100:+.1f} points) "
+                f"at 1/{ratio:.1f} of the bytes",
+                gap <= GOAL_POINTS and ratio >= GOAL_RATIO,
+                "LoRA-XS's r x r matrices act only within the top-r singular directions of each "
+                "weight, LoRA r=8 learns its own directions; one seed, +/-"
+                f"{noise_points(lora8['accuracy'], eval_examples):.1f} points of evaluation noise",
+            )
+        )
     return found
 
 
@@ -146,16 +170,31 @@ def plot(rows: list[dict], path: Path) -> None:
         axes.plot(*zip(*points), color=color, marker=marker, label=label)
         for r in fed:
             if r["method"] == method and (r["up_bytes_per_round"], r["accuracy"]) in points:
-                axes.annotate(f"r={r['rank']}", (r["up_bytes_per_round"], r["accuracy"]),
-                              textcoords="offset points", xytext=(4, 4), fontsize=8)
-    swept = [(r["up_bytes_per_round"], r["accuracy"]) for r in fed
-             if r["method"] == "lora" and (r["up_bytes_per_round"], r["accuracy"]) not in curve]
+                axes.annotate(
+                    f"r={r['rank']}",
+                    (r["up_bytes_per_round"], r["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                )
+    swept = [
+        (r["up_bytes_per_round"], r["accuracy"])
+        for r in fed
+        if r["method"] == "lora" and (r["up_bytes_per_round"], r["accuracy"]) not in curve
+    ]
     if swept:
         axes.scatter(*zip(*swept), color="tab:orange", marker="x", label="PEFT LoRA r=8, other lr")
     for r in (r for r in rows if r["mode"] == "centralized"):
         color, marker, _ = styles[r["method"]]
-        axes.scatter(r["up_bytes_per_round"], r["accuracy"], facecolors="none", edgecolors=color, marker=marker,
-                     s=80, label=f"centralized {r['name']} (at its adapter's bytes)")
+        axes.scatter(
+            r["up_bytes_per_round"],
+            r["accuracy"],
+            facecolors="none",
+            edgecolors=color,
+            marker=marker,
+            s=80,
+            label=f"centralized {r['name']} (at its adapter's bytes)",
+        )
     axes.set_xscale("log")
     axes.set_xlabel("upload bytes per client per round (wire_bytes, log)")
     axes.set_ylabel("final accuracy (held-out)")
@@ -169,16 +208,25 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def markdown(document: dict) -> str:
     c = document["setup"]
-    lines = (["**Partial: the run stopped before every configuration was measured; no goals are judged.**", ""]
-             if document.get("partial") else [])
-    lines += [f"{c['num_clients']} clients ({c['partition']} split), {c['rounds']} rounds, fraction {c['fraction']} "
-             f"({c['examples_seen']:,} training examples seen per run), held-out {c['eval_examples']} examples; "
-             f"runner: `benchmarks/federated_loop.py` (in-process FedAvg). LoRA lr swept at r=8 over "
-             f"{', '.join(f'{lr:g}' for lr in c['lora_lrs']) or 'nothing yet'}: best {c['lora_lr'] or '—'}.", "",
-             "| run | mode | lr | upload B / round | accuracy | train ex/s |", "|---|---|---:|---:|---:|---:|"]
+    lines = (
+        ["**Partial: the run stopped before every configuration was measured; no goals are judged.**", ""]
+        if document.get("partial")
+        else []
+    )
+    lines += [
+        f"{c['num_clients']} clients ({c['partition']} split), {c['rounds']} rounds, fraction {c['fraction']} "
+        f"({c['examples_seen']:,} training examples seen per run), held-out {c['eval_examples']} examples; "
+        f"runner: `benchmarks/federated_loop.py` (in-process FedAvg). LoRA lr swept at r=8 over "
+        f"{', '.join(f'{lr:g}' for lr in c['lora_lrs']) or 'nothing yet'}: best {c['lora_lr'] or '—'}.",
+        "",
+        "| run | mode | lr | upload B / round | accuracy | train ex/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in sorted(document["rows"], key=lambda r: (r["mode"], r["method"], r["up_bytes_per_round"], r["lr"])):
-        lines.append(f"| {r['name']} | {r['mode']} | {r['lr']:g} | {r['up_bytes_per_round']:,} | "
-                     f"{r['accuracy']:.4f} | {r['train_examples_per_second']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['mode']} | {r['lr']:g} | {r['up_bytes_per_round']:,} | "
+            f"{r['accuracy']:.4f} | {r['train_examples_per_second']:.1f} |"
+        )
     lines += ["", f"![accuracy vs bytes]({document['plot']})"]
     return "\n".join(lines) + "\n"
 
@@ -189,8 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default 2; quick 1)")
     parser.add_argument("--fraction", type=float, default=None, help="clients per round (default 0.1; quick 0.05)")
     parser.add_argument("--eval-examples", type=int, default=None, help="held-out examples (default 1000; quick 200)")
-    parser.add_argument("--lora-lrs", type=float, nargs="+", default=list(LORA_LRS),
-                        help="PEFT LoRA r=8 lrs to sweep; the best serves every LoRA rank")
+    parser.add_argument(
+        "--lora-lrs",
+        type=float,
+        nargs="+",
+        default=list(LORA_LRS),
+        help="PEFT LoRA r=8 lrs to sweep; the best serves every LoRA rank",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -218,14 +271,26 @@ def save(args, argv, machine, config: FederationConfig, eval_loader, rows: list[
     plot(rows, args.out / f"{NAME}.png")
     fed = [r for r in rows if r["mode"] == "federated"]
     document = {
-        "command": command_line(f"benchmarks.{NAME}", argv), "machine": dict(machine), "partial": not done,
-        "setup": {"num_clients": config.num_clients, "partition": config.partition,
-                  "rounds": config.num_server_rounds, "fraction": config.fraction_train,
-                  "eval_examples": len(eval_loader.dataset), "seed": config.seed,
-                  "examples_seen": fed[0]["examples_seen"], "lora_lrs": sorted({r["lr"] for r in fed if r["method"] == "lora"}),
-                  "lora_lr": best_lora_lr(rows), "loraxs_lr": config.lr, "head_lr": config.head_lr,
-                  "runner": "benchmarks/federated_loop.py"},
-        "rows": rows, "goals": goals(rows, len(eval_loader.dataset)) if done else [], "plot": f"{NAME}.png",
+        "command": command_line(f"benchmarks.{NAME}", argv),
+        "machine": dict(machine),
+        "partial": not done,
+        "setup": {
+            "num_clients": config.num_clients,
+            "partition": config.partition,
+            "rounds": config.num_server_rounds,
+            "fraction": config.fraction_train,
+            "eval_examples": len(eval_loader.dataset),
+            "seed": config.seed,
+            "examples_seen": fed[0]["examples_seen"],
+            "lora_lrs": sorted({r["lr"] for r in fed if r["method"] == "lora"}),
+            "lora_lr": best_lora_lr(rows),
+            "loraxs_lr": config.lr,
+            "head_lr": config.head_lr,
+            "runner": "benchmarks/federated_loop.py",
+        },
+        "rows": rows,
+        "goals": goals(rows, len(eval_loader.dataset)) if done else [],
+        "plot": f"{NAME}.png",
     }
     write_result(args.out, NAME, document, markdown(document))
     return document

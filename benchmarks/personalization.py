@@ -32,11 +32,21 @@ def groups(final: dict) -> list[dict]:
     rows = []
     for group, suffix in (("shifted", "_shifted"), ("others", "_unshifted"), ("all", "")):
         count = final.get("clients_final_evaluation") if group == "all" else final.get(f"clients{suffix}")
-        glob, personal = final.get(f"accuracy_global{suffix or '_clients'}"), final.get(f"accuracy_personalized{suffix}")
+        glob, personal = (
+            final.get(f"accuracy_global{suffix or '_clients'}"),
+            final.get(f"accuracy_personalized{suffix}"),
+        )
         if not count or glob is None or personal is None:
             continue
-        rows.append({"group": group, "clients": count, "global": round(glob, 4), "personal": round(personal, 4),
-                     "points": round((personal - glob) * 100, 1)})
+        rows.append(
+            {
+                "group": group,
+                "clients": count,
+                "global": round(glob, 4),
+                "personal": round(personal, 4),
+                "points": round((personal - glob) * 100, 1),
+            }
+        )
     return rows
 
 
@@ -45,14 +55,24 @@ def scenario_goals(name: str, rows: list[dict]) -> list[dict]:
     out = []
     if "shifted" in by_group:
         row = by_group["shifted"]
-        out.append(goal(f"{name}: shifted clients gain >= {SHIFTED_GOAL:g} points",
-                        f"{row['global']:.3f} -> {row['personal']:.3f} ({row['points']:+.1f})", row["points"] >= SHIFTED_GOAL,
-                        "too few personal steps to undo a flipped concept"))
+        out.append(
+            goal(
+                f"{name}: shifted clients gain >= {SHIFTED_GOAL:g} points",
+                f"{row['global']:.3f} -> {row['personal']:.3f} ({row['points']:+.1f})",
+                row["points"] >= SHIFTED_GOAL,
+                "too few personal steps to undo a flipped concept",
+            )
+        )
     others = by_group.get("others") or by_group.get("all")
     if others:
-        out.append(goal(f"{name}: {others['group']} clients lose <= {-OTHERS_GOAL:g} points",
-                        f"{others['global']:.3f} -> {others['personal']:.3f} ({others['points']:+.1f})",
-                        others["points"] >= OTHERS_GOAL, "the held-out part of a small client is too small to choose on"))
+        out.append(
+            goal(
+                f"{name}: {others['group']} clients lose <= {-OTHERS_GOAL:g} points",
+                f"{others['global']:.3f} -> {others['personal']:.3f} ({others['points']:+.1f})",
+                others["points"] >= OTHERS_GOAL,
+                "the held-out part of a small client is too small to choose on",
+            )
+        )
     return out
 
 
@@ -68,30 +88,47 @@ def all_goals(results: dict) -> list[dict]:
 
 def rows(document: dict) -> list[str]:
     size = document["size"]
-    lines = [f"`flower-simulation`, 100 clients, 10 per round, {size['rounds']} rounds, `--personalize finetune`; "
-             f"{size['final_eval_fraction']:.0%} of the clients evaluate both adapters after the last round.", "",
-             "| scenario | clients | evaluated | global | personal | change (points) |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"`flower-simulation`, 100 clients, 10 per round, {size['rounds']} rounds, `--personalize finetune`; "
+        f"{size['final_eval_fraction']:.0%} of the clients evaluate both adapters after the last round.",
+        "",
+        "| scenario | clients | evaluated | global | personal | change (points) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name, result in document["results"].items():
         if "error" in result:
             lines.append(f"| {name} | failed: {result['error']} | | | | |")
             continue
         for row in result["groups"]:
-            lines.append(f"| {name} | {row['group']} | {row['clients']} | {row['global']:.3f} | {row['personal']:.3f} | "
-                         f"{row['points']:+.1f} |")
+            lines.append(
+                f"| {name} | {row['group']} | {row['clients']} | {row['global']:.3f} | {row['personal']:.3f} | "
+                f"{row['points']:+.1f} |"
+            )
     return lines
 
 
-STUDY = Study(NAME, "benchmarks.personalization", "Personalization: global vs personal adapter on each "
-              "client's own test split", rows, goals=all_goals, summary=summary)
+STUDY = Study(
+    NAME,
+    "benchmarks.personalization",
+    "Personalization: global vs personal adapter on each client's own test split",
+    rows,
+    goals=all_goals,
+    summary=summary,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = case_parser(__doc__.splitlines()[0], rounds=10, default_out=RESULTS)
-    parser.add_argument("--final-eval-fraction", type=float, default=0.3,
-                        help="share of the clients that evaluate both adapters after the last round")
+    parser.add_argument(
+        "--final-eval-fraction",
+        type=float,
+        default=0.3,
+        help="share of the clients that evaluate both adapters after the last round",
+    )
     args = parser.parse_args(argv)
-    cases = {name: f"{overrides} final-eval-fraction={args.final_eval_fraction}"
-             for name, overrides in SCENARIOS.items()}
+    cases = {
+        name: f"{overrides} final-eval-fraction={args.final_eval_fraction}" for name, overrides in SCENARIOS.items()
+    }
     return run_study(STUDY, cases, args, argv, size={"final_eval_fraction": args.final_eval_fraction})
 
 

@@ -70,13 +70,15 @@ def labels_of(stdout: str) -> list[str]:
 def export_folder(adapter: Path, data: Path | None, folder: Path) -> None:
     from client.onnx.job import ExportConfig, run_export
 
-    run_export(ExportConfig(adapter=adapter, out=folder / "model.onnx", data_dir=data, quantize="int8",
-                            onnx_adapter=True))
+    run_export(
+        ExportConfig(adapter=adapter, out=folder / "model.onnx", data_dir=data, quantize="int8", onnx_adapter=True)
+    )
 
 
 def random_adapter(folder: Path) -> tuple[Path, Path]:
     """A seeded random adapter (benchmarks/export.py) and a data folder whose cache holds its factors."""
-    from benchmarks.export import random_adapter as make, write_data_folder
+    from benchmarks.export import random_adapter as make
+    from benchmarks.export import write_data_folder
 
     data = folder / "data"
     data.mkdir()
@@ -97,8 +99,11 @@ def markdown(document: dict) -> str:
         "",
         "| path | wall time to labels (s) | vs PyTorch | peak RSS (MiB) | vs PyTorch |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {name} | {r['seconds']:.2f} | {r['seconds'] / torch_row['seconds']:.2f}x | "
-          f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / torch_row['peak_rss_mib']:.2f}x |" for name, r in rows.items()],
+        *[
+            f"| {name} | {r['seconds']:.2f} | {r['seconds'] / torch_row['seconds']:.2f}x | "
+            f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / torch_row['peak_rss_mib']:.2f}x |"
+            for name, r in rows.items()
+        ],
         "",
         f"Labels agree across the paths: {results['labels_agree']}.",
         "",
@@ -124,9 +129,25 @@ def main(argv=None) -> int:
         onnx_adapter = folder / (adapter.stem + ".onnx_adapter")
         paths = {
             "client.predict, merged fp32": [python, "-m", "client.predict", "--model-dir", str(folder), *TEXTS],
-            "client.predict, merged int8": [python, "-m", "client.predict", "--model-dir", str(folder), "--int8", *TEXTS],
-            "client.predict, base + .onnx_adapter": [python, "-m", "client.predict", "--model-dir", str(folder),
-                                                     "--adapter", str(onnx_adapter), *TEXTS],
+            "client.predict, merged int8": [
+                python,
+                "-m",
+                "client.predict",
+                "--model-dir",
+                str(folder),
+                "--int8",
+                *TEXTS,
+            ],
+            "client.predict, base + .onnx_adapter": [
+                python,
+                "-m",
+                "client.predict",
+                "--model-dir",
+                str(folder),
+                "--adapter",
+                str(onnx_adapter),
+                *TEXTS,
+            ],
             "PyTorch (open_adapter + transformers)": [python, "-c", TORCH_PATH, str(adapter), str(data or ""), *TEXTS],
         }
         measured = {name: [] for name in paths}
@@ -136,14 +157,23 @@ def main(argv=None) -> int:
     labels = {name: labels_of(runs[0]["stdout"]) for name, runs in measured.items()}
     exact = [labels[n] for n in labels if "int8" not in n]  # int8 may differ on a borderline text
     results = {
-        "paths": {name: {"seconds": round(statistics.median(r["seconds"] for r in runs), 3),
-                         "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in runs), 1),
-                         "labels": labels[name]} for name, runs in measured.items()},
+        "paths": {
+            name: {
+                "seconds": round(statistics.median(r["seconds"] for r in runs), 3),
+                "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in runs), 1),
+                "labels": labels[name],
+            }
+            for name, runs in measured.items()
+        },
         "labels_agree": all(lab == exact[0] for lab in exact),
     }
-    document = {"command": command_line("benchmarks.predict_startup", argv), "machine": machine,
-                "adapter": f"adapter {args.adapter.name}" if args.adapter else "a seeded random MiniLM adapter (rank 16)",
-                "runs": args.runs, "results": results}
+    document = {
+        "command": command_line("benchmarks.predict_startup", argv),
+        "machine": machine,
+        "adapter": f"adapter {args.adapter.name}" if args.adapter else "a seeded random MiniLM adapter (rank 16)",
+        "runs": args.runs,
+        "results": results,
+    }
     write_result(args.out, "predict_startup", document, markdown(document))
     print(markdown(document))
     return 0 if results["labels_agree"] else 1

@@ -40,18 +40,33 @@ def main(argv: list[str] | None = None) -> None:
     extra = {k: v for k, v in (("time_budget", args.time_budget), ("train_blocks", args.train_blocks)) if v}
     imported = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        result = personalize(PersonalizationConfig(
-            data_dir=args.data, out=Path(tmp) / "personal.safetensors", seed=args.seed, progress=False,
-            training=PersonalTrainingConfig(seed=args.seed, **extra)))
+        result = personalize(
+            PersonalizationConfig(
+                data_dir=args.data,
+                out=Path(tmp) / "personal.safetensors",
+                seed=args.seed,
+                progress=False,
+                training=PersonalTrainingConfig(seed=args.seed, **extra),
+            )
+        )
     recipe = result.recipe
-    print(json.dumps({
-        "accuracy": result.after.accuracy, "frozen": result.baselines["frozen features + logistic regression"].accuracy,
-        "steps": recipe.training.steps, "train_seconds": recipe.training.seconds, "max_length": recipe.max_length,
-        "personalize_seconds": time.monotonic() - imported, "process_seconds": time.monotonic() - began,
-        "peak_rss_mb": peak_rss_mb(),
-        "stopped_on_time": bool(getattr(recipe, "stopped_on_time", False)), "epochs_validated": len(recipe.history),
-        "phases": getattr(recipe, "seconds", {}),
-    }))
+    print(
+        json.dumps(
+            {
+                "accuracy": result.after.accuracy,
+                "frozen": result.baselines["frozen features + logistic regression"].accuracy,
+                "steps": recipe.training.steps,
+                "train_seconds": recipe.training.seconds,
+                "max_length": recipe.max_length,
+                "personalize_seconds": time.monotonic() - imported,
+                "process_seconds": time.monotonic() - began,
+                "peak_rss_mb": peak_rss_mb(),
+                "stopped_on_time": bool(getattr(recipe, "stopped_on_time", False)),
+                "epochs_validated": len(recipe.history),
+                "phases": getattr(recipe, "seconds", {}),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

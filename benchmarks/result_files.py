@@ -27,8 +27,12 @@ def load_average() -> float:
 def machine_now(with_torch: bool = True) -> dict:
     """The machine a result comes from, at the start of a run; `with_torch=False` for a benchmark
     whose own process never imports torch (its threads and version are then not recorded)."""
-    machine = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
-               "platform": platform.platform(), "load_average_before": load_average()}
+    machine = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_before": load_average(),
+    }
     if with_torch:
         import torch
 
@@ -65,8 +69,10 @@ def footer(document: dict) -> str:
     """The command and when it ran, for the end of a benchmark's markdown."""
     machine = document["machine"]
     after = machine.get("load_average_after")
-    return (f"Command: `{document['command']}` ({machine['date']}, {machine['cores']} cores, load average "
-            f"{machine['load_average_before']} before" + (f", {after} after" if after is not None else "") + ").")
+    return (
+        f"Command: `{document['command']}` ({machine['date']}, {machine['cores']} cores, load average "
+        f"{machine['load_average_before']} before" + (f", {after} after" if after is not None else "") + ")."
+    )
 
 
 def load_result(out: Path, name: str) -> dict:

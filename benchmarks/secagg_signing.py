@@ -12,7 +12,7 @@ benchmarks/security_overhead.py, which writes the result.
 import time
 
 import numpy as np
-from flwr.app import ArrayRecord, Array, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from server.traffic import wire_bytes
 from shared.crypto.sealing import SealContext, ServerPrivateKey
@@ -30,8 +30,14 @@ FIRST_NODE, FINGERPRINT = 10_000, "ab" * 32
 def signing_cost(clients: int, values: int, seed: int = 0) -> dict:
     """Seconds per round of each authenticating step, and bytes per client per round it adds."""
     key = ServerPrivateKey.generate()
-    params = SecAggParams(participants=tuple(FIRST_NODE + 7919 * i for i in range(clients)),
-                          threshold=clients // 2 + 1, vector_length=values, max_weight=10_000, run_id=1, server_round=1)
+    params = SecAggParams(
+        participants=tuple(FIRST_NODE + 7919 * i for i in range(clients)),
+        threshold=clients // 2 + 1,
+        vector_length=values,
+        max_weight=10_000,
+        run_id=1,
+        server_round=1,
+    )
     rng = np.random.default_rng(seed)
     seconds = {"sign": 0.0, "verify": 0.0, "seal": 0.0, "open": 0.0, "commitments": 0.0}
     up = {"seal": 0, "commitments": 0}
@@ -46,13 +52,15 @@ def signing_cost(clients: int, values: int, seed: int = 0) -> dict:
         seconds["sign"] += time.perf_counter() - started
         started = time.perf_counter()
         for _ in params.participants if recipient == 0 else (recipient,):
-            secure_auth.check_statement(key.public_key, signature, stage, params, FINGERPRINT, digest, content,
-                                        recipient=recipient)
+            secure_auth.check_statement(
+                key.public_key, signature, stage, params, FINGERPRINT, digest, content, recipient=recipient
+            )
         seconds["verify"] += time.perf_counter() - started
         plain = ConfigRecord({"server-round": 1})
         with_signature = ConfigRecord({"server-round": 1, secure_auth.SIGNATURE: signature})
         down["signature"] += (wire_bytes(with_signature) - wire_bytes(plain)) * (
-            len(params.participants) if recipient == 0 else 1)
+            len(params.participants) if recipient == 0 else 1
+        )
         return signature
 
     def sealed(node: int, stage: str, records: dict) -> dict:
@@ -87,7 +95,8 @@ def signing_cost(clients: int, values: int, seed: int = 0) -> dict:
     for i, client in clients_.items():
         inbox = inboxes[i]
         down["commitments"] += wire_bytes(ConfigRecord(inbox)) - wire_bytes(
-            ConfigRecord({k: v[:BOX_LEN] for k, v in inbox.items()}))
+            ConfigRecord({k: v[:BOX_LEN] for k, v in inbox.items()})
+        )
         signed(secure_auth.MASKED, {**inbox, "weight": 100}, recipient=i)
         y = client.masked_input(inbox, rng.normal(0, 0.01, values), 100)
         opened = sealed(i, secure_auth.MASKED, {MASKED: ArrayRecord({MASKED_Y: Array(y)})})
@@ -102,10 +111,13 @@ def signing_cost(clients: int, values: int, seed: int = 0) -> dict:
     assert len(summed) == clients and not server.dropped, server.dropped  # the round went through
     n = len(params.participants)
     return {
-        "clients": n, "values": values,
+        "clients": n,
+        "values": values,
         "seconds_per_round": {k: round(v, 4) for k, v in seconds.items()} | {"total": round(sum(seconds.values()), 4)},
-        "bytes_up_per_client_per_round": {k: round(v / n, 1) for k, v in up.items()} | {"total": round(sum(up.values()) / n, 1)},
-        "bytes_down_per_client_per_round": {k: round(v / n, 1) for k, v in down.items()} | {"total": round(sum(down.values()) / n, 1)},
+        "bytes_up_per_client_per_round": {k: round(v / n, 1) for k, v in up.items()}
+        | {"total": round(sum(up.values()) / n, 1)},
+        "bytes_down_per_client_per_round": {k: round(v / n, 1) for k, v in down.items()}
+        | {"total": round(sum(down.values()) / n, 1)},
     }
 
 

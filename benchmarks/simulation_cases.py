@@ -57,8 +57,18 @@ def run_case(folder: Path, overrides: str, rounds: int, num_clients: int = 100) 
     """`flower-simulation --num-clients N --rounds R --run-config OVERRIDES` into `folder`: its
     report, or {"error": the last line it printed}."""
     out = folder.relative_to(REPO) if folder.is_absolute() and folder.is_relative_to(REPO) else folder
-    command = [str(Path(sys.executable).with_name("flower-simulation")), "--num-clients", str(num_clients),
-               "--rounds", str(rounds), "--out", str(out), "--no-progress", "--run-config", overrides]
+    command = [
+        str(Path(sys.executable).with_name("flower-simulation")),
+        "--num-clients",
+        str(num_clients),
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--run-config",
+        overrides,
+    ]
     began = time.time()
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=3600)
     if done.returncode != 0:
@@ -75,8 +85,9 @@ def case_parser(description: str, rounds: int, default_out: Path) -> argparse.Ar
     return parser
 
 
-def run_study(study: Study, cases: dict[str, str], args: argparse.Namespace, argv: list[str] | None,
-              size: dict | None = None) -> int:
+def run_study(
+    study: Study, cases: dict[str, str], args: argparse.Namespace, argv: list[str] | None, size: dict | None = None
+) -> int:
     """Runs the selected `cases` (case -> run-config overrides); `size`: what must match for an
     earlier run's results to be kept (the rounds always do). Exit code 1 when a case failed."""
     unknown = sorted(set(args.only or ()) - set(cases))
@@ -85,8 +96,7 @@ def run_study(study: Study, cases: dict[str, str], args: argparse.Namespace, arg
     size = {"rounds": args.rounds, **(size or {})}
     previous = load_result(args.out, study.name)
     results = dict(previous.get("results", {})) if previous.get("size") == size else {}
-    document = {"command": command_line(study.module, argv), "machine": machine_now(), "size": size,
-                "cases": cases}
+    document = {"command": command_line(study.module, argv), "machine": machine_now(), "size": size, "cases": cases}
     for name in args.only or list(cases):
         print(f"{name}: {cases[name]}", flush=True)
         folder = args.out / study.name / name

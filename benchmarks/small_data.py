@@ -40,7 +40,11 @@ from shared.data.local_folder import load_local_folder
 from shared.linear_probe import fit_linear_head, head_inputs, refit_on_both, set_head
 from shared.loraxs.config import BERT_TARGETS
 from shared.personal_training import (
-    PersonalTrainingConfig, choose_max_length, epoch_budget, split_validation, validation_score,
+    PersonalTrainingConfig,
+    choose_max_length,
+    epoch_budget,
+    split_validation,
+    validation_score,
 )
 from shared.training import TrainConfig, evaluate, train
 
@@ -90,13 +94,14 @@ def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> d
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=8, lora_alpha=16, target_modules=list(BERT_TARGETS), lora_dropout=0.0,
-                            modules_to_save=["classifier"])
+        config = LoraConfig(
+            r=8, lora_alpha=16, target_modules=list(BERT_TARGETS), lora_dropout=0.0, modules_to_save=["classifier"]
+        )
         model = get_peft_model(model, config)
     else:
         for param in model.parameters():
             param.requires_grad_(True)
-    trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     val_loader = split.loader(split.val)
 
     best = {"score": validation_score(model, val_loader, "cpu", recipe.select_on), "state": trainable()}
@@ -127,28 +132,51 @@ def run_finetune(method: str, split: Split, recipe: PersonalTrainingConfig) -> d
 def run_loraxs(folder: Path, recipe: PersonalTrainingConfig, int8: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = personalize(PersonalizationConfig(data_dir=folder, out=Path(tmp) / "personal.safetensors",
-                                                   training=recipe, seed=recipe.seed))
+        result = personalize(
+            PersonalizationConfig(
+                data_dir=folder, out=Path(tmp) / "personal.safetensors", training=recipe, seed=recipe.seed
+            )
+        )
         seconds = time.perf_counter() - start
         exported = export_accuracy(result.out, folder, result.recipe.max_length) if int8 else {}
-    return {"accuracy": result.after.accuracy, "train_seconds": result.recipe.training.seconds,
-            "wall_seconds": seconds, "bytes": result.num_bytes, "max_length": result.recipe.max_length,
-            "validation": {"measure": result.recipe.measure, "start": result.recipe.start_score,
-                           "best": result.recipe.best_score, "start_accuracy": result.recipe.start_accuracy,
-                           "kept_accuracy": result.recipe.kept_accuracy,
-                           "history": result.recipe.history, "improved": result.recipe.improved,
-                           "held_back": result.recipe.held_back,
-                           "lam": result.recipe.lam, "lam_scores": result.recipe.lam_scores},
-            "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy,
-            **parts_fields(result), **exported}
+    return {
+        "accuracy": result.after.accuracy,
+        "train_seconds": result.recipe.training.seconds,
+        "wall_seconds": seconds,
+        "bytes": result.num_bytes,
+        "max_length": result.recipe.max_length,
+        "validation": {
+            "measure": result.recipe.measure,
+            "start": result.recipe.start_score,
+            "best": result.recipe.best_score,
+            "start_accuracy": result.recipe.start_accuracy,
+            "kept_accuracy": result.recipe.kept_accuracy,
+            "history": result.recipe.history,
+            "improved": result.recipe.improved,
+            "held_back": result.recipe.held_back,
+            "lam": result.recipe.lam,
+            "lam_scores": result.recipe.lam_scores,
+        },
+        "frozen_same_run": result.baselines["frozen features + logistic regression"].accuracy,
+        **parts_fields(result),
+        **exported,
+    }
 
 
 def export_accuracy(adapter: Path, folder: Path, max_length: int) -> dict:
     """onnxruntime accuracy on the test split of the merged fp32 export and its int8 quantization."""
     from client.onnx.job import ExportConfig, run_export
 
-    report = run_export(ExportConfig(adapter=adapter, out=adapter.parent / "export" / "model.onnx", quantize="int8",
-                                     data_dir=folder, max_length=max_length, repeats=1))
+    report = run_export(
+        ExportConfig(
+            adapter=adapter,
+            out=adapter.parent / "export" / "model.onnx",
+            quantize="int8",
+            data_dir=folder,
+            max_length=max_length,
+            repeats=1,
+        )
+    )
     return {"onnx_accuracy": report.accuracy}
 
 
@@ -157,12 +185,19 @@ def parts_fields(result) -> dict:
     choice = result.parts
     if choice is None:
         return {}
-    return {"encoder_accuracy": result.after_encoder.accuracy, "lexical_mix": choice.mix,
-            "lexical_wordpieces": choice.vocabulary, "lexical_only_val_accuracy": choice.lexical_only_accuracy,
-            "mix_scores": {str(m): list(v) for m, v in choice.scores.items()},
-            "temperature": choice.parts.temperature, "calibration": result.calibration,
-            "val_nll": list(choice.val_nll), "val_ece": list(choice.val_ece),
-            "encoder_bytes": result.encoder_bytes, "parts_bytes": result.num_bytes - result.encoder_bytes}
+    return {
+        "encoder_accuracy": result.after_encoder.accuracy,
+        "lexical_mix": choice.mix,
+        "lexical_wordpieces": choice.vocabulary,
+        "lexical_only_val_accuracy": choice.lexical_only_accuracy,
+        "mix_scores": {str(m): list(v) for m, v in choice.scores.items()},
+        "temperature": choice.parts.temperature,
+        "calibration": result.calibration,
+        "val_nll": list(choice.val_nll),
+        "val_ece": list(choice.val_ece),
+        "encoder_bytes": result.encoder_bytes,
+        "parts_bytes": result.num_bytes - result.encoder_bytes,
+    }
 
 
 def run_tfidf(split: Split) -> dict:
@@ -199,8 +234,13 @@ def run_method(method: str, folder: Path, split: Split, recipe: PersonalTraining
 def seeds_row(runs: list[dict], seeds: list[int]) -> dict:
     """One row from one run per seed: mean accuracy and training seconds, the runs kept."""
     accuracies = [run["accuracy"] for run in runs]
-    row = {"accuracy": statistics.fmean(accuracies), "accuracies": accuracies, "seeds": seeds,
-           "train_seconds": statistics.fmean(run["train_seconds"] for run in runs), "runs": runs}
+    row = {
+        "accuracy": statistics.fmean(accuracies),
+        "accuracies": accuracies,
+        "seeds": seeds,
+        "train_seconds": statistics.fmean(run["train_seconds"] for run in runs),
+        "runs": runs,
+    }
     if all("bytes" in run for run in runs):
         row["bytes"] = max(run["bytes"] for run in runs)
     return row
@@ -219,24 +259,39 @@ def _machine_text(machine) -> str:
 
 def markdown(report: dict) -> str:
     seeds = report.get("seeds", [0])
-    lines = ["# Small real folders: `client.run` defaults vs the alternatives\n",
-             f"`{report['command']}` — {report['date']}, {_machine_text(report['machine'])}, "
-             f"load before {report['load_before']}\n",
-             *([f"Mean of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}: validation split, initialization, "
+    lines = [
+        "# Small real folders: `client.run` defaults vs the alternatives\n",
+        f"`{report['command']}` — {report['date']}, {_machine_text(report['machine'])}, "
+        f"load before {report['load_before']}\n",
+        *(
+            [
+                f"Mean of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}: validation split, initialization, "
                 "batch order; the test split is the folder's), lowest–highest in brackets; training seconds "
-                "per run.\n"] if len(seeds) > 1 else []),
-             "| folder | examples (train/test) | labels | method | accuracy | train s | bytes |",
-             "|---|---|---:|---|---:|---:|---:|"]
+                "per run.\n"
+            ]
+            if len(seeds) > 1
+            else []
+        ),
+        "| folder | examples (train/test) | labels | method | accuracy | train s | bytes |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
     for folder, entry in report["folders"].items():
         for method, row in entry["methods"].items():
             bytes_ = f"{row['bytes']:,}" if "bytes" in row else "—"
-            lines.append(f"| {folder}{' (tuning)' if folder in TUNING else ' (held out)'} | "
-                         f"{entry['train']}/{entry['test']} | {entry['labels']} | {method} | "
-                         f"{accuracy_cell(row)} | {row['train_seconds']:.1f} | {bytes_} |")
-    lines += ["", "Goals, per folder (from the numbers above): the `client.run` default (loraxs) against "
-              "frozen embeddings + logistic regression (must beat), PEFT LoRA r=8 (within 2 points) and "
-              "TF-IDF + logistic regression (beat on most folders).", "",
-              "| folder | vs frozen | vs LoRA r=8 | vs TF-IDF |", "|---|---|---|---|"]
+            lines.append(
+                f"| {folder}{' (tuning)' if folder in TUNING else ' (held out)'} | "
+                f"{entry['train']}/{entry['test']} | {entry['labels']} | {method} | "
+                f"{accuracy_cell(row)} | {row['train_seconds']:.1f} | {bytes_} |"
+            )
+    lines += [
+        "",
+        "Goals, per folder (from the numbers above): the `client.run` default (loraxs) against "
+        "frozen embeddings + logistic regression (must beat), PEFT LoRA r=8 (within 2 points) and "
+        "TF-IDF + logistic regression (beat on most folders).",
+        "",
+        "| folder | vs frozen | vs LoRA r=8 | vs TF-IDF |",
+        "|---|---|---|---|",
+    ]
     for folder, entry in report["folders"].items():
         rows = entry["methods"]
         if "loraxs" not in rows:
@@ -247,8 +302,11 @@ def markdown(report: dict) -> str:
             if other not in rows:
                 return "—"
             gap = ours - rows[other]["accuracy"]
-            word = ("within 2 pts" if goal_met(gap, margin) else "missed") if margin else (
-                "beaten" if goal_met(gap) else "tied" if gap >= -SAME else "not beaten")
+            word = (
+                ("within 2 pts" if goal_met(gap, margin) else "missed")
+                if margin
+                else ("beaten" if goal_met(gap) else "tied" if gap >= -SAME else "not beaten")
+            )
             return f"{round(100 * gap, 1) + 0.0:+.1f} pts, {word}"  # + 0.0: no "-0.0"
 
         lines.append(f"| {folder} | {versus('frozen')} | {versus('lora', 0.02)} | {versus('tfidf')} |")
@@ -262,14 +320,20 @@ def goal_met(gap: float, margin: float | None = None) -> bool:
     return gap >= -margin - SAME if margin else gap > SAME
 
 
-GOALS = (("frozen", "beats frozen embeddings + LR", None), ("lora", "within 2 points of PEFT LoRA r=8", 0.02),
-         ("tfidf", "beats TF-IDF + LR", None))
+GOALS = (
+    ("frozen", "beats frozen embeddings + LR", None),
+    ("lora", "within 2 points of PEFT LoRA r=8", 0.02),
+    ("tfidf", "beats TF-IDF + LR", None),
+)
 
 
 def _goal_pairs(report: dict, other: str) -> list[tuple[str, float]]:
     """(folder, LoRA-XS accuracy minus `other`'s) for every folder with both rows."""
-    return [(name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
-            for name, e in report["folders"].items() if {"loraxs", other} <= set(e["methods"])]
+    return [
+        (name, e["methods"]["loraxs"]["accuracy"] - e["methods"][other]["accuracy"])
+        for name, e in report["folders"].items()
+        if {"loraxs", other} <= set(e["methods"])
+    ]
 
 
 def goal_counts(report: dict) -> list[str]:
@@ -279,8 +343,10 @@ def goal_counts(report: dict) -> list[str]:
         pairs = _goal_pairs(report, other)
         if pairs:
             met = [name for name, gap in pairs if goal_met(gap, margin)]
-            out.append(f"- {label}: {len(met)} of {len(pairs)} folders"
-                       + (f" (not: {', '.join(n for n, _ in pairs if n not in met)})" if len(met) < len(pairs) else ""))
+            out.append(
+                f"- {label}: {len(met)} of {len(pairs)} folders"
+                + (f" (not: {', '.join(n for n, _ in pairs if n not in met)})" if len(met) < len(pairs) else "")
+            )
     return out
 
 
@@ -291,8 +357,14 @@ def goals(report: dict) -> list[dict]:
         pairs = _goal_pairs(report, other)
         if pairs:
             missed = [name for name, gap in pairs if not goal_met(gap, margin)]
-            out.append(goal(f"client.run {label}, on every folder", f"{len(pairs) - len(missed)} of {len(pairs)} folders",
-                            not missed, f"not on {', '.join(missed)}" if missed else ""))
+            out.append(
+                goal(
+                    f"client.run {label}, on every folder",
+                    f"{len(pairs) - len(missed)} of {len(pairs)} folders",
+                    not missed,
+                    f"not on {', '.join(missed)}" if missed else "",
+                )
+            )
     return out
 
 
@@ -304,22 +376,42 @@ def main(argv: list[str] | None = None) -> None:
         speed([a for a in argv if a != "--speed"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folders", nargs="+", default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet",
-                                                         "maintainers", "stdlib"])
+    parser.add_argument(
+        "--folders",
+        nargs="+",
+        default=["debates", "debian", "convention", "manpages", "docstrings", "hamlet", "maintainers", "stdlib"],
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--finetune-folders", nargs="+", default=None, metavar="FOLDER",
-                        help="run lora and full only on these folders (default: every folder); fine-tuning "
-                             "a 110 MB model on the long-text folders takes most of an hour on 2 cores")
+    parser.add_argument(
+        "--finetune-folders",
+        nargs="+",
+        default=None,
+        metavar="FOLDER",
+        help="run lora and full only on these folders (default: every folder); fine-tuning "
+        "a 110 MB model on the long-text folders takes most of an hour on 2 cores",
+    )
     parser.add_argument("--data-root", type=Path, default=user_cache_dir() / "small_folders")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", default="small_data", help="result file name: <out>/<name>.json and .md")
-    parser.add_argument("--select-on", choices=("loss", "accuracy"), default=PersonalTrainingConfig().select_on,
-                        help="the recipe's validation measure (default: client.run's)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
-                        help="one run per seed (validation split, initialization, batch order; the test split "
-                             "is the folder's): accuracy is the mean, with every seed's in the JSON")
-    parser.add_argument("--int8", action="store_true",
-                        help="loraxs, first seed: also export to ONNX (fp32 and int8) and measure both on the test split")
+    parser.add_argument(
+        "--select-on",
+        choices=("loss", "accuracy"),
+        default=PersonalTrainingConfig().select_on,
+        help="the recipe's validation measure (default: client.run's)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="one run per seed (validation split, initialization, batch order; the test split "
+        "is the folder's): accuracy is the mean, with every seed's in the JSON",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="loraxs, first seed: also export to ONNX (fp32 and int8) and measure both on the test split",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args(argv)
     if args.render:
@@ -331,14 +423,27 @@ def main(argv: list[str] | None = None) -> None:
     folders = build_folders(args.data_root)
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     machine = machine_now()
-    report = {"command": command_line("benchmarks.small_data", argv), "date": machine["date"], "machine": machine,
-              "load_before": machine["load_average_before"], "seeds": args.seeds, "folders": {}}
+    report = {
+        "command": command_line("benchmarks.small_data", argv),
+        "date": machine["date"],
+        "machine": machine,
+        "load_before": machine["load_average_before"],
+        "seeds": args.seeds,
+        "folders": {},
+    }
     recipes = {seed: PersonalTrainingConfig(select_on=args.select_on, seed=seed) for seed in args.seeds}
-    splits = {(name, seed): Split(folders[name], recipes[seed], tokenizer) for name in args.folders for seed in args.seeds}
+    splits = {
+        (name, seed): Split(folders[name], recipes[seed], tokenizer) for name in args.folders for seed in args.seeds
+    }
     for name in args.folders:
         split = splits[name, args.seeds[0]]
-        report["folders"][name] = {"train": len(split.splits.train), "test": len(split.splits.test),
-                                   "labels": split.num_labels, "max_length": split.max_length, "methods": {}}
+        report["folders"][name] = {
+            "train": len(split.splits.train),
+            "test": len(split.splits.test),
+            "labels": split.num_labels,
+            "max_length": split.max_length,
+            "methods": {},
+        }
     # method by method, the quick ones first, the report rewritten after every row
     for method in sorted(args.methods, key=RUN_ORDER.index):
         for name in args.folders:
@@ -347,8 +452,11 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for seed in args.seeds:
                 torch.manual_seed(seed)
-                runs.append(run_method(method, folders[name], splits[name, seed], recipes[seed],
-                                       args.int8 and seed == args.seeds[0]))
+                runs.append(
+                    run_method(
+                        method, folders[name], splits[name, seed], recipes[seed], args.int8 and seed == args.seeds[0]
+                    )
+                )
             row = runs[0] if len(runs) == 1 else seeds_row(runs, args.seeds)
             methods = report["folders"][name]["methods"]
             methods[method] = row

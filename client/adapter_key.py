@@ -14,18 +14,32 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, is_encrypted, key_from_file, passphrase_from_env, passphrase_from_prompt
+from shared.crypto.at_rest import (
+    PASSPHRASE_ENV,
+    KeySource,
+    is_encrypted,
+    key_from_file,
+    passphrase_from_env,
+    passphrase_from_prompt,
+)
 from shared.errors import LoraXSError
 
 
 def add_key_flags(parser: argparse.ArgumentParser, encrypt: bool) -> None:
     group = parser.add_argument_group("personal adapters encrypted at rest")
     if encrypt:
-        group.add_argument("--encrypt-at-rest", action="store_true", default=None,
-                           help="write the personal adapter encrypted (AES-256-GCM over the whole file)")
-    group.add_argument("--key-file", metavar="FILE",
-                       help=f"key file for encrypted adapters: 64 hex characters, mode 0600 (default: passphrase "
-                            f"from {PASSPHRASE_ENV} or a prompt)")
+        group.add_argument(
+            "--encrypt-at-rest",
+            action="store_true",
+            default=None,
+            help="write the personal adapter encrypted (AES-256-GCM over the whole file)",
+        )
+    group.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help=f"key file for encrypted adapters: 64 hex characters, mode 0600 (default: passphrase "
+        f"from {PASSPHRASE_ENV} or a prompt)",
+    )
 
 
 def key_source(args: argparse.Namespace, read: Path | None = None) -> KeySource | None:
@@ -34,10 +48,14 @@ def key_source(args: argparse.Namespace, read: Path | None = None) -> KeySource 
     needed = encrypt or (read is not None and Path(read).is_file() and is_encrypted(read))
     if not needed:
         if args.key_file:
-            raise LoraXSError("--key-file is only for encrypted adapters (--encrypt-at-rest, or an encrypted --adapter)")
+            raise LoraXSError(
+                "--key-file is only for encrypted adapters (--encrypt-at-rest, or an encrypted --adapter)"
+            )
         if read is not None and passphrase_from_env() is not None:
-            raise LoraXSError(f"{read} is not encrypted, but a key is given ({PASSPHRASE_ENV}): refusing a plaintext "
-                              f"adapter (it may have been swapped in); unset {PASSPHRASE_ENV} to read it")
+            raise LoraXSError(
+                f"{read} is not encrypted, but a key is given ({PASSPHRASE_ENV}): refusing a plaintext "
+                f"adapter (it may have been swapped in); unset {PASSPHRASE_ENV} to read it"
+            )
         return None
     if args.key_file:
         return key_from_file(args.key_file)

@@ -18,8 +18,9 @@ from shared.federation.protocol import DERIVED, MISMATCH
 from shared.federation.run_config import FederationConfig
 
 
-def derive_announced_factors(message_config, config: FederationConfig, state: NodeState,
-                             fingerprint: str) -> str | None:
+def derive_announced_factors(
+    message_config, config: FederationConfig, state: NodeState, fingerprint: str
+) -> str | None:
     """None: no recipe came, or the node already holds the factors. DERIVED: derived, matched,
     stored. MISMATCH: the recipe is not this node's run config's (a message never makes a device
     load another model), or the derived factors have another fingerprint."""

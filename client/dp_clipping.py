@@ -24,8 +24,11 @@ class _NothingToClip(Exception):
 
 def client_clipping_mod(msg: Message, context: Context, call_next) -> Message:
     content = msg.content
-    if (msg.metadata.message_type != MessageType.TRAIN or CONFIG not in content
-            or KEY_CLIPPING_NORM not in content[CONFIG]):
+    if (
+        msg.metadata.message_type != MessageType.TRAIN
+        or CONFIG not in content
+        or KEY_CLIPPING_NORM not in content[CONFIG]
+    ):
         return call_next(msg, context)
     basis = content[BASIS] if BASIS in content else None
     if basis is not None:

@@ -14,8 +14,8 @@ from typing import Protocol
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
-from shared.artifacts.cache import STATE_FOLDER, find_cached_basis, state_basis_dir, store_basis
 from shared.artifacts.adapter_file import AdapterMeta, load_adapter, save_adapter
+from shared.artifacts.cache import STATE_FOLDER, find_cached_basis, state_basis_dir, store_basis
 from shared.errors import LoraXSError
 from shared.federation.protocol import pack_basis, tensors_from_record, unpack_basis
 from shared.loraxs.basis import Basis
@@ -72,9 +72,7 @@ class ContextState:
         return tensors_from_record(self.records[PERSONAL_RECORD]), int(info["round"])
 
     def store_personal_adapter(self, state, meta: AdapterMeta) -> None:
-        self.records[PERSONAL_RECORD] = ArrayRecord(
-            {k: Array(v.detach().cpu().numpy()) for k, v in state.items()}
-        )
+        self.records[PERSONAL_RECORD] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})
         self.records[PERSONAL_INFO] = ConfigRecord(
             {"fingerprint": meta.basis_fingerprint, "round": int(meta.extra.get("round", "0"))}
         )
@@ -111,7 +109,7 @@ class DiskState:
                 return None
             state, meta = load_adapter(self.personal_path)
             round_ = int(meta.extra.get("round", "0"))
-        except Exception:  # noqa: BLE001 - a damaged personal adapter is re-derived, never trusted
+        except Exception:
             return None
         if meta.basis_fingerprint != fingerprint:
             return None

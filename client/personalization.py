@@ -10,7 +10,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, adapter_to_bytes, save_adapter
 from shared.artifacts.blob import check_output_file
 from shared.artifacts.cache import basis_cache_dirs, store_basis_somewhere
@@ -21,21 +20,35 @@ from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.data.local_folder import infer_task, load_local_folder
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
-from shared.loraxs.config import LoraXSConfig
 from shared.linear_probe import linear_head
+from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 from shared.output_parts import OutputParts, parts_meta
 from shared.personal_output import parts_state
 from shared.personal_parts import PartsChoice, choose_parts, held_out
 from shared.personal_training import (
-    PersonalTrainingConfig, PersonalTrainingResult, choose_max_length, personal_training,
+    PersonalTrainingConfig,
+    PersonalTrainingResult,
+    choose_max_length,
+    personal_training,
 )
 from shared.recipe.recipe import RecipeResult
 from shared.training import EvalResult, evaluate
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # in the data folder itself (public: docs, tests)
-ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet",
-                       "deberta", "deberta-v2", "camembert", "modernbert"}  # no causal-lm training
+ENCODER_MODEL_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "mpnet",
+    "deberta",
+    "deberta-v2",
+    "camembert",
+    "modernbert",
+}  # no causal-lm training
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,11 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     deadline = began + config.training.time_budget if config.training.time_budget else None
     out = config.out_path
     check_output_file(out, config.force)
-    start = read_adapter(config.adapter, config.model, config.rank, config.task,
-                         config.key_source) if config.adapter else None
+    start = (
+        read_adapter(config.adapter, config.model, config.rank, config.task, config.key_source)
+        if config.adapter
+        else None
+    )
     task = start.meta.task if start else config.task or infer_task(config.data_dir)
     splits = load_local_folder(config.data_dir, task=task, seed=config.seed)
     if start:
@@ -118,33 +134,53 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     if start and config.rank and config.rank < start.meta.rank:  # mixed ranks: train the top-left block
         start, nested = nested_adapter(start, config.rank, config.basis_file, config.data_dir)
     opened = open_adapter(
-        start, base_model=config.model, task=task, labels=splits.labels,
-        lora=LoraXSConfig(rank=config.rank) if config.rank else None, basis=nested,
-        basis_file=config.basis_file, data_dir=config.data_dir, seed=config.seed,
+        start,
+        base_model=config.model,
+        task=task,
+        labels=splits.labels,
+        lora=LoraXSConfig(rank=config.rank) if config.rank else None,
+        basis=nested,
+        basis_file=config.basis_file,
+        data_dir=config.data_dir,
+        seed=config.seed,
     )
     model, basis, lora, labels = opened.model, opened.basis, opened.lora, opened.labels
     model_id = canonical_model_id(start.meta.base_model if start else config.model)
     if task == "causal-lm" and model.config.model_type in ENCODER_MODEL_TYPES:
-        raise LoraXSError(f"{model_id} is an encoder ({model.config.model_type}) model and cannot be trained as a "
-                          f"causal LM (the task of a folder of *.txt files); use *.jsonl / *.csv with labels, "
-                          "or --model with a causal LM")
+        raise LoraXSError(
+            f"{model_id} is an encoder ({model.config.model_type}) model and cannot be trained as a "
+            f"causal LM (the task of a folder of *.txt files); use *.jsonl / *.csv with labels, "
+            "or --model with a causal LM"
+        )
     store_basis_somewhere(basis_cache_dirs(config.data_dir), basis, model_id)  # a read-only folder: user cache
 
     tokenizer = load_tokenizer(model_id)
     start_name = "the given adapter" if config.adapter else "scratch"
-    test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)  # noqa: E731
+    test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)
     choice = calibration = None
     if task == "seq-cls" and linear_head(model) is not None:  # the numpy recipe reports on the test split itself
-        recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
-                                   progress=config.progress, test_set=splits.test, deadline=deadline)
+        recipe = personal_training(
+            model,
+            splits.train,
+            tokenizer,
+            task,
+            config.training,
+            device,
+            start=start_name,
+            progress=config.progress,
+            test_set=splits.test,
+            deadline=deadline,
+        )
         before, after = recipe.before, recipe.after
         baselines = {"frozen features + logistic regression": recipe.frozen_test}
         choice = _choose_parts(config, recipe, set(tokenizer.all_special_ids))
     else:
-        before = evaluate(model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)),
-                          device)
-        recipe = personal_training(model, splits.train, tokenizer, task, config.training, device, start=start_name,
-                                   progress=config.progress)
+        before = evaluate(
+            model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)), device
+        )
+        recipe = personal_training(
+            model, splits.train, tokenizer, task, config.training, device, start=start_name, progress=config.progress
+        )
         after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
     after_encoder = after
     parts = choice.parts if choice is not None else OutputParts()
@@ -157,20 +193,39 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         baselines["the given adapter"] = before
 
     meta = adapter_meta(
-        model_id, task, lora, basis, labels, kind="personal",
+        model_id,
+        task,
+        lora,
+        basis,
+        labels,
+        kind="personal",
         started_from=config.adapter.name if config.adapter else "scratch",
-        train_examples=str(len(splits.train)), max_length=str(recipe.max_length),
-        **parts_meta(parts), **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
+        train_examples=str(len(splits.train)),
+        max_length=str(recipe.max_length),
+        **parts_meta(parts),
+        **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
     )
     check_output_file(out, config.force)  # it may have appeared while training
     state = adapter_state(model) | parts_state(parts)
-    plain = replace(meta, extra={k: v for k, v in meta.extra.items() if k not in ("lexical_ids", "lexical_mix", "temperature")})
+    plain = replace(
+        meta, extra={k: v for k, v in meta.extra.items() if k not in ("lexical_ids", "lexical_mix", "temperature")}
+    )
     encoder_bytes = len(adapter_to_bytes(adapter_state(model), plain))
     num_bytes = save_adapter(out, state, meta, config.key_source if config.encrypt_at_rest else None)
     return PersonalizationResult(
-        out=out, num_bytes=num_bytes, before=before, after=after, baselines=baselines, recipe=recipe,
-        meta=meta, factors_source=opened.factors_source, num_train=len(splits.train),
-        after_encoder=after_encoder, parts=choice, calibration=calibration, encoder_bytes=encoder_bytes,
+        out=out,
+        num_bytes=num_bytes,
+        before=before,
+        after=after,
+        baselines=baselines,
+        recipe=recipe,
+        meta=meta,
+        factors_source=opened.factors_source,
+        num_train=len(splits.train),
+        after_encoder=after_encoder,
+        parts=choice,
+        calibration=calibration,
+        encoder_bytes=encoder_bytes,
     )
 
 
@@ -178,5 +233,12 @@ def _choose_parts(config: PersonalizationConfig, recipe: RecipeResult, special_i
     """The lexical part and temperature on the recipe's own fit / validation split."""
     if not (config.lexical or config.calibrate):
         return None
-    return choose_parts(recipe.views, recipe.params["head_weight"], recipe.params["head_bias"], recipe.head_l2,
-                        special_ids, config.lexical, config.calibrate)
+    return choose_parts(
+        recipe.views,
+        recipe.params["head_weight"],
+        recipe.params["head_bias"],
+        recipe.head_l2,
+        special_ids,
+        config.lexical,
+        config.calibrate,
+    )

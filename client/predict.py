@@ -65,17 +65,23 @@ def open_model_folder(path: str | Path) -> ModelFolder:
     found = sorted(folder.glob(DESCRIPTION_GLOB))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"
-        raise LoraXSError(f"{folder} holds {what} {DESCRIPTION_GLOB} export description(s); "
-                          "point --model-dir at one `python -m client.export` output folder")
+        raise LoraXSError(
+            f"{folder} holds {what} {DESCRIPTION_GLOB} export description(s); "
+            "point --model-dir at one `python -m client.export` output folder"
+        )
     text = read_untrusted_text(found[0], "export description", MAX_DESCRIPTION_BYTES)
     try:
         description = json.loads(text)
     except (ValueError, RecursionError) as err:
         raise LoraXSError(f"cannot read {found[0]}: {str(err)[:200]}") from None
-    if isinstance(description, dict) and description.get("format") == "loraxs-onnx-export" \
-            and description.get("task") != "seq-cls":
-        raise LoraXSError(f"{folder} holds a {str(description.get('task'))[:40]} export; "
-                          "client.predict classifies (seq-cls)")
+    if (
+        isinstance(description, dict)
+        and description.get("format") == "loraxs-onnx-export"
+        and description.get("task") != "seq-cls"
+    ):
+        raise LoraXSError(
+            f"{folder} holds a {str(description.get('task'))[:40]} export; client.predict classifies (seq-cls)"
+        )
     return ModelFolder(folder, check_description(description, str(found[0])))
 
 
@@ -87,7 +93,9 @@ def make_tokenizer(folder: ModelFolder):
     try:
         tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception on a broken file
-        raise LoraXSError(f"cannot read the tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}") from None
+        raise LoraXSError(
+            f"cannot read the tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}"
+        ) from None
     pad_token = "[PAD]"
     config = folder.path / "tokenizer_config.json"
     if config.exists():
@@ -104,8 +112,11 @@ def make_tokenizer(folder: ModelFolder):
 
 def encode(tokenizer, texts: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
     encodings = tokenizer.encode_batch(texts)
-    arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-              "token_type_ids": [e.type_ids for e in encodings]}
+    arrays = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
     return {name: np.array(arrays[name], dtype=np.int64) for name in input_names}  # each (B, T)
 
 
@@ -119,8 +130,9 @@ def check_threads(threads: int) -> int:
     of 100000 grows past gigabytes)."""
     cpus = os.cpu_count() or 1
     if not 0 <= threads <= cpus:
-        raise LoraXSError(f"--threads must be in [0, {cpus}] (0: onnxruntime's choice; this machine has "
-                          f"{cpus} CPUs), got {threads}")
+        raise LoraXSError(
+            f"--threads must be in [0, {cpus}] (0: onnxruntime's choice; this machine has {cpus} CPUs), got {threads}"
+        )
     return threads
 
 
@@ -141,7 +153,7 @@ def load_session(model: Path, threads: int):
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises InvalidProtobuf, Fail, ... on a bad file
+    except Exception as err:
         raise LoraXSError(f"cannot load the model {model}: {_first_line(err)}") from None
 
 
@@ -152,22 +164,27 @@ def check_session(session, folder: ModelFolder, model: Path, adapter: LoadedAdap
     description = folder.description
     taken = sorted(i.name for i in session.get_inputs())
     if taken != sorted(description["inputs"]):
-        raise LoraXSError(f"{model} takes the inputs {', '.join(taken)}, but the description names "
-                          f"{', '.join(sorted(description['inputs']))}")
+        raise LoraXSError(
+            f"{model} takes the inputs {', '.join(taken)}, but the description names "
+            f"{', '.join(sorted(description['inputs']))}"
+        )
     output = description["output"]["name"]
     outputs = {o.name: o.shape for o in session.get_outputs()}
     if output not in outputs:
         raise LoraXSError(f"{model} has no output {output!r}")
     width = outputs[output][-1] if outputs[output] else None
     if isinstance(width, int) and width != len(description["labels"]):
-        raise LoraXSError(f"{model} gives {width} logits, but the description names "
-                          f"{len(description['labels'])} labels")
+        raise LoraXSError(
+            f"{model} gives {width} logits, but the description names {len(description['labels'])} labels"
+        )
     if adapter is not None:
         overridable = {i.name for i in session.get_overridable_initializers()}
         missing = sorted(set(adapter.shapes) - overridable)
         if missing:
-            raise LoraXSError(f"{model} is not a base graph for adapters: it has no parameter {missing[0]} "
-                              "(export with --onnx-adapter)")
+            raise LoraXSError(
+                f"{model} is not a base graph for adapters: it has no parameter {missing[0]} "
+                "(export with --onnx-adapter)"
+            )
 
 
 class Classifier:
@@ -184,8 +201,11 @@ class Classifier:
             model = folder.model_file("adapter-base")
             own = description.get("onnx_adapter") or {}
             self.adapter = load_onnx_adapter(
-                adapter_path, description["adapter_inputs"], description["basis_fingerprint"],
-                sha256=own.get("sha256") if Path(adapter_path).name == own.get("file") else None)
+                adapter_path,
+                description["adapter_inputs"],
+                description["basis_fingerprint"],
+                sha256=own.get("sha256") if Path(adapter_path).name == own.get("file") else None,
+            )
         else:
             model = folder.model_file("int8" if int8 else "fp32")
         self.model = model
@@ -198,7 +218,7 @@ class Classifier:
     def __call__(self, texts: list[str]) -> list[tuple[str, float]]:
         results = []
         for start in range(0, len(texts), BATCH_SIZE):
-            feed = encode(self.tokenizer, texts[start:start + BATCH_SIZE], self.names)
+            feed = encode(self.tokenizer, texts[start : start + BATCH_SIZE], self.names)
             try:
                 if self.adapter is None:
                     logits = self.session.run([self.output], feed)[0]  # (B, C)
@@ -206,19 +226,22 @@ class Classifier:
                     logits = run_with_adapter(self.session, self.output, feed, self.adapter)
             except LoraXSError:
                 raise
-            except Exception as err:  # noqa: BLE001 - onnxruntime's own error types
+            except Exception as err:
                 raise LoraXSError(f"{self.model} cannot run this input: {_first_line(err)}") from None
             if logits.shape != (len(feed[self.names[0]]), len(self.labels)) or not np.isfinite(logits).all():
-                raise LoraXSError(f"{self.model} gave logits of shape {list(logits.shape)} (finite: "
-                                  f"{bool(np.isfinite(logits).all())}), not one finite logit per label "
-                                  f"({len(self.labels)})")
+                raise LoraXSError(
+                    f"{self.model} gave logits of shape {list(logits.shape)} (finite: "
+                    f"{bool(np.isfinite(logits).all())}), not one finite logit per label "
+                    f"({len(self.labels)})"
+                )
             scores = softmax(logits.astype(np.float64))
             results += [(self.labels[int(i)], float(scores[row, i])) for row, i in enumerate(scores.argmax(-1))]
         return results
 
 
-def predict(folder: ModelFolder, texts: list[str], adapter_path: str | None = None, int8: bool = False,
-            threads: int = 0) -> list[tuple[str, float]]:
+def predict(
+    folder: ModelFolder, texts: list[str], adapter_path: str | None = None, int8: bool = False, threads: int = 0
+) -> list[tuple[str, float]]:
     """-> (label, softmax score) per text."""
     return Classifier(folder, adapter_path, int8, threads)(texts)
 
@@ -230,8 +253,11 @@ def read_texts(args: argparse.Namespace) -> Iterator[str]:
         yield from args.texts
         return
     source = "stdin" if args.input == "-" else args.input
-    handle = sys.stdin.buffer if args.input == "-" else open_regular(Path(args.input).expanduser(), "--input",
-                                                                      MAX_INPUT_BYTES)
+    handle = (
+        sys.stdin.buffer
+        if args.input == "-"
+        else open_regular(Path(args.input).expanduser(), "--input", MAX_INPUT_BYTES)
+    )
     try:
         yield from (line for line in bounded_lines(handle, source, MAX_INPUT_BYTES, MAX_LINE_BYTES) if line.strip())
     finally:

@@ -1,15 +1,15 @@
 """What a node accepts of secure aggregation, whatever the server or a relay asks of it.
 
-  * It takes part only if its own configuration allows it: node config `secure-aggregation`
-    (`client.run --superlink ... --secure-aggregation`). Without that entry a simulated node (no
-    `data-dir`, no pinned key: the run config is the operator's own) follows the run config; a
-    deployed or pinned node refuses, since its run config came through the SuperLink. With
-    `secure-aggregation=true` the node also refuses to send a plain train update.
-  * Groups of at least its minimum: node config `secagg-min-clients`, default and at least
-    MIN_GROUP = 3 (with 2, each client reads the other's update off the global change); the same
-    minimum of survivors before it reveals any share.
-  * The setup must carry the server's signature (the signing key it pinned or trusted first), be
-    for this run and round, and for a round after any it already started (no replays).
+* It takes part only if its own configuration allows it: node config `secure-aggregation`
+  (`client.run --superlink ... --secure-aggregation`). Without that entry a simulated node (no
+  `data-dir`, no pinned key: the run config is the operator's own) follows the run config; a
+  deployed or pinned node refuses, since its run config came through the SuperLink. With
+  `secure-aggregation=true` the node also refuses to send a plain train update.
+* Groups of at least its minimum: node config `secagg-min-clients`, default and at least
+  MIN_GROUP = 3 (with 2, each client reads the other's update off the global change); the same
+  minimum of survivors before it reveals any share.
+* The setup must carry the server's signature (the signing key it pinned or trusted first), be
+  for this run and round, and for a round after any it already started (no replays).
 """
 
 from flwr.app import ConfigRecord, Context, Message
@@ -49,12 +49,16 @@ def min_clients(context: Context) -> int:
 def check_setup(msg: Message, context: Context, run_secure: bool, params: SecAggParams, fingerprint: str) -> bytes:
     """Returns the setup's digest (later stages are signed over it); SecAggError if refused."""
     if not allowed(context, run_secure):
-        raise SecAggError(f"this node's own configuration does not allow secure aggregation "
-                          f"(node config {ALLOW}=true): refusing the setup")
+        raise SecAggError(
+            f"this node's own configuration does not allow secure aggregation "
+            f"(node config {ALLOW}=true): refusing the setup"
+        )
     minimum = min_clients(context)
     if len(params.participants) < minimum:
-        raise SecAggError(f"a secure-aggregation group of {len(params.participants)} clients is below this "
-                          f"node's minimum of {minimum}: refusing the setup")
+        raise SecAggError(
+            f"a secure-aggregation group of {len(params.participants)} clients is below this "
+            f"node's minimum of {minimum}: refusing the setup"
+        )
     config = msg.content[CONFIG]
     if params.run_id != msg.metadata.run_id or params.server_round != int(config["server-round"]):
         raise SecAggError("the secure-aggregation setup belongs to another run or round")
@@ -63,8 +67,9 @@ def check_setup(msg: Message, context: Context, run_secure: bool, params: SecAgg
     check_statement(server_key(context), config.get(SETUP_SIGNATURE), SETUP, params, fingerprint, digest, entries)
     last = context.state.get(LAST_ROUND)
     if last is not None and last["run"] == str(params.run_id) and int(last["round"]) >= params.server_round:
-        raise SecAggError(f"a secure-aggregation setup for round {params.server_round}, which this node "
-                          "already started: a replay")
+        raise SecAggError(
+            f"a secure-aggregation setup for round {params.server_round}, which this node already started: a replay"
+        )
     context.state[LAST_ROUND] = ConfigRecord({"run": str(params.run_id), "round": params.server_round})
     return digest
 

@@ -33,16 +33,24 @@ from shared.federation.secure_messages import MASKED, MASKED_Y, SECAGG, WEIGHT, 
 STATE, DELTA = "loraxs.secagg", "loraxs.secagg-delta"  # context.state records
 
 
-def keys_reply(msg: Message, context: Context, params: SecAggParams, trained: ArrayRecord,
-               metrics: MetricRecord, fingerprint: str, setup_digest: bytes) -> RecordDict:
+def keys_reply(
+    msg: Message,
+    context: Context,
+    params: SecAggParams,
+    trained: ArrayRecord,
+    metrics: MetricRecord,
+    fingerprint: str,
+    setup_digest: bytes,
+) -> RecordDict:
     """Stage 1, after local training: the checked delta is kept; the reply holds the sealed keys."""
     x = delta_vector(trained, msg.content[ARRAYS])  # (d,) trained - global
     weight = min(int(metrics["num-examples"]), params.max_weight)
     if not np.isfinite(x).all():
         raise SecAggError("the local delta is not finite; this client sits the round out")
     if np.abs(x).max() * weight / params.max_weight > params.clipping_range:
-        raise SecAggError("the local delta exceeds the secure-aggregation clipping range; "
-                          "this client sits the round out")
+        raise SecAggError(
+            "the local delta exceeds the secure-aggregation clipping range; this client sits the round out"
+        )
     client = SecAggClient(params, context.node_id)
     stored = {"weight": weight, "fingerprint": fingerprint, "setup": setup_digest.hex()}
     sealed = _sealed(context, client, stored, secure_auth.KEYS, {SECAGG: ConfigRecord(client.keys())})
@@ -73,8 +81,10 @@ def unmask(msg: Message, context: Context) -> Message:
         request = _record(msg)
         request = {k: [int(n) for n in request.get(k, [])] for k in ("survivors", "dropped")}
         if len(request["survivors"]) < min_clients(context):
-            raise SecAggError(f"{len(request['survivors'])} survivors, below this node's minimum of "
-                              f"{min_clients(context)}: no share revealed")
+            raise SecAggError(
+                f"{len(request['survivors'])} survivors, below this node's minimum of "
+                f"{min_clients(context)}: no share revealed"
+            )
         return {SECAGG: ConfigRecord(client.reveal(request))}
 
     reply = _stage(msg, context, secure_auth.UNMASK, work)
@@ -94,8 +104,16 @@ def _stage(msg: Message, context: Context, stage: str, work, signed_extra: tuple
             raise SecAggError("the stage message belongs to another round")
         signed = {**_record(msg), **{k: config[k] for k in signed_extra}}
         recipient = context.node_id if stage == secure_auth.MASKED else 0
-        secure_auth.check_statement(server_key(context), config.get(secure_auth.SIGNATURE), stage, params,
-                                    stored["fingerprint"], bytes.fromhex(stored["setup"]), signed, recipient=recipient)
+        secure_auth.check_statement(
+            server_key(context),
+            config.get(secure_auth.SIGNATURE),
+            stage,
+            params,
+            stored["fingerprint"],
+            bytes.fromhex(stored["setup"]),
+            signed,
+            recipient=recipient,
+        )
         sealed = _sealed(context, client, stored, stage, work(client, stored))
         _save(context, client, stored)
         return Message(RecordDict({SEALED: sealed}), reply_to=msg)
@@ -108,8 +126,9 @@ def _sealed(context: Context, client: SecAggClient, stored: dict, stage: str, re
     key = server_key(context)
     if key is None:
         raise SecAggError("this node has no server key to seal its secure-aggregation replies to")
-    seal_context = SealContext(client.params.run_id, client.params.server_round, context.node_id,
-                               stored["fingerprint"], stage)
+    seal_context = SealContext(
+        client.params.run_id, client.params.server_round, context.node_id, stored["fingerprint"], stage
+    )
     return secure_auth.seal_stage(records, key, seal_context)
 
 

@@ -37,16 +37,20 @@ def remember_server_key(context: Context, raw: object, signing: object = None) -
     if pinned is not None:
         signing_differs = None not in (pinned.signing, key.signing) and pinned.signing != key.signing
         if pinned.raw != key.raw or signing_differs:  # an older pin (no signing key) checks the HPKE key only
-            raise LoraXSError(f"the server key {key.fingerprint[:16]} differs from the pinned key "
-                              f"{pinned.fingerprint[:16]}: refusing to work for this server")
+            raise LoraXSError(
+                f"the server key {key.fingerprint[:16]} differs from the pinned key "
+                f"{pinned.fingerprint[:16]}: refusing to work for this server"
+            )
         return
     stored = _stored_key(context)
     if stored is None:
         _store(context, key)
     elif stored != key:
-        raise LoraXSError(f"the server key {key.fingerprint[:16]} differs from the key {stored.fingerprint[:16]} this "
-                          f"node trusted first ({_where(context)}): refusing; delete it, or pin the new key with "
-                          "--server-key, to trust another server")
+        raise LoraXSError(
+            f"the server key {key.fingerprint[:16]} differs from the key {stored.fingerprint[:16]} this "
+            f"node trusted first ({_where(context)}): refusing; delete it, or pin the new key with "
+            "--server-key, to trust another server"
+        )
 
 
 def server_key(context: Context) -> ServerPublicKey | None:
@@ -77,8 +81,9 @@ def _where(context: Context) -> str:
     return str(Path(str(data_dir)) / STATE_FOLDER / STORED_FILE) if data_dir else "in this run's node state"
 
 
-def seal_train_reply(content: RecordDict, msg: Message, context: Context, encrypt: bool,
-                     fingerprint: str, server_round: int) -> RecordDict:
+def seal_train_reply(
+    content: RecordDict, msg: Message, context: Context, encrypt: bool, fingerprint: str, server_round: int
+) -> RecordDict:
     """`content` with its "arrays" sealed when `encrypt` or a key is pinned; else as it is."""
     if ARRAYS not in content or not (encrypt or context.node_config.get(PINNED)):
         return content

@@ -35,9 +35,15 @@ def cached_model(
     if key not in _models:
         if len(_models) >= MAX_MODELS:
             _models.pop(next(iter(_models)))
-        _models[key] = open_adapter(None, base_model=model_id, task=task, lora=lora,
-                                    labels=list(labels) if labels else None, basis=load_basis(),
-                                    fingerprint=fingerprint if verify else None).model
+        _models[key] = open_adapter(
+            None,
+            base_model=model_id,
+            task=task,
+            lora=lora,
+            labels=list(labels) if labels else None,
+            basis=load_basis(),
+            fingerprint=fingerprint if verify else None,
+        ).model
     return _models[key]
 
 

@@ -75,11 +75,13 @@ def _certificate(subject: str, public_key, issuer: str, signing_key, is_ca: bool
     )
     if not is_ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-                x509.DNSName("localhost"),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
             critical=False,
         )
     return builder.sign(signing_key, hashes.SHA256())
@@ -111,9 +113,9 @@ def make_certificates(out_dir: str | Path, num_supernodes: int = 2, force: bool 
         files[key_path] = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
-        files[Path(f"{key_path}.pub")] = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        ) + b"\n"
+        files[Path(f"{key_path}.pub")] = (
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+        )
     for path, data in files.items():
         path.write_bytes(data)
         if path.suffix == ".key":

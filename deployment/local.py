@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployment.process_tree import FLOWER_ENV, ProcessTree, flower_command, flower_env, free_port, wait_for_port
-from deployment.supernode import SuperNodeConfig, check_data_folder, start_supernode
 from deployment.certificates import CertificatePaths, certificate_paths, make_certificates
 from deployment.connection import write_flwr_config
+from deployment.process_tree import FLOWER_ENV, ProcessTree, flower_command, flower_env, free_port, wait_for_port
+from deployment.supernode import SuperNodeConfig, check_data_folder, start_supernode
 from shared.cli import run_cli
 from shared.errors import LoraXSError
 
@@ -115,12 +115,16 @@ class LocalDeployment:
             self.certificates = self._certificates()
         self.port = free_port(HOST)
         self.superlink = ProcessTree(
-            self._superlink_command(), flower_env(config.workdir / "superlink-home"),
-            log=config.workdir / "superlink.log", cwd=config.workdir,
+            self._superlink_command(),
+            flower_env(config.workdir / "superlink-home"),
+            log=config.workdir / "superlink.log",
+            cwd=config.workdir,
         )
         wait_for_port(HOST, self.port, self.superlink, START_TIMEOUT_S, "flower-superlink")
         write_flwr_config(
-            self.flwr_home, config.connection, self.address,
+            self.flwr_home,
+            config.connection,
+            self.address,
             self.certificates.ca_cert if config.tls else None,
         )
         if config.auth:
@@ -135,10 +139,13 @@ class LocalDeployment:
                 insecure=not config.tls,
                 secure_aggregation=config.secure_aggregation,
             )
-            self.supernodes.append(start_supernode(
-                node, log=config.workdir / f"supernode-{i}.log",
-                flwr_home=config.workdir / f"supernode-{i}-home",
-            ))
+            self.supernodes.append(
+                start_supernode(
+                    node,
+                    log=config.workdir / f"supernode-{i}.log",
+                    flwr_home=config.workdir / f"supernode-{i}-home",
+                )
+            )
 
     def _certificates(self) -> CertificatePaths:
         """The workdir's certificates when complete, fresh ones when there are none."""
@@ -156,14 +163,25 @@ class LocalDeployment:
 
     def _superlink_command(self) -> list[str]:
         command = [
-            flower_command("flower-superlink"), "--host", HOST, "--port", str(self.port),
-            "--database", str(self.config.workdir / "superlink.db"),
+            flower_command("flower-superlink"),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.config.workdir / "superlink.db"),
             "--disable-runtime-dependency-installation",
         ]
         if self.config.tls:
             certs = self.certificates
-            command += ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
-                        "--ssl-keyfile", str(certs.server_key)]
+            command += [
+                "--ssl-ca-certfile",
+                str(certs.ca_cert),
+                "--ssl-certfile",
+                str(certs.server_cert),
+                "--ssl-keyfile",
+                str(certs.server_key),
+            ]
         else:
             command.append("--insecure")
         if self.config.auth:
@@ -174,20 +192,27 @@ class LocalDeployment:
         """Run a `flwr` CLI command against this deployment; its stdout."""
         try:
             done = subprocess.run(
-                [flower_command("flwr"), *args], env=self.cli_env(), cwd=self.config.workdir,
-                capture_output=True, text=True, timeout=timeout,
+                [flower_command("flwr"), *args],
+                env=self.cli_env(),
+                cwd=self.config.workdir,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise LoraXSError(f"flwr {' '.join(args[:2])} did not answer within {timeout:.0f} s "
-                              "(the SuperLink or the machine is overloaded)") from None
+            raise LoraXSError(
+                f"flwr {' '.join(args[:2])} did not answer within {timeout:.0f} s "
+                "(the SuperLink or the machine is overloaded)"
+            ) from None
         if done.returncode != 0:
             detail = (done.stdout + done.stderr).strip().splitlines()
             raise LoraXSError(f"flwr {' '.join(args[:2])} failed: {detail[-1] if detail else done.returncode}")
         return done.stdout
 
     def online_supernodes(self, timeout: float = 60.0) -> int:
-        listing = json.loads(self._flwr("supernode", "list", self.config.connection, "--format", "json",
-                                        timeout=timeout))
+        listing = json.loads(
+            self._flwr("supernode", "list", self.config.connection, "--format", "json", timeout=timeout)
+        )
         return sum(1 for node in listing.get("nodes", []) if node.get("status") == "online")
 
     def wait_for_supernodes(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -206,12 +231,18 @@ class LocalDeployment:
             if process.returncode is not None:
                 raise LoraXSError(f"{name} exited with code {process.returncode} (see {self.config.workdir})")
 
-    def run(self, app_dir: str | Path, run_config: str | None = None, timeout: float = 600.0) -> subprocess.CompletedProcess:
+    def run(
+        self, app_dir: str | Path, run_config: str | None = None, timeout: float = 600.0
+    ) -> subprocess.CompletedProcess:
         """`flwr run APP_DIR <connection> --stream` until the run ends; output in the workdir."""
         with open(self.config.workdir / "flwr-run.log", "ab") as log:
             return subprocess.run(
-                self.flwr_run_command(".", run_config), env=self.cli_env(), cwd=app_dir,
-                stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                self.flwr_run_command(".", run_config),
+                env=self.cli_env(),
+                cwd=app_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
             )
 
     def alive_pids(self) -> set[int]:
@@ -238,27 +269,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help=f"state and logs (default {DEFAULT_WORKDIR})")
     parser.add_argument("--connection", default="loopback", help="connection name for `flwr run . NAME`")
-    parser.add_argument("--secure-aggregation", action="store_true",
-                        help="the SuperNodes agree to secure aggregation (node config secure-aggregation=true)")
+    parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="the SuperNodes agree to secure aggregation (node config secure-aggregation=true)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_requested: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
 
     def work() -> int:
         if args.supernodes is not None and args.supernodes != len(args.data):
-            raise LoraXSError(f"--supernodes {args.supernodes} but {len(args.data)} --data folders; give one per SuperNode")
+            raise LoraXSError(
+                f"--supernodes {args.supernodes} but {len(args.data)} --data folders; give one per SuperNode"
+            )
         config = DeploymentConfig(
-            data_dirs=tuple(args.data), workdir=args.workdir, tls=args.tls or args.auth,
-            auth=args.auth, connection=args.connection, secure_aggregation=args.secure_aggregation,
+            data_dirs=tuple(args.data),
+            workdir=args.workdir,
+            tls=args.tls or args.auth,
+            auth=args.auth,
+            connection=args.connection,
+            secure_aggregation=args.secure_aggregation,
         )
         with LocalDeployment(config) as deployment:
-            print(f"SuperLink at {deployment.address} ({'TLS' if config.tls else 'insecure'}"
-                  f"{', SuperNode auth' if config.auth else ''}); logs in {config.workdir}")
+            print(
+                f"SuperLink at {deployment.address} ({'TLS' if config.tls else 'insecure'}"
+                f"{', SuperNode auth' if config.auth else ''}); logs in {config.workdir}"
+            )
             for data_dir in config.data_dirs:
                 print(f"SuperNode with data {data_dir}")
             print("submit a run from the project folder with:")

@@ -81,8 +81,13 @@ class ProcessTree:
         else:
             with open(log, "ab") as out:
                 self.process = subprocess.Popen(
-                    command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    command,
+                    env=env,
+                    cwd=cwd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
         self._seen: dict[int, psutil.Process] = {}
 

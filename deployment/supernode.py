@@ -42,8 +42,11 @@ class SuperNodeConfig:
             raise LoraXSError(f"--runtime must be torch or onnx, got {self.runtime!r}")
         if self.onnx_model_dir is not None:
             object.__setattr__(self, "onnx_model_dir", Path(self.onnx_model_dir).expanduser().resolve())
-        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key),
-                           ("--server-key", self.server_key)):
+        for flag, path in (
+            ("--root-certificates", self.root_certificates),
+            ("--auth-key", self.auth_key),
+            ("--server-key", self.server_key),
+        ):
             if path is not None and not Path(path).is_file():
                 raise LoraXSError(f"{flag} file {path} does not exist")
 
@@ -86,18 +89,25 @@ def quoted_config_value(text: str) -> str:
 
 
 def supernode_command(config: SuperNodeConfig, runtime_port: int) -> list[str]:
-    node_config = f"data-dir={quoted_config_value(str(config.data_dir))}" + (
-        f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else "") + (
-        " secure-aggregation=true" if config.secure_aggregation else "")
+    node_config = (
+        f"data-dir={quoted_config_value(str(config.data_dir))}"
+        + (f" server-key={quoted_config_value(str(Path(config.server_key).resolve()))}" if config.server_key else "")
+        + (" secure-aggregation=true" if config.secure_aggregation else "")
+    )
     if config.runtime == "onnx":
         node_config += " runtime='onnx'" + (
-            f" onnx-model-dir={quoted_config_value(str(config.onnx_model_dir))}" if config.onnx_model_dir else "")
+            f" onnx-model-dir={quoted_config_value(str(config.onnx_model_dir))}" if config.onnx_model_dir else ""
+        )
     command = [
         flower_command("flower-supernode"),
-        "--superlink", config.superlink,
-        "--node-config", node_config,
-        "--host", RUNTIME_HOST,
-        "--port", str(runtime_port),
+        "--superlink",
+        config.superlink,
+        "--node-config",
+        node_config,
+        "--host",
+        RUNTIME_HOST,
+        "--port",
+        str(runtime_port),
     ]
     if config.insecure:
         command.append("--insecure")
@@ -108,9 +118,7 @@ def supernode_command(config: SuperNodeConfig, runtime_port: int) -> list[str]:
     return command
 
 
-def start_supernode(
-    config: SuperNodeConfig, log: Path | None = None, flwr_home: Path | None = None
-) -> ProcessTree:
+def start_supernode(config: SuperNodeConfig, log: Path | None = None, flwr_home: Path | None = None) -> ProcessTree:
     """Start the SuperNode (no checks); the caller must `stop()` it."""
     port = config.runtime_port or free_port(RUNTIME_HOST)
     return ProcessTree(supernode_command(config, port), flower_env(flwr_home), log=log)

@@ -17,8 +17,9 @@ from shared.training import evaluate
 class AfterRound:
     """Callable (round, arrays) -> MetricRecord; keeps what it measured per round in `rounds`."""
 
-    def __init__(self, model: nn.Module, save: Callable[[dict[str, torch.Tensor], int], None],
-                 loader=None, progress_bar=None):
+    def __init__(
+        self, model: nn.Module, save: Callable[[dict[str, torch.Tensor], int], None], loader=None, progress_bar=None
+    ):
         self.model = model
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.save = save

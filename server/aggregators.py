@@ -21,8 +21,18 @@ good replies before each aggregation (the noise stays calibrated to the clients 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyServerSideFixedClipping, FedAdagrad,
-    FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum, Strategy,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
 )
 from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
 
@@ -31,9 +41,16 @@ from shared.federation.protocol import ARRAYS, CONFIG
 from shared.federation.run_config import STRATEGIES, FederationConfig
 
 # What the layer leaves to the aggregator: it sees exactly the sampled nodes and good replies.
-_AS_GIVEN = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
-                 min_available_nodes=1, weighted_by_key="num-examples", arrayrecord_key=ARRAYS,
-                 configrecord_key=CONFIG)
+_AS_GIVEN = dict(
+    fraction_train=1.0,
+    fraction_evaluate=0.0,
+    min_train_nodes=1,
+    min_evaluate_nodes=0,
+    min_available_nodes=1,
+    weighted_by_key="num-examples",
+    arrayrecord_key=ARRAYS,
+    configrecord_key=CONFIG,
+)
 
 
 def make_aggregator(config: FederationConfig) -> Strategy:
@@ -45,8 +62,14 @@ def make_aggregator(config: FederationConfig) -> Strategy:
         inner = FedAvgM(**_AS_GIVEN, server_learning_rate=config.server_lr, server_momentum=config.server_momentum)
     elif name in ("fedadam", "fedyogi"):
         kind = FedAdam if name == "fedadam" else FedYogi
-        inner = kind(**_AS_GIVEN, eta=config.server_lr, eta_l=config.lr, beta_1=config.beta_1,
-                     beta_2=config.beta_2, tau=config.tau)
+        inner = kind(
+            **_AS_GIVEN,
+            eta=config.server_lr,
+            eta_l=config.lr,
+            beta_1=config.beta_1,
+            beta_2=config.beta_2,
+            tau=config.tau,
+        )
     elif name == "fedadagrad":
         inner = FedAdagrad(**_AS_GIVEN, eta=config.server_lr, eta_l=config.lr, tau=config.tau)
     elif name == "fedprox":
@@ -61,11 +84,19 @@ def make_aggregator(config: FederationConfig) -> Strategy:
         raise LoraXSError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
     if config.dp == "none":
         return inner
-    wrapper = (DifferentialPrivacyServerSideFixedClipping if config.dp == "server-fixed"
-               else DifferentialPrivacyClientSideFixedClipping)
+    wrapper = (
+        DifferentialPrivacyServerSideFixedClipping
+        if config.dp == "server-fixed"
+        else DifferentialPrivacyClientSideFixedClipping
+    )
     sampled = max(1, int(config.num_clients * config.fraction_train), config.min_train_nodes)
-    return wrapper(inner, config.dp_noise_multiplier, config.dp_clipping_norm, sampled,
-                   accountant=_accountant(config) if name == "fedavg" and config.dp_noise_multiplier > 0 else None)
+    return wrapper(
+        inner,
+        config.dp_noise_multiplier,
+        config.dp_clipping_norm,
+        sampled,
+        accountant=_accountant(config) if name == "fedavg" and config.dp_noise_multiplier > 0 else None,
+    )
 
 
 def _accountant(config: FederationConfig):
@@ -73,11 +104,14 @@ def _accountant(config: FederationConfig):
     (Flower's fixed-clipping accounting supports only that), so epsilon is an upper bound."""
     from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-    return RdpAccountant(PrivacyConfig(
-        target_delta=config.dp_delta, population_size=config.num_clients,
-        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-        sampling_method=SamplingMethod.NO_AMPLIFICATION,
-    ))
+    return RdpAccountant(
+        PrivacyConfig(
+            target_delta=config.dp_delta,
+            population_size=config.num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
 
 
 def dp_wrapper(aggregator: Strategy):
@@ -124,8 +158,9 @@ def restore_aggregator(aggregator: Strategy, state: dict) -> None:
     inner = wrapper.strategy if wrapper is not None else aggregator
     if isinstance(inner, FedAvgM):
         current = state.get("current_arrays")
-        inner.current_arrays = None if current is None else ArrayRecord(
-            {k: Array(v) for k, v in _decode(current).items()})
+        inner.current_arrays = (
+            None if current is None else ArrayRecord({k: Array(v) for k, v in _decode(current).items()})
+        )
         momentum = state.get("momentum_vector")
         inner.momentum_vector = None if momentum is None else [_decode_array(v) for v in momentum]
     elif hasattr(inner, "m_t"):

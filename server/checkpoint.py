@@ -28,12 +28,19 @@ STATE = "__state__"
 MAY_DIFFER = ("num-server-rounds", "resume-from", "out-dir")  # between a run and its resumption
 
 
-def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, config: FederationConfig,
-                    strategy_state: dict, meter: TrafficMeter, rounds: dict[int, dict],
-                    partitions: dict[int, int] | None = None) -> None:
+def save_checkpoint(
+    out_dir: Path,
+    server_round: int,
+    arrays: ArrayRecord,
+    config: FederationConfig,
+    strategy_state: dict,
+    meter: TrafficMeter,
+    rounds: dict[int, dict],
+    partitions: dict[int, int] | None = None,
+) -> None:
     """`partitions`: node id -> partition id; the traffic's per-node books are kept by partition
     (node ids change when the run is resumed in a new process), nodes without one by node id."""
-    of = (lambda node: (partitions or {}).get(node))  # noqa: E731
+    of = lambda node: (partitions or {}).get(node)
     state = {
         "round": server_round,
         "config": config.to_run_config(),
@@ -75,15 +82,19 @@ class Checkpoint:
     def check_config(self, config: FederationConfig) -> None:
         """One line naming what differs, if anything but num-server-rounds does."""
         now = config.to_run_config()
-        differ = sorted(k for k in set(now) | set(self.config)
-                        if k not in MAY_DIFFER and now.get(k) != self.config.get(k))
+        differ = sorted(
+            k for k in set(now) | set(self.config) if k not in MAY_DIFFER and now.get(k) != self.config.get(k)
+        )
         if differ:
             shown = ", ".join(f"{k} {self.config.get(k)!r} -> {now.get(k)!r}" for k in differ[:3])
-            raise LoraXSError(f"cannot resume: the config differs from the checkpoint's ({shown}); "
-                              "only num-server-rounds may change")
+            raise LoraXSError(
+                f"cannot resume: the config differs from the checkpoint's ({shown}); only num-server-rounds may change"
+            )
         if config.num_server_rounds < self.round:
-            raise LoraXSError(f"cannot resume: the checkpoint is at round {self.round}, past "
-                              f"num-server-rounds {config.num_server_rounds}")
+            raise LoraXSError(
+                f"cannot resume: the checkpoint is at round {self.round}, past "
+                f"num-server-rounds {config.num_server_rounds}"
+            )
 
     def restore_traffic(self, meter: TrafficMeter, partitions: dict[int, int] | None = None) -> None:
         """`partitions`: this process's node id -> partition id, to put the books kept by

@@ -30,8 +30,7 @@ from shared.loraxs.basis import Basis
 from shared.loraxs.model import adapter_state
 
 
-def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
-                   started: float | None = None) -> dict:
+def run_federation(grid: Grid, config: FederationConfig, progress: bool = False, started: float | None = None) -> dict:
     """Runs every round on `grid`; returns the report (also written to the output folder).
     `started`: the `time.perf_counter()` the wall time counts from (default: now)."""
     started = time.perf_counter() if started is None else started
@@ -46,16 +45,18 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
     model, basis = build_adapted_model(model_id, config.task, config.lora_config(), labels, seed=config.seed)
     save_run_basis(out_dir, basis, model_id)
     # the server's keys: sealed updates open with them, secure aggregation's messages are signed with them
-    keys = (UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite)
-            if config.encrypt_updates or config.secure_aggregation else None)
+    keys = (
+        UpdateSealing.for_run(config.server_key_file, out_dir, config.hpke_suite)
+        if config.encrypt_updates or config.secure_aggregation
+        else None
+    )
     strategy = build_strategy(config, model_id, basis, keys, round_offset=resume.round if resume else 0)
     meter = TrafficMeter()
     metered = MeteredGrid(grid, meter)
     initial = resume.arrays if resume else pack_adapter(adapter_state(model), "fp32")
     meta = adapter_meta(model_id, config.task, config.lora_config(), basis, labels, kind="global")
     done = resume.round if resume else 0
-    with tqdm(total=config.num_server_rounds, initial=done, desc="rounds", unit="round",
-              disable=not progress) as bar:
+    with tqdm(total=config.num_server_rounds, initial=done, desc="rounds", unit="round", disable=not progress) as bar:
         after_round = AfterRound(model, lambda state, r: save_global_adapter(out_dir, state, meta, r), loader, bar)
         if resume:
             strategy.restore(resume.strategy, metered, factors_held=keys is None)
@@ -65,15 +66,31 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
         def after_each_round(server_round: int, arrays):  # Flower counts from 1 again on resume
             measured = after_round(server_round + done if server_round else 0, arrays)
             if server_round:
-                save_checkpoint(out_dir, server_round + done, arrays, config, strategy.state(), meter,
-                                after_round.rounds, strategy.partitions)
+                save_checkpoint(
+                    out_dir,
+                    server_round + done,
+                    arrays,
+                    config,
+                    strategy.state(),
+                    meter,
+                    after_round.rounds,
+                    strategy.partitions,
+                )
             return measured
 
-        result = strategy.start(
-            grid=metered, initial_arrays=initial, num_rounds=config.num_server_rounds - done,
-            train_config=ConfigRecord(), evaluate_config=ConfigRecord(), evaluate_fn=after_each_round,
-            timeout=config.round_timeout,
-        ) if config.num_server_rounds > done else None
+        result = (
+            strategy.start(
+                grid=metered,
+                initial_arrays=initial,
+                num_rounds=config.num_server_rounds - done,
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+                evaluate_fn=after_each_round,
+                timeout=config.round_timeout,
+            )
+            if config.num_server_rounds > done
+            else None
+        )
     final_arrays = result.arrays if result is not None and len(result.arrays) else initial
     final_clients = []
     if config.final_eval_fraction > 0:
@@ -83,34 +100,47 @@ def run_federation(grid: Grid, config: FederationConfig, progress: bool = False,
             metered, final_arrays, config.final_eval_fraction, config.num_server_rounds
         )
     report = build_report(
-        config, strategy, meter, after_round.rounds, final_clients,
+        config,
+        strategy,
+        meter,
+        after_round.rounds,
+        final_clients,
         adapter_bytes=payload_bytes(pack_adapter(adapter_state(model), config.update_dtype)),
-        basis_bytes=basis.num_bytes(), wall_seconds=time.perf_counter() - started,
+        basis_bytes=basis.num_bytes(),
+        wall_seconds=time.perf_counter() - started,
     )
     write_report(out_dir, report)
     return report
 
 
-def build_strategy(config: FederationConfig, model_id: str, basis: Basis, keys: UpdateSealing | None,
-                   round_offset: int = 0) -> LoraXSStrategy:
+def build_strategy(
+    config: FederationConfig, model_id: str, basis: Basis, keys: UpdateSealing | None, round_offset: int = 0
+) -> LoraXSStrategy:
     """The LoRA-XS layer for this run around the configured aggregator (server/aggregators.py); `keys`:
     the server's keys (sealed updates open with them, secure aggregation's messages are signed with them)."""
     personal = config.personalize == "finetune"
     return LoraXSStrategy(
-        pack_basis(basis, config.basis_dtype), basis.fingerprint, config.update_dtype,
-        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()), sealing=keys,
+        pack_basis(basis, config.basis_dtype),
+        basis.fingerprint,
+        config.update_dtype,
+        evaluate_metrics=EVALUATE_METRICS + (PERSONAL_METRICS if personal else ()),
+        sealing=keys,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_train_nodes,
         min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
         min_available_nodes=config.num_clients,
-        seed=config.seed, round_offset=round_offset,
-        reply_timeout=config.round_timeout, max_client_examples=config.max_client_examples,
+        seed=config.seed,
+        round_offset=round_offset,
+        reply_timeout=config.round_timeout,
+        max_client_examples=config.max_client_examples,
         partition_sizes=_partition_sizes(config),
         recipe=BasisRecipe.of(model_id, config.lora_config()).to_config()
-        if config.basis_delivery == "derive" else None,
+        if config.basis_delivery == "derive"
+        else None,
         secure=SecureRounds(config.secagg_timeout, config.secagg_clipping_range, config.max_client_examples, keys)
-        if config.secure_aggregation else None,
+        if config.secure_aggregation
+        else None,
         aggregator=make_aggregator(config),
         mixed_rank_aggregation=config.mixed_rank_aggregation,
     )

@@ -25,6 +25,7 @@ class MixedRanks:
         full = int(expected[STACKED_R].shape[-1])
         node_ranks = [ranks.get(r.metadata.src_node_id, full) for r in accepted]
         weights = [float(r.content[METRICS]["num-examples"]) for r in accepted]
-        stacked = per_entry_from_zero_padded(arrays[STACKED_R].numpy(), node_ranks, weights,
-                                             cast_record(expected, "fp32")[STACKED_R].numpy())
+        stacked = per_entry_from_zero_padded(
+            arrays[STACKED_R].numpy(), node_ranks, weights, cast_record(expected, "fp32")[STACKED_R].numpy()
+        )
         return ArrayRecord({k: Array(stacked) if k == STACKED_R else v for k, v in arrays.items()})

@@ -15,8 +15,9 @@ class NodeMessages:
     """Builds and re-sends the messages; uses `delivery`, `sealing`, `fingerprint`, `update_dtype`,
     `_grid`, `_sent` (message type -> payload) and `_last_sent`."""
 
-    def _messages(self, node_ids: Iterable[int], arrays: ArrayRecord, config: ConfigRecord,
-                  message_type: str) -> list[Message]:
+    def _messages(
+        self, node_ids: Iterable[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
+    ) -> list[Message]:
         wire = cast_record(arrays, self.update_dtype)
         config = ConfigRecord({**config, "fingerprint": self.fingerprint})
         self._sent[message_type] = (wire, config)
@@ -27,8 +28,13 @@ class NodeMessages:
     def _message(self, node_id: int, wire: ArrayRecord, config: ConfigRecord, message_type: str) -> Message:
         content = RecordDict({ARRAYS: wire, CONFIG: config})
         if self.delivery.attach(node_id, content) and self.sealing is not None:
-            content[CONFIG] = ConfigRecord({**content[CONFIG], SERVER_KEY: self.sealing.public_key,
-                                            SERVER_SIGNING_KEY: self.sealing.signing_public_key})
+            content[CONFIG] = ConfigRecord(
+                {
+                    **content[CONFIG],
+                    SERVER_KEY: self.sealing.public_key,
+                    SERVER_SIGNING_KEY: self.sealing.signing_public_key,
+                }
+            )
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
     def _resend_to_unknown(self, server_round: int, replies: list[Message], message_type: str) -> list[Message]:
@@ -49,5 +55,6 @@ class NodeMessages:
 
 def lacks_basis(reply: Message) -> bool:
     """The node answered that it holds no factors of this fingerprint."""
-    return (not reply.has_error() and STATUS in reply.content
-            and reply.content[STATUS].get("error") == UNKNOWN_FINGERPRINT)
+    return (
+        not reply.has_error() and STATUS in reply.content and reply.content[STATUS].get("error") == UNKNOWN_FINGERPRINT
+    )

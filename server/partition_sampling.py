@@ -25,8 +25,14 @@ class PartitionSampling:
         """Asks every node once which partition it serves (node config `partition-id`); a node
         without one (or silent) is ordered after the others by its node id."""
         nodes = self._wait_for_nodes(grid)
-        query = [Message(RecordDict({CONFIG: ConfigRecord({"server-round": 0})}),
-                         message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
+        query = [
+            Message(
+                RecordDict({CONFIG: ConfigRecord({"server-round": 0})}),
+                message_type=MessageType.QUERY,
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
         found = {}
         for reply in grid.send_and_receive(query, timeout=self.reply_timeout):
             try:
@@ -46,8 +52,7 @@ class PartitionSampling:
         deadline = time.monotonic() + NODES_WAIT_SECONDS
         while len(nodes := list(grid.get_node_ids())) < needed:
             if time.monotonic() > deadline:
-                raise LoraXSError(f"only {len(nodes)} of {needed} nodes connected "
-                                  f"within {NODES_WAIT_SECONDS:.0f} s")
+                raise LoraXSError(f"only {len(nodes)} of {needed} nodes connected within {NODES_WAIT_SECONDS:.0f} s")
             time.sleep(1)
         return sorted(nodes)
 
@@ -60,8 +65,13 @@ class PartitionSampling:
         connected = set(self._wait_for_nodes(grid, needed=max(1, minimum)))
         missing = sorted(set(self.partitions) - connected)
         if missing:
-            log(WARNING, "round %s: %s known node(s) not connected, drawing from the %s connected",
-                server_round, len(missing), len(connected))
+            log(
+                WARNING,
+                "round %s: %s known node(s) not connected, drawing from the %s connected",
+                server_round,
+                len(missing),
+                len(connected),
+            )
         by_partition = sorted((p, n) for n, p in self.partitions.items() if n in connected)
         size = min(len(by_partition), max(int(len(by_partition) * fraction), minimum))
         rng = np.random.default_rng([self.seed, server_round, SAMPLE_STREAM, stream])

@@ -5,7 +5,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_accuracy(report: dict, path: Path) -> None:
@@ -19,8 +19,9 @@ def plot_accuracy(report: dict, path: Path) -> None:
         axes.plot(*zip(*personal), marker="s", label="personalized (sampled clients)")
     final = report["final"]
     if final.get("accuracy_personalized") is not None:
-        axes.axhline(final["accuracy_personalized"], linestyle="--", color="tab:green",
-                     label="personalized, final evaluation")
+        axes.axhline(
+            final["accuracy_personalized"], linestyle="--", color="tab:green", label="personalized, final evaluation"
+        )
     axes.set_xlabel("round")
     axes.set_ylabel("accuracy")
     axes.set_title("Accuracy per round")

@@ -11,7 +11,15 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from server.node_messages import lacks_basis
 from shared.federation.protocol import (
-    ARRAYS, METRICS, STACKED_R, STATUS, TRAIN_METRICS, cast_record, check_update, clean_metrics, top_left_adapter,
+    ARRAYS,
+    METRICS,
+    STACKED_R,
+    STATUS,
+    TRAIN_METRICS,
+    cast_record,
+    check_update,
+    clean_metrics,
+    top_left_adapter,
 )
 from shared.loraxs.mixed_rank import zero_pad
 
@@ -55,7 +63,12 @@ class ReplyChecks:
             self._round(server_round).ranks[reply.metadata.src_node_id] = rank
         start = cast_record(expected, "fp32")
         self._round(server_round).update_norms.append(
-            float(np.sqrt(sum(((arrays[k].numpy() - start[k].numpy()).astype(np.float64) ** 2).sum() for k in start.keys()))))
+            float(
+                np.sqrt(
+                    sum(((arrays[k].numpy() - start[k].numpy()).astype(np.float64) ** 2).sum() for k in start.keys())
+                )
+            )
+        )
         return RecordDict({ARRAYS: arrays, METRICS: metrics})
 
     def _opened(self, server_round: int, reply: Message) -> str | None:
@@ -69,17 +82,17 @@ class ReplyChecks:
         return run.run_id if run is not None else TaskIdentity.run_id
 
     def _bounded_weight(self, server_round: int, reply: Message, metrics: MetricRecord) -> MetricRecord | str:
-        """"num-examples" as an integer at most the node's partition size (when known) and
+        """ "num-examples" as an integer at most the node's partition size (when known) and
         `max_client_examples`; a larger claim is clipped (logged, counted)."""
         claimed = metrics["num-examples"]
         if float(claimed) != int(claimed):
             return f"num-examples is {claimed!r}, not a whole number"
         node = reply.metadata.src_node_id
-        bound = min(self.max_client_examples,
-                    self.partition_sizes.get(self.partitions.get(node, -1), self.max_client_examples))
+        bound = min(
+            self.max_client_examples, self.partition_sizes.get(self.partitions.get(node, -1), self.max_client_examples)
+        )
         if claimed > bound:
-            log(WARNING, "round %s: node %s claims %s examples; weighted as %s", server_round, node,
-                claimed, bound)
+            log(WARNING, "round %s: node %s claims %s examples; weighted as %s", server_round, node, claimed, bound)
             self._round(server_round).clipped_weights += 1
             claimed = bound
         return MetricRecord({**metrics, "num-examples": int(claimed)})
@@ -94,8 +107,13 @@ class ReplyChecks:
         except Exception as err:  # never raises on what a client sent
             metrics = f"its check failed ({type(err).__name__})"
         if isinstance(metrics, str):
-            log(WARNING, "round %s: ignored the evaluation of node %s: %s",
-                server_round, reply.metadata.src_node_id, metrics)
+            log(
+                WARNING,
+                "round %s: ignored the evaluation of node %s: %s",
+                server_round,
+                reply.metadata.src_node_id,
+                metrics,
+            )
             return False
         reply.content = RecordDict({METRICS: metrics})
         return True
@@ -118,6 +136,6 @@ def reply_rank(arrays, expected: ArrayRecord) -> int | None:
         got, want = tuple(arrays[STACKED_R].shape), tuple(expected[STACKED_R].shape)
         if len(got) == 3 and got[0] == want[0] and got[1] == got[2] and 1 <= got[1] < want[1]:
             return int(got[1])
-    except Exception:  # noqa: BLE001 - a peer's record: anything odd is for check_update to name
+    except Exception:
         pass
     return None

@@ -7,59 +7,73 @@ With secure aggregation the per-client train figures include its stage messages.
 
 import json
 import math
-from statistics import median
 from dataclasses import asdict
 from pathlib import Path
+from statistics import median
 
-from shared.federation.run_config import FederationConfig
 from server.aggregators import privacy_spent
 from server.strategy import LoraXSStrategy
 from server.traffic import PhaseTraffic, TrafficMeter
+from shared.federation.run_config import FederationConfig
 
 SECAGG_PHASE = "train.secagg"  # the message types of secure aggregation's stages 2-4
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 ACCURACY_PLOT, BYTES_PLOT = "accuracy_per_round.png", "bytes_per_round.png"
 
 
-def build_report(config: FederationConfig, strategy: LoraXSStrategy, meter: TrafficMeter,
-                 global_rounds: dict[int, dict], final_clients: list, adapter_bytes: int,
-                 basis_bytes: int, wall_seconds: float) -> dict:
-    rounds = [_round_entry(r, strategy, meter, global_rounds.get(r, {}))
-              for r in range(1, config.num_server_rounds + 1)]
+def build_report(
+    config: FederationConfig,
+    strategy: LoraXSStrategy,
+    meter: TrafficMeter,
+    global_rounds: dict[int, dict],
+    final_clients: list,
+    adapter_bytes: int,
+    basis_bytes: int,
+    wall_seconds: float,
+) -> dict:
+    rounds = [
+        _round_entry(r, strategy, meter, global_rounds.get(r, {})) for r in range(1, config.num_server_rounds + 1)
+    ]
     final = _final_entry(config, rounds, final_clients)
     train = _sum(p for (_, kind), p in meter.phases.items() if kind == "train")
     stages = _sum(p for (_, kind), p in meter.phases.items() if kind.startswith(SECAGG_PHASE))
     final_phase = _sum(p for (_, kind), p in meter.phases.items() if kind == "final")
     everything = _sum(meter.phases.values())
-    final.update({
-        "adapter_payload_bytes": adapter_bytes,
-        "basis_payload_bytes": basis_bytes,
-        "bytes_up_per_client_per_round": _mean(train.bytes_up + stages.bytes_up, train.replies_up),
-        "bytes_down_per_client_per_round": _mean(train.bytes_down + stages.bytes_down - train.basis_bytes_down,
-                                                 train.messages_down),
-        "basis_bytes_per_client": _mean(everything.basis_bytes_down, everything.bases_sent),
-        "bytes_up_total": everything.bytes_up,
-        "bytes_down_total": everything.bytes_down,
-        "basis_bytes_down_total": everything.basis_bytes_down,
-        "final_evaluation_bytes_down": final_phase.bytes_down,
-        "final_evaluation_bytes_up": final_phase.bytes_up,
-        "bases_sent": everything.bases_sent,
-        "factors_derived": len(meter.nodes_derived),  # clients, each once (a resumed node may derive again)
-        "factors_shipped": everything.bases_sent,
-        "derivations": everything.bases_derived,
-        "recipes_sent": everything.recipes_sent,
-        "clients_reached": len(meter.nodes_contacted),
-        "max_bases_per_client": max(meter.bases_per_node.values(), default=0),
-        "wall_seconds": round(wall_seconds, 1),
-        "strategy": config.strategy,
-    })
+    final.update(
+        {
+            "adapter_payload_bytes": adapter_bytes,
+            "basis_payload_bytes": basis_bytes,
+            "bytes_up_per_client_per_round": _mean(train.bytes_up + stages.bytes_up, train.replies_up),
+            "bytes_down_per_client_per_round": _mean(
+                train.bytes_down + stages.bytes_down - train.basis_bytes_down, train.messages_down
+            ),
+            "basis_bytes_per_client": _mean(everything.basis_bytes_down, everything.bases_sent),
+            "bytes_up_total": everything.bytes_up,
+            "bytes_down_total": everything.bytes_down,
+            "basis_bytes_down_total": everything.basis_bytes_down,
+            "final_evaluation_bytes_down": final_phase.bytes_down,
+            "final_evaluation_bytes_up": final_phase.bytes_up,
+            "bases_sent": everything.bases_sent,
+            "factors_derived": len(meter.nodes_derived),  # clients, each once (a resumed node may derive again)
+            "factors_shipped": everything.bases_sent,
+            "derivations": everything.bases_derived,
+            "recipes_sent": everything.recipes_sent,
+            "clients_reached": len(meter.nodes_contacted),
+            "max_bases_per_client": max(meter.bases_per_node.values(), default=0),
+            "wall_seconds": round(wall_seconds, 1),
+            "strategy": config.strategy,
+        }
+    )
     if config.dp != "none":
         spent = privacy_spent(strategy.aggregator) if strategy.aggregator is not None else None
-        final["privacy"] = {"dp": config.dp, "noise_multiplier": config.dp_noise_multiplier,
-                            "clipping_norm": config.dp_clipping_norm,
-                            "epsilon": spent["epsilon"] if spent else None,
-                            "delta": spent["delta"] if spent else config.dp_delta,
-                            "releases": spent["releases"] if spent else None}
+        final["privacy"] = {
+            "dp": config.dp,
+            "noise_multiplier": config.dp_noise_multiplier,
+            "clipping_norm": config.dp_clipping_norm,
+            "epsilon": spent["epsilon"] if spent else None,
+            "delta": spent["delta"] if spent else config.dp_delta,
+            "releases": spent["releases"] if spent else None,
+        }
     return {"config": config.to_run_config(), "rounds": rounds, "final": final}
 
 
@@ -87,14 +101,18 @@ def _round_entry(server_round: int, strategy: LoraXSStrategy, meter: TrafficMete
         "failures": dict(stats.failures) if stats else {},
         "skipped": stats.skipped if stats else "",
         "bytes_up_per_client": _mean(train.bytes_up + stages.bytes_up, train.replies_up),
-        "bytes_down_per_client": _mean(train.bytes_down + stages.bytes_down - train.basis_bytes_down,
-                                       train.messages_down),
+        "bytes_down_per_client": _mean(
+            train.bytes_down + stages.bytes_down - train.basis_bytes_down, train.messages_down
+        ),
         "seconds": round(measured["seconds"], 2) if "seconds" in measured else None,
     }
     secure = strategy.secure.rounds.get(server_round) if strategy.secure is not None else None
     if secure is not None:  # the per-client figures above include the stage messages
-        entry["secure_aggregation"] = {**asdict(secure), "stage_bytes_up": stages.bytes_up,
-                                       "stage_bytes_down": stages.bytes_down}
+        entry["secure_aggregation"] = {
+            **asdict(secure),
+            "stage_bytes_up": stages.bytes_up,
+            "stage_bytes_down": stages.bytes_down,
+        }
     clients = strategy.evaluate_replies.get(server_round)
     if clients:
         entry["clients_evaluated"] = len(clients)
@@ -106,8 +124,11 @@ def _round_entry(server_round: int, strategy: LoraXSStrategy, meter: TrafficMete
 
 def _final_entry(config: FederationConfig, rounds: list[dict], clients: list) -> dict:
     last = rounds[-1]
-    final = {"accuracy_global": last["accuracy_global"], "loss_global": last["loss_global"],
-             "clients_final_evaluation": len(clients)}
+    final = {
+        "accuracy_global": last["accuracy_global"],
+        "loss_global": last["loss_global"],
+        "clients_final_evaluation": len(clients),
+    }
     if not clients:
         return final
     personal = config.personalize == "finetune"
@@ -117,8 +138,10 @@ def _final_entry(config: FederationConfig, rounds: list[dict], clients: list) ->
     if personal:
         final["accuracy_personalized"] = _weighted(clients, "accuracy-personal")
     if config.scenario == "concept-shift":
-        groups = {"shifted": [c for c in clients if c["shifted"]],
-                  "unshifted": [c for c in clients if not c["shifted"]]}
+        groups = {
+            "shifted": [c for c in clients if c["shifted"]],
+            "unshifted": [c for c in clients if not c["shifted"]],
+        }
         for name, members in groups.items():
             final[f"clients_{name}"] = len(members)
             final[f"accuracy_global_{name}"] = _weighted(members, "accuracy-global")

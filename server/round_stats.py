@@ -33,11 +33,22 @@ class RoundCounting:
         stats = self._round(server_round)
         for reply in replies:
             if reply.has_error():
-                log(WARNING, "round %s: node %s failed: %s", server_round, reply.metadata.src_node_id,
-                    reply.error.reason)
+                log(
+                    WARNING,
+                    "round %s: node %s failed: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
                 stats.failures[f"{phase}-error"] = stats.failures.get(f"{phase}-error", 0) + 1
         sent = self._last_sent.get(phase if phase != "final" else MessageType.EVALUATE, 0)
         if len(replies) < sent:
-            log(WARNING, "round %s: %s of %s node(s) did not answer within %s s", server_round,
-                sent - len(replies), sent, self.reply_timeout)
+            log(
+                WARNING,
+                "round %s: %s of %s node(s) did not answer within %s s",
+                server_round,
+                sent - len(replies),
+                sent,
+                self.reply_timeout,
+            )
             stats.failures[f"{phase}-timeout"] = stats.failures.get(f"{phase}-timeout", 0) + sent - len(replies)

@@ -40,8 +40,10 @@ def check_run_folder(out_dir: Path, force: bool = False, resume: bool = False) -
     if not resume and not force and out_dir.is_dir():
         found = [name for name in RUN_FILES if (out_dir / name).exists()]
         if found:
-            raise LoraXSError(f"--out {out_dir} already holds a run ({', '.join(found)}); pass --force to "
-                              f"replace it, or --resume {out_dir} to continue it")
+            raise LoraXSError(
+                f"--out {out_dir} already holds a run ({', '.join(found)}); pass --force to "
+                f"replace it, or --resume {out_dir} to continue it"
+            )
     check_writable_folder(out_dir)
 
 

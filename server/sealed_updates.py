@@ -10,10 +10,15 @@ from pathlib import Path
 
 from flwr.app import Message
 
-from shared.errors import LoraXSError
 from shared.crypto.sealing import (
-    SealContext, SealError, ServerPrivateKey, load_private_key, save_private_key, save_public_key,
+    SealContext,
+    SealError,
+    ServerPrivateKey,
+    load_private_key,
+    save_private_key,
+    save_public_key,
 )
+from shared.errors import LoraXSError
 from shared.federation.protocol import ARRAYS
 from shared.federation.sealed_update import SEALED, open_arrays
 

@@ -30,8 +30,17 @@ from shared.crypto.signing import record_digest
 from shared.federation import secure_auth
 from shared.federation.protocol import CONFIG, METRICS, TRAIN_METRICS, clean_metrics
 from shared.federation.secure_messages import (
-    MASKED, MASKED_INPUT, MASKED_Y, SECAGG, SHARE_KEYS, UNMASK, WEIGHT, add_delta, node_keyed,
-    setup_config, vector_length,
+    MASKED,
+    MASKED_INPUT,
+    MASKED_Y,
+    SECAGG,
+    SHARE_KEYS,
+    UNMASK,
+    WEIGHT,
+    add_delta,
+    node_keyed,
+    setup_config,
+    vector_length,
 )
 
 STAGE_NAMES = {SHARE_KEYS: secure_auth.SHARE_KEYS, MASKED_INPUT: secure_auth.MASKED, UNMASK: secure_auth.UNMASK}
@@ -64,22 +73,32 @@ class SecureRounds:
         SecAggError when fewer than MIN_GROUP were sampled (the round is not started)."""
         self.rounds[server_round] = SecureRound(participants=len(nodes))
         if len(nodes) < MIN_GROUP:
-            raise SecAggError(f"{len(nodes)} client(s) sampled; secure aggregation needs at least {MIN_GROUP} "
-                              "(with fewer, each could work out the others' updates from the sum)")
+            raise SecAggError(
+                f"{len(nodes)} client(s) sampled; secure aggregation needs at least {MIN_GROUP} "
+                "(with fewer, each could work out the others' updates from the sum)"
+            )
         params = SecAggParams(
-            participants=tuple(sorted(nodes)), threshold=len(nodes) // 2 + 1,
-            vector_length=vector_length(arrays), clipping_range=self.clipping_range,
-            max_weight=self.max_weight, modulus_bits=MODULUS_BITS, run_id=run_id, server_round=server_round,
+            participants=tuple(sorted(nodes)),
+            threshold=len(nodes) // 2 + 1,
+            vector_length=vector_length(arrays),
+            clipping_range=self.clipping_range,
+            max_weight=self.max_weight,
+            modulus_bits=MODULUS_BITS,
+            run_id=run_id,
+            server_round=server_round,
         )
         self.servers[server_round] = SecAggServer(params)
         entries = setup_config(params)
         digest = record_digest(entries)
         self.signed[server_round] = (fingerprint, digest)
-        signature = secure_auth.sign_statement(self.private_key, secure_auth.SETUP, params, fingerprint, digest, entries)
+        signature = secure_auth.sign_statement(
+            self.private_key, secure_auth.SETUP, params, fingerprint, digest, entries
+        )
         return {**entries, secure_auth.SETUP_SIGNATURE: signature}
 
-    def aggregate(self, strategy, server_round: int, replies: list[Message],
-                  global_record: ArrayRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate(
+        self, strategy, server_round: int, replies: list[Message], global_record: ArrayRecord
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server, info = self.servers.pop(server_round, None), self.rounds.get(server_round)
         stats = strategy._round(server_round)
         if server is None:  # the round was not started (too few clients sampled): configure_train said why
@@ -151,8 +170,15 @@ class SecureRounds:
                 server.drop(node, "no train reply")
         return weights, losses
 
-    def _exchange(self, strategy, server: SecAggServer, message_type: str, server_round: int,
-                  records: dict[int, ConfigRecord], extra: dict[int, dict] | None = None) -> dict[int, RecordDict]:
+    def _exchange(
+        self,
+        strategy,
+        server: SecAggServer,
+        message_type: str,
+        server_round: int,
+        records: dict[int, ConfigRecord],
+        extra: dict[int, dict] | None = None,
+    ) -> dict[int, RecordDict]:
         """One stage: a signed message to each node, sealed replies within `timeout`; error,
         silence or a reply that does not open drops the node."""
         messages, stage = [], STAGE_NAMES[message_type]
@@ -160,12 +186,15 @@ class SecureRounds:
         for node, record in records.items():
             signed = {**record, **(extra or {}).get(node, {})}
             recipient = node if stage == secure_auth.MASKED else 0  # the inbox is per node
-            signature = secure_auth.sign_statement(self.private_key, stage, server.params, fingerprint, digest,
-                                                   signed, recipient=recipient)
-            config = ConfigRecord({"server-round": server_round, secure_auth.SIGNATURE: signature,
-                                   **(extra or {}).get(node, {})})
-            messages.append(Message(RecordDict({CONFIG: config, SECAGG: record}), message_type=message_type,
-                                    dst_node_id=node))
+            signature = secure_auth.sign_statement(
+                self.private_key, stage, server.params, fingerprint, digest, signed, recipient=recipient
+            )
+            config = ConfigRecord(
+                {"server-round": server_round, secure_auth.SIGNATURE: signature, **(extra or {}).get(node, {})}
+            )
+            messages.append(
+                Message(RecordDict({CONFIG: config, SECAGG: record}), message_type=message_type, dst_node_id=node)
+            )
         got = {}
         for reply in strategy._grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
@@ -194,8 +223,14 @@ class SecureRounds:
             server.drop(node, str(err))
             return None
 
-    def _checked_mean(self, params: SecAggParams, weighted_sum: np.ndarray, total_weight: int,
-                      summed: tuple[int, ...], weights: dict[int, int]) -> np.ndarray:
+    def _checked_mean(
+        self,
+        params: SecAggParams,
+        weighted_sum: np.ndarray,
+        total_weight: int,
+        summed: tuple[int, ...],
+        weights: dict[int, int],
+    ) -> np.ndarray:
         """sum(w' x) / sum(w') (d,), if the unmasked sum is plausible; else SecAggError."""
         clear = sum(min(weights[n], params.max_weight) for n in summed)
         if total_weight != clear:
@@ -219,7 +254,9 @@ def _masked(content: RecordDict) -> object:
     """The reply's masked vector as numpy, or None (SecAggServer rejects it)."""
     try:
         record = content[MASKED]
-        return record[MASKED_Y].numpy() if isinstance(record, ArrayRecord) and list(record.keys()) == [MASKED_Y] else None
+        return (
+            record[MASKED_Y].numpy() if isinstance(record, ArrayRecord) and list(record.keys()) == [MASKED_Y] else None
+        )
     except Exception:
         return None
 

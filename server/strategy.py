@@ -62,12 +62,24 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
     ranks (server/mixed_ranks.py), counts (server/round_stats.py), checkpoint state
     (server/strategy_state.py); the train aggregation is the aggregator's."""
 
-    def __init__(self, basis_record: ArrayRecord, fingerprint: str, update_dtype: str,
-                 evaluate_metrics: tuple[str, ...], sealing=None, seed: int = 0,
-                 round_offset: int = 0, reply_timeout: float = 3600.0,
-                 max_client_examples: int = 10_000, partition_sizes: dict[int, int] | None = None,
-                 secure=None, recipe: dict | None = None, aggregator: Strategy | None = None,
-                 mixed_rank_aggregation: str = "zero-pad", **fedavg_args):
+    def __init__(
+        self,
+        basis_record: ArrayRecord,
+        fingerprint: str,
+        update_dtype: str,
+        evaluate_metrics: tuple[str, ...],
+        sealing=None,
+        seed: int = 0,
+        round_offset: int = 0,
+        reply_timeout: float = 3600.0,
+        max_client_examples: int = 10_000,
+        partition_sizes: dict[int, int] | None = None,
+        secure=None,
+        recipe: dict | None = None,
+        aggregator: Strategy | None = None,
+        mixed_rank_aggregation: str = "zero-pad",
+        **fedavg_args,
+    ):
         super().__init__(**fedavg_args)
         self.mixed_rank_aggregation = mixed_rank_aggregation
         self.aggregator = aggregator  # None: FedAvg's own weighted mean
@@ -89,8 +101,9 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         self._sent: dict[str, tuple[ArrayRecord, ConfigRecord]] = {}  # message type -> payload
         self._last_sent: dict[str, int] = {}  # message type -> nodes sent to, last time
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._grid = grid
         server_round += self.round_offset
         nodes = self.sample(grid, self.fraction_train, self.min_train_nodes, server_round, stream=0)
@@ -106,8 +119,9 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         config = self._aggregator_config(server_round, arrays, config, grid, nodes)
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
-    def _aggregator_config(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid, nodes: list[int]) -> ConfigRecord:
+    def _aggregator_config(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, nodes: list[int]
+    ) -> ConfigRecord:
         """The aggregator configures this round on the sampled nodes alone; what it adds to the
         train config (proximal-mu, clipping_norm) travels in ours."""
         if self.aggregator is None or not nodes:
@@ -115,12 +129,14 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         wrapper = dp_wrapper(self.aggregator)
         if wrapper is not None:
             wrapper.num_sampled_clients = len(nodes)
-        messages = list(self.aggregator.configure_train(server_round, arrays, ConfigRecord(dict(config)),
-                                                        SampledGrid(grid, nodes)))
+        messages = list(
+            self.aggregator.configure_train(server_round, arrays, ConfigRecord(dict(config)), SampledGrid(grid, nodes))
+        )
         return ConfigRecord({**config, **messages[0].content[CONFIG]}) if messages else config
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._grid = grid
         if self.fraction_evaluate == 0.0:
             return []
@@ -147,14 +163,20 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
             except Exception as err:  # a checker never ends the run: anything odd is a rejection
                 cleaned = f"its check failed ({type(err).__name__}: {str(err)[:80]})"
             if isinstance(cleaned, str):
-                log(WARNING, "round %s: rejected the update of node %s: %s",
-                    server_round, reply.metadata.src_node_id, cleaned)
+                log(
+                    WARNING,
+                    "round %s: rejected the update of node %s: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    cleaned,
+                )
                 self._round(server_round).rejected_updates += 1
                 continue
             reply.content = cleaned  # only the checked arrays (as fp32) and metrics
             accepted.append(reply)
-        accepted.sort(key=lambda r: (self.partitions.get(r.metadata.src_node_id, math.inf),
-                                     r.metadata.src_node_id))  # sums independent of arrival order
+        accepted.sort(
+            key=lambda r: (self.partitions.get(r.metadata.src_node_id, math.inf), r.metadata.src_node_id)
+        )  # sums independent of arrival order
         stats = self._round(server_round)
         stats.clients_trained = len(accepted)
         stats.examples_trained = sum(int(r.content[METRICS]["num-examples"]) for r in accepted)
@@ -175,8 +197,11 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         it, handed over as its one reply."""
         if arrays is None or self.aggregator is None:
             return arrays, metrics
-        mean = Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
-                       dst_node_id=0, message_type=MessageType.TRAIN)
+        mean = Message(
+            RecordDict({ARRAYS: arrays, METRICS: MetricRecord({"num-examples": 1})}),
+            dst_node_id=0,
+            message_type=MessageType.TRAIN,
+        )
         stepped, _ = self._aggregated(server_round, [mean])
         return stepped, metrics
 
@@ -192,7 +217,11 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         try:
             arrays, metrics = self.aggregator.aggregate_train(server_round, accepted)
             expected, _ = self._sent[MessageType.TRAIN]
-            problem = "it returned nothing" if arrays is None else check_update(cast_record(arrays, "fp32"), cast_record(expected, "fp32"))
+            problem = (
+                "it returned nothing"
+                if arrays is None
+                else check_update(cast_record(arrays, "fp32"), cast_record(expected, "fp32"))
+            )
         except Exception as err:  # the aggregator's failure is this round's, not the run's
             arrays, metrics, problem = None, None, f"{type(err).__name__}: {str(err)[:120]}"
         if problem:
@@ -205,7 +234,7 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         """A skipped round releases nothing: drop the DP accountant's pending event for it."""
         wrapper = dp_wrapper(self.aggregator) if self.aggregator is not None else None
         if wrapper is not None:
-            wrapper._pending_events.pop(server_round, None)  # noqa: SLF001 - Flower keeps it private
+            wrapper._pending_events.pop(server_round, None)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
@@ -217,7 +246,9 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         self.evaluate_replies[server_round] = valid
         return super().aggregate_evaluate(server_round, accepted)
 
-    def evaluate_clients(self, grid: Grid, arrays: ArrayRecord, fraction: float, server_round: int) -> list[MetricRecord]:
+    def evaluate_clients(
+        self, grid: Grid, arrays: ArrayRecord, fraction: float, server_round: int
+    ) -> list[MetricRecord]:
         """A last federated evaluation on `fraction` of the nodes: each client's metrics."""
         self._grid = grid
         if not self.partitions:
@@ -226,10 +257,14 @@ class LoraXSStrategy(NodeMessages, PartitionSampling, ReplyChecks, MixedRanks, R
         sample_size = min(num_nodes, max(1, round(fraction * num_nodes)))
         node_ids = self.sample(grid, sample_size / num_nodes, 1, server_round, stream=2)
         config = ConfigRecord({"server-round": server_round, "final-evaluation": True})
-        replies = one_reply_per_node(server_round, list(grid.send_and_receive(
-            self._messages(node_ids, arrays, config, MessageType.EVALUATE), timeout=self.reply_timeout
-        )))
+        replies = one_reply_per_node(
+            server_round,
+            list(
+                grid.send_and_receive(
+                    self._messages(node_ids, arrays, config, MessageType.EVALUATE), timeout=self.reply_timeout
+                )
+            ),
+        )
         replies = self._resend_to_unknown(server_round, replies, MessageType.EVALUATE)
         self._count_failures(server_round, replies, "final")
-        return [r.content[METRICS] for r in replies
-                if not r.has_error() and self._checked_evaluation(server_round, r)]
+        return [r.content[METRICS] for r in replies if not r.has_error() and self._checked_evaluation(server_round, r)]

@@ -95,5 +95,5 @@ def _derived(reply: Message) -> bool:
     """The node says it derived the factors for this message (a client's claim, only counted)."""
     try:
         return not reply.has_error() and reply.content[STATUS].get(FACTORS) == DERIVED
-    except Exception:  # noqa: BLE001 - no or malformed status: not derived
+    except Exception:
         return False

@@ -115,7 +115,9 @@ def load_base_model(
             nn.init.zeros_(model.classifier.bias)
         elif task == "seq-cls":
             model = _from_pretrained(
-                AutoModelForSequenceClassification, model_id, num_labels=num_labels or 2,
+                AutoModelForSequenceClassification,
+                model_id,
+                num_labels=num_labels or 2,
                 dtype=torch.float32,
             )
         else:

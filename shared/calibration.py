@@ -28,7 +28,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, tolerance: float = 1
         return 1.0
     lo, hi = LOG_T_RANGE
     ratio = (math.sqrt(5) - 1) / 2
-    loss = lambda log_t: nll(logits, labels, math.exp(log_t))  # noqa: E731
+    loss = lambda log_t: nll(logits, labels, math.exp(log_t))
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = loss(a), loss(b)
     while hi - lo > tolerance:
@@ -44,8 +44,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, tolerance: float = 1
     return t if nll(logits, labels, t) <= nll(logits, labels, 1.0) else 1.0  # never worse than T = 1 on its data
 
 
-def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
-                               bins: int = BINS) -> float:
+def expected_calibration_error(
+    logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, bins: int = BINS
+) -> float:
     """sum over bins of (share of examples) * |accuracy - mean confidence|, by top probability."""
     if len(labels) == 0:
         return 0.0
@@ -61,8 +62,9 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, temperatu
     return float(ece)
 
 
-def sampling_floor(logits: np.ndarray, temperature: float = 1.0, draws: int = 200, seed: int = 0,
-                   bins: int = BINS) -> float:
+def sampling_floor(
+    logits: np.ndarray, temperature: float = 1.0, draws: int = 200, seed: int = 0, bins: int = BINS
+) -> float:
     """The ECE a perfectly calibrated model with these confidences would show on this many examples:
     each example right with probability its confidence (seeded draws), ECE averaged over `draws`.
     On ~100 test texts it is far from 0: the binned estimate's own noise."""

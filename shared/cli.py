@@ -39,8 +39,11 @@ def run_cli(work: Callable[[], int], prog: str = "") -> int:
         print(f"{prefix}interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except LAST_RESORT as err:
-        what = "out of memory" if isinstance(err, MemoryError) else (
-            "input nested too deeply" if isinstance(err, RecursionError) else type(err).__name__)
+        what = (
+            "out of memory"
+            if isinstance(err, MemoryError)
+            else ("input nested too deeply" if isinstance(err, RecursionError) else type(err).__name__)
+        )
         print(f"{prefix}error: {what}: {_one_line(err)}", file=sys.stderr)
         return USER_ERROR_EXIT
 

@@ -38,7 +38,9 @@ def interpolate(start: Mapping, tuned: Mapping, lam: float) -> dict:
         if a.shape != b.shape:
             raise LoraXSError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
         if isinstance(a, np.ndarray):
-            out[name] = (a.astype(np.float32) + lam * (np.asarray(b, np.float32) - a.astype(np.float32))).astype(a.dtype)
+            out[name] = (a.astype(np.float32) + lam * (np.asarray(b, np.float32) - a.astype(np.float32))).astype(
+                a.dtype
+            )
         else:
             out[name] = (a.float() + lam * (b.float() - a.float())).to(a.dtype)
     return out

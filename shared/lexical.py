@@ -34,8 +34,9 @@ class LexicalHead:
 
     def scaled(self, factor: float) -> "LexicalHead":
         """The same head with its logits multiplied by `factor` (how much of it the model uses)."""
-        return LexicalHead(self.ids, self.idf, (self.weight * factor).astype(np.float32),
-                           (self.bias * factor).astype(np.float32))
+        return LexicalHead(
+            self.ids, self.idf, (self.weight * factor).astype(np.float32), (self.bias * factor).astype(np.float32)
+        )
 
 
 def token_lists(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
@@ -95,7 +96,7 @@ def lexical_logits(input_ids: np.ndarray, attention_mask: np.ndarray, head: Lexi
         cols = np.array([column.get(int(v), -1) for v in text], dtype=np.int64)  # (T,)
         counts = (text[:, None] == text[None, :]).sum(-1)  # (T,) occurrences of each position's id
         weights = np.where(cols >= 0, head.idf[cols] * (1 + np.log(counts)) / counts, 0.0)  # (T,)
-        norm = np.sqrt((weights ** 2 * counts).sum())
+        norm = np.sqrt((weights**2 * counts).sum())
         gathered = head.weight.T[cols].astype(np.float64)  # (T, C); rows of unknown ids are weighted 0
         out[row] = weights @ gathered / max(norm, 1e-12)
     return (out + head.bias).astype(np.float32)

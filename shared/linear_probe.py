@@ -29,7 +29,9 @@ def linear_head(model: nn.Module) -> nn.Linear | None:
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, loader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+def head_inputs(
+    model: nn.Module, loader, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(N, H) features the head receives and (N,) labels over `loader`; None without a linear
     head over 2-D features."""
     head = linear_head(model)
@@ -87,7 +89,9 @@ def log_loss(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, l
 
 
 def fit_linear_head(
-    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], num_classes: int,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
     grid: tuple[float, ...] = L2_GRID,
 ) -> tuple[LinearHead, float]:
     """The logistic regression with the best validation accuracy over `grid` (ties: the
@@ -101,8 +105,9 @@ def fit_linear_head(
     return best
 
 
-def refit_on_both(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                  num_classes: int, l2: float) -> LinearHead:
+def refit_on_both(
+    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], num_classes: int, l2: float
+) -> LinearHead:
     """The same regression on training + validation features, once `l2` is chosen."""
     return refit(torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]), num_classes, l2)
 

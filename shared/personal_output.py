@@ -34,9 +34,14 @@ class PersonalOutput(nn.Module):
         for name, value in tables.items():
             self.register_buffer(name.replace(".", "_"), value)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits: torch.Tensor,
-                tables: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        get = (lambda n: tables[n]) if tables else (lambda n: getattr(self, n.replace(".", "_")))  # noqa: E731
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits: torch.Tensor,
+        tables: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        get = (lambda n: tables[n]) if tables else (lambda n: getattr(self, n.replace(".", "_")))
         idf_table, weight_table = get("lexical.idf_table"), get("lexical.weight_table")
         mask = attention_mask.to(idf_table.dtype)  # (B, T)
         same = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)).to(mask.dtype) * mask.unsqueeze(1)  # (B, T, T)
@@ -59,8 +64,12 @@ def dense_tables(parts: OutputParts, vocab_size: int, num_classes: int) -> dict[
         weight[ids] = torch.from_numpy(parts.lexical.weight).T  # (k, C)
         bias = torch.from_numpy(parts.lexical.bias).clone()
     log_t = torch.tensor([math.log(parts.temperature)])  # (1,)
-    return {"lexical.idf_table": idf, "lexical.weight_table": weight, "lexical.bias": bias,
-            "calibration.log_temperature": log_t}
+    return {
+        "lexical.idf_table": idf,
+        "lexical.weight_table": weight,
+        "lexical.bias": bias,
+        "calibration.log_temperature": log_t,
+    }
 
 
 class PersonalClassifier(nn.Module):
@@ -71,8 +80,13 @@ class PersonalClassifier(nn.Module):
         self.model = model
         self.output = PersonalOutput(parts, model.config.vocab_size, model.classifier.out_features)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
         tokens = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             tokens["token_type_ids"] = token_type_ids
@@ -86,15 +100,18 @@ def parts_state(parts: OutputParts) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(value) for name, value in parts_arrays(parts).items()}
 
 
-def split_parts(state: dict[str, torch.Tensor], extra: dict[str, str], num_classes: int | None,
-                source: str) -> tuple[dict[str, torch.Tensor], OutputParts]:
+def split_parts(
+    state: dict[str, torch.Tensor], extra: dict[str, str], num_classes: int | None, source: str
+) -> tuple[dict[str, torch.Tensor], OutputParts]:
     """(the adapter state without the parts, the parts) of a file; LoraXSError (one line) when
     they are malformed."""
     state = dict(state)
     tensors = {name: state.pop(name) for name in list(state) if name.startswith(PREFIX)}
     try:
         temperature = _temperature(extra.get("temperature", "1.0"))
-        lexical = _lexical(tensors, extra.get("lexical_ids"), num_classes) if tensors or "lexical_ids" in extra else None
+        lexical = (
+            _lexical(tensors, extra.get("lexical_ids"), num_classes) if tensors or "lexical_ids" in extra else None
+        )
     except ValueError as err:
         raise LoraXSError(f"{source} has a malformed personal output part ({err})") from None
     return state, OutputParts(lexical, temperature)
@@ -120,5 +137,6 @@ def _lexical(tensors: dict[str, torch.Tensor], ids_text, num_classes: int | None
         raise ValueError(f"the lexical part has {len(bias)} classes, the adapter {num_classes}")
     if (idf < 0).any():
         raise ValueError("'lexical.idf' holds negative values")
-    return LexicalHead(decode_ids(ids_text, len(idf)), idf.astype(np.float32), weight.astype(np.float32),
-                       bias.astype(np.float32))
+    return LexicalHead(
+        decode_ids(ids_text, len(idf)), idf.astype(np.float32), weight.astype(np.float32), bias.astype(np.float32)
+    )

@@ -56,8 +56,15 @@ class HeldOut:
     ece_floor: float  # what a perfectly calibrated model with these confidences would show here
 
 
-def choose_parts(views: dict, head_weight: np.ndarray, head_bias: np.ndarray, head_l2: float | None,
-                 special_ids: set[int], lexical: bool = True, calibrate: bool = True) -> PartsChoice:
+def choose_parts(
+    views: dict,
+    head_weight: np.ndarray,
+    head_bias: np.ndarray,
+    head_l2: float | None,
+    special_ids: set[int],
+    lexical: bool = True,
+    calibrate: bool = True,
+) -> PartsChoice:
     """The parts for the recipe's kept adapter (head (C, H), (C,)); `views` its "fit" and "val"
     `SplitView`s; `head_l2` the penalty its head was refitted on fit + validation with (None: the
     head as given)."""
@@ -90,12 +97,18 @@ def choose_parts(views: dict, head_weight: np.ndarray, head_bias: np.ndarray, he
         both = fit_head(features(both_ids, ids, idf), both_y, num_classes, l2)
         final = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(mix)
     return PartsChoice(
-        parts=OutputParts(final, temperature), mix=mix, lexical_l2=l2 if mix > 0 else None,
-        vocabulary=len(final.ids) if final is not None else 0, scores=scores,
+        parts=OutputParts(final, temperature),
+        mix=mix,
+        lexical_l2=l2 if mix > 0 else None,
+        vocabulary=len(final.ids) if final is not None else 0,
+        scores=scores,
         val_nll=(nll(logits, val.labels), nll(logits, val.labels, temperature)),
-        val_ece=(expected_calibration_error(logits, val.labels),
-                 expected_calibration_error(logits, val.labels, temperature)),
-        lexical_only_accuracy=only, lexical_tried=lexical,
+        val_ece=(
+            expected_calibration_error(logits, val.labels),
+            expected_calibration_error(logits, val.labels, temperature),
+        ),
+        lexical_only_accuracy=only,
+        lexical_tried=lexical,
     )
 
 
@@ -108,10 +121,16 @@ def personal_logits(view, head_weight: np.ndarray, head_bias: np.ndarray, parts:
 def held_out(view, head_weight: np.ndarray, head_bias: np.ndarray, parts: OutputParts) -> HeldOut:
     """The personal model (kept head, `parts`) on the recipe's "test" view."""
     logits, labels, t = personal_logits(view, head_weight, head_bias, parts), view.labels, parts.temperature
-    return HeldOut(accuracy=accuracy(logits, labels), nll_before=nll(logits, labels), nll_after=nll(logits, labels, t),
-                   ece_before=expected_calibration_error(logits, labels),
-                   ece_after=expected_calibration_error(logits, labels, t), temperature=t, examples=len(labels),
-                   ece_floor=sampling_floor(logits, t))
+    return HeldOut(
+        accuracy=accuracy(logits, labels),
+        nll_before=nll(logits, labels),
+        nll_after=nll(logits, labels, t),
+        ece_before=expected_calibration_error(logits, labels),
+        ece_after=expected_calibration_error(logits, labels, t),
+        temperature=t,
+        examples=len(labels),
+        ece_floor=sampling_floor(logits, t),
+    )
 
 
 def parts_lines(choice: PartsChoice | None) -> list[str]:
@@ -119,30 +138,47 @@ def parts_lines(choice: PartsChoice | None) -> list[str]:
     if choice is None:
         return ["parts kept: encoder only (no lexical part or temperature for this task or model)"]
     scores = choice.scores
-    lines = ["parts kept: encoder (the LoRA-XS adapter and its head)"
-             + (", lexical" if choice.mix else "") + (", temperature" if choice.parts.temperature != 1.0 else "")]
+    lines = [
+        "parts kept: encoder (the LoRA-XS adapter and its head)"
+        + (", lexical" if choice.mix else "")
+        + (", temperature" if choice.parts.temperature != 1.0 else "")
+    ]
     if len(scores) > 1:
         by_mix = ", ".join(f"{mix:g}: {acc:.3f}/{loss:.3f}" for mix, (acc, loss) in scores.items())
-        why = (f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
-               f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
-               f"{scores[choice.mix][0]:.4f}" if choice.mix else
-               "not kept: no weight beat the encoder alone on validation loss while holding its accuracy")
-        lines.append(f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
-                     f"validation accuracy/calibrated loss by weight ({by_mix})")
+        why = (
+            f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
+            f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
+            f"{scores[choice.mix][0]:.4f}"
+            if choice.mix
+            else "not kept: no weight beat the encoder alone on validation loss while holding its accuracy"
+        )
+        lines.append(
+            f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
+            f"validation accuracy/calibrated loss by weight ({by_mix})"
+        )
     elif not choice.lexical_tried:
         lines.append("lexical part: off (--no-lexical)")
     else:
         lines.append("lexical part: not tried (no wordpiece occurs in two fit texts)")
     t = choice.parts.temperature
-    lines.append(f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
-                 f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}" if t != 1.0 else
-                 "temperature: none (--no-calibration, or no temperature lowered the validation loss)")
+    lines.append(
+        f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
+        f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}"
+        if t != 1.0
+        else "temperature: none (--no-calibration, or no temperature lowered the validation loss)"
+    )
     return lines
 
 
 def held_out_lines(result: HeldOut, encoder_accuracy: float) -> list[str]:
     """The personal model's held-out calibration (and the encoder alone when the parts changed it)."""
-    lines = [] if result.accuracy == encoder_accuracy else [f"held-out accuracy of the encoder alone: {encoder_accuracy:.4f}"]
-    return lines + [f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
-                    f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f} "
-                    f"(a perfectly calibrated model would show about {result.ece_floor:.3f} on {result.examples} texts)"]
+    lines = (
+        []
+        if result.accuracy == encoder_accuracy
+        else [f"held-out accuracy of the encoder alone: {encoder_accuracy:.4f}"]
+    )
+    return lines + [
+        f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
+        f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f} "
+        f"(a perfectly calibrated model would show about {result.ece_floor:.3f} on {result.examples} texts)"
+    ]

@@ -59,15 +59,21 @@ class PersonalTrainingResult:
     kept: str = ""  # what the kept adapter is, in words the report uses (never contradicting `lam`)
 
 
-def choose_max_length(texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None) -> int:
+def choose_max_length(
+    texts: list[str], tokenizer, config: PersonalTrainingConfig, model: nn.Module | None = None
+) -> int:
     """The recipe's token length (shared/recipe/data.py) for `texts` under this tokenizer and model."""
-    counts = [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]] if config.max_length is None else []
+    counts = (
+        [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]] if config.max_length is None else []
+    )
     return recipe_max_length(counts, config, model_length_limit(tokenizer, model))
 
 
 def model_length_limit(tokenizer, model: nn.Module | None = None) -> int | None:
-    limits = [getattr(tokenizer, "model_max_length", None),
-              getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    limits = [
+        getattr(tokenizer, "model_max_length", None),
+        getattr(getattr(model, "config", None), "max_position_embeddings", None),
+    ]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(limits) if limits else None
 
@@ -103,8 +109,9 @@ def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, l
             out["loss"] += (-nn.functional.cross_entropy(logits.float(), labels, reduction="none")).tolist()
             continue
         target = labels[:, 1:]  # (B, T-1)
-        losses = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target,
-                                             ignore_index=IGNORE_INDEX, reduction="none")  # (B, T-1)
+        losses = nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2).float(), target, ignore_index=IGNORE_INDEX, reduction="none"
+        )  # (B, T-1)
         mask = (target != IGNORE_INDEX).float()
         out["loss"] += (-(losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).tolist()
     return out
@@ -112,16 +119,25 @@ def example_outcomes(model: nn.Module, loader, device, task: str) -> dict[str, l
 
 def hf_tokenize(tokenizer) -> Tokenize:
     """A Hugging Face tokenizer as the recipe's `Tokenize`."""
+
     def tokenize(texts: list[str], max_length: int | None) -> list[np.ndarray]:
         encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
         return [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
+
     return tokenize
 
 
 def personal_training(
-    model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
-    device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
-    test_set: Dataset | None = None, deadline: float | None = None,
+    model: nn.Module,
+    train_set: Dataset,
+    tokenizer,
+    task: str,
+    config: PersonalTrainingConfig,
+    device: torch.device | str = "cpu",
+    start: str = "scratch",
+    progress: bool = False,
+    test_set: Dataset | None = None,
+    deadline: float | None = None,
 ) -> PersonalTrainingResult | RecipeResult:
     """Train `model` (LoRA-XS injected, start adapter loaded) on `train_set`; the model ends
     holding the chosen adapter state. A classifier with one linear head over pooled features
@@ -133,33 +149,64 @@ def personal_training(
     return _whole_model_loop(model, train_set, tokenizer, task, config, device, start, progress)
 
 
-def _recipe_on_model(model: nn.Module, train_set: Dataset, tokenizer, config: PersonalTrainingConfig, device,
-                     start: str, progress: bool, test_set: Dataset | None, deadline: float | None) -> RecipeResult:
+def _recipe_on_model(
+    model: nn.Module,
+    train_set: Dataset,
+    tokenizer,
+    config: PersonalTrainingConfig,
+    device,
+    start: str,
+    progress: bool,
+    test_set: Dataset | None,
+    deadline: float | None,
+) -> RecipeResult:
     backend = TorchBackend(model, config.train_blocks, device, bf16=config.bf16)
     if tokenizer.pad_token_id is None:
         raise LoraXSError("the tokenizer has no pad token")
     test = (list(test_set["text"]), [int(y) for y in test_set["label"]]) if test_set is not None else None
     result = run_recipe(
-        backend, hf_tokenize(tokenizer), tokenizer.pad_token_id, list(train_set["text"]),
-        [int(y) for y in train_set["label"]], linear_head(model).out_features, params_from_model(model), config,
-        start_name=start, test=test, progress=progress, deadline=deadline,
-        length_limit=model_length_limit(tokenizer, model))
+        backend,
+        hf_tokenize(tokenizer),
+        tokenizer.pad_token_id,
+        list(train_set["text"]),
+        [int(y) for y in train_set["label"]],
+        linear_head(model).out_features,
+        params_from_model(model),
+        config,
+        start_name=start,
+        test=test,
+        progress=progress,
+        deadline=deadline,
+        length_limit=model_length_limit(tokenizer, model),
+    )
     load_params(model, result.params)
     return result
 
 
 def _whole_model_loop(
-    model: nn.Module, train_set: Dataset, tokenizer, task: str, config: PersonalTrainingConfig,
-    device: torch.device | str = "cpu", start: str = "scratch", progress: bool = False,
+    model: nn.Module,
+    train_set: Dataset,
+    tokenizer,
+    task: str,
+    config: PersonalTrainingConfig,
+    device: torch.device | str = "cpu",
+    start: str = "scratch",
+    progress: bool = False,
 ) -> PersonalTrainingResult:
     seq_cls = task == "seq-cls"
     measure = config.select_on if seq_cls else "loss"
     guarded = seq_cls and measure == "loss" and config.keep_accuracy  # loss chooses, accuracy must hold
     fit, val = split_validation(train_set, config.val_fraction, config.seed, stratify=seq_cls)
     max_length = choose_max_length(fit["text"], tokenizer, config, model)
-    loader = lambda ds, shuffle=False: make_loader(  # noqa: E731
-        ds, tokenizer, task, config.batch_size if shuffle else EVAL_BATCH_SIZE, max_length,
-        shuffle=shuffle, seed=config.seed)
+    loader = lambda ds, shuffle=False: make_loader(
+        ds,
+        tokenizer,
+        task,
+        config.batch_size if shuffle else EVAL_BATCH_SIZE,
+        max_length,
+        shuffle=shuffle,
+        seed=config.seed,
+    )
     val_loader = loader(val)
     given = copy.deepcopy(adapter_state(model))
     given_result = evaluate(model, val_loader, device)  # one pass: the start's score and its accuracy
@@ -189,12 +236,14 @@ def _whole_model_loop(
         return waited >= config.patience
 
     train_loader = loader(fit, shuffle=True)
-    train_config = TrainConfig(epochs=epoch_budget(len(train_loader), config), lr=config.lr,
-                               head_lr=config.head_lr or config.lr)
+    train_config = TrainConfig(
+        epochs=epoch_budget(len(train_loader), config), lr=config.lr, head_lr=config.head_lr or config.lr
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # dropout
-        training = train(model, train_loader, train_config, device, progress=progress,
-                         desc="personalize", after_epoch=after_epoch)
+        training = train(
+            model, train_loader, train_config, device, progress=progress, desc="personalize", after_epoch=after_epoch
+        )
 
     lam, lam_scores = (0.0 if best_state is reference else 1.0), {}
     if config.interpolate and best_state is not reference:
@@ -205,17 +254,33 @@ def _whole_model_loop(
             outcomes = example_outcomes(model, val_loader, device, task)
             per_example[candidate] = outcomes[measure]
             accuracies[candidate] = float(np.mean(outcomes["accuracy"])) if seq_cls else 0.0
-        allowed = {k: v for k, v in per_example.items()  # the reference (lam = 0) is always allowed
-                   if not (guarded and accuracies[k] < accuracies[0.0])}
+        allowed = {
+            k: v
+            for k, v in per_example.items()  # the reference (lam = 0) is always allowed
+            if not (guarded and accuracies[k] < accuracies[0.0])
+        }
         lam = choose_lambda(allowed, significance)
         lam_scores = {k: sum(v) / len(v) for k, v in per_example.items()}
     load_adapter_state(model, interpolate(reference, best_state, lam) if lam < 1.0 else best_state)
     kept_accuracy = evaluate(model, val_loader, device).accuracy if seq_cls else None
     return PersonalTrainingResult(
-        start=start, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
-        history=history, best_epoch=best_epoch, training=training, max_length=max_length,
-        num_fit=len(fit), num_val=len(val), frozen_head_score=None, frozen_head_state=None,
-        lam=lam, lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back, kept=kept_words(lam, best_epoch, start, start),
+        start=start,
+        start_score=start_score,
+        best_score=best_score,
+        improved=best_epoch > 0,
+        history=history,
+        best_epoch=best_epoch,
+        training=training,
+        max_length=max_length,
+        num_fit=len(fit),
+        num_val=len(val),
+        frozen_head_score=None,
+        frozen_head_state=None,
+        lam=lam,
+        lam_scores=lam_scores,
+        measure=measure,
+        start_accuracy=start_accuracy,
+        kept_accuracy=kept_accuracy,
+        held_back=held_back,
+        kept=kept_words(lam, best_epoch, start, start),
     )
-

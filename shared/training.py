@@ -87,9 +87,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         {"params": groups["adapter"], "lr": config.lr},
         {"params": groups["head"], "lr": head_lr},
     ]
-    return torch.optim.AdamW(
-        [g for g in param_groups if g["params"]], weight_decay=config.weight_decay
-    )
+    return torch.optim.AdamW([g for g in param_groups if g["params"]], weight_decay=config.weight_decay)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -113,9 +111,7 @@ def train(
         raise LoraXSError("no training examples")
     steps = config.max_steps or math.ceil(config.epochs * len(loader))
     optimizer = _optimizer(model, config)
-    scheduler = linear_warmup_schedule(
-        optimizer, int(config.warmup_ratio * steps), steps
-    )
+    scheduler = linear_warmup_schedule(optimizer, int(config.warmup_ratio * steps), steps)
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in trainable] if config.proximal_mu > 0 else []
@@ -154,9 +150,7 @@ def train(
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module, loader, device: torch.device | str = "cpu", progress: bool = False
-) -> EvalResult:
+def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
     """Mean loss and accuracy (classes, or next tokens for a causal LM) over `loader`."""
     model.to(device).eval()
     total_loss, correct, counted, examples = 0.0, 0, 0, 0
@@ -178,6 +172,4 @@ def evaluate(
             counted += mask.sum().item()
     if examples == 0:
         raise LoraXSError("no evaluation examples")
-    return EvalResult(
-        loss=total_loss / examples, accuracy=correct / max(counted, 1), examples=examples
-    )
+    return EvalResult(loss=total_loss / examples, accuracy=correct / max(counted, 1), examples=examples)

@@ -19,27 +19,31 @@ import os
 # or in the Ray workers, which inherit it. Our own bar over rounds passes disable=False.
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import argparse  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import fields, replace  # noqa: E402
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
 
-from pathlib import Path  # noqa: E402
+from server.checkpoint import Checkpoint
+from server.report import REPORT_MD
+from server.run_folder import check_run_folder, remove_unfinished_run, resolve_out_dir
+from shared.base_models import canonical_model_id, load_tokenizer
+from shared.cli import INTERRUPTED_EXIT, STOPPED_EXIT, refuse_blank_values, run_cli
+from shared.errors import LoraXSError
+from shared.federation.node_data import held_out_union
+from shared.federation.run_config import CHOICES, FederationConfig
+from simulations.quiet_logs import quiet_logs
 
-from server.checkpoint import Checkpoint  # noqa: E402
-from server.run_folder import check_run_folder, remove_unfinished_run, resolve_out_dir  # noqa: E402
-from server.report import REPORT_MD  # noqa: E402
-from shared.base_models import canonical_model_id, load_tokenizer  # noqa: E402
-from shared.cli import INTERRUPTED_EXIT, STOPPED_EXIT, refuse_blank_values, run_cli  # noqa: E402
-from shared.errors import LoraXSError  # noqa: E402
-from shared.federation.node_data import held_out_union  # noqa: E402
-from shared.federation.run_config import CHOICES, FederationConfig  # noqa: E402
-from simulations.quiet_logs import quiet_logs  # noqa: E402
-
-SHORT_NAMES = {"num_server_rounds": "--rounds", "fraction_train": "--fraction",
-               "dirichlet_alpha": "--alpha", "out_dir": "--out", "encrypt_updates": "--encrypt",
-               "resume_from": "--resume"}
+SHORT_NAMES = {
+    "num_server_rounds": "--rounds",
+    "fraction_train": "--fraction",
+    "dirichlet_alpha": "--alpha",
+    "out_dir": "--out",
+    "encrypt_updates": "--encrypt",
+    "resume_from": "--resume",
+}
 METAVARS = {int: "N", float: "X", str: "TEXT", "model": "ID|DIR", "dataset": "NAME|DIR", "out_dir": "DIR"}
 HELP = {
     "num_clients": "simulated clients",
@@ -54,11 +58,10 @@ HELP = {
     "scenario": "concept-shift: a seeded share of clients (shift-fraction) flip their labels",
     "update_dtype": "precision of the adapter on the wire",
     "basis_delivery": "derive: nodes derive the factors (reproducible SVD, fingerprint-checked; "
-                      "the factors are shipped only to a node that cannot); ship: always send them",
+    "the factors are shipped only to a node that cannot); ship: always send them",
     "basis_dtype": "precision of the factors (everyone, server included, uses the rounded ones)",
     "out_dir": "output folder (default runs/<timestamp>)",
-    "resume_from": "continue the run whose folder (checkpoint.safetensors) this is; same flags, "
-                   "--rounds may grow",
+    "resume_from": "continue the run whose folder (checkpoint.safetensors) this is; same flags, --rounds may grow",
     "fail_rate": "share of client messages that crash, time out or answer garbage (seeded)",
     "round_timeout": "seconds the server waits for one round's replies",
     "strategy": "the aggregator inside the LoRA-XS layer (Flower's strategy of that name)",
@@ -86,22 +89,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default = getattr(defaults, field.name)
         shown = f" ({default})" if default != "" else ""
         if isinstance(default, bool):  # --encrypt / --no-encrypt-updates; None = not given
-            parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=HELP.get(field.name, f"run-config key {flag[2:]}") + shown)
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=HELP.get(field.name, f"run-config key {flag[2:]}") + shown,
+            )
             continue
-        parser.add_argument(*names, dest=field.name, type=type(default), choices=CHOICES.get(field.name),
-                            metavar=None if field.name in CHOICES else METAVARS.get(field.name, METAVARS[type(default)]),
-                            help=HELP.get(field.name, f"run-config key {flag[2:]}").replace("%", "%%") + shown)
-    parser.add_argument("--run-config", metavar='"KEY=VALUE ..."', default="",
-                        help="any key of [tool.flwr.app.config], e.g. \"lr=0.004 personal-steps=5\"")
-    parser.add_argument("--client-cpus", type=float, default=1.0,
-                        help="CPUs per simulated client; clients in parallel = CPUs / this (%(default)s)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the run an existing --out folder holds (default: refuse)")
+        parser.add_argument(
+            *names,
+            dest=field.name,
+            type=type(default),
+            choices=CHOICES.get(field.name),
+            metavar=None if field.name in CHOICES else METAVARS.get(field.name, METAVARS[type(default)]),
+            help=HELP.get(field.name, f"run-config key {flag[2:]}").replace("%", "%%") + shown,
+        )
+    parser.add_argument(
+        "--run-config",
+        metavar='"KEY=VALUE ..."',
+        default="",
+        help='any key of [tool.flwr.app.config], e.g. "lr=0.004 personal-steps=5"',
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs per simulated client; clients in parallel = CPUs / this (%(default)s)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the run an existing --out folder holds (default: refuse)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--ray-address", metavar="HOST:PORT", default="",
-                        help="attach to this running Ray cluster (default: a private local Ray, "
-                             "whatever RAY_ADDRESS or /tmp/ray/ray_current_cluster say)")
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        default="",
+        help="attach to this running Ray cluster (default: a private local Ray, "
+        "whatever RAY_ADDRESS or /tmp/ray/ray_current_cluster say)",
+    )
     args = parser.parse_args(argv)
     refuse_blank_values(parser, args)
     return args
@@ -158,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
                 check_inputs(config, force=args.force)
                 from simulations.ray_simulation import run_ray_simulation  # Ray only once input is fine
 
-                report = run_ray_simulation(config, args.client_cpus, progress=not args.no_progress, started=started,
-                                            ray_address=args.ray_address, on_stop=unfinished)
+                report = run_ray_simulation(
+                    config,
+                    args.client_cpus,
+                    progress=not args.no_progress,
+                    started=started,
+                    ray_address=args.ray_address,
+                    on_stop=unfinished,
+                )
             finished = True
         finally:
             if not finished:
@@ -181,10 +213,12 @@ def print_summary(report: dict, out_dir) -> None:
         if final.get(key) is not None:
             parts.append(f"{key.removeprefix('accuracy_').replace('_', ' ')} {final[key]:.4f}")
     print("final: " + ", ".join(parts))
-    print(f"per client per round: up {final['bytes_up_per_client_per_round']:,.0f} B, down "
-          f"{final['bytes_down_per_client_per_round']:,.0f} B; factors derived by {final['factors_derived']} and "
-          f"shipped to {final['factors_shipped']} of {final['clients_reached']} clients "
-          f"({final['basis_bytes_down_total']:,} B shipped)")
+    print(
+        f"per client per round: up {final['bytes_up_per_client_per_round']:,.0f} B, down "
+        f"{final['bytes_down_per_client_per_round']:,.0f} B; factors derived by {final['factors_derived']} and "
+        f"shipped to {final['factors_shipped']} of {final['clients_reached']} clients "
+        f"({final['basis_bytes_down_total']:,} B shipped)"
+    )
     print(f"wall time {final['wall_seconds']:.0f} s; report: {out_dir / REPORT_MD}")
 
 

@@ -57,7 +57,7 @@ def failing_client_app(inner: ClientApp, config: FederationConfig) -> ClientApp:
     app.evaluate()(answer)
     app.query()(inner)
     for action in SECURE_STAGE_ACTIONS:  # secure aggregation's later stages: a node failed or silenced
-        app.train(action)(inner)         # at stage 1 (the train message) is already out of the round
+        app.train(action)(inner)  # at stage 1 (the train message) is already out of the round
     return app
 
 

@@ -24,16 +24,19 @@ def _copy(message: Message) -> Message:
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: Callable[[Message, Context], Message], num_nodes: int,
-                 run_config: dict | None = None):
+    def __init__(
+        self, client_app: Callable[[Message, Context], Message], num_nodes: int, run_config: dict | None = None
+    ):
         # Messages created by the ServerApp take their run and sender from the process identity.
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = RUN_ID, 1, SUPERLINK_NODE_ID
         self.client_app = client_app
         self.contexts = {
             FIRST_NODE_ID + i: Context(
-                run_id=RUN_ID, node_id=FIRST_NODE_ID + i,
+                run_id=RUN_ID,
+                node_id=FIRST_NODE_ID + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(), run_config=dict(run_config or {}),
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
             )
             for i in range(num_nodes)
         }
@@ -52,8 +55,7 @@ class InProcessGrid(Grid):
         try:
             reply = self.client_app(message, context)
         except Exception as err:  # as Flower does: the ServerApp sees an error reply
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=repr(err)),
-                            reply_to=message)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=repr(err)), reply_to=message)
         return _copy(reply)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
@@ -66,8 +68,7 @@ class InProcessGrid(Grid):
         raise NotImplementedError("InProcessGrid only supports send_and_receive")
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id,
-                       group_id=group_id, ttl=ttl)
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id, ttl=ttl)
 
     def set_run(self, run):
         self._run = run

@@ -46,8 +46,13 @@ def malicious_client_app(inner: ClientApp, config: FederationConfig) -> ClientAp
         sent = msg.content[ARRAYS] if ARRAYS in msg.content else None
         reply = inner(msg, context)
         partition = int(context.node_config.get("partition-id", -1))
-        if partition in bad and sent is not None and not reply.has_error() and ARRAYS in reply.content \
-                and CONFIG in msg.content:
+        if (
+            partition in bad
+            and sent is not None
+            and not reply.has_error()
+            and ARRAYS in reply.content
+            and CONFIG in msg.content
+        ):
             reply.content[ARRAYS] = poisoned(sent, reply.content[ARRAYS], factor)
         return reply
 

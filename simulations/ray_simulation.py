@@ -21,8 +21,8 @@ import threading
 
 from client.app import make_client_app
 from server.app import make_server_app
-from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
+from shared.federation.run_config import FederationConfig
 from simulations.failing_clients import SilencedGrid, failing_client_app
 from simulations.malicious_clients import malicious_client_app
 from simulations.quiet_logs import quiet_logs
@@ -31,8 +31,14 @@ CONNECT_TIMEOUT = 5.0  # seconds for an attached cluster's head to accept a conn
 SHUTDOWN_TIMEOUT = 10.0  # seconds Ray gets to shut down after a signal
 
 
-def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progress: bool = False,
-                       started: float | None = None, ray_address: str = "", on_stop=None) -> dict:
+def run_ray_simulation(
+    config: FederationConfig,
+    client_cpus: float = 1.0,
+    progress: bool = False,
+    started: float | None = None,
+    ray_address: str = "",
+    on_stop=None,
+) -> dict:
     """Runs the whole federation on `config.num_clients` simulated SuperNodes; returns the report
     (written by the ServerApp; its wall time counts from `started`, e.g. with Ray's start).
     `on_stop`: called after Ray is shut down when a signal stops the run (e.g. removing a
@@ -44,8 +50,13 @@ def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progr
         check_reachable(ray_address)
     reports: list[dict] = []
     failing = config.fail_rate > 0
-    server_app = make_server_app(config, progress=progress, on_report=reports.append, started=started,
-                                 wrap_grid=(lambda grid: SilencedGrid(grid, config)) if failing else None)
+    server_app = make_server_app(
+        config,
+        progress=progress,
+        on_report=reports.append,
+        started=started,
+        wrap_grid=(lambda grid: SilencedGrid(grid, config)) if failing else None,
+    )
     client_app = make_client_app(config, torch_threads=max(1, int(client_cpus)))
     if config.malicious_fraction > 0:
         client_app = malicious_client_app(client_app, config)
@@ -56,13 +67,22 @@ def run_ray_simulation(config: FederationConfig, client_cpus: float = 1.0, progr
         with quiet_logs():
             os.environ.pop("RAY_ADDRESS", None)  # it would override the address below
             pythonpath = os.pathsep.join(sys.path)  # as Flower's backend passes it to the workers
-            ray.init(address=ray_address or "local", logging_level=logging.ERROR, log_to_driver=False,
-                     include_dashboard=False, configure_logging=True,
-                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+            ray.init(
+                address=ray_address or "local",
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                include_dashboard=False,
+                configure_logging=True,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            )
             stop_cleanly_on_signals(on_stop)
-            run_simulation(server_app=server_app, client_app=client_app,
-                           num_supernodes=config.num_clients, backend_name="ray",
-                           backend_config=backend_config)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=config.num_clients,
+                backend_name="ray",
+                backend_config=backend_config,
+            )
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -80,8 +100,9 @@ def check_reachable(address: str) -> None:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
             pass
     except OSError as err:
-        raise LoraXSError(f"no Ray cluster answers at {address} within {CONNECT_TIMEOUT:.0f} s "
-                          f"({err.strerror or type(err).__name__})") from None
+        raise LoraXSError(
+            f"no Ray cluster answers at {address} within {CONNECT_TIMEOUT:.0f} s ({err.strerror or type(err).__name__})"
+        ) from None
 
 
 def stop_cleanly_on_signals(on_stop=None) -> None:
@@ -91,8 +112,11 @@ def stop_cleanly_on_signals(on_stop=None) -> None:
         return
 
     def stop(signum, frame):
-        print(f"flower-simulation: stopped by {signal.Signals(signum).name}; shutting Ray down",
-              file=sys.stderr, flush=True)
+        print(
+            f"flower-simulation: stopped by {signal.Signals(signum).name}; shutting Ray down",
+            file=sys.stderr,
+            flush=True,
+        )
         import ray
 
         closer = threading.Thread(target=ray.shutdown, daemon=True)
@@ -101,7 +125,7 @@ def stop_cleanly_on_signals(on_stop=None) -> None:
         if on_stop is not None:
             try:
                 on_stop()
-            except Exception as err:  # noqa: BLE001 - the exit must happen whatever the cleanup met
+            except Exception as err:
                 print(f"flower-simulation: cleanup failed: {err}", file=sys.stderr, flush=True)
         sys.stderr.flush()
         os._exit(128 + signum)

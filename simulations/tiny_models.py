@@ -18,8 +18,12 @@ def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
 
     tokenizer = _tokenizer()
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
@@ -33,10 +37,16 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
 
     tokenizer = _tokenizer()
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)

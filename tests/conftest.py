@@ -7,10 +7,10 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-import torch  # noqa: E402
+import torch
 
-from simulations.tiny_models import make_tiny_bert, make_tiny_llama  # noqa: E402
-from tests.helpers import make_config, write_word_reviews  # noqa: E402
+from simulations.tiny_models import make_tiny_bert, make_tiny_llama
+from tests.helpers import make_config, write_word_reviews
 
 
 @pytest.fixture(scope="session")

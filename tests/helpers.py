@@ -103,10 +103,22 @@ def write_word_reviews(folder, count, labels=LABELS, seed=0):
 
 def make_config(model_dir, data_dir, out_dir, **changes) -> FederationConfig:
     config = FederationConfig(
-        num_clients=NUM_CLIENTS, num_server_rounds=2, fraction_train=1.0, fraction_evaluate=0.0,
-        final_eval_fraction=1.0, model=model_dir, dataset=data_dir, partition="iid",
-        rank=4, lora_alpha=4.0, lr=0.01, head_lr=0.01, batch_size=8, eval_max_examples=64,
-        out_dir=str(out_dir), strategy="fedavg",  # the plain weighted mean the exactness tests check
+        num_clients=NUM_CLIENTS,
+        num_server_rounds=2,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        final_eval_fraction=1.0,
+        model=model_dir,
+        dataset=data_dir,
+        partition="iid",
+        rank=4,
+        lora_alpha=4.0,
+        lr=0.01,
+        head_lr=0.01,
+        batch_size=8,
+        eval_max_examples=64,
+        out_dir=str(out_dir),
+        strategy="fedavg",  # the plain weighted mean the exactness tests check
     )
     return replace(config, **changes)
 
@@ -127,9 +139,12 @@ class RecordingGrid(InProcessGrid):
         return reply
 
     def exchanges(self, server_round=None, kind=None):
-        return [(m, r) for m, r in self.log
-                if (server_round is None or m.content["config"]["server-round"] == server_round)
-                and (kind is None or _kind(m) == kind)]
+        return [
+            (m, r)
+            for m, r in self.log
+            if (server_round is None or m.content["config"]["server-round"] == server_round)
+            and (kind is None or _kind(m) == kind)
+        ]
 
 
 def _kind(message):
@@ -188,8 +203,11 @@ def device_batch(folder: Path, texts: list[str]) -> dict[str, np.ndarray]:
     tokenizer.enable_truncation(description["max_length"])
     tokenizer.enable_padding(pad_id=0)
     encodings = tokenizer.encode_batch(texts)
-    arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-              "token_type_ids": [e.type_ids for e in encodings]}
+    arrays = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
     return {name: np.array(arrays[name], dtype=np.int64) for name in description["inputs"]}
 
 
@@ -215,8 +233,7 @@ def tagged_run(command: list[str], timeout: float) -> subprocess.CompletedProces
     (Ray's GCS, raylet and workers included), then checks none of them is left."""
     tag = uuid.uuid4().hex
     env = {**os.environ, "LORAXS_TEST_RUN": tag, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     deadline = time.monotonic() + 20  # Ray reaps its workers right after the driver exits
     while (left := processes_tagged(tag)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -235,9 +252,20 @@ def assert_all_gone(pids: set[int]) -> None:
 
 def deployment_run_config(model_dir: str, out_dir: Path, labels: str) -> str:
     values = {
-        "num-clients": 2, "num-server-rounds": 2, "fraction-train": 1.0, "final-eval-fraction": 1.0,
-        "model": model_dir, "dataset": "", "labels": labels, "rank": 4, "personalize": "finetune",
-        "personal-steps": 2, "local-epochs": 1, "batch-size": 8, "max-length": 16, "out-dir": str(out_dir),
+        "num-clients": 2,
+        "num-server-rounds": 2,
+        "fraction-train": 1.0,
+        "final-eval-fraction": 1.0,
+        "model": model_dir,
+        "dataset": "",
+        "labels": labels,
+        "rank": 4,
+        "personalize": "finetune",
+        "personal-steps": 2,
+        "local-epochs": 1,
+        "batch-size": 8,
+        "max-length": 16,
+        "out-dir": str(out_dir),
     }
     return " ".join(f"{k}={quoted_config_value(v) if isinstance(v, str) else v}" for k, v in values.items())
 
@@ -247,13 +275,16 @@ FINGERPRINT = "ab" * 32
 
 
 def full_arrays(value: float) -> ArrayRecord:
-    return ArrayRecord({STACKED_R: Array(np.full((2, 3, 3), value, np.float32)),
-                        "classifier.bias": Array(np.full(2, value, np.float32))})
+    return ArrayRecord(
+        {
+            STACKED_R: Array(np.full((2, 3, 3), value, np.float32)),
+            "classifier.bias": Array(np.full(2, value, np.float32)),
+        }
+    )
 
 
 def reply_from(node: int, content: RecordDict) -> Message:
-    message = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 3})}), dst_node_id=node,
-                      message_type="train")
+    message = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 3})}), dst_node_id=node, message_type="train")
     message.metadata.__dict__["_message_id"] = f"{node:064x}"
     return Message(content, reply_to=message)
 
@@ -265,7 +296,7 @@ def within(seconds: float, call):
     def run():
         try:
             outcome["value"] = call()
-        except BaseException as err:  # noqa: BLE001 - handed to the test below
+        except BaseException as err:
             outcome["error"] = err
 
     thread = threading.Thread(target=run, daemon=True)

@@ -13,9 +13,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from client.app import make_client_app
 from client.secure_stages import DELTA
-from server.secure_rounds import SecureRounds
+from server.federation import run_federation
 from server.sealed_updates import UpdateSealing
-from shared.crypto.sealing import SealContext, SealError, ServerPrivateKey, open_update, save_private_key, save_public_key
+from server.secure_rounds import SecureRounds
+from shared.crypto.sealing import (
+    SealContext,
+    SealError,
+    ServerPrivateKey,
+    open_update,
+    save_private_key,
+    save_public_key,
+)
 from shared.crypto.secagg.params import SecAggError, SecAggParams
 from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE
@@ -23,7 +31,6 @@ from shared.federation.secure_auth import SETUP_SIGNATURE, SIGNATURE
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, SHARE_KEYS, UNMASK, flat
 from simulations.in_process import FIRST_NODE_ID, RUN_ID, _copy
 from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config
-from server.federation import run_federation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,9 +77,16 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def config(tiny_bert_dir, reviews_dir, tmp_path, keys):  # noqa: F811
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=1, final_eval_fraction=0.0,
-                       secure_aggregation=True, server_key_file=keys[1])
+def config(tiny_bert_dir, reviews_dir, tmp_path, keys):
+    return make_config(
+        tiny_bert_dir,
+        reviews_dir,
+        tmp_path / "run",
+        num_server_rounds=1,
+        final_eval_fraction=0.0,
+        secure_aggregation=True,
+        server_key_file=keys[1],
+    )
 
 
 def pinned(keys, allow=True, **more) -> dict:
@@ -124,10 +138,16 @@ def test_pinned_nodes_sum_securely_with_signed_messages_and_sealed_stage_replies
 def _injected_setup(message: Message, participants: list[int], threshold: int, signature: bytes | None = None):
     """The issue's proof of concept: a setup added to a plain train message."""
     arrays = message.content[ARRAYS]
-    entries = {"secagg-participants": [str(n) for n in participants], "secagg-threshold": threshold,
-               "secagg-vector_length": len(flat(arrays)), "secagg-clipping_range": 8.0, "secagg-max_weight": 10_000,
-               "secagg-modulus_bits": 32, "secagg-run_id": str(RUN_ID),
-               "secagg-server_round": message.content[CONFIG]["server-round"]}
+    entries = {
+        "secagg-participants": [str(n) for n in participants],
+        "secagg-threshold": threshold,
+        "secagg-vector_length": len(flat(arrays)),
+        "secagg-clipping_range": 8.0,
+        "secagg-max_weight": 10_000,
+        "secagg-modulus_bits": 32,
+        "secagg-run_id": str(RUN_ID),
+        "secagg-server_round": message.content[CONFIG]["server-round"],
+    }
     extra = {SETUP_SIGNATURE: signature} if signature is not None else {}
     message.content[CONFIG] = ConfigRecord({**message.content[CONFIG], **entries, **extra})
     return message
@@ -148,8 +168,11 @@ def test_a_setup_injected_into_a_plain_round_is_refused(config, keys, victim_con
         grid.contexts[VICTIM].node_config["secure-aggregation"] = True
     report = run_federation(grid, plain)
     reasons = refusals(grid)
-    expected = {"not allowed": "does not allow secure aggregation", "allowed, unsigned": "not signed by the server",
-                "allowed, badly signed": "bad server signature"}[victim_config]
+    expected = {
+        "not allowed": "does not allow secure aggregation",
+        "allowed, unsigned": "not signed by the server",
+        "allowed, badly signed": "bad server signature",
+    }[victim_config]
     assert len(reasons) == 1 and expected in reasons[0], reasons
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS - 1
     assert_only_sealed_or_refused(grid)
@@ -224,8 +247,9 @@ def test_replayed_stages_are_refused(config, keys):
             relay.inject(recorded[(SHARE_KEYS, 1)])  # stage 2 again, after the victim moved on
         if kind == UNMASK and server_round == 2:  # round 1's signed survivor lists, relabelled
             message.content[SECAGG] = recorded[(UNMASK, 1)].content[SECAGG]
-            message.content[CONFIG] = ConfigRecord({**message.content[CONFIG],
-                                                    SIGNATURE: recorded[(UNMASK, 1)].content[CONFIG][SIGNATURE]})
+            message.content[CONFIG] = ConfigRecord(
+                {**message.content[CONFIG], SIGNATURE: recorded[(UNMASK, 1)].content[CONFIG][SIGNATURE]}
+            )
             return message
         return None
 
@@ -248,7 +272,9 @@ def test_forged_survivor_lists_are_refused_and_nothing_is_revealed(config, keys,
         if message.metadata.message_type == UNMASK and message.metadata.dst_node_id == VICTIM:
             request = {k: list(v) for k, v in message.content[SECAGG].items()}
             if forgery == "unsigned":
-                message.content[CONFIG] = ConfigRecord({k: v for k, v in message.content[CONFIG].items() if k != SIGNATURE})
+                message.content[CONFIG] = ConfigRecord(
+                    {k: v for k, v in message.content[CONFIG].items() if k != SIGNATURE}
+                )
                 return message
             peer = next(n for n in request["survivors"] if n != str(VICTIM))
             request["survivors"].remove(peer)
@@ -278,8 +304,10 @@ def test_without_a_pin_a_later_server_key_never_replaces_the_first(config, keys)
     assert first["key"] == keys[0].public_key.raw and first["signing"] == keys[0].public_key.signing
     # the factors sent again (as to a node that lost them) with the relay's keys: refused, the first stay
     message = next(m for m in grid.seen if m.metadata.dst_node_id == VICTIM and "server-key" in m.content[CONFIG])
-    for changed in ({"server-key": other.public_key.raw, "server-signing-key": other.public_key.signing},
-                    {"server-signing-key": other.public_key.signing}):
+    for changed in (
+        {"server-key": other.public_key.raw, "server-signing-key": other.public_key.signing},
+        {"server-signing-key": other.public_key.signing},
+    ):
         again = _copy(message)
         again.content[CONFIG] = ConfigRecord({**again.content[CONFIG], **changed})
         reply = grid.inject(again)
@@ -304,8 +332,9 @@ def test_the_server_blames_a_node_that_reveals_a_bad_share_and_still_sums(config
         reply = honest(message, context)
         if message.metadata.message_type == UNMASK and context.node_id == bad_node and not reply.has_error():
             train = next(m for m in grid.seen if m.metadata.message_type == "train").content[CONFIG]
-            seal_context = SealContext(RUN_ID, message.content[CONFIG]["server-round"], bad_node,
-                                       train["fingerprint"], "unmask")
+            seal_context = SealContext(
+                RUN_ID, message.content[CONFIG]["server-round"], bad_node, train["fingerprint"], "unmask"
+            )
             opened = secure_auth.open_stage(reply.content, keys[0], seal_context)
             shares = {k: v[:4] + bytes(len(v) - 4) for k, v in opened[SECAGG].items()}  # right index, wrong value
             sealed = secure_auth.seal_stage({SECAGG: ConfigRecord(shares)}, keys[0].public_key, seal_context)
@@ -319,14 +348,22 @@ def test_the_server_blames_a_node_that_reveals_a_bad_share_and_still_sums(config
     assert entry["skipped"] == "" and entry["clients_trained"] == NUM_CLIENTS
     assert list(entry["secure_aggregation"]["blamed"]) == [str(bad_node)]
     assert "never committed to" in entry["secure_aggregation"]["blamed"][str(bad_node)]
-    weights = {m.metadata.dst_node_id: r.content[METRICS]["num-examples"]
-               for m, r in grid.log if m.metadata.message_type == "train" and m.content[CONFIG]["server-round"] == 1}
+    weights = {
+        m.metadata.dst_node_id: r.content[METRICS]["num-examples"]
+        for m, r in grid.log
+        if m.metadata.message_type == "train" and m.content[CONFIG]["server-round"] == 1
+    }
     start = flat(next(m for m in grid.seen if m.metadata.message_type == "train").content[ARRAYS])
     total = sum(weights[n] for n in deltas)
     expected = start + sum(weights[n] * deltas[n] for n in deltas) / total
-    sent_next = next(m for m in grid.seen if m.metadata.message_type == "train" and m.content[CONFIG]["server-round"] == 2)
+    sent_next = next(
+        m for m in grid.seen if m.metadata.message_type == "train" and m.content[CONFIG]["server-round"] == 2
+    )
     assert len(deltas) == NUM_CLIENTS
-    assert np.abs(flat(sent_next.content[ARRAYS]) - expected).max() <= entry["secure_aggregation"]["max_quantization_error"] + 1e-6
+    assert (
+        np.abs(flat(sent_next.content[ARRAYS]) - expected).max()
+        <= entry["secure_aggregation"]["max_quantization_error"] + 1e-6
+    )
 
 
 def test_a_pin_without_a_signing_key_still_seals_but_refuses_secure_aggregation(config, keys, tmp_path):
@@ -337,8 +374,9 @@ def test_a_pin_without_a_signing_key_still_seals_but_refuses_secure_aggregation(
     sealed = replace(config, secure_aggregation=False, encrypt_updates=True)
     report, _ = run(sealed, {"server-key": str(old_pin)})
     assert report["rounds"][0]["clients_trained"] == NUM_CLIENTS
-    report, grid = run(replace(config, out_dir=config.out_dir + "-secure"), {"server-key": str(old_pin),
-                                                                             "secure-aggregation": True})
+    report, grid = run(
+        replace(config, out_dir=config.out_dir + "-secure"), {"server-key": str(old_pin), "secure-aggregation": True}
+    )
     assert all("knows no server signing key" in reason for reason in refusals(grid)) and refusals(grid)
     assert report["rounds"][0]["skipped"]
 
@@ -356,8 +394,9 @@ def test_a_deployed_node_opts_in_to_secure_aggregation_in_its_own_node_config(tm
 
     data = write_reviews(tmp_path / "data")
     for opted_in in (False, True):
-        command = supernode_command(SuperNodeConfig("127.0.0.1:9092", data, insecure=True,
-                                                    secure_aggregation=opted_in), 40001)
+        command = supernode_command(
+            SuperNodeConfig("127.0.0.1:9092", data, insecure=True, secure_aggregation=opted_in), 40001
+        )
         node_config = parse_config_args([command[command.index("--node-config") + 1]])
         context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
         assert allowed(context, run_secure=True) is opted_in and required(context) is opted_in
@@ -371,24 +410,34 @@ def test_a_replayed_reply_counts_once(caplog):
     """A relay that hands the server a node's reply twice (or a second, different one): the
     strategy keeps the first reply per node and round."""
     from flwr.app import MetricRecord
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     from server.strategy import LoraXSStrategy
     from shared.federation.protocol import STACKED_R
     from tests.helpers import FINGERPRINT, full_arrays, reply_from
 
-    from flwr.common.constant import SUPERLINK_NODE_ID
-
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = RUN_ID, 1, SUPERLINK_NODE_ID
-    strategy = LoraXSStrategy(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), fraction_train=1.0,
-                            min_available_nodes=1)
+    strategy = LoraXSStrategy(
+        ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), fraction_train=1.0, min_available_nodes=1
+    )
     strategy._sent["train"] = (full_arrays(0.0), ConfigRecord())
 
     def plain(value, examples):
-        return RecordDict({ARRAYS: full_arrays(value), METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
-                           STATUS: ConfigRecord({"fingerprint": FINGERPRINT})})
+        return RecordDict(
+            {
+                ARRAYS: full_arrays(value),
+                METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+                STATUS: ConfigRecord({"fingerprint": FINGERPRINT}),
+            }
+        )
 
-    replies = [reply_from(1, plain(1.0, 10)), reply_from(2, plain(4.0, 30)), reply_from(2, plain(4.0, 30)), reply_from(2, plain(100.0, 30))]
+    replies = [
+        reply_from(1, plain(1.0, 10)),
+        reply_from(2, plain(4.0, 30)),
+        reply_from(2, plain(4.0, 30)),
+        reply_from(2, plain(100.0, 30)),
+    ]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(3, replies)
     assert sum("repeated reply from node 2" in r.getMessage() for r in caplog.records) == 2

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from shared.artifacts.adapter_file import adapter_meta
-from shared.base_models import build_adapted_model
-from shared.artifacts.adapter_file import check_adapter_matches, load_adapter, save_adapter
+from shared.artifacts.adapter_file import adapter_meta, check_adapter_matches, load_adapter, save_adapter
 from shared.artifacts.basis_file import load_basis, save_basis
+from shared.base_models import build_adapted_model
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, load_adapter_state

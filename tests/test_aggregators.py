@@ -30,8 +30,12 @@ def process_identity():
 def replies(records: list[dict], weights: list[int]) -> list[Message]:
     out = []
     for arrays, weight in zip(records, weights):
-        content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                              METRICS: MetricRecord({"num-examples": weight})})
+        content = RecordDict(
+            {
+                ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                METRICS: MetricRecord({"num-examples": weight}),
+            }
+        )
         out.append(Message(content, dst_node_id=0, message_type="train"))
     return out
 
@@ -64,9 +68,15 @@ class _NoGrid:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_flower_strategy_runs_a_federation(strategy, config):
-    chosen = replace(config, strategy=strategy, num_server_rounds=2, final_eval_fraction=0.0,
-                     server_lr=0.5 if strategy in ("fedadam", "fedyogi", "fedadagrad") else 1.0,
-                     proximal_mu=0.1, krum_malicious=1)
+    chosen = replace(
+        config,
+        strategy=strategy,
+        num_server_rounds=2,
+        final_eval_fraction=0.0,
+        server_lr=0.5 if strategy in ("fedadam", "fedyogi", "fedadagrad") else 1.0,
+        proximal_mu=0.1,
+        krum_malicious=1,
+    )
     report = run_federation(RecordingGrid(chosen), chosen)
     assert report["final"]["strategy"] == strategy
     assert all(r["skipped"] == "" and r["clients_trained"] == chosen.num_clients for r in report["rounds"])
@@ -77,8 +87,9 @@ def test_fedprox_sends_mu_and_the_client_trains_closer_to_the_global_adapter(con
     """The proximal term pulls the update toward where the round started."""
     moved = {}
     for mu in (0.0, 100.0):
-        chosen = replace(config, strategy="fedprox", proximal_mu=mu, num_server_rounds=1, final_eval_fraction=0.0,
-                         lr=0.05)
+        chosen = replace(
+            config, strategy="fedprox", proximal_mu=mu, num_server_rounds=1, final_eval_fraction=0.0, lr=0.05
+        )
         grid = RecordingGrid(chosen)
         run_federation(grid, chosen)
         (message, reply), *_ = grid.exchanges(1, "train")
@@ -95,8 +106,14 @@ def test_server_side_dp_survives_a_failing_client_and_reports_the_budget(config)
         if kind == "train" and part == 0:
             raise RuntimeError("this device fails")
 
-    private = replace(config, dp="server-fixed", dp_noise_multiplier=1.0, dp_clipping_norm=0.5,
-                      num_server_rounds=2, final_eval_fraction=0.0)
+    private = replace(
+        config,
+        dp="server-fixed",
+        dp_noise_multiplier=1.0,
+        dp_clipping_norm=0.5,
+        num_server_rounds=2,
+        final_eval_fraction=0.0,
+    )
     report = run_federation(RecordingGrid(private, client_app=lying_client(private, crash)), private)
     assert [r["clients_trained"] for r in report["rounds"]] == [private.num_clients - 1] * 2
     assert all(r["skipped"] == "" for r in report["rounds"])
@@ -109,8 +126,15 @@ def test_client_side_dp_clips_each_update_on_the_device(config):
     """fixedclipping_mod on the device: every uploaded delta has L2 norm <= the clipping norm
     (the first message, which carries the factors too, included)."""
     clip = 1e-3
-    private = replace(config, dp="client-fixed", dp_noise_multiplier=0.0, dp_clipping_norm=clip,
-                      num_server_rounds=2, final_eval_fraction=0.0, lr=0.05)
+    private = replace(
+        config,
+        dp="client-fixed",
+        dp_noise_multiplier=0.0,
+        dp_clipping_norm=clip,
+        num_server_rounds=2,
+        final_eval_fraction=0.0,
+        lr=0.05,
+    )
     grid = RecordingGrid(private)
     report = run_federation(grid, private)
     assert all(r["clients_trained"] == private.num_clients for r in report["rounds"])
@@ -136,13 +160,16 @@ def test_fedadam_state_survives_a_checkpoint_bit_for_bit():
             assert getattr(again, name)[key].dtype == value.dtype
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"strategy": "fedsgd"}, "strategy must be one of"),
-    ({"dp": "server-fixed", "dp_clipping_norm": 0.0}, "dp-clipping-norm > 0"),
-    ({"dp": "client-fixed", "encrypt_updates": True}, "cannot be combined with encrypt-updates"),
-    ({"strategy": "krum", "secure_aggregation": True}, "reveals only the mean"),
-    ({"trimmed_beta": 0.5}, "trimmed-beta"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"strategy": "fedsgd"}, "strategy must be one of"),
+        ({"dp": "server-fixed", "dp_clipping_norm": 0.0}, "dp-clipping-norm > 0"),
+        ({"dp": "client-fixed", "encrypt_updates": True}, "cannot be combined with encrypt-updates"),
+        ({"strategy": "krum", "secure_aggregation": True}, "reveals only the mean"),
+        ({"trimmed_beta": 0.5}, "trimmed-beta"),
+    ],
+)
 def test_bad_aggregator_settings_are_one_clear_error(changes, message):
     with pytest.raises(LoraXSError, match=message):
         FederationConfig(**changes)
@@ -170,23 +197,39 @@ def test_malicious_clients_poison_fedavg_and_fedmedian_limits_them(config):
 
     steps = {}
     for strategy in ("fedavg", "fedmedian"):
-        attacked = replace(config, strategy=strategy, malicious_fraction=0.4, num_server_rounds=2,
-                           final_eval_fraction=0.0, fraction_train=1.0)
+        attacked = replace(
+            config,
+            strategy=strategy,
+            malicious_fraction=0.4,
+            num_server_rounds=2,
+            final_eval_fraction=0.0,
+            fraction_train=1.0,
+        )
         assert len(malicious_partitions(attacked)) == 2
         grid = RecordingGrid(attacked, client_app=malicious_client_app(make_client_app(attacked), attacked))
         run_federation(grid, attacked)
         first = grid.exchanges(1, "train")[0][0].content[ARRAYS][STACKED_R].numpy()
         second = grid.exchanges(2, "train")[0][0].content[ARRAYS][STACKED_R].numpy()
-        honest = [r.content[ARRAYS][STACKED_R].numpy() - first for m, r in grid.exchanges(1, "train")
-                  if grid.partition_of(m.metadata.dst_node_id) not in malicious_partitions(attacked)]
+        honest = [
+            r.content[ARRAYS][STACKED_R].numpy() - first
+            for m, r in grid.exchanges(1, "train")
+            if grid.partition_of(m.metadata.dst_node_id) not in malicious_partitions(attacked)
+        ]
         steps[strategy] = np.linalg.norm(second - first) / np.mean([np.linalg.norm(h) for h in honest])
     assert steps["fedavg"] > 2.0 and steps["fedmedian"] < 1.5
 
 
 def test_secure_aggregation_feeds_its_mean_to_a_mean_based_aggregator(config):
     """SecAgg reveals only the mean; FedAvgM needs no more: its momentum step runs on that mean."""
-    secure = replace(config, secure_aggregation=True, strategy="fedavgm", server_lr=0.5, server_momentum=0.5,
-                     num_server_rounds=2, final_eval_fraction=0.0)
+    secure = replace(
+        config,
+        secure_aggregation=True,
+        strategy="fedavgm",
+        server_lr=0.5,
+        server_momentum=0.5,
+        num_server_rounds=2,
+        final_eval_fraction=0.0,
+    )
     report = run_federation(RecordingGrid(secure), secure)
     assert [r["skipped"] for r in report["rounds"]] == ["", ""]
     assert all(r["secure_aggregation"] for r in report["rounds"])

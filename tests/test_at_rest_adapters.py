@@ -2,7 +2,6 @@
 and `client.export --adapter` read them; a wrong key or a changed byte is "authentication failed",
 exit 1, and nothing is written."""
 
-
 import pytest
 
 from client.export import main as export_main
@@ -23,8 +22,20 @@ def data_dir(tmp_path):
 def test_encrypt_at_rest_with_a_passphrase_then_read_back(tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LORAXS_PASSPHRASE", PASSPHRASE)
     out = tmp_path / "personal.safetensors"
-    code, _, err = run_cli(capsys, "--data", data_dir, "--model", tiny_bert_dir, "--rank", RANK, "--epochs", 1,
-                           "--out", out, "--encrypt-at-rest")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        RANK,
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--encrypt-at-rest",
+    )
     assert code == 0, err
     assert is_encrypted(out) and out.stat().st_mode & 0o077 == 0
     assert b"lora_R" not in out.read_bytes() and b"fresh" not in out.read_bytes()  # names and labels hidden too
@@ -35,8 +46,20 @@ def test_encrypt_at_rest_with_a_passphrase_then_read_back(tiny_bert_dir, data_di
 
     # the encrypted adapter is a valid --adapter for the next local run (same passphrase from env)
     again = tmp_path / "again.safetensors"
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", out, "--model", tiny_bert_dir, "--epochs", 1, "--out", again,
-                           "--encrypt-at-rest")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        out,
+        "--model",
+        tiny_bert_dir,
+        "--epochs",
+        1,
+        "--out",
+        again,
+        "--encrypt-at-rest",
+    )
     assert code == 0, err
     assert is_encrypted(again)
     load_adapter(again, passphrase_key(PASSPHRASE))
@@ -44,7 +67,8 @@ def test_encrypt_at_rest_with_a_passphrase_then_read_back(tiny_bert_dir, data_di
 
 @pytest.mark.parametrize("attack", ["wrong passphrase", "flipped byte", "flipped header byte", "truncated"])
 def test_wrong_key_or_changed_file_is_authentication_failed_and_nothing_is_overwritten(
-        tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch, attack):
+    tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch, attack
+):
     key = make_key_file(tmp_path / "adapter.key")
     plain = global_adapter(tiny_bert_dir, tmp_path / "plain.safetensors")
     encrypted = tmp_path / "global.enc.safetensors"
@@ -84,8 +108,20 @@ def test_export_reads_an_encrypted_adapter_with_its_key_file(tiny_bert_dir, tmp_
     write_encrypted(tmp_path / "enc.safetensors", plain.read_bytes(), key, GLOBAL)
     out = tmp_path / "onnx" / "m.onnx"
     out.parent.mkdir()
-    code = export_main(["--adapter", str(tmp_path / "enc.safetensors"), "--out", str(out), "--repeats", "1",
-                        "--model", tiny_bert_dir, "--key-file", str(tmp_path / "adapter.key")])
+    code = export_main(
+        [
+            "--adapter",
+            str(tmp_path / "enc.safetensors"),
+            "--out",
+            str(out),
+            "--repeats",
+            "1",
+            "--model",
+            tiny_bert_dir,
+            "--key-file",
+            str(tmp_path / "adapter.key"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert out.is_file()
     code = export_main(["--adapter", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "o2" / "m.onnx")])
@@ -106,23 +142,50 @@ def test_at_rest_error_is_a_user_error():
     assert issubclass(AtRestError, LoraXSError)
 
 
-def test_with_a_key_given_a_plaintext_personal_adapter_is_refused(tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch):
+def test_with_a_key_given_a_plaintext_personal_adapter_is_refused(
+    tiny_bert_dir, data_dir, tmp_path, capsys, monkeypatch
+):
     """A plaintext adapter swapped in for the user's encrypted one does not load silently; a
     plaintext global adapter (what a server ships) still starts an encrypted run."""
     plain_global = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     plain_personal = global_adapter(tiny_bert_dir, tmp_path / "personal.safetensors", extra={"kind": "personal"})
     monkeypatch.setenv("LORAXS_PASSPHRASE", PASSPHRASE)
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1,
-                           "--out", tmp_path / "out.safetensors")
+    code, _, err = run_cli(
+        capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1, "--out", tmp_path / "out.safetensors"
+    )
     assert code == 1 and "is not encrypted, but a key is given" in err and err.count("\n") == 1
     for adapter in (plain_personal, plain_global):  # the key is for reading: only an encrypted adapter
         code = export_main(["--adapter", str(adapter), "--out", str(tmp_path / "m" / "m.onnx")])
         assert code == 1 and "is not encrypted, but a key is given" in capsys.readouterr().err
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_personal, "--epochs", 1,  # key for the output
-                           "--model", tiny_bert_dir, "--out", tmp_path / "out.safetensors", "--encrypt-at-rest")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        plain_personal,
+        "--epochs",
+        1,  # key for the output
+        "--model",
+        tiny_bert_dir,
+        "--out",
+        tmp_path / "out.safetensors",
+        "--encrypt-at-rest",
+    )
     assert code == 1 and "a personal adapter is read only encrypted" in err
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", plain_global, "--epochs", 1,
-                           "--model", tiny_bert_dir, "--out", tmp_path / "out.safetensors", "--encrypt-at-rest")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        plain_global,
+        "--epochs",
+        1,
+        "--model",
+        tiny_bert_dir,
+        "--out",
+        tmp_path / "out.safetensors",
+        "--encrypt-at-rest",
+    )
     assert code == 0, err
     state, meta = load_adapter(tmp_path / "out.safetensors", passphrase_key(PASSPHRASE))
     assert meta.extra["kind"] == "personal"
@@ -141,6 +204,14 @@ def test_a_key_file_others_can_read_is_refused_by_the_cli(tiny_bert_dir, tmp_pat
 
     write_encrypted(tmp_path / "enc.safetensors", plain.read_bytes(), key, GLOBAL)
     (tmp_path / "adapter.key").chmod(0o644)
-    code = export_main(["--adapter", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "o" / "m.onnx"),
-                        "--key-file", str(tmp_path / "adapter.key")])
+    code = export_main(
+        [
+            "--adapter",
+            str(tmp_path / "enc.safetensors"),
+            "--out",
+            str(tmp_path / "o" / "m.onnx"),
+            "--key-file",
+            str(tmp_path / "adapter.key"),
+        ]
+    )
     assert code == 1 and "accessible by others: chmod 600" in capsys.readouterr().err

@@ -53,9 +53,14 @@ def test_same_weights_same_bits_and_other_threads_same_bits():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("basis_dtype, rounding, wire, width", [
-    ("fp16", torch.float16, "float16", 2), ("bf16", torch.bfloat16, "uint16", 2), ("fp32", torch.float32, "float32", 4),
-])
+@pytest.mark.parametrize(
+    "basis_dtype, rounding, wire, width",
+    [
+        ("fp16", torch.float16, "float16", 2),
+        ("bf16", torch.bfloat16, "uint16", 2),
+        ("fp32", torch.float32, "float32", 4),
+    ],
+)
 def test_basis_dtype_rounds_the_factors_and_ships_them_losslessly(basis_dtype, rounding, wire, width):
     W = _weight(3)
     lora_B, lora_A = svd_factors(W, LoraXSConfig(rank=4, basis_dtype=basis_dtype))
@@ -89,7 +94,8 @@ def test_the_recipe_round_trips_and_malformed_recipes_are_none():
 
 @pytest.mark.parametrize("basis_dtype", ["fp32", "bf16"])
 def test_an_adapter_file_opens_without_basis_file_or_cache_by_deriving_its_factors(
-        tiny_bert_dir, tmp_path, monkeypatch, basis_dtype):
+    tiny_bert_dir, tmp_path, monkeypatch, basis_dtype
+):
     """client.run / client.export without --basis: the factors are derived by the recipe the
     adapter file names (canonical SVD, its basis dtype) and checked against its fingerprint."""
     from shared.artifacts.adapter_file import adapter_meta, save_adapter
@@ -141,8 +147,14 @@ def test_the_packaged_minilm_factors_are_the_same_bits_in_every_process_and_thre
             seen.append(tuple(compute_basis(model, LoraXSConfig(rank=16, basis_dtype=d)).fingerprint for d in dtypes))
     finally:
         torch.set_num_threads(threads)
-    done = subprocess.run([sys.executable, "-c", FINGERPRINTS_IN_A_FRESH_PROCESS, "1"], capture_output=True,
-                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1], check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", FINGERPRINTS_IN_A_FRESH_PROCESS, "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     seen.append(tuple(done.stdout.split()[-3:]))
     assert len(set(seen)) == 1, seen
     assert len(set(seen[0])) == 3  # fp16 and bf16 roundings are other factors, with other fingerprints

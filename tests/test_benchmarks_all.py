@@ -15,24 +15,38 @@ from benchmarks.results_page import STATUS_FILE, build_page
 
 
 def fake_results(folder):
-    bytes_doc = {"command": "python -m benchmarks.bytes_per_round", "machine": {"date": "2026-01-02T03:04:05Z"},
-                 "goals": [{"goal": "LoRA-XS 25x below LoRA r=8", "measured": "27.7x", "met": True, "limit": ""},
-                           {"goal": "fp16 even smaller", "measured": "12.0x", "met": False,
-                            "limit": "the head dominates"}]}
+    bytes_doc = {
+        "command": "python -m benchmarks.bytes_per_round",
+        "machine": {"date": "2026-01-02T03:04:05Z"},
+        "goals": [
+            {"goal": "LoRA-XS 25x below LoRA r=8", "measured": "27.7x", "met": True, "limit": ""},
+            {"goal": "fp16 even smaller", "measured": "12.0x", "met": False, "limit": "the head dominates"},
+        ],
+    }
     (folder / "bytes_per_round.json").write_text(json.dumps(bytes_doc))
     (folder / "bytes_per_round.md").write_text("# Bytes\n\n| method | up |\n|---|---:|\n| LoRA-XS | 30,532 |\n")
     pareto_doc = {"command": "python -m benchmarks.pareto", "machine": {"date": "2026-01-01T00:00:00Z"}, "goals": []}
     (folder / "pareto.json").write_text(json.dumps(pareto_doc))
     (folder / "pareto.md").write_text("| run | acc |\n|---|---|\n| r=16 | 0.78 |\n\n![plot](pareto.png)\n")
     return {
-        "command": "python -m benchmarks.all --quick", "started": "2026-01-02T03:00:00Z",
+        "command": "python -m benchmarks.all --quick",
+        "started": "2026-01-02T03:00:00Z",
         "finished": "2026-01-02T03:05:00Z",
-        "machine": {"cores": 2, "platform": "Linux", "torch": "2", "load_average_before": 1.5,
-                    "load_average_after": 2.5},
+        "machine": {
+            "cores": 2,
+            "platform": "Linux",
+            "torch": "2",
+            "load_average_before": 1.5,
+            "load_average_after": 2.5,
+        },
         "statuses": {
             "bytes_per_round": {"state": "ran", "module": "benchmarks.bytes_per_round", "seconds": 31.0},
-            "pareto": {"state": "failed", "module": "benchmarks.pareto", "seconds": 12.0,
-                       "error": "exit 1: LoraXSError: training diverged"},
+            "pareto": {
+                "state": "failed",
+                "module": "benchmarks.pareto",
+                "seconds": 12.0,
+                "error": "exit 1: LoraXSError: training diverged",
+            },
         },
     }
 
@@ -62,8 +76,10 @@ def test_the_hand_written_part_comes_last_with_its_links_from_the_page(tmp_path)
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
     run = fake_results(results)
-    (results / "by_hand.md").write_text("# Measured by hand\n\n## A study\n\nSee [its table](../studies/results/x.md), "
-                                        "[a run](run/report.md), [docs](../../docs/SCALE.md) and [above](#goals).\n")
+    (results / "by_hand.md").write_text(
+        "# Measured by hand\n\n## A study\n\nSee [its table](../studies/results/x.md), "
+        "[a run](run/report.md), [docs](../../docs/SCALE.md) and [above](#goals).\n"
+    )
     page = build_page(REGISTRY, results, tmp_path / "benchmarks" / "RESULTS.md", run)
     assert page.index("## Measured by hand\n") > page.index(f": {REGISTRY[-1].name}\n")  # its title: one section
     assert "### A study" in page
@@ -97,7 +113,9 @@ def test_the_page_judges_a_full_run_against_its_45_minutes():
     assert "50.0 min**, over the 45-minute" in _duration_lines(full)[0]
     quick = {"command": "python -m benchmarks.all --quick", "statuses": {"a": {"seconds": 240.0}}}
     assert "within the 5-minute" in _duration_lines(quick)[0]
-    assert _duration_lines({"command": "python -m benchmarks.all --only pareto", "statuses": {"a": {"seconds": 1}}}) == []
+    assert (
+        _duration_lines({"command": "python -m benchmarks.all --only pareto", "statuses": {"a": {"seconds": 1}}}) == []
+    )
 
 
 @pytest.mark.parametrize("bench", REGISTRY, ids=lambda b: b.name)
@@ -117,13 +135,30 @@ def test_no_benchmark_imports_the_tests_or_hacks_sys_path():
 
 
 # modules that are not benchmarks themselves: helpers, and children a benchmark runs (recipe_run, secagg_signing)
-HELPERS = {"all", "result_files", "results_page", "simulation_cases", "federated_loop", "federated_methods",
-           "deployment_load_report", "synthetic_reviews", "small_folders", "recipe_run", "secagg_signing", "__init__"}
+HELPERS = {
+    "all",
+    "result_files",
+    "results_page",
+    "simulation_cases",
+    "federated_loop",
+    "federated_methods",
+    "deployment_load_report",
+    "synthetic_reviews",
+    "small_folders",
+    "recipe_run",
+    "secagg_signing",
+    "__init__",
+}
 
 
-@pytest.mark.parametrize("module", sorted(
-    ".".join(p.relative_to(Path(__file__).resolve().parents[1]).with_suffix("").parts)
-    for p in (Path(__file__).resolve().parents[1] / "benchmarks").rglob("*.py") if p.stem not in HELPERS))
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        ".".join(p.relative_to(Path(__file__).resolve().parents[1]).with_suffix("").parts)
+        for p in (Path(__file__).resolve().parents[1] / "benchmarks").rglob("*.py")
+        if p.stem not in HELPERS
+    ),
+)
 def test_every_benchmark_is_a_main_taking_argv_and_out(module, capsys):
     main = importlib.import_module(module).main
     assert list(inspect.signature(main).parameters) == ["argv"], module

@@ -12,21 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from shared.artifacts.cache import STATE_FOLDER, cached_basis_path
 from deployment.process_tree import free_port
-from shared.base_models import build_adapted_model
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import save_basis
+from shared.artifacts.cache import STATE_FOLDER, cached_basis_path
+from shared.base_models import build_adapted_model
 from shared.loraxs.config import LoraXSConfig
 from tests.helpers import RANK, global_adapter, run_cli, snapshot, write_reviews
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     return write_reviews(tmp_path / "device")
 
 
 # -- local personalization ------------------------------------------------------------------
+
 
 def test_from_scratch_writes_personal_adapter_and_leaves_data_alone(tiny_bert_dir, data_dir, capsys):
     before = snapshot(data_dir)
@@ -56,8 +59,9 @@ def test_a_spent_time_budget_writes_the_validated_start_and_says_so(tiny_bert_di
     """A budget already spent before training: no step is taken, the report says it stopped on
     time, and the adapter written is the closed-form start (validated), from every block setting."""
     extra = ["--train-blocks", blocks] if blocks else []
-    code, out, err = run_cli(capsys, "--data", data_dir, "--model", tiny_bert_dir, "--rank", RANK,
-                             "--time-budget", "0.001", *extra)
+    code, out, err = run_cli(
+        capsys, "--data", data_dir, "--model", tiny_bert_dir, "--rank", RANK, "--time-budget", "0.001", *extra
+    )
     assert code == 0, err
     assert "stopped on time" in out and "0 steps" in out
     assert "no epoch beat the start" in out
@@ -80,14 +84,20 @@ def test_from_global_adapter_keeps_its_metadata_and_uses_the_cache(tiny_bert_dir
     assert code == 0, err
     state, meta = load_adapter(out)
     assert (meta.base_model, meta.rank, meta.alpha, meta.targets, meta.labels, meta.basis_fingerprint) == (
-        start_meta.base_model, start_meta.rank, start_meta.alpha, start_meta.targets,
-        start_meta.labels, start_meta.basis_fingerprint,
+        start_meta.base_model,
+        start_meta.rank,
+        start_meta.alpha,
+        start_meta.targets,
+        start_meta.labels,
+        start_meta.basis_fingerprint,
     )
     start_state, _ = load_adapter(start)
     assert any(not state[k].equal(start_state[k]) for k in start_state)  # it trained (a lexical part is extra)
 
     # second run: the factors come from the cache the first run left; --force replaces the output
-    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--out", out, "--force")
+    code, stdout, err = run_cli(
+        capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--out", out, "--force"
+    )
     assert code == 0, err
     assert "factors from the local cache" in stdout
 
@@ -100,7 +110,9 @@ def test_a_read_only_data_folder_caches_the_factors_in_the_user_cache(tiny_bert_
     before = snapshot(data)
     monkeypatch.setenv("LORAXS_CACHE", str(tmp_path / "user-cache"))
     out = tmp_path / "mine.safetensors"
-    code, _, err = run_cli(capsys, "--data", data, "--model", tiny_bert_dir, "--rank", RANK, "--epochs", 1, "--out", out)
+    code, _, err = run_cli(
+        capsys, "--data", data, "--model", tiny_bert_dir, "--rank", RANK, "--epochs", 1, "--out", out
+    )
     assert code == 0, err
     assert f"note: factors not cached in {data / STATE_FOLDER / 'basis'}" in err
     _, meta = load_adapter(out)
@@ -113,15 +125,27 @@ def test_a_smaller_rank_trains_the_top_left_block_of_the_global_adapter(tiny_ber
     on the nested factors, with the federation's scale alpha / r (alpha halves with the rank)."""
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     out = tmp_path / "small.safetensors"
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir,
-                           "--rank", 2, "--out", out)
+    code, _, err = run_cli(
+        capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--rank", 2, "--out", out
+    )
     assert code == 0, err
     state, meta = load_adapter(out)
     _, start_meta = load_adapter(start)
     assert meta.rank == 2 and meta.alpha / meta.rank == start_meta.alpha / start_meta.rank
     assert all(tuple(v.shape) == (2, 2) for k, v in state.items() if k.endswith("lora_R"))
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir,
-                           "--rank", 8, "--out", tmp_path / "big.safetensors")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        start,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        8,
+        "--out",
+        tmp_path / "big.safetensors",
+    )
     assert code == 1 and "cannot exceed it" in err
 
 
@@ -129,8 +153,19 @@ def test_basis_file_shipped_by_the_server_is_used(tiny_bert_dir, data_dir, tmp_p
     start = global_adapter(tiny_bert_dir, tmp_path / "global.safetensors")
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "basis.safetensors", basis, tiny_bert_dir)
-    code, stdout, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "basis.safetensors",
-                                "--out", tmp_path / "p.safetensors")
+    code, stdout, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        start,
+        "--model",
+        tiny_bert_dir,
+        "--basis",
+        tmp_path / "basis.safetensors",
+        "--out",
+        tmp_path / "p.safetensors",
+    )
     assert code == 0, err
     assert f"factors from basis file {tmp_path / 'basis.safetensors'}" in stdout
 
@@ -147,6 +182,7 @@ def test_text_only_folder_trains_a_causal_lm(tiny_llama_dir, tmp_path, capsys):
 
 
 # -- bad input: one line on stderr, non-zero exit, no file destroyed ------------------------
+
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert code != 0
@@ -211,7 +247,17 @@ def test_adapter_for_another_base_model(tiny_bert_dir, tiny_llama_dir, data_dir,
         (other / f.name).write_bytes(f.read_bytes())
     _, basis = build_adapted_model(str(other), "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "other-basis.safetensors", basis, str(other))
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "other-basis.safetensors")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        start,
+        "--model",
+        tiny_bert_dir,
+        "--basis",
+        tmp_path / "other-basis.safetensors",
+    )
     assert_one_line_error(code, err, "holds factors of base model", str(other))
     assert snapshot(data_dir) == before
 
@@ -225,7 +271,17 @@ def test_adapter_for_another_fingerprint(tiny_bert_dir, data_dir, tmp_path, caps
     # the same with a shipped basis file that does not belong to the adapter
     _, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=RANK), labels=["fresh", "rotten"])
     save_basis(tmp_path / "basis.safetensors", basis, tiny_bert_dir)
-    code, _, err = run_cli(capsys, "--data", data_dir, "--adapter", start, "--model", tiny_bert_dir, "--basis", tmp_path / "basis.safetensors")
+    code, _, err = run_cli(
+        capsys,
+        "--data",
+        data_dir,
+        "--adapter",
+        start,
+        "--model",
+        tiny_bert_dir,
+        "--basis",
+        tmp_path / "basis.safetensors",
+    )
     assert_one_line_error(code, err, "abababababab", basis.fingerprint[:12])
     assert snapshot(data_dir) == before
 
@@ -259,12 +315,15 @@ def test_superlink_mode_checks_the_data_folder_first(tmp_path, capsys):
     assert_one_line_error(code, err, "not found")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--superlink", "127.0.0.1:9092", "--epochs", "2"], "--epochs: only for local personalization"),
-    (["--insecure"], "--insecure: only for joining a federation"),
-    (["--superlink", "no-port"], "--superlink must be HOST:PORT"),
-    (["--superlink", "127.0.0.1:1", "--insecure", "--root-certificates", "ca.crt"], "contradict"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--superlink", "127.0.0.1:9092", "--epochs", "2"], "--epochs: only for local personalization"),
+        (["--insecure"], "--insecure: only for joining a federation"),
+        (["--superlink", "no-port"], "--superlink must be HOST:PORT"),
+        (["--superlink", "127.0.0.1:1", "--insecure", "--root-certificates", "ca.crt"], "contradict"),
+    ],
+)
 def test_flags_of_the_wrong_mode(data_dir, capsys, argv, fragment):
     code, _, err = run_cli(capsys, "--data", data_dir, *argv)
     assert_one_line_error(code, err, fragment)
@@ -274,9 +333,12 @@ def test_real_entry_point_reports_bad_input_in_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "client.run", "--data", str(tmp_path / "nope")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: dataset folder not found: {tmp_path / 'nope'}"
     assert done.stdout == ""
-

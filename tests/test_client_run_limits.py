@@ -5,13 +5,16 @@ import pytest
 from tests.helpers import RANK, run_cli, snapshot, write_reviews
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--seed", "-1", "--seed must be in"),
-    ("--seed", str(2**64), "--seed must be in"),
-    ("--epochs", "inf", "--epochs must be in"),
-    ("--lr", "inf", "--lr must be a positive finite number"),
-    ("--lr", "nan", "--lr must be a positive finite number"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--seed", "-1", "--seed must be in"),
+        ("--seed", str(2**64), "--seed must be in"),
+        ("--epochs", "inf", "--epochs must be in"),
+        ("--lr", "inf", "--lr must be a positive finite number"),
+        ("--lr", "nan", "--lr must be a positive finite number"),
+    ],
+)
 def test_impossible_numbers_are_one_line(tiny_bert_dir, tmp_path, capsys, flag, value, message):
     folder = write_reviews(tmp_path / "device")
     before = snapshot(folder)
@@ -22,8 +25,9 @@ def test_impossible_numbers_are_one_line(tiny_bert_dir, tmp_path, capsys, flag, 
 
 def test_a_diverging_learning_rate_stops_and_writes_nothing(tiny_bert_dir, tmp_path, capsys):
     folder = write_reviews(tmp_path / "device")
-    code, _, err = run_cli(capsys, "--data", folder, "--model", tiny_bert_dir, "--rank", RANK,
-                           "--lr", "1e30", "--epochs", "3")
+    code, _, err = run_cli(
+        capsys, "--data", folder, "--model", tiny_bert_dir, "--rank", RANK, "--lr", "1e30", "--epochs", "3"
+    )
     assert code == 1 and "diverged" in err, err
     assert not (folder / "personal_adapter.safetensors").exists()
 

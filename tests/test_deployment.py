@@ -18,20 +18,19 @@ from flwr.cli.flower_config import parse_superlink_connection
 from flwr.common.config import parse_config_args
 
 from client.node_state import FEDERATION_PERSONAL_ADAPTER
-from shared.artifacts.cache import STATE_FOLDER
-from deployment.process_tree import ProcessTree, flower_env
-from deployment.supernode import SuperNodeConfig, quoted_config_value, start_supernode, supernode_command
 from deployment.certificates import make_certificates
 from deployment.connection import write_flwr_config
 from deployment.local import DeploymentConfig, LocalDeployment
+from deployment.process_tree import ProcessTree, flower_env
+from deployment.supernode import SuperNodeConfig, quoted_config_value, start_supernode, supernode_command
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
+from shared.artifacts.cache import STATE_FOLDER
 from shared.errors import LoraXSError
 from tests.helpers import REPO, assert_all_gone, deployment_run_config, write_reviews
 
-
-
 # -- fast: files and commands ---------------------------------------------------------------
+
 
 def test_certificates_for_loopback_tls_and_supernode_auth(tmp_path):
     paths = make_certificates(tmp_path / "certs", num_supernodes=2)
@@ -116,6 +115,7 @@ def test_a_flwr_command_that_does_not_answer_is_a_clear_error(tmp_path):
 
 # -- slow: real processes -------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_supernode_auth_refuses_an_unregistered_key_and_tls_an_insecure_node(tmp_path):
     data = write_reviews(tmp_path / "node")
@@ -128,10 +128,14 @@ def test_supernode_auth_refuses_an_unregistered_key_and_tls_an_insecure_node(tmp
         ca = deployment.certificates.ca_cert
         intruder = start_supernode(
             SuperNodeConfig(deployment.address, data, root_certificates=ca, auth_key=stranger),
-            log=tmp_path / "intruder.log", flwr_home=tmp_path / "intruder-home",
+            log=tmp_path / "intruder.log",
+            flwr_home=tmp_path / "intruder-home",
         )
-        plain = start_supernode(SuperNodeConfig(deployment.address, data, insecure=True),
-                                log=tmp_path / "plain.log", flwr_home=tmp_path / "plain-home")
+        plain = start_supernode(
+            SuperNodeConfig(deployment.address, data, insecure=True),
+            log=tmp_path / "plain.log",
+            flwr_home=tmp_path / "plain-home",
+        )
         started += [intruder, plain]
         try:
             assert intruder.wait(timeout=60) not in (None, 0), (tmp_path / "intruder.log").read_text()[-2000:]
@@ -151,8 +155,19 @@ def test_client_run_joins_as_supernode_and_stops_on_sigint(tmp_path):
     with LocalDeployment(DeploymentConfig(data_dirs=(first,), workdir=tmp_path / "w")) as deployment:
         deployment.wait_for_supernodes(timeout=90)
         device = ProcessTree(
-            [sys.executable, "-m", "client.run", "--data", str(second), "--superlink", deployment.address, "--insecure"],
-            flower_env(tmp_path / "device-home"), log=tmp_path / "device.log", cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "client.run",
+                "--data",
+                str(second),
+                "--superlink",
+                deployment.address,
+                "--insecure",
+            ],
+            flower_env(tmp_path / "device-home"),
+            log=tmp_path / "device.log",
+            cwd=REPO,
         )
         try:
             deadline = time.monotonic() + 90

@@ -14,15 +14,20 @@ from shared.crypto.sealing import ServerPrivateKey, load_public_key, save_privat
 from tests.helpers import REPO, assert_all_gone, deployment_run_config, write_reviews
 
 
-def two_rounds_over_tls(model_dir: str, tmp_path, extra_settings: str, names=("alice", "bob"),
-                        secure_aggregation: bool = False):
+def two_rounds_over_tls(
+    model_dir: str, tmp_path, extra_settings: str, names=("alice", "bob"), secure_aggregation: bool = False
+):
     """Two rounds on one SuperNode per name (TLS + auth) with `extra_settings`; (report, data folders)."""
     data_dirs = tuple(write_reviews(tmp_path / name, n=24) for name in names)
     out_dir = tmp_path / "server-out"
-    config = DeploymentConfig(data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True,
-                              secure_aggregation=secure_aggregation)
-    settings = (deployment_run_config(model_dir, out_dir, "fresh,rotten").replace("num-clients=2", f"num-clients={len(names)}")
-                + " " + extra_settings)
+    config = DeploymentConfig(
+        data_dirs=data_dirs, workdir=tmp_path / "w", tls=True, auth=True, secure_aggregation=secure_aggregation
+    )
+    settings = (
+        deployment_run_config(model_dir, out_dir, "fresh,rotten").replace("num-clients=2", f"num-clients={len(names)}")
+        + " "
+        + extra_settings
+    )
     with LocalDeployment(config) as deployment:
         deployment.wait_for_supernodes(timeout=60)
         done = deployment.run(REPO, settings, timeout=240)
@@ -41,7 +46,8 @@ def test_two_sealed_rounds_over_tls_on_two_supernodes(tiny_bert_dir, tmp_path):
     key = ServerPrivateKey.generate()
     save_private_key(key, tmp_path / "server.key")
     _, data_dirs, out_dir = two_rounds_over_tls(
-        tiny_bert_dir, tmp_path, f"encrypt-updates=true server-key-file='{tmp_path / 'server.key'}'")
+        tiny_bert_dir, tmp_path, f"encrypt-updates=true server-key-file='{tmp_path / 'server.key'}'"
+    )
     assert load_public_key(out_dir / PUBLIC_KEY_FILE).raw == key.public_key.raw
     for data_dir in data_dirs:
         assert load_public_key(data_dir / STATE_FOLDER / "server_key.pub").raw == key.public_key.raw
@@ -53,8 +59,12 @@ def test_secure_aggregation_rounds_over_tls_on_three_supernodes(tiny_bert_dir, t
     TLS, on SuperNodes that allow it in their own node config (3: the least group size): every
     node summed in every round, nothing rejected, each node trusted the server's keys first."""
     report, data_dirs, out_dir = two_rounds_over_tls(
-        tiny_bert_dir, tmp_path, "secure-aggregation=true secagg-timeout=120", names=("alice", "bob", "carol"),
-        secure_aggregation=True)
+        tiny_bert_dir,
+        tmp_path,
+        "secure-aggregation=true secagg-timeout=120",
+        names=("alice", "bob", "carol"),
+        secure_aggregation=True,
+    )
     for entry in report["rounds"]:
         secure = entry["secure_aggregation"]
         assert secure["summed"] == 3 and secure["stage_bytes_up"] > 0 and secure["blamed"] == {}

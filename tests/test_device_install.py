@@ -36,8 +36,14 @@ def site_packages_mib(venv: Path) -> float:
 
 def run(argv: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env | {"HF_HUB_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    done = subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env | {"HF_HUB_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
     return done
 
@@ -52,24 +58,62 @@ def test_a_device_install_trains_and_predicts_without_torch(tiny_bert_dir, tmp_p
     python = venv / "bin" / "python"
     run([python, "-m", "pip", "install", "-q", "--no-deps", source], tmp_path)
     run([python, "-m", "pip", "install", "-q", "-r", source / "deployment" / "device-requirements.txt"], tmp_path)
-    missing = run([python, "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers', "
-                                 "'datasets') if u.find_spec(m)])"], tmp_path)
+    missing = run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'transformers', 'datasets') if u.find_spec(m)])",
+        ],
+        tmp_path,
+    )
     assert missing.stdout.strip() == "[]"
 
     data = tmp_path / "data"
     data.mkdir()
     words = {"pos": "good great fine lovely", "neg": "bad awful poor dull"}
     for split, count in (("train", 24), ("test", 8)):
-        rows = [f'{{"text": "{words[label].split()[i % 4]} film {i}", "label": "{label}"}}\n'
-                for i, label in enumerate(["pos", "neg"] * (count // 2))]
+        rows = [
+            f'{{"text": "{words[label].split()[i % 4]} film {i}", "label": "{label}"}}\n'
+            for i, label in enumerate(["pos", "neg"] * (count // 2))
+        ]
         (data / f"{split}.jsonl").write_text("".join(rows))
     artifacts, adapter, export = tmp_path / "artifacts", tmp_path / "personal.safetensors", tmp_path / "export"
     run([sys.executable, "-m", "client.export", "--training", artifacts, "--model", tiny_bert_dir, "--rank", "4"], REPO)
-    trained = run([python, "-m", "client.run", "--runtime", "onnx", "--model-dir", artifacts, "--data", data,
-                   "--out", adapter, "--epochs", "2"], tmp_path)
+    trained = run(
+        [
+            python,
+            "-m",
+            "client.run",
+            "--runtime",
+            "onnx",
+            "--model-dir",
+            artifacts,
+            "--data",
+            data,
+            "--out",
+            adapter,
+            "--epochs",
+            "2",
+        ],
+        tmp_path,
+    )
     assert "held-out accuracy after" in trained.stdout
-    run([sys.executable, "-m", "client.export", "--adapter", adapter, "--model", tiny_bert_dir,
-         "--out", export / "model.onnx", "--repeats", "1"], REPO)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "client.export",
+            "--adapter",
+            adapter,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            export / "model.onnx",
+            "--repeats",
+            "1",
+        ],
+        REPO,
+    )
     predicted = run([python, "-m", "client.predict", "--model-dir", export, "a good film", "an awful film"], tmp_path)
     assert [line.split("\t")[0] in ("neg", "pos") for line in predicted.stdout.splitlines()] == [True, True]
     print(f"device install: {site_packages_mib(venv):.0f} MiB of site-packages")

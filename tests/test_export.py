@@ -18,20 +18,20 @@ import pytest
 import safetensors.numpy
 import torch
 
-from shared.artifacts.cache import store_basis
 from client.onnx.job import ExportConfig
-from shared.artifacts.adapter_file import adapter_meta
-from shared.base_models import build_adapted_model
-from shared.artifacts.adapter_file import load_adapter, save_adapter
+from shared.artifacts.adapter_file import adapter_meta, load_adapter, save_adapter
 from shared.artifacts.basis_file import save_basis
+from shared.artifacts.cache import store_basis
+from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_tokenizer
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, load_adapter_state
-from shared.base_models import DEFAULT_MODEL, load_tokenizer
 from tests.helpers import LABELS, TEXTS, TOLERANCE, device_batch, export_cli, make_adapter, printed_diff, session
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 def reference_model(model_dir: str, task: str, state: dict):
     """PyTorch base + adapter, unmerged: what the ONNX files must reproduce."""
     model, _ = build_adapted_model(model_dir, task, LoraXSConfig(rank=4), labels=LABELS if task == "seq-cls" else None)
@@ -78,27 +78,54 @@ def bert_data(tmp_path_factory):
 def bert_export(bert_adapter, bert_data, tiny_bert_dir):
     """One CLI run with every option; --out sits beside the adapter, which must stay untouched."""
     adapter_bytes = bert_adapter.read_bytes()
-    code, out, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", bert_adapter.parent / "model.onnx",
-                              "--quantize", "int8", "--adapter-as-input", "--data", bert_data, "--timing", "--repeats", 2])
+    code, out, err = export_cli(
+        [
+            "--adapter",
+            bert_adapter,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            bert_adapter.parent / "model.onnx",
+            "--quantize",
+            "int8",
+            "--adapter-as-input",
+            "--data",
+            bert_data,
+            "--timing",
+            "--repeats",
+            2,
+        ]
+    )
     assert code == 0, err
     return {"folder": bert_adapter.parent, "stdout": out, "adapter_bytes": adapter_bytes}
 
 
 @pytest.fixture(scope="module")
 def llama_export(tiny_llama_dir, tmp_path_factory, private_cache):
-    adapter = make_adapter(tiny_llama_dir, "causal-lm", tmp_path_factory.mktemp("llama-adapter") / "personal.safetensors")
+    adapter = make_adapter(
+        tiny_llama_dir, "causal-lm", tmp_path_factory.mktemp("llama-adapter") / "personal.safetensors"
+    )
     folder = tmp_path_factory.mktemp("llama-export")
-    code, out, err = export_cli(["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input"])
+    code, out, err = export_cli(
+        ["--adapter", adapter, "--model", tiny_llama_dir, "--out", folder / "model.onnx", "--adapter-as-input"]
+    )
     assert code == 0, err
     return {"folder": folder, "stdout": out, "adapter": adapter}
 
 
 # --- sequence classification -------------------------------------------------------------
 
+
 def test_seq_cls_folder_holds_the_models_tokenizer_and_description(bert_export, bert_adapter, tiny_bert_dir):
     folder = bert_export["folder"]
-    for name in ("model.onnx", "model.int8.onnx", "model.adapter-input.onnx", "model.export.json",
-                 "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "model.onnx",
+        "model.int8.onnx",
+        "model.adapter-input.onnx",
+        "model.export.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (folder / name).is_file(), name
     assert not [p for p in folder.iterdir() if p.name.startswith(".export-") or "check" in p.name]
     assert bert_adapter.read_bytes() == bert_export["adapter_bytes"]
@@ -172,9 +199,15 @@ def test_int8_is_smaller_close_and_reports_accuracy(bert_export):
     int8 = session(folder / "model.int8.onnx").run(["logits"], batch)[0]
     assert np.abs(int8 - fp32).max() < 0.5
     stdout = bert_export["stdout"]
-    assert re.search(r"accuracy on 8 test examples: fp32 \d\.\d{4}, int8 \d\.\d{4} \(int8 - fp32: [+-]\d\.\d{4}\)", stdout)
-    for runtime in ("PyTorch eager, adapter unmerged", "onnxruntime fp32, merged", "onnxruntime int8, merged",
-                    "onnxruntime fp32, adapter as input"):
+    assert re.search(
+        r"accuracy on 8 test examples: fp32 \d\.\d{4}, int8 \d\.\d{4} \(int8 - fp32: [+-]\d\.\d{4}\)", stdout
+    )
+    for runtime in (
+        "PyTorch eager, adapter unmerged",
+        "onnxruntime fp32, merged",
+        "onnxruntime int8, merged",
+        "onnxruntime fp32, adapter as input",
+    ):
         assert re.search(rf"\d+\.\d\d ms  {re.escape(runtime)}$", stdout, re.MULTILINE), runtime
 
 
@@ -196,6 +229,7 @@ def test_graphs_carry_eager_attention_and_the_model_keeps_its_own(bert_export, t
 
 
 # --- causal LM ----------------------------------------------------------------------------
+
 
 def test_causal_lm_logits_match_pytorch(llama_export, tiny_llama_dir):
     folder = llama_export["folder"]
@@ -221,10 +255,13 @@ def test_causal_lm_logits_match_pytorch(llama_export, tiny_llama_dir):
 
 # --- failures write nothing -----------------------------------------------------------------
 
+
 def test_parity_failure_exits_non_zero_and_keeps_the_old_files(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
     (tmp_path / "model.onnx").write_bytes(b"previous export")
-    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1])
+    code, _, err = export_cli(
+        ["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1]
+    )
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error: onnxruntime fp32 vs PyTorch")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -247,7 +284,9 @@ def test_missing_adapter(tmp_path):
 
 
 def test_wrong_base_model(bert_adapter, tiny_llama_dir, tmp_path):
-    line = one_line_error(["--adapter", bert_adapter, "--out", tmp_path / "m.onnx", "--model", tiny_llama_dir], tmp_path)
+    line = one_line_error(
+        ["--adapter", bert_adapter, "--out", tmp_path / "m.onnx", "--model", tiny_llama_dir], tmp_path
+    )
     assert "was trained on base model" in line
 
 
@@ -258,7 +297,19 @@ def test_basis_with_another_fingerprint(bert_adapter, tiny_bert_dir, tmp_path):
     save_basis(tmp_path / "other.basis", other, meta.base_model)
     out = tmp_path / "out"
     out.mkdir()
-    line = one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", out / "m.onnx", "--basis", tmp_path / "other.basis"], out)
+    line = one_line_error(
+        [
+            "--adapter",
+            bert_adapter,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            out / "m.onnx",
+            "--basis",
+            tmp_path / "other.basis",
+        ],
+        out,
+    )
     assert "belongs to basis" in line and "--basis" in line
 
 
@@ -272,16 +323,21 @@ def test_adapter_of_another_basis_fails_on_the_fresh_svd(bert_adapter, tiny_bert
     assert "belongs to basis 000000000000" in line
 
 
-@pytest.mark.parametrize("out, message", [
-    ("a-file/m.onnx", "a-file is not a folder"),
-    ("a-file/deeper/m.onnx", "a-file is not a folder"),
-    ("m.txt", "must name an .onnx file"),
-    ("folder.onnx", "is a folder"),
-])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("a-file/m.onnx", "a-file is not a folder"),
+        ("a-file/deeper/m.onnx", "a-file is not a folder"),
+        ("m.txt", "must name an .onnx file"),
+        ("folder.onnx", "is a folder"),
+    ],
+)
 def test_unusable_output(bert_adapter, tiny_bert_dir, tmp_path, out, message):
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "folder.onnx").mkdir()
-    assert message in one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / out], tmp_path)
+    assert message in one_line_error(
+        ["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / out], tmp_path
+    )
 
 
 def test_unwritable_output_folder(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
@@ -294,24 +350,36 @@ def test_unwritable_output_folder(bert_adapter, tiny_bert_dir, tmp_path, monkeyp
 
 
 def test_a_missing_output_folder_is_created_as_client_run_does(bert_adapter, tiny_bert_dir, tmp_path):
-    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir,
-                            "--out", tmp_path / "new" / "deeper" / "m.onnx", "--repeats", 1])
+    code, _, err = export_cli(
+        [
+            "--adapter",
+            bert_adapter,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            tmp_path / "new" / "deeper" / "m.onnx",
+            "--repeats",
+            1,
+        ]
+    )
     assert code == 0, err
     assert (tmp_path / "new" / "deeper" / "m.onnx").is_file()
 
 
 def test_a_failed_export_removes_the_folder_it_created(bert_adapter, tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("client.onnx.job.FP32_TOLERANCE", -1.0)
-    code, _, _ = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "new" / "m.onnx",
-                          "--repeats", 1])
+    code, _, _ = export_cli(
+        ["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "new" / "m.onnx", "--repeats", 1]
+    )
     assert code == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_an_obstacle_at_the_last_name_replaces_nothing(bert_adapter, tiny_bert_dir, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"previous export")
     (tmp_path / "model.export.json").mkdir()  # the last file moved into place
-    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
-                            "--repeats", 1])
+    code, _, err = export_cli(
+        ["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1]
+    )
     assert code == 1 and "is in the way" in err
     assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.export.json", "model.onnx"]
@@ -328,8 +396,9 @@ def test_a_move_failing_halfway_puts_the_old_files_back(bert_adapter, tiny_bert_
         return real_replace(src, dst)
 
     monkeypatch.setattr("client.onnx.folder.os.replace", replace)
-    code, _, err = export_cli(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx",
-                            "--repeats", 1])
+    code, _, err = export_cli(
+        ["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", tmp_path / "model.onnx", "--repeats", 1]
+    )
     assert code == 1 and "the folder was left as it was" in err
     assert (tmp_path / "model.onnx").read_bytes() == b"previous export"
     assert (tmp_path / "model.export.json").read_text() == "previous description"
@@ -355,8 +424,19 @@ def test_export_refuses_a_factor_file_of_another_base_model(bert_adapter, tiny_b
     save_basis(tmp_path / "other.basis", basis, "/another/model")
     out = tmp_path / "out"
     out.mkdir()
-    line = one_line_error(["--adapter", bert_adapter, "--model", tiny_bert_dir, "--out", out / "m.onnx",
-                           "--basis", tmp_path / "other.basis"], out)
+    line = one_line_error(
+        [
+            "--adapter",
+            bert_adapter,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            out / "m.onnx",
+            "--basis",
+            tmp_path / "other.basis",
+        ],
+        out,
+    )
     assert "holds factors of base model '/another/model'" in line
 
 
@@ -366,24 +446,40 @@ def test_export_needs_model_for_an_adapter_of_a_non_default_base_model(bert_adap
 
 
 def test_config_checks_its_values(tmp_path):
-    for kwargs, message in [({"opset": 5}, "--opset"), ({"quantize": "int4"}, "--quantize"),
-                            ({"repeats": 0}, "--repeats"), ({"max_length": 1}, "--max-length"),
-                            ({"latency_batches": (1, 0)}, "latency batch sizes")]:
+    for kwargs, message in [
+        ({"opset": 5}, "--opset"),
+        ({"quantize": "int4"}, "--quantize"),
+        ({"repeats": 0}, "--repeats"),
+        ({"max_length": 1}, "--max-length"),
+        ({"latency_batches": (1, 0)}, "latency batch sizes"),
+    ]:
         with pytest.raises(LoraXSError, match=message):
             ExportConfig(adapter=tmp_path / "a.safetensors", out=tmp_path / "m.onnx", **kwargs)
 
 
 def test_module_entry_point_reports_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "client.export", "--adapter", str(tmp_path / "none.safetensors"),
-         "--out", str(tmp_path / "m.onnx")],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "client.export",
+            "--adapter",
+            str(tmp_path / "none.safetensors"),
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: adapter file {tmp_path / 'none.safetensors'} does not exist"
 
 
 # --- the real packaged MiniLM ---------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_real_minilm_export_through_the_command_line(tmp_path, monkeypatch):
@@ -399,9 +495,23 @@ def test_real_minilm_export_through_the_command_line(tmp_path, monkeypatch):
     save_adapter(adapter, adapter_state(model), adapter_meta(None, "seq-cls", config, basis, LABELS))
     store_basis(tmp_path / "cache" / "basis", basis, DEFAULT_MODEL)  # as a federation leaves it: no second SVD
     result = subprocess.run(
-        [sys.executable, "-m", "client.export", "--adapter", str(adapter), "--out", str(tmp_path / "model.onnx"),
-         "--quantize", "int8", "--repeats", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "client.export",
+            "--adapter",
+            str(adapter),
+            "--out",
+            str(tmp_path / "model.onnx"),
+            "--quantize",
+            "int8",
+            "--repeats",
+            "3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "LORAXS_CACHE": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr

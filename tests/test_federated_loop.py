@@ -25,8 +25,16 @@ class NodesOnly:
 @pytest.mark.parametrize("seed", [0, 3])
 def test_same_partitions_as_the_strategy(fraction, seed):
     config = replace(FederationConfig(), fraction_train=fraction, seed=seed)
-    strategy = LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), seed=seed, fraction_train=fraction,
-                            min_train_nodes=config.min_train_nodes, min_available_nodes=config.num_clients)
+    strategy = LoraXSStrategy(
+        ArrayRecord(),
+        "f" * 64,
+        "fp32",
+        (),
+        seed=seed,
+        fraction_train=fraction,
+        min_train_nodes=config.min_train_nodes,
+        min_available_nodes=config.num_clients,
+    )
     nodes = [5000 + 7 * i for i in range(config.num_clients)]
     strategy.partitions = {node: i for i, node in enumerate(reversed(nodes))}  # node ids unrelated to partitions
     for server_round in (1, 2, 7):
@@ -49,8 +57,9 @@ def test_a_round_draws_from_the_connected_nodes_and_does_not_wait_for_one_that_l
     from shared.errors import LoraXSError
 
     monkeypatch.setattr(sampling_module, "NODES_WAIT_SECONDS", 0.0)
-    strategy = LoraXSStrategy(ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0,
-                            min_train_nodes=2, min_available_nodes=4)
+    strategy = LoraXSStrategy(
+        ArrayRecord(), "f" * 64, "fp32", (), seed=0, fraction_train=1.0, min_train_nodes=2, min_available_nodes=4
+    )
     strategy.partitions = {10: 0, 11: 1, 12: 2, 13: 3}
     assert strategy.sample(NodesOnly([10, 11, 12]), 1.0, 2, server_round=1, stream=0) == [10, 11, 12]
     with pytest.raises(LoraXSError, match="only 1 of 2 nodes connected"):

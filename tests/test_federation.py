@@ -12,27 +12,35 @@ from flwr.app import Array
 
 from client.app import make_client_app
 from client.node_state import BASIS_INFO, FEDERATION_PERSONAL_ADAPTER, PERSONAL_INFO, PERSONAL_RECORD
-from shared.artifacts import open_adapter as open_adapter_module
-from shared.loraxs.basis import Basis
-from shared.federation.node_data import shifted_partitions, simulated_node_data
 from server.federation import run_federation
-from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
 from server.traffic import wire_bytes
+from shared.artifacts import open_adapter as open_adapter_module
 from shared.artifacts.adapter_file import load_adapter
 from shared.artifacts.basis_file import load_basis
 from shared.artifacts.cache import STATE_FOLDER
+from shared.federation.node_data import shifted_partitions, simulated_node_data
+from shared.federation.protocol import ARRAYS, BASIS, METRICS, STACKED_R, STATUS, payload_bytes
+from shared.loraxs.basis import Basis
 from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config, run_recorded, write_word_reviews
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def shared_run(tiny_bert_dir, reviews_dir, tmp_path_factory):
     """One 3-round run that several tests read: 3 of 5 clients train per round, every client
     evaluates (personal adapters on), unequal client sizes (dirichlet)."""
     config = make_config(
-        tiny_bert_dir, reviews_dir, tmp_path_factory.mktemp("shared") / "run", num_server_rounds=3,
-        fraction_train=0.6, fraction_evaluate=1.0, partition="dirichlet", dirichlet_alpha=1.0,
-        personalize="finetune", personal_steps=3,
+        tiny_bert_dir,
+        reviews_dir,
+        tmp_path_factory.mktemp("shared") / "run",
+        num_server_rounds=3,
+        fraction_train=0.6,
+        fraction_evaluate=1.0,
+        partition="dirichlet",
+        dirichlet_alpha=1.0,
+        personalize="finetune",
+        personal_steps=3,
     )
     personal_at_train = {}
 
@@ -166,8 +174,9 @@ def test_a_node_whose_derived_factors_differ_is_shipped_them_and_the_round_is_wh
 
 @pytest.mark.parametrize("basis_dtype, wire_dtype", [("fp32", "float32"), ("fp16", "float16"), ("bf16", "uint16")])
 def test_shipped_factors_travel_in_basis_dtype_and_everyone_uses_the_rounded_ones(config, basis_dtype, wire_dtype):
-    shipped = replace(config, basis_delivery="ship", basis_dtype=basis_dtype, num_server_rounds=1,
-                      final_eval_fraction=0.0)
+    shipped = replace(
+        config, basis_delivery="ship", basis_dtype=basis_dtype, num_server_rounds=1, final_eval_fraction=0.0
+    )
     report, grid = run_recorded(shipped)
     bundles = [m.content[BASIS] for m, _ in grid.log if BASIS in m.content]
     assert len(bundles) == NUM_CLIENTS and not any("basis-model" in m.content["config"] for m, _ in grid.log)
@@ -257,8 +266,15 @@ def deployment_grid(config, folders):
 
 def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_path):
     folders = [write_word_reviews(tmp_path / f"device{i}", 30, seed=i) for i in range(2)]
-    config = replace(config, num_clients=2, dataset="", labels="neg,pos",
-                                 personalize="finetune", fraction_evaluate=1.0, personal_steps=2)
+    config = replace(
+        config,
+        num_clients=2,
+        dataset="",
+        labels="neg,pos",
+        personalize="finetune",
+        fraction_evaluate=1.0,
+        personal_steps=2,
+    )
     grid = deployment_grid(config, folders)
     report = run_federation(grid, config)
     basis, _ = load_basis(f"{config.out_dir}/basis.safetensors")
@@ -273,9 +289,11 @@ def test_deployment_nodes_keep_factors_and_personal_adapter_on_disk(config, tmp_
 
 
 def test_a_node_with_other_labels_answers_with_one_clear_error(config, tmp_path, caplog):
-    folders = [write_word_reviews(tmp_path / "ok", 30), write_word_reviews(tmp_path / "odd", 30, labels=("bad", "good"))]
-    config = replace(config, num_clients=2, dataset="", labels="neg,pos",
-                                 num_server_rounds=1, final_eval_fraction=0.0)
+    folders = [
+        write_word_reviews(tmp_path / "ok", 30),
+        write_word_reviews(tmp_path / "odd", 30, labels=("bad", "good")),
+    ]
+    config = replace(config, num_clients=2, dataset="", labels="neg,pos", num_server_rounds=1, final_eval_fraction=0.0)
     with caplog.at_level(logging.WARNING, logger="flwr"):
         report = run_federation(deployment_grid(config, folders), config)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]

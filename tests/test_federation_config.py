@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.federation.run_config import FederationConfig
 from shared.errors import LoraXSError
+from shared.federation.run_config import FederationConfig
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -33,18 +33,21 @@ def test_from_run_config_overrides_and_coerces():
     assert FederationConfig.from_run_config(config.to_run_config()) == config
 
 
-@pytest.mark.parametrize("run_config, message", [
-    ({"num-client": 5}, "unknown run-config key(s): num-client"),
-    ({"rank": "four"}, "run-config rank must be a int"),
-    ({"rank": True}, "run-config rank must be a int"),
-    ({"fraction-train": 0.0}, "train fraction must be in (0, 1]"),
-    ({"fraction-train": 1.5}, "train fraction must be in (0, 1]"),
-    ({"personalize": "ditto"}, "personalize must be one of none, finetune"),
-    ({"update-dtype": "int8"}, "update-dtype must be one of fp32, fp16"),
-    ({"scenario": "concept-shift", "task": "causal-lm"}, "needs task seq-cls"),
-    ({"dataset": ""}, "set labels"),
-    ({"rank": 0}, "rank must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "run_config, message",
+    [
+        ({"num-client": 5}, "unknown run-config key(s): num-client"),
+        ({"rank": "four"}, "run-config rank must be a int"),
+        ({"rank": True}, "run-config rank must be a int"),
+        ({"fraction-train": 0.0}, "train fraction must be in (0, 1]"),
+        ({"fraction-train": 1.5}, "train fraction must be in (0, 1]"),
+        ({"personalize": "ditto"}, "personalize must be one of none, finetune"),
+        ({"update-dtype": "int8"}, "update-dtype must be one of fp32, fp16"),
+        ({"scenario": "concept-shift", "task": "causal-lm"}, "needs task seq-cls"),
+        ({"dataset": ""}, "set labels"),
+        ({"rank": 0}, "rank must be a positive integer"),
+    ],
+)
 def test_bad_settings_are_one_clear_error(run_config, message):
     with pytest.raises(LoraXSError, match=None) as caught:
         FederationConfig.from_run_config(run_config)

@@ -6,12 +6,19 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from shared.federation.protocol import (
-    STACKED_R, cast_record, check_update, clean_metrics, pack_adapter, pack_basis, payload_bytes,
-    unpack_adapter, unpack_basis,
-)
 from server.traffic import wire_bytes
 from shared.errors import LoraXSError
+from shared.federation.protocol import (
+    STACKED_R,
+    cast_record,
+    check_update,
+    clean_metrics,
+    pack_adapter,
+    pack_basis,
+    payload_bytes,
+    unpack_adapter,
+    unpack_basis,
+)
 from shared.loraxs.basis import Basis
 
 MINILM_LAYERS, RANK, HIDDEN = 24, 16, 384  # the default adapter: 24 R matrices + a 2-class head
@@ -19,8 +26,10 @@ MINILM_LAYERS, RANK, HIDDEN = 24, 16, 384  # the default adapter: 24 R matrices 
 
 def minilm_like_state(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    state = {f"bert.encoder.layer.{i // 4}.m{i % 4}.lora_R": torch.randn(RANK, RANK, generator=g)
-             for i in range(MINILM_LAYERS)}
+    state = {
+        f"bert.encoder.layer.{i // 4}.m{i % 4}.lora_R": torch.randn(RANK, RANK, generator=g)
+        for i in range(MINILM_LAYERS)
+    }
     state["classifier.weight"] = torch.randn(2, HIDDEN, generator=g)
     state["classifier.bias"] = torch.randn(2, generator=g)
     return state
@@ -58,13 +67,16 @@ def test_unpack_refuses_arrays_for_another_model():
 def test_default_adapter_upload_fits_32_kib_on_the_wire():
     """The lead's budget: 24 x 16 x 16 R + 770 head floats, fp32, as a whole reply message."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    request = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
-                      dst_node_id=12345, message_type="train")
-    content = RecordDict({
-        "arrays": pack_adapter(minilm_like_state(), "fp32"),
-        "metrics": MetricRecord({"num-examples": 100, "train-loss": 0.5}),
-        "status": ConfigRecord({"fingerprint": "f" * 64}),
-    })
+    request = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=12345, message_type="train"
+    )
+    content = RecordDict(
+        {
+            "arrays": pack_adapter(minilm_like_state(), "fp32"),
+            "metrics": MetricRecord({"num-examples": 100, "train-loss": 0.5}),
+            "status": ConfigRecord({"fingerprint": "f" * 64}),
+        }
+    )
     size = wire_bytes(Message(content, reply_to=request))
     assert 27_656 < size <= 32 * 1024
     assert size - 27_656 < 4096  # framing: headers, ids, metrics
@@ -72,10 +84,13 @@ def test_default_adapter_upload_fits_32_kib_on_the_wire():
 
 def small_basis() -> Basis:
     g = torch.Generator().manual_seed(1)
-    return Basis(rank=4, factors={
-        "layer.0.query": (torch.randn(8, 4, generator=g), torch.randn(4, 6, generator=g)),
-        "layer.0.value": (torch.randn(8, 4, generator=g), torch.randn(4, 6, generator=g)),
-    })
+    return Basis(
+        rank=4,
+        factors={
+            "layer.0.query": (torch.randn(8, 4, generator=g), torch.randn(4, 6, generator=g)),
+            "layer.0.value": (torch.randn(8, 4, generator=g), torch.randn(4, 6, generator=g)),
+        },
+    )
 
 
 def test_basis_bundle_round_trips_and_is_checked_against_its_fingerprint():
@@ -90,13 +105,16 @@ def test_basis_bundle_round_trips_and_is_checked_against_its_fingerprint():
         unpack_basis(tampered, basis.fingerprint)
 
 
-@pytest.mark.parametrize("corrupt, reason", [
-    (lambda a: {**a, "lora_R": np.full_like(a["lora_R"], np.nan)}, "NaN or Inf"),
-    (lambda a: {**a, "lora_R": a["lora_R"] * np.inf}, "NaN or Inf"),
-    (lambda a: {**a, "lora_R": a["lora_R"][:-1]}, "has shape"),
-    (lambda a: {**a, "lora_R": a["lora_R"].astype(np.float64)}, "has dtype"),
-    (lambda a: {k: v for k, v in a.items() if k != "classifier.bias"}, "arrays"),
-])
+@pytest.mark.parametrize(
+    "corrupt, reason",
+    [
+        (lambda a: {**a, "lora_R": np.full_like(a["lora_R"], np.nan)}, "NaN or Inf"),
+        (lambda a: {**a, "lora_R": a["lora_R"] * np.inf}, "NaN or Inf"),
+        (lambda a: {**a, "lora_R": a["lora_R"][:-1]}, "has shape"),
+        (lambda a: {**a, "lora_R": a["lora_R"].astype(np.float64)}, "has dtype"),
+        (lambda a: {k: v for k, v in a.items() if k != "classifier.bias"}, "arrays"),
+    ],
+)
 def test_check_update_names_what_is_wrong(corrupt, reason):
     expected = pack_adapter(minilm_like_state(), "fp32")
     good = {k: v.numpy() for k, v in pack_adapter(minilm_like_state(1), "fp32").items()}
@@ -108,8 +126,7 @@ def test_check_update_names_what_is_wrong(corrupt, reason):
 def test_check_update_sees_data_that_lies_about_its_shape():
     expected = pack_adapter(minilm_like_state(), "fp32")
     real = expected[STACKED_R]
-    liar = Array(dtype=real.dtype, shape=real.shape, stype=real.stype,
-                 data=Array(np.zeros((3,), np.float32)).data)
+    liar = Array(dtype=real.dtype, shape=real.shape, stype=real.stype, data=Array(np.zeros((3,), np.float32)).data)
     record = ArrayRecord({**dict(expected.items()), STACKED_R: liar})
     assert "not what it announces" in check_update(record, expected)
 
@@ -117,9 +134,12 @@ def test_check_update_sees_data_that_lies_about_its_shape():
 def test_cast_record_and_clean_metrics():
     record = cast_record(pack_adapter(minilm_like_state(), "fp16"), "fp32")
     assert {a.dtype for a in record.values()} == {"float32"}
-    assert clean_metrics(MetricRecord({"num-examples": 3, "train-loss": 0.1, "extra": 1.0}),
-                         ("num-examples", "train-loss")) == MetricRecord({"num-examples": 3, "train-loss": 0.1})
-    assert "num-examples" in clean_metrics(MetricRecord({"num-examples": 0, "train-loss": 0.1}),
-                                           ("num-examples", "train-loss"))
-    assert "train-loss" in clean_metrics(MetricRecord({"num-examples": 3, "train-loss": float("nan")}),
-                                         ("num-examples", "train-loss"))
+    assert clean_metrics(
+        MetricRecord({"num-examples": 3, "train-loss": 0.1, "extra": 1.0}), ("num-examples", "train-loss")
+    ) == MetricRecord({"num-examples": 3, "train-loss": 0.1})
+    assert "num-examples" in clean_metrics(
+        MetricRecord({"num-examples": 0, "train-loss": 0.1}), ("num-examples", "train-loss")
+    )
+    assert "train-loss" in clean_metrics(
+        MetricRecord({"num-examples": 3, "train-loss": float("nan")}), ("num-examples", "train-loss")
+    )

@@ -35,16 +35,26 @@ def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def tiny_basis() -> Basis:
     generator = torch.Generator().manual_seed(1)
-    return Basis(rank=RANK, factors={
-        "layer.0.query": (torch.randn(4, RANK, generator=generator), torch.randn(RANK, 4, generator=generator)),
-        "layer.0.value": (torch.randn(4, RANK, generator=generator), torch.randn(RANK, 4, generator=generator)),
-    })
+    return Basis(
+        rank=RANK,
+        factors={
+            "layer.0.query": (torch.randn(4, RANK, generator=generator), torch.randn(RANK, 4, generator=generator)),
+            "layer.0.value": (torch.randn(4, RANK, generator=generator), torch.randn(RANK, 4, generator=generator)),
+        },
+    )
 
 
 BASIS = tiny_basis()
-META = AdapterMeta(base_model="sentence-transformers/all-MiniLM-L6-v2", task="seq-cls", rank=RANK, alpha=16.0,
-                   targets=("query", "value"), labels=("neg", "pos"), basis_fingerprint=BASIS.fingerprint,
-                   extra={"kind": "global"})
+META = AdapterMeta(
+    base_model="sentence-transformers/all-MiniLM-L6-v2",
+    task="seq-cls",
+    rank=RANK,
+    alpha=16.0,
+    targets=("query", "value"),
+    labels=("neg", "pos"),
+    basis_fingerprint=BASIS.fingerprint,
+    extra={"kind": "global"},
+)
 ADAPTER = adapter_to_bytes(tiny_state(), META)
 BASIS_FILE = basis_to_bytes(BASIS, META.base_model)
 RAW_KEY = KeySource(key=bytes(range(32)))
@@ -64,7 +74,9 @@ def mutations(valid: bytes):
         st.binary(max_size=4096),
         st.integers(0, len(valid)).map(lambda n: valid[:n]),
         st.lists(st.integers(0, 8 * len(valid) - 1), min_size=1, max_size=16).map(lambda bits: flipped(valid, bits)),
-        st.tuples(st.integers(0, len(valid)), st.binary(max_size=64)).map(lambda p: valid[: p[0]] + p[1] + valid[p[0]:]),
+        st.tuples(st.integers(0, len(valid)), st.binary(max_size=64)).map(
+            lambda p: valid[: p[0]] + p[1] + valid[p[0] :]
+        ),
     )
 
 
@@ -76,6 +88,7 @@ def only_own_errors(call) -> None:
 
 
 # -- adapter and factor files -----------------------------------------------------------------
+
 
 def test_the_seeds_are_valid():
     state, meta = adapter_from_bytes(ADAPTER, "seed")
@@ -90,11 +103,15 @@ def test_adapter_bytes(data):
     only_own_errors(lambda: adapter_from_bytes(data, "fuzzed.safetensors"))
 
 
-JSON_TEXT = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-).map(json.dumps) | st.text(max_size=40) | st.sampled_from(["[" * 5000, "1e999", "NaN", "-Infinity", "9" * 5000])
+JSON_TEXT = (
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        max_leaves=12,
+    ).map(json.dumps)
+    | st.text(max_size=40)
+    | st.sampled_from(["[" * 5000, "1e999", "NaN", "-Infinity", "9" * 5000])
+)
 
 
 def with_metadata(data: bytes, key: str, value: str) -> bytes:
@@ -109,8 +126,10 @@ def with_metadata(data: bytes, key: str, value: str) -> bytes:
 
 
 @FUZZ
-@given(st.sampled_from(["base_model", "task", "rank", "alpha", "targets", "labels", "basis_fingerprint", "extra"]),
-       JSON_TEXT)
+@given(
+    st.sampled_from(["base_model", "task", "rank", "alpha", "targets", "labels", "basis_fingerprint", "extra"]),
+    JSON_TEXT,
+)
 def test_adapter_metadata_values(key, value):
     only_own_errors(lambda: adapter_from_bytes(with_metadata(ADAPTER, key, value), "fuzzed.safetensors"))
 
@@ -135,6 +154,7 @@ def test_factor_file_metadata_values(key, value):
 
 # -- the update decoder (shared/federation/protocol.py) ---------------------------------------
 
+
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -152,14 +172,19 @@ def arrays(draw):
     shape, dtype = draw(SHAPES), draw(DTYPES)
     honest = npy(np.zeros(shape, dtype=np.float32) + draw(st.floats(allow_nan=True, allow_infinity=True, width=32)))
     data = draw(st.one_of(st.just(honest), mutations(honest), st.binary(max_size=256)))
-    return Array(dtype=dtype, shape=shape, stype=draw(st.sampled_from(["numpy.ndarray", "torch.Tensor", ""])), data=data)
+    return Array(
+        dtype=dtype, shape=shape, stype=draw(st.sampled_from(["numpy.ndarray", "torch.Tensor", ""])), data=data
+    )
 
 
 @st.composite
 def records(draw):
     expected = pack_adapter(tiny_state(), "fp32")
-    keys = draw(st.one_of(st.just(list(expected.keys())), st.lists(st.sampled_from(NAMES + ["lora_R", "x"]), max_size=5,
-                                                                    unique=True)))
+    keys = draw(
+        st.one_of(
+            st.just(list(expected.keys())), st.lists(st.sampled_from(NAMES + ["lora_R", "x"]), max_size=5, unique=True)
+        )
+    )
     values = {}
     for key in keys:
         values[key] = draw(st.one_of(arrays(), st.just(expected[key]) if key in expected else arrays()))
@@ -183,25 +208,33 @@ def test_unpack_adapter(record):
 
 
 @FUZZ
-@given(st.one_of(
-    st.dictionaries(st.sampled_from(["layer.0.query.lora_A", "layer.0.query.lora_B", "x.lora_A", "lora_B"]),
-                    arrays(), max_size=4).map(ArrayRecord),
-    st.just(pack_basis(BASIS)),
-))
+@given(
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(["layer.0.query.lora_A", "layer.0.query.lora_B", "x.lora_A", "lora_B"]),
+            arrays(),
+            max_size=4,
+        ).map(ArrayRecord),
+        st.just(pack_basis(BASIS)),
+    )
+)
 def test_unpack_basis(record):
     only_own_errors(lambda: unpack_basis(record, BASIS.fingerprint))
 
 
 # -- data folders ---------------------------------------------------------------------------
 
-VALID_JSONL = "".join(json.dumps({"text": f"review {i}", "label": ["neg", "pos"][i % 2]}) + "\n"
-                      for i in range(6)).encode()
+VALID_JSONL = "".join(
+    json.dumps({"text": f"review {i}", "label": ["neg", "pos"][i % 2]}) + "\n" for i in range(6)
+).encode()
 VALID_CSV = ("text,label\n" + "".join(f"review {i},{['neg', 'pos'][i % 2]}\n" for i in range(6))).encode()
 
 
 @FUZZ
-@given(st.sampled_from(["data.jsonl", "data.csv", "train.jsonl", "notes.txt"]),
-       st.one_of(mutations(VALID_JSONL), mutations(VALID_CSV)))
+@given(
+    st.sampled_from(["data.jsonl", "data.csv", "train.jsonl", "notes.txt"]),
+    st.one_of(mutations(VALID_JSONL), mutations(VALID_CSV)),
+)
 def test_data_folder_bytes(name, data):
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / name).write_bytes(data)
@@ -210,6 +243,7 @@ def test_data_folder_bytes(name, data):
 
 
 # -- encrypted at-rest blobs ------------------------------------------------------------------
+
 
 @FUZZ
 @given(mutations(SEALED))

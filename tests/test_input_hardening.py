@@ -14,10 +14,13 @@ from safetensors.torch import save as save_bytes
 
 from shared.artifacts import blob
 from shared.artifacts.adapter_file import (
-    adapter_meta, load_adapter, metadata_digest, save_adapter,
+    adapter_meta,
+    load_adapter,
+    metadata_digest,
+    save_adapter,
 )
-from shared.artifacts.basis_file import basis_to_bytes, basis_to_tensors, load_basis, save_basis
 from shared.artifacts.atomic_write import write_atomically
+from shared.artifacts.basis_file import basis_to_bytes, basis_to_tensors, load_basis, save_basis
 from shared.artifacts.cache import find_cached_basis, store_basis
 from shared.artifacts.open_adapter import read_adapter
 from shared.base_models import build_adapted_model
@@ -53,6 +56,7 @@ def rewritten(path: Path, state: dict, change: dict, resign: bool = True) -> Pat
 
 # -- defect 2: no non-finite tensor on disk, no implausible values loaded ---------------------
 
+
 def test_saving_a_non_finite_adapter_is_refused_and_writes_nothing(adapted, tmp_path):
     state, _, meta = adapted
     bad = {k: v.clone() for k, v in state.items()}
@@ -74,18 +78,21 @@ def test_implausible_or_infinite_r_is_refused_on_load(adapted, tmp_path, value, 
         load_adapter(rewritten(path, bad, {}))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"alpha": "Infinity"}, "'alpha' must be a finite number"),
-    ({"alpha": '"16"'}, "'alpha' must be a finite number"),
-    ({"alpha": "-1"}, "'alpha' must be a finite number"),
-    ({"rank": '"abc"'}, "'rank' must be an integer"),
-    ({"rank": "true"}, "'rank' must be an integer"),
-    ({"labels": "[0, 1]"}, "'labels' must be"),
-    ({"targets": "{}"}, "'targets' must be"),
-    ({"task": '"ner"'}, "'task' must be"),
-    ({"base_model": '"evil\\nsecond line"'}, "'base_model' must be"),
-    ({"extra": "[" * 5000}, "'extra' is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"alpha": "Infinity"}, "'alpha' must be a finite number"),
+        ({"alpha": '"16"'}, "'alpha' must be a finite number"),
+        ({"alpha": "-1"}, "'alpha' must be a finite number"),
+        ({"rank": '"abc"'}, "'rank' must be an integer"),
+        ({"rank": "true"}, "'rank' must be an integer"),
+        ({"labels": "[0, 1]"}, "'labels' must be"),
+        ({"targets": "{}"}, "'targets' must be"),
+        ({"task": '"ner"'}, "'task' must be"),
+        ({"base_model": '"evil\\nsecond line"'}, "'base_model' must be"),
+        ({"extra": "[" * 5000}, "'extra' is not valid JSON"),
+    ],
+)
 def test_metadata_of_the_wrong_type_is_one_line(adapted, tmp_path, change, message):
     state, _, meta = adapted
     path = tmp_path / "a.safetensors"
@@ -119,6 +126,7 @@ def test_bf16_r_is_one_line(adapted, tmp_path):
 
 # -- defect 5: the metadata is checksummed; an adapter's base model needs --model --------------
 
+
 def test_changed_metadata_fails_its_checksum(adapted, tmp_path):
     state, _, meta = adapted
     path = tmp_path / "a.safetensors"
@@ -149,6 +157,7 @@ def test_an_adapters_base_model_is_loaded_only_when_model_names_it(adapted, tmp_
 
 # -- defect 4: the atomic write never follows a symlink ---------------------------------------
 
+
 def test_write_atomically_never_writes_through_a_symlinked_tmp(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -168,6 +177,7 @@ def test_write_atomically_keeps_the_umask_mode(tmp_path):
 
 
 # -- defect 7/8: factor files, the cache, sizes, unreadable files -----------------------------
+
 
 def basis_with_metadata(basis: Basis, path: Path, **metadata) -> Path:
     data = basis_to_bytes(basis, "m")
@@ -196,9 +206,18 @@ def test_factor_file_holding_nan_is_refused(adapted, tmp_path):
     bad = Basis(rank=basis.rank, factors={**basis.factors, name: (lora_B.clone().fill_(float("nan")), lora_A)})
     with pytest.raises(LoraXSError, match="NaN or Inf"):
         save_basis(tmp_path / "b.safetensors", bad, "m")
-    (tmp_path / "c.safetensors").write_bytes(save_bytes(basis_to_tensors(bad), metadata={
-        "format": "loraxs-basis", "format_version": "1", "base_model": "m", "rank": str(basis.rank),
-        "fingerprint": bad.fingerprint}))
+    (tmp_path / "c.safetensors").write_bytes(
+        save_bytes(
+            basis_to_tensors(bad),
+            metadata={
+                "format": "loraxs-basis",
+                "format_version": "1",
+                "base_model": "m",
+                "rank": str(basis.rank),
+                "fingerprint": bad.fingerprint,
+            },
+        )
+    )
     with pytest.raises(LoraXSError, match="NaN or Inf"):
         load_basis(tmp_path / "c.safetensors")
 
@@ -247,7 +266,7 @@ def test_unreadable_adapter_is_one_line(adapted, tmp_path, monkeypatch):
 
 
 def test_corrupt_personal_adapter_in_the_node_state_is_re_derived(adapted, tmp_path):
-    from client.node_state import DiskState, FEDERATION_PERSONAL_ADAPTER
+    from client.node_state import FEDERATION_PERSONAL_ADAPTER, DiskState
 
     state, basis, meta = adapted
     node = DiskState(tmp_path)
@@ -260,8 +279,16 @@ def test_corrupt_personal_adapter_in_the_node_state_is_re_derived(adapted, tmp_p
 
 # -- run_cli: one line, exit 1, for whatever escaped ------------------------------------------
 
-@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), MemoryError(),
-                                   RecursionError("maximum recursion depth exceeded"), ValueError("bad\nvalue")])
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied"),
+        MemoryError(),
+        RecursionError("maximum recursion depth exceeded"),
+        ValueError("bad\nvalue"),
+    ],
+)
 def test_run_cli_turns_escaped_input_errors_into_one_line(error, capsys):
     def work():
         raise error

@@ -2,6 +2,7 @@
 lam chosen on held-out data never scores below the start there."""
 
 import dataclasses
+
 import datasets
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_lambda_zero_never_loses_to_the_start_on_held_out(data, significance):
     n = data.draw(st.integers(1, 30))
     per_lam = {lam: data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)) for lam in LAMBDA_GRID}
     chosen = choose_lambda(per_lam, significance)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    mean = lambda v: sum(v) / len(v)
     assert chosen in LAMBDA_GRID and mean(per_lam[chosen]) >= mean(per_lam[0.0])
     if chosen != 0.0:
         gain, spread = paired_gain(per_lam[0.0], per_lam[chosen])
@@ -82,7 +83,11 @@ def test_ties_go_to_the_start_and_small_gains_need_evidence():
     one_more = {0.0: [0.0] * 10 + [1.0] * 10, 1.0: [1.0] + [0.0] * 9 + [1.0] * 10}
     assert choose_lambda(one_more, significance=0.0) == 1.0  # any gain
     assert choose_lambda(one_more, significance=1.0) == 0.0  # 1 win, 0 losses: 1 is not > 1 x 1
-    flipped = {0.0: [0.0] * 15 + [1.0] * 5, 0.5: [1.0] * 12 + [0.0] * 3 + [1.0] * 5, 1.0: [1.0] * 14 + [0.0] + [1.0] * 5}
+    flipped = {
+        0.0: [0.0] * 15 + [1.0] * 5,
+        0.5: [1.0] * 12 + [0.0] * 3 + [1.0] * 5,
+        1.0: [1.0] * 14 + [0.0] + [1.0] * 5,
+    }
     assert choose_lambda(flipped, significance=1.0) == 1.0  # 14 wins, 0 losses
     with pytest.raises(LoraXSError, match="lam = 0"):
         choose_lambda({1.0: [1.0]})
@@ -90,8 +95,9 @@ def test_ties_go_to_the_start_and_small_gains_need_evidence():
 
 def _toy(n=60):
     words = ["good great fine", "bad awful poor"]
-    return datasets.Dataset.from_dict({"text": [f"{words[i % 2]} item {i}" for i in range(n)],
-                                       "label": [i % 2 for i in range(n)]})
+    return datasets.Dataset.from_dict(
+        {"text": [f"{words[i % 2]} item {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+    )
 
 
 @pytest.mark.parametrize("lr", [5e-3, 3.0])
@@ -109,7 +115,7 @@ def test_from_a_given_adapter_the_kept_one_never_scores_below_it_on_validation(t
     result = personal_training(model, data, tokenizer, "seq-cls", config, start="the global adapter")
     val_loader = make_loader(val, tokenizer, "seq-cls", 64, result.max_length)
     kept = adapter_state(model)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    mean = lambda v: sum(v) / len(v)
     kept_score = mean(example_outcomes(model, val_loader, "cpu", "seq-cls")[result.measure])
     load_adapter_state(model, given)
     given_score = mean(example_outcomes(model, val_loader, "cpu", "seq-cls")[result.measure])

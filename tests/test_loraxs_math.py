@@ -234,7 +234,9 @@ def test_fingerprint_is_stable_and_sensitive():
     b = compute_basis(TwoLayer(seed=0), config)
     assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
     assert compute_basis(TwoLayer(seed=1), config).fingerprint != a.fingerprint  # other weights
-    assert compute_basis(TwoLayer(), LoraXSConfig(rank=3, target_modules=("query", "value"))).fingerprint != a.fingerprint
+    assert (
+        compute_basis(TwoLayer(), LoraXSConfig(rank=3, target_modules=("query", "value"))).fingerprint != a.fingerprint
+    )
     assert compute_basis(TwoLayer(), LoraXSConfig(rank=4, target_modules=("query",))).fingerprint != a.fingerprint
     flipped = dict(a.factors)
     B, A = flipped["query"]

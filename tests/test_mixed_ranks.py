@@ -51,8 +51,15 @@ def test_nested_factors_are_the_first_columns_and_rows():
 
 @pytest.mark.parametrize("mode", ["zero-pad", "per-entry"])
 def test_a_federation_of_mixed_ranks_trains_and_uploads_smaller_blocks(config, mode):
-    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", mixed_rank_aggregation=mode,
-                    num_server_rounds=2, final_eval_fraction=1.0)
+    mixed = replace(
+        config,
+        rank=4,
+        lora_alpha=4.0,
+        client_ranks="2,4",
+        mixed_rank_aggregation=mode,
+        num_server_rounds=2,
+        final_eval_fraction=1.0,
+    )
     grid = RecordingGrid(mixed)
     report = run_federation(grid, mixed)
     assert all(r["clients_trained"] == mixed.num_clients and r["skipped"] == "" for r in report["rounds"])
@@ -66,25 +73,39 @@ def test_a_federation_of_mixed_ranks_trains_and_uploads_smaller_blocks(config, m
 def test_per_entry_under_fedavgm_is_fedavgm_stepping_from_the_per_entry_mean(config, tmp_path):
     """FedAvgM with server-lr 1 and no momentum steps exactly to the mean it is given: the same
     global model as per-entry FedAvg, round after round."""
-    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", mixed_rank_aggregation="per-entry",
-                    num_server_rounds=2, final_eval_fraction=0.0)
+    mixed = replace(
+        config,
+        rank=4,
+        lora_alpha=4.0,
+        client_ranks="2,4",
+        mixed_rank_aggregation="per-entry",
+        num_server_rounds=2,
+        final_eval_fraction=0.0,
+    )
     plain = run_federation(RecordingGrid(mixed), replace(mixed, out_dir=str(tmp_path / "fedavg")))
-    stepped = run_federation(RecordingGrid(mixed), replace(mixed, strategy="fedavgm", server_lr=1.0,
-                                                           server_momentum=0.0, out_dir=str(tmp_path / "fedavgm")))
+    stepped = run_federation(
+        RecordingGrid(mixed),
+        replace(mixed, strategy="fedavgm", server_lr=1.0, server_momentum=0.0, out_dir=str(tmp_path / "fedavgm")),
+    )
     for a, b in zip(plain["rounds"], stepped["rounds"]):
         assert a["skipped"] == b["skipped"] == ""
         assert a["loss_global"] == pytest.approx(b["loss_global"], abs=1e-6)
-    half = run_federation(RecordingGrid(mixed), replace(mixed, strategy="fedavgm", server_lr=0.5,
-                                                        server_momentum=0.0, out_dir=str(tmp_path / "half")))
+    half = run_federation(
+        RecordingGrid(mixed),
+        replace(mixed, strategy="fedavgm", server_lr=0.5, server_momentum=0.0, out_dir=str(tmp_path / "half")),
+    )
     assert half["rounds"][0]["loss_global"] != pytest.approx(plain["rounds"][0]["loss_global"], abs=1e-6)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"client_ranks": "4,32"}, "client-ranks must lie in"),
-    ({"client_ranks": "4,x"}, "comma-separated integers"),
-    ({"mixed_rank_aggregation": "per-entry", "strategy": "fedmedian"}, "per-entry needs a mean-based strategy"),
-    ({"mixed_rank_aggregation": "per-entry", "dp": "server-fixed"}, "per-entry needs a mean-based strategy"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"client_ranks": "4,32"}, "client-ranks must lie in"),
+        ({"client_ranks": "4,x"}, "comma-separated integers"),
+        ({"mixed_rank_aggregation": "per-entry", "strategy": "fedmedian"}, "per-entry needs a mean-based strategy"),
+        ({"mixed_rank_aggregation": "per-entry", "dp": "server-fixed"}, "per-entry needs a mean-based strategy"),
+    ],
+)
 def test_bad_mixed_rank_settings_are_one_clear_error(changes, message):
     with pytest.raises(LoraXSError, match=message):
         FederationConfig(**changes)
@@ -94,11 +115,19 @@ def test_a_small_rank_node_keeps_its_personal_adapter_on_the_nested_factors(conf
     """Personalization at r' < r: the personal adapter is r' x r' and recorded under the nested
     factors' fingerprint (as `client.run --rank` writes it), so it is found again next time."""
     from client.node_state import PERSONAL_INFO, PERSONAL_RECORD
-    from shared.federation.protocol import nested_basis
     from shared.base_models import build_adapted_model
+    from shared.federation.protocol import nested_basis
 
-    mixed = replace(config, rank=4, lora_alpha=4.0, client_ranks="2,4", num_server_rounds=1,
-                    final_eval_fraction=1.0, personalize="finetune", personal_steps=2)
+    mixed = replace(
+        config,
+        rank=4,
+        lora_alpha=4.0,
+        client_ranks="2,4",
+        num_server_rounds=1,
+        final_eval_fraction=1.0,
+        personalize="finetune",
+        personal_steps=2,
+    )
     grid = RecordingGrid(mixed)
     report = run_federation(grid, mixed)
     assert report["final"]["accuracy_personalized"] is not None

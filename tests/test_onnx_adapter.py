@@ -39,11 +39,28 @@ def users(tiny_bert_dir, tmp_path_factory, private_cache):
     for name, seed, extra in (("alice", 0, ["--adapter-as-input"]), ("bob", 1, ["--timing"])):
         folder = tmp_path_factory.mktemp(name)
         adapter = make_adapter(tiny_bert_dir, "seq-cls", folder / f"{name}.safetensors", seed=seed)
-        code, out, err = export_cli(["--adapter", adapter, "--model", tiny_bert_dir, "--out", folder / "model.onnx",
-                                  "--onnx-adapter", "--repeats", 2, *extra])
+        code, out, err = export_cli(
+            [
+                "--adapter",
+                adapter,
+                "--model",
+                tiny_bert_dir,
+                "--out",
+                folder / "model.onnx",
+                "--onnx-adapter",
+                "--repeats",
+                2,
+                *extra,
+            ]
+        )
         assert code == 0, err
-        exports[name] = {"folder": folder, "adapter": adapter, "onnx_adapter": folder / f"{name}.onnx_adapter",
-                         "stdout": out, "description": json.loads((folder / "model.export.json").read_text())}
+        exports[name] = {
+            "folder": folder,
+            "adapter": adapter,
+            "onnx_adapter": folder / f"{name}.onnx_adapter",
+            "stdout": out,
+            "description": json.loads((folder / "model.export.json").read_text()),
+        }
     return exports
 
 
@@ -58,8 +75,11 @@ def test_the_folder_holds_the_base_and_the_users_adapter(users):
     description = alice["description"]
     assert description["models"]["adapter-base"] == "model.adapter-base.onnx"
     sha256 = hashlib.sha256((alice["folder"] / "alice.onnx_adapter").read_bytes()).hexdigest()
-    assert description["onnx_adapter"] == {"file": "alice.onnx_adapter", "sha256": sha256,
-                                           "model_version": basis_version(description["basis_fingerprint"])}
+    assert description["onnx_adapter"] == {
+        "file": "alice.onnx_adapter",
+        "sha256": sha256,
+        "model_version": basis_version(description["basis_fingerprint"]),
+    }
     assert (alice["folder"] / "alice.onnx_adapter.sha256").read_text() == f"{sha256}  alice.onnx_adapter\n"
     state, _ = load_adapter(alice["adapter"])
     stored = ort.AdapterFormat.read_adapter(str(alice["onnx_adapter"])).get_parameters()
@@ -67,7 +87,9 @@ def test_the_folder_holds_the_base_and_the_users_adapter(users):
     for name, value in stored.items():
         assert np.array_equal(value.numpy(), state[name].numpy()), name
     # the adapter parameters are overridable initializers: only the token inputs must be fed
-    assert [i.name for i in session(alice["folder"] / "model.adapter-base.onnx").get_inputs()] == list(description["inputs"])
+    assert [i.name for i in session(alice["folder"] / "model.adapter-base.onnx").get_inputs()] == list(
+        description["inputs"]
+    )
 
 
 def test_one_base_serves_both_users_as_their_merged_exports(users):
@@ -79,7 +101,9 @@ def test_one_base_serves_both_users_as_their_merged_exports(users):
         for user in ("alice", "bob"):
             got = base_logits(users[base_of]["folder"], users[user]["onnx_adapter"], batch)
             assert np.abs(got - merged[user]).max() <= TOLERANCE, (base_of, user)
-    assert (alice["folder"] / "model.adapter-base.onnx").read_bytes() == (bob["folder"] / "model.adapter-base.onnx").read_bytes()
+    assert (alice["folder"] / "model.adapter-base.onnx").read_bytes() == (
+        bob["folder"] / "model.adapter-base.onnx"
+    ).read_bytes()
     for user in ("A", "B"):
         assert printed_diff(bob["stdout"], f"base + .onnx_adapter (user {user})") <= TOLERANCE
     assert printed_diff(alice["stdout"], "adapter-as-input (user B)") <= TOLERANCE
@@ -87,6 +111,7 @@ def test_one_base_serves_both_users_as_their_merged_exports(users):
 
 
 # --- onnxruntime's sharp edges, reproduced, and the guards ---------------------------------
+
 
 def raw_run(folder: Path, adapters: list[Path], feed: dict) -> np.ndarray:
     """Straight onnxruntime, no guard: adapters activated in order."""
@@ -114,7 +139,9 @@ def test_onnxruntime_an_active_adapter_overrides_a_fed_input_and_the_guard_refus
     fed = {**batch, **{name: value.numpy() for name, value in bob_state.items()}}
     merged_alice = session(folder / "model.onnx").run(["logits"], batch)[0]
     assert np.abs(raw_run(folder, [users["alice"]["onnx_adapter"]], fed) - merged_alice).max() <= TOLERANCE
-    loaded = load_onnx_adapter(users["alice"]["onnx_adapter"], description["adapter_inputs"], description["basis_fingerprint"])
+    loaded = load_onnx_adapter(
+        users["alice"]["onnx_adapter"], description["adapter_inputs"], description["basis_fingerprint"]
+    )
     with pytest.raises(LoraXSError, match="the feed sets .* which the active adapter alice.onnx_adapter sets too"):
         run_with_adapter(session(folder / "model.adapter-base.onnx"), "logits", fed, loaded)
 
@@ -129,8 +156,12 @@ def test_a_file_that_does_not_fit_the_base_is_one_line(users, tmp_path):
         "garbage.onnx_adapter": (b"not an adapter", "is not an onnxruntime adapter file"),
         "other-basis.onnx_adapter": (("0000000" + fingerprint[7:], arrays), "made for another basis"),
         "other-rank.onnx_adapter": (
-            (fingerprint, {n: (np.zeros((2, 2), np.float32) if n.endswith("lora_R") else v) for n, v in arrays.items()}),
-            r"lora_R is \[2, 2\], the graph takes \[4, 4\]"),
+            (
+                fingerprint,
+                {n: (np.zeros((2, 2), np.float32) if n.endswith("lora_R") else v) for n, v in arrays.items()},
+            ),
+            r"lora_R is \[2, 2\], the graph takes \[4, 4\]",
+        ),
         "fewer.onnx_adapter": ((fingerprint, dict(list(arrays.items())[1:])), "is missing"),
     }
     for name, (content, message) in cases.items():
@@ -159,8 +190,13 @@ print("MODULES " + json.dumps({"code": code, "heavy": heavy}))
 
 def predict_process(*argv) -> tuple[int, list[str], str, list[str]]:
     """client.predict in a fresh interpreter -> exit code, printed lines, stderr, torch/transformers modules loaded."""
-    done = subprocess.run([sys.executable, "-c", PREDICT_AND_LIST_MODULES, *map(str, argv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_AND_LIST_MODULES, *map(str, argv)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = done.stdout.splitlines()
     report = json.loads(lines[-1].removeprefix("MODULES "))
     return report["code"], lines[:-1], done.stderr, report["heavy"]
@@ -182,7 +218,8 @@ def test_predict_prints_labels_and_scores_without_importing_torch(users):
     batch = device_batch(alice["folder"], TEXTS)
     for adapter, merged_folder in ((None, alice["folder"]), (bob["onnx_adapter"], bob["folder"])):
         code, lines, err, heavy = predict_process(
-            "--model-dir", alice["folder"], *(["--adapter", adapter] if adapter else []), *TEXTS)
+            "--model-dir", alice["folder"], *(["--adapter", adapter] if adapter else []), *TEXTS
+        )
         assert code == 0, err
         assert heavy == []  # neither torch nor transformers was imported
         want = expected_lines(merged_folder, session(merged_folder / "model.onnx").run(["logits"], batch)[0])
@@ -200,13 +237,16 @@ def test_predict_reads_texts_from_a_file(users, tmp_path):
     assert [text for *_, text in parse(lines)] == TEXTS
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing-dir", "model folder .* does not exist"),
-    ("no-description", "holds no \\*.export.json export description"),
-    ("wrong-adapter", "has no checksum file"),
-    ("missing-adapter", "adapter .* does not exist"),
-    ("no-int8", "holds no int8 model; export with --quantize int8"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-dir", "model folder .* does not exist"),
+        ("no-description", "holds no \\*.export.json export description"),
+        ("wrong-adapter", "has no checksum file"),
+        ("missing-adapter", "adapter .* does not exist"),
+        ("no-int8", "holds no int8 model; export with --quantize int8"),
+    ],
+)
 def test_predict_errors_are_one_line(users, tmp_path, case, message):
     folder = users["alice"]["folder"]
     argv = {

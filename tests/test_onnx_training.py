@@ -22,7 +22,8 @@ from client.onnx_training.backend import OnnxBackend
 from client.onnx_training.folder import FolderTokenizer, open_training_folder
 from client.onnx_training.step_graph import check_exportable
 from shared.artifacts.adapter_arrays import read_adapter_arrays, state_digest, write_adapter
-from shared.artifacts.adapter_file import adapter_meta, load_adapter, save_adapter, state_digest as torch_digest
+from shared.artifacts.adapter_file import adapter_meta, load_adapter, save_adapter
+from shared.artifacts.adapter_file import state_digest as torch_digest
 from shared.base_models import build_adapted_model
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
@@ -63,29 +64,47 @@ def reference(tiny_bert_dir: str, params: dict):
 def seeded(folder, seed=0, batch=4, length=9):
     rng = np.random.default_rng(seed)
     d = open_training_folder(folder).description
-    params = {"lora_R": (0.3 * rng.standard_normal(d["shapes"]["lora_R"])).astype(np.float32),
-              "head_weight": (0.2 * rng.standard_normal((len(LABELS), d["hidden_size"]))).astype(np.float32),
-              "head_bias": (0.1 * rng.standard_normal(len(LABELS))).astype(np.float32)}
+    params = {
+        "lora_R": (0.3 * rng.standard_normal(d["shapes"]["lora_R"])).astype(np.float32),
+        "head_weight": (0.2 * rng.standard_normal((len(LABELS), d["hidden_size"]))).astype(np.float32),
+        "head_bias": (0.1 * rng.standard_normal(len(LABELS))).astype(np.float32),
+    }
     mask = np.ones((batch, length), dtype=np.int64)
-    mask[0, length // 2:] = 0
-    tokens = {"input_ids": rng.integers(1000, 5000, (batch, length)), "attention_mask": mask,
-              "token_type_ids": np.zeros((batch, length), dtype=np.int64)}
+    mask[0, length // 2 :] = 0
+    tokens = {
+        "input_ids": rng.integers(1000, 5000, (batch, length)),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, length), dtype=np.int64),
+    }
     return params, tokens | {"labels": rng.integers(0, len(LABELS), batch)}
 
 
 def test_the_folder_holds_both_graphs_one_weight_file_and_checksums(tiny_training):
     folder = open_training_folder(tiny_training)  # checks every sha256
     names = sorted(p.name for p in tiny_training.iterdir())
-    assert names == sorted(["train_step.onnx", "features.onnx", "frozen_weights.data", "tokenizer.json",
-                            "tokenizer_config.json", "training.json"])
+    assert names == sorted(
+        [
+            "train_step.onnx",
+            "features.onnx",
+            "frozen_weights.data",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "training.json",
+        ]
+    )
     assert set(folder.description["files"]) == set(names) - {"training.json"}
     # the frozen weights once: not one copy per graph
     import onnx
+
     model = onnx.load(str(tiny_training / "features.onnx"), load_external_data=False)
     locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"frozen_weights.data"}
-    params_bytes = sum(p.numel() * 4 for p in build_adapted_model(
-        folder.description["base_model"], "seq-cls", LoraXSConfig(rank=4), labels=LABELS)[0].parameters())
+    params_bytes = sum(
+        p.numel() * 4
+        for p in build_adapted_model(folder.description["base_model"], "seq-cls", LoraXSConfig(rank=4), labels=LABELS)[
+            0
+        ].parameters()
+    )
     assert (tiny_training / "frozen_weights.data").stat().st_size < 1.3 * params_bytes
 
 
@@ -136,10 +155,20 @@ def test_a_changed_file_is_refused_with_one_line(tiny_training, tmp_path):
     (copy / "training.json").write_text("{not json")
     with pytest.raises(LoraXSError, match="cannot read"):
         open_training_folder(copy)
-    (copy / "training.json").write_text(json.dumps({"format": "loraxs-onnx-training", "format_version": "1",
-                                                    "task": "seq-cls", "rank": 4, "layers": ["x"],
-                                                    "token_inputs": ["input_ids"], "files": [],
-                                                    "graphs": {"step": "../x"}}))
+    (copy / "training.json").write_text(
+        json.dumps(
+            {
+                "format": "loraxs-onnx-training",
+                "format_version": "1",
+                "task": "seq-cls",
+                "rank": 4,
+                "layers": ["x"],
+                "token_inputs": ["input_ids"],
+                "files": [],
+                "graphs": {"step": "../x"},
+            }
+        )
+    )
     with pytest.raises(LoraXSError, match="not a usable training description"):
         open_training_folder(copy)
 
@@ -167,7 +196,8 @@ def test_a_classifier_without_one_linear_head_is_refused():
 
 def test_numpy_adapter_files_are_the_pytorch_format(tiny_training, tiny_bert_dir, tmp_path):
     """Written without torch, read by the PyTorch loader (checksums included), and back."""
-    from client.onnx_training.personalize import adapter_metadata, adapter_state as state_of
+    from client.onnx_training.personalize import adapter_metadata
+    from client.onnx_training.personalize import adapter_state as state_of
 
     folder = open_training_folder(tiny_training)
     params, _ = seeded(tiny_training)
@@ -182,8 +212,9 @@ def test_numpy_adapter_files_are_the_pytorch_format(tiny_training, tiny_bert_dir
     model, basis = reference(tiny_bert_dir, params)
     assert set(loaded) == set(adapter_state(model))  # the names the PyTorch model gives them
     torch_path = tmp_path / "torch.safetensors"
-    save_adapter(torch_path, adapter_state(model),
-                 adapter_meta(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), basis, LABELS))
+    save_adapter(
+        torch_path, adapter_state(model), adapter_meta(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), basis, LABELS)
+    )
     arrays, strings = read_adapter_arrays(torch_path)
     for name, value in adapter_state(model).items():
         assert np.array_equal(arrays[name], value.numpy())
@@ -217,9 +248,11 @@ def test_plain_rows_split_as_the_datasets_loader_does(tmp_path):
 
 
 def test_the_device_modules_import_no_torch():
-    code = ("import sys, client.onnx_training.personalize, client.onnx_training.backend, "
-            "client.onnx_training.folder, shared.artifacts.adapter_arrays, shared.data.local_folder; "
-            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r})))")
+    code = (
+        "import sys, client.onnx_training.personalize, client.onnx_training.backend, "
+        "client.onnx_training.folder, shared.artifacts.adapter_arrays, shared.data.local_folder; "
+        f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [], f"the device path imports {done.stdout.strip()}"
@@ -241,17 +274,24 @@ def test_gradients_match_pytorch_on_minilm(tmp_path):
     backend = OnnxBackend(folder)
     rng = np.random.default_rng(0)
     shapes = folder.description["shapes"]
-    params = {"lora_R": (0.05 * rng.standard_normal(shapes["lora_R"])).astype(np.float32),
-              "head_weight": (0.1 * rng.standard_normal((2, folder.description["hidden_size"]))).astype(np.float32),
-              "head_bias": np.zeros(2, dtype=np.float32)}
-    texts = ["The film was a delight from start to finish.", "Not worth the ticket.",
-             "A slow, thoughtful story about two brothers who inherit a failing farm."] * 3
+    params = {
+        "lora_R": (0.05 * rng.standard_normal(shapes["lora_R"])).astype(np.float32),
+        "head_weight": (0.1 * rng.standard_normal((2, folder.description["hidden_size"]))).astype(np.float32),
+        "head_bias": np.zeros(2, dtype=np.float32),
+    }
+    texts = [
+        "The film was a delight from start to finish.",
+        "Not worth the ticket.",
+        "A slow, thoughtful story about two brothers who inherit a failing farm.",
+    ] * 3
     ids = FolderTokenizer(folder)(texts, 64)
     length = max(len(i) for i in ids)
-    batch = {"input_ids": np.zeros((len(ids), length), dtype=np.int64),
-             "attention_mask": np.zeros((len(ids), length), dtype=np.int64)}
+    batch = {
+        "input_ids": np.zeros((len(ids), length), dtype=np.int64),
+        "attention_mask": np.zeros((len(ids), length), dtype=np.int64),
+    }
     for row, i in enumerate(ids):
-        batch["input_ids"][row, :len(i)], batch["attention_mask"][row, :len(i)] = i, 1
+        batch["input_ids"][row, : len(i)], batch["attention_mask"][row, : len(i)] = i, 1
     batch["token_type_ids"] = np.zeros_like(batch["input_ids"])
     batch["labels"] = np.arange(len(ids)) % 2
     loss, grads = backend.loss_and_grads(batch, params)
@@ -291,19 +331,24 @@ def small_folder(tmp_path_factory):
     rng = np.random.default_rng(0)
     words = {"pos": ["good", "great", "fine", "lovely"], "neg": ["bad", "awful", "poor", "dull"]}
     for name, count in (("train", 40), ("test", 12)):
-        rows = [{"text": " ".join(rng.choice(words[label], 3)) + f" film {i}", "label": label}
-                for i, label in enumerate(["pos", "neg"] * (count // 2))]
+        rows = [
+            {"text": " ".join(rng.choice(words[label], 3)) + f" film {i}", "label": label}
+            for i, label in enumerate(["pos", "neg"] * (count // 2))
+        ]
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
 def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads(
-        tiny_training, small_folder, tiny_bert_dir, tmp_path):
+    tiny_training, small_folder, tiny_bert_dir, tmp_path
+):
     out = tmp_path / "personal.safetensors"
-    code = ("import sys; from client.run import main; "
-            f"rc = main(['--runtime', 'onnx', '--model-dir', {str(tiny_training)!r}, '--data', {str(small_folder)!r}, "
-            f"'--out', {str(out)!r}, '--epochs', '2']); "
-            f"print(rc, ' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r})))")
+    code = (
+        "import sys; from client.run import main; "
+        f"rc = main(['--runtime', 'onnx', '--model-dir', {str(tiny_training)!r}, '--data', {str(small_folder)!r}, "
+        f"'--out', {str(out)!r}, '--epochs', '2']); "
+        f"print(rc, ' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "0", done.stdout[-2000:]  # exit 0, and nothing after it: no torch
@@ -323,20 +368,40 @@ def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads
     from client.run import main as run_main
 
     again = tmp_path / "again.safetensors"
-    assert run_main(["--runtime", "onnx", "--model-dir", str(tiny_training), "--data", str(small_folder),
-                     "--adapter", str(out), "--out", str(again), "--epochs", "1"]) == 0
+    assert (
+        run_main(
+            [
+                "--runtime",
+                "onnx",
+                "--model-dir",
+                str(tiny_training),
+                "--data",
+                str(small_folder),
+                "--adapter",
+                str(out),
+                "--out",
+                str(again),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert load_adapter(again)[1].extra["started_from"] == out.name
 
 
 def test_client_run_on_onnx_refuses_what_it_cannot_do(tiny_training, small_folder, tmp_path, capsys):
-    from client.run import DEFAULT_OUT_NAME, main as run_main
     from client.personalization import DEFAULT_OUT_NAME as TORCH_DEFAULT
+    from client.run import DEFAULT_OUT_NAME
+    from client.run import main as run_main
 
     assert DEFAULT_OUT_NAME == TORCH_DEFAULT
-    cases = [(["--runtime", "onnx"], "needs --model-dir"),
-             (["--runtime", "onnx", "--model-dir", str(tiny_training), "--rank", "4"], "--rank: not with --runtime onnx"),
-             (["--runtime", "torch", "--model-dir", str(tiny_training)], "pass --runtime onnx"),
-             (["--runtime", "onnx", "--model-dir", str(tmp_path)], "holds no training.json")]
+    cases = [
+        (["--runtime", "onnx"], "needs --model-dir"),
+        (["--runtime", "onnx", "--model-dir", str(tiny_training), "--rank", "4"], "--rank: not with --runtime onnx"),
+        (["--runtime", "torch", "--model-dir", str(tiny_training)], "pass --runtime onnx"),
+        (["--runtime", "onnx", "--model-dir", str(tmp_path)], "holds no training.json"),
+    ]
     for argv, message in cases:
         assert run_main(["--data", str(small_folder), *argv]) == 1
         err = capsys.readouterr().err
@@ -348,14 +413,18 @@ def _train_message(arrays, fingerprint: str, node_id: int = 7):
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1, "fingerprint": fingerprint})}),
-                  dst_node_id=node_id, message_type=MessageType.TRAIN)
+    msg = Message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1, "fingerprint": fingerprint})}),
+        dst_node_id=node_id,
+        message_type=MessageType.TRAIN,
+    )
     msg.metadata.__dict__["_message_id"] = f"m{node_id}"
     return msg
 
 
 def test_a_federation_mixes_onnx_and_pytorch_nodes_and_averages_them_exactly(
-        tiny_training, small_folder, tiny_bert_dir, tmp_path):
+    tiny_training, small_folder, tiny_bert_dir, tmp_path
+):
     """The same global adapter to a PyTorch node and an onnx node (node config runtime = "onnx"):
     same fingerprint, same keys, shapes and dtype back, and FedAvg's mean of the two is the
     weighted mean of their arrays."""
@@ -369,8 +438,9 @@ def test_a_federation_mixes_onnx_and_pytorch_nodes_and_averages_them_exactly(
     from shared.federation.protocol import pack_adapter
     from shared.federation.run_config import FederationConfig
 
-    config = FederationConfig(model=tiny_bert_dir, rank=4, labels="neg,pos", lr=0.01, head_lr=0.01, batch_size=8,
-                              max_length=32)
+    config = FederationConfig(
+        model=tiny_bert_dir, rank=4, labels="neg,pos", lr=0.01, head_lr=0.01, batch_size=8, max_length=32
+    )
     model, basis = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), labels=["neg", "pos"])
     assert basis.fingerprint == open_training_folder(tiny_training).fingerprint
     arrays = pack_adapter(adapter_state(model), "fp32")
@@ -381,8 +451,9 @@ def test_a_federation_mixes_onnx_and_pytorch_nodes_and_averages_them_exactly(
         node_config = {"data-dir": str(data), "partition-id": 0}
         if runtime == "onnx":
             node_config |= {"runtime": "onnx", "onnx-model-dir": str(tiny_training)}
-        context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
-                          run_config=config.to_run_config())
+        context = Context(
+            run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=config.to_run_config()
+        )
         if runtime == "torch":
             node_state_for(context).store_basis(basis, tiny_bert_dir)
         replies[runtime] = app(_train_message(arrays, basis.fingerprint), context)
@@ -407,7 +478,7 @@ def test_an_onnx_nodes_training_message_imports_no_torch(tiny_training, small_fo
     flwr-clientapp process runs it: a reply with arrays, and no torch, transformers or datasets."""
     folder = open_training_folder(tiny_training)
     script = tmp_path / "message.py"
-    script.write_text(f'''
+    script.write_text(f"""
 import sys
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -427,9 +498,15 @@ reply = app(msg, context)
 assert not reply.has_error(), reply.error
 print(float(np.abs(reply.content["arrays"]["lora_R"].numpy()).max()) > 0,
       sorted({{m.split(".")[0] for m in sys.modules}} & {set(NOT_ON_A_DEVICE)!r}))
-''')
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+""")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "[]"], done.stdout
 
@@ -488,7 +565,9 @@ def test_train_blocks_picks_the_same_layers_as_the_pytorch_backend(tiny_training
     assert backend.trainable_layers.all()
 
 
-def test_runtime_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(tiny_training, small_folder, tmp_path, capsys):
+def test_runtime_auto_trains_on_onnx_where_the_data_folder_holds_artifacts(
+    tiny_training, small_folder, tmp_path, capsys
+):
     import shutil
 
     from client.run import main as run_main

@@ -33,9 +33,14 @@ def mean_pooled_bert(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT as a sentence-transformers folder with mean pooling: a PooledClassifier."""
     folder = tmp_path_factory.mktemp("tiny-mean") / "model"
     shutil.copytree(tiny_bert_dir, folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     return folder
@@ -53,15 +58,21 @@ def split_training(mean_pooled_bert, tmp_path_factory) -> Path:
 def seeded(folder: Path, seed: int, batch: int, length: int) -> tuple[dict, dict, np.ndarray]:
     rng = np.random.default_rng(seed)
     d = open_training_folder(folder, verify=False).description
-    params = {"lora_R": (0.3 * rng.standard_normal(d["shapes"]["lora_R"])).astype(np.float32),
-              "head_weight": (0.2 * rng.standard_normal((LABELS, d["hidden_size"]))).astype(np.float32),
-              "head_bias": (0.1 * rng.standard_normal(LABELS)).astype(np.float32)}
+    params = {
+        "lora_R": (0.3 * rng.standard_normal(d["shapes"]["lora_R"])).astype(np.float32),
+        "head_weight": (0.2 * rng.standard_normal((LABELS, d["hidden_size"]))).astype(np.float32),
+        "head_bias": (0.1 * rng.standard_normal(LABELS)).astype(np.float32),
+    }
     lengths = rng.integers(2, length + 1, batch)
     lengths[0] = length
     mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T), right-padded
-    data = {"input_ids": rng.integers(1000, 5000, (batch, length)) * mask, "attention_mask": mask,
-            "token_type_ids": np.zeros((batch, length), dtype=np.int64), "labels": rng.integers(0, LABELS, batch),
-            "example_index": rng.permutation(100)[:batch]}
+    data = {
+        "input_ids": rng.integers(1000, 5000, (batch, length)) * mask,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, length), dtype=np.int64),
+        "labels": rng.integers(0, LABELS, batch),
+        "example_index": rng.permutation(100)[:batch],
+    }
     return params, data, rng.standard_normal((batch, LABELS)).astype(np.float32)
 
 
@@ -120,8 +131,11 @@ def test_texts_missing_from_the_cache_and_new_lower_r_are_computed_again(split_t
 
 def test_only_the_folders_split_uses_the_split_graphs(split_training):
     backend = OnnxBackend(open_training_folder(split_training))
-    for blocks, split, trained in ((1, True, [False] * 4 + [True] * 4), (2, False, [True] * 8),
-                                   (None, False, [True] * 8)):
+    for blocks, split, trained in (
+        (1, True, [False] * 4 + [True] * 4),
+        (2, False, [True] * 8),
+        (None, False, [True] * 8),
+    ):
         backend.train_top_blocks(blocks)
         assert (backend.split is not None) == split and backend.trainable_layers.tolist() == trained
 
@@ -134,21 +148,44 @@ def test_client_run_trains_through_the_split(split_training, tmp_path, capsys):
     words = {"pos": ["good", "great", "fine"], "neg": ["bad", "awful", "dull"]}
     rng = np.random.default_rng(0)
     for name, count in (("train", 24), ("test", 8)):
-        rows = [{"text": " ".join(rng.choice(words[label], 3)) + f" film {i}", "label": label}
-                for i, label in enumerate(["pos", "neg"] * (count // 2))]
+        rows = [
+            {"text": " ".join(rng.choice(words[label], 3)) + f" film {i}", "label": label}
+            for i, label in enumerate(["pos", "neg"] * (count // 2))
+        ]
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "personal.safetensors"
-    assert run_main(["--runtime", "onnx", "--model-dir", str(split_training), "--data", str(data),
-                     "--epochs", "1", "--train-blocks", "1", "--out", str(out)]) == 0
+    assert (
+        run_main(
+            [
+                "--runtime",
+                "onnx",
+                "--model-dir",
+                str(split_training),
+                "--data",
+                str(data),
+                "--epochs",
+                "1",
+                "--train-blocks",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("runtime onnx") and out.is_file()
 
 
-@pytest.mark.parametrize("split", [
-    "not a table", {"train_blocks": 2, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, 7]},
-    {"train_blocks": 1, "blocks": 2, "lower_layers": [0, 1, 2], "upper_layers": [4, 5, 6, 7]},
-    {"train_blocks": 1, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, "7"]},
-    {"train_blocks": True, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, 7]},
-])
+@pytest.mark.parametrize(
+    "split",
+    [
+        "not a table",
+        {"train_blocks": 2, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, 7]},
+        {"train_blocks": 1, "blocks": 2, "lower_layers": [0, 1, 2], "upper_layers": [4, 5, 6, 7]},
+        {"train_blocks": 1, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, "7"]},
+        {"train_blocks": True, "blocks": 2, "lower_layers": [0, 1, 2, 3], "upper_layers": [4, 5, 6, 7]},
+    ],
+)
 def test_a_crafted_split_is_a_one_line_rejection(split_training, tmp_path, split):
     copy = tmp_path / "copy"
     shutil.copytree(split_training, copy)

@@ -14,7 +14,13 @@ import torch
 from shared.calibration import expected_calibration_error, fit_temperature, nll
 from shared.errors import LoraXSError
 from shared.lexical import (
-    LexicalHead, decode_ids, encode_ids, features, fit_vocabulary, lexical_logits, softmax,
+    LexicalHead,
+    decode_ids,
+    encode_ids,
+    features,
+    fit_vocabulary,
+    lexical_logits,
+    softmax,
 )
 from shared.personal_output import OutputParts, PersonalOutput, parts_meta, parts_state, split_parts
 
@@ -35,8 +41,12 @@ def random_batch(rng, batch=6, length=12):
 
 def random_head(rng, classes=3):
     ids = np.array(sorted(rng.choice(np.arange(3, 15), size=8, replace=False)), dtype=np.int64)
-    return LexicalHead(ids, rng.uniform(1, 3, size=8).astype(np.float32),
-                       rng.normal(size=(classes, 8)).astype(np.float32), rng.normal(size=classes).astype(np.float32))
+    return LexicalHead(
+        ids,
+        rng.uniform(1, 3, size=8).astype(np.float32),
+        rng.normal(size=(classes, 8)).astype(np.float32),
+        rng.normal(size=classes).astype(np.float32),
+    )
 
 
 def test_features_are_sublinear_l2_normalised_tfidf():
@@ -114,9 +124,13 @@ def test_ece_floor_is_the_noise_of_a_calibrated_model_and_shrinks_with_more_text
 def test_ids_round_trip_and_bad_ids_are_rejected():
     ids = np.array([3, 17, 30521], dtype=np.int64)
     np.testing.assert_array_equal(decode_ids(encode_ids(ids), 3, 30522), ids)
-    for text, count, fragment in [(encode_ids(ids), 2, "holds 3 ids"), (encode_ids(ids[::-1]), 3, "increasing"),
-                                  ("not base64!", 3, "base64"), (7, 3, "base64 string"),
-                                  (encode_ids(ids), 3, "beyond")]:
+    for text, count, fragment in [
+        (encode_ids(ids), 2, "holds 3 ids"),
+        (encode_ids(ids[::-1]), 3, "increasing"),
+        ("not base64!", 3, "base64"),
+        (7, 3, "base64 string"),
+        (encode_ids(ids), 3, "beyond"),
+    ]:
         with pytest.raises(ValueError, match=fragment):
             decode_ids(text, count, 30000 if fragment == "beyond" else None)
 
@@ -136,17 +150,20 @@ def test_parts_round_trip_through_the_file_entries():
     np.testing.assert_array_equal(read.lexical.weight, parts.lexical.weight)
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda s, m: m.update(temperature="0"), "temperature"),
-    (lambda s, m: m.update(temperature="nan"), "temperature"),
-    (lambda s, m: m.update(temperature="warm"), "not a number"),
-    (lambda s, m: m.pop("lexical_ids"), "needs"),
-    (lambda s, m: s.pop("lexical.idf"), "needs"),
-    (lambda s, m: s.update({"lexical.weight": torch.zeros(2, 8), "lexical.bias": torch.zeros(2)}), "classes"),
-    (lambda s, m: s.update({"lexical.weight": torch.zeros(3, 7)}), "shapes"),
-    (lambda s, m: s.update({"lexical.idf": -torch.ones(8)}), "negative"),
-    (lambda s, m: m.update(lexical_ids=encode_ids(np.arange(3, 10))), "holds 7 ids"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda s, m: m.update(temperature="0"), "temperature"),
+        (lambda s, m: m.update(temperature="nan"), "temperature"),
+        (lambda s, m: m.update(temperature="warm"), "not a number"),
+        (lambda s, m: m.pop("lexical_ids"), "needs"),
+        (lambda s, m: s.pop("lexical.idf"), "needs"),
+        (lambda s, m: s.update({"lexical.weight": torch.zeros(2, 8), "lexical.bias": torch.zeros(2)}), "classes"),
+        (lambda s, m: s.update({"lexical.weight": torch.zeros(3, 7)}), "shapes"),
+        (lambda s, m: s.update({"lexical.idf": -torch.ones(8)}), "negative"),
+        (lambda s, m: m.update(lexical_ids=encode_ids(np.arange(3, 10))), "holds 7 ids"),
+    ],
+)
 def test_malformed_parts_are_one_clear_error(change, fragment):
     state, meta, _ = stored_parts()
     change(state, meta)
@@ -197,8 +214,13 @@ def personal(tiny_bert_dir, tmp_path_factory):
         with contextlib.redirect_stdout(out):
             code = main(["--data", str(folder), "--model", tiny_bert_dir, "--rank", "4", "--epochs", "1"])
         assert code == 0
-        yield {"folder": folder, "adapter": folder / "personal_adapter.safetensors", "stdout": out.getvalue(),
-               "model_dir": tiny_bert_dir, "patch": patch}
+        yield {
+            "folder": folder,
+            "adapter": folder / "personal_adapter.safetensors",
+            "stdout": out.getvalue(),
+            "model_dir": tiny_bert_dir,
+            "patch": patch,
+        }
 
 
 def test_client_run_says_which_parts_it_kept_and_why(personal):
@@ -221,11 +243,10 @@ def test_the_file_holds_the_parts_and_the_federation_state_does_not(personal):
 def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp_path):
     from client.export import main as export_main
     from client.predict import open_model_folder, predict
+    from shared.artifacts.adapter_file import load_adapter, save_adapter
     from shared.artifacts.open_adapter import open_adapter, read_adapter
     from shared.base_models import load_tokenizer
     from shared.personal_output import PersonalClassifier
-
-    from shared.artifacts.adapter_file import load_adapter, save_adapter
 
     # the tiny random BERT's closed-form head is huge (weights ~1e3 on separable words), which
     # scales float32 rounding past the fp32 limit; a moderate seeded head keeps the check meaningful
@@ -237,17 +258,33 @@ def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp
     save_adapter(path, state, meta)
     personal = dict(personal, adapter=path)
     out = tmp_path / "export" / "model.onnx"
-    code = export_main(["--adapter", str(personal["adapter"]), "--model", personal["model_dir"], "--out", str(out),
-                        "--quantize", "int8", "--adapter-as-input", "--onnx-adapter", "--repeats", "1",
-                        "--data", str(personal["folder"])])
+    code = export_main(
+        [
+            "--adapter",
+            str(personal["adapter"]),
+            "--model",
+            personal["model_dir"],
+            "--out",
+            str(out),
+            "--quantize",
+            "int8",
+            "--adapter-as-input",
+            "--onnx-adapter",
+            "--repeats",
+            "1",
+            "--data",
+            str(personal["folder"]),
+        ]
+    )
     assert code == 0
     description = json.loads((out.parent / "model.export.json").read_text())
     assert description["personal_output"]["temperature"] != 1.0
     adapter = read_adapter(personal["adapter"], model=personal["model_dir"])
     model = PersonalClassifier(open_adapter(adapter, data_dir=personal["folder"]).model, adapter.parts).eval()
     texts = ["the film was splendid", "a tedious and clumsy story", "it was quite", "marvellous dreadful film"]
-    encoded = load_tokenizer(personal["model_dir"])(texts, padding=True, truncation=True,
-                                                   max_length=description["max_length"], return_tensors="pt")
+    encoded = load_tokenizer(personal["model_dir"])(
+        texts, padding=True, truncation=True, max_length=description["max_length"], return_tensors="pt"
+    )
     with torch.no_grad():
         probs = torch.softmax(model(**encoded).logits, -1).numpy()  # (B, C)
     labels = description["labels"]
@@ -263,27 +300,42 @@ def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp
 
 # --- the benchmark's goals ------------------------------------------------------------------
 
+
 def test_goals_judge_the_seeded_means_against_the_best_baseline():
     from benchmarks.personal_parts import folder_summary, goals
 
     def loraxs(accuracy, ece_after, nll=(0.5, 0.4), int8=(0.80, 0.795)):
-        return {"accuracy": accuracy, "encoder_accuracy": accuracy, "lexical_mix": 1.0,
-                "calibration": {"nll_before": nll[0], "nll_after": nll[1], "ece_before": 0.1, "ece_after": ece_after,
-                                "temperature": 1.5}, "onnx_accuracy": {"fp32": int8[0], "int8": int8[1]}}
+        return {
+            "accuracy": accuracy,
+            "encoder_accuracy": accuracy,
+            "lexical_mix": 1.0,
+            "calibration": {
+                "nll_before": nll[0],
+                "nll_after": nll[1],
+                "ece_before": 0.1,
+                "ece_after": ece_after,
+                "temperature": 1.5,
+            },
+            "onnx_accuracy": {"fp32": int8[0], "int8": int8[1]},
+        }
 
     def entry(ours: dict, best: float) -> dict:
         methods = {"loraxs": ours, "tfidf": {"accuracy": best}, "frozen": {"accuracy": best - 0.1}}
         return {"methods": methods, "source": {m: "this run" for m in methods}}
 
-    summaries = [folder_summary("a", entry(loraxs(0.805, 0.04), 0.80)),  # above, calibrated
-                 folder_summary("b", entry(loraxs(0.795, 0.06, nll=(0.4, 0.41)), 0.80)),  # within 1 point only
-                 folder_summary("c", entry(loraxs(0.70, 0.03, int8=(0.70, 0.68)), 0.80))]  # 10 points below
+    summaries = [
+        folder_summary("a", entry(loraxs(0.805, 0.04), 0.80)),  # above, calibrated
+        folder_summary("b", entry(loraxs(0.795, 0.06, nll=(0.4, 0.41)), 0.80)),  # within 1 point only
+        folder_summary("c", entry(loraxs(0.70, 0.03, int8=(0.70, 0.68)), 0.80)),
+    ]  # 10 points below
     judged = [(g["met"], g["measured"]) for g in goals(summaries)]
-    assert judged == [(False, "2 of 3 folders"),  # within 1 point of the best: a, b
-                      (False, "1 of 3 folders"),  # strictly above: a
-                      (False, "2 of 3 folders"),  # ECE <= 0.05: a, c
-                      (False, "2 of 3 folders"),  # NLL never worse: a, c
-                      (False, "2 of 3 folders")]  # int8 within 1 point: a, b
+    assert judged == [
+        (False, "2 of 3 folders"),  # within 1 point of the best: a, b
+        (False, "1 of 3 folders"),  # strictly above: a
+        (False, "2 of 3 folders"),  # ECE <= 0.05: a, c
+        (False, "2 of 3 folders"),  # NLL never worse: a, c
+        (False, "2 of 3 folders"),
+    ]  # int8 within 1 point: a, b
 
 
 def test_part_flags_belong_to_local_personalization():

@@ -11,13 +11,17 @@ import torch
 
 from shared.base_models import build_adapted_model, load_tokenizer, model_pooling
 from shared.data.batches import make_loader
+from shared.errors import LoraXSError
 from shared.linear_probe import fit_linear_head, head_inputs, log_loss
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 from shared.personal_training import (
-    PersonalTrainingConfig, choose_max_length, personal_training, split_validation, validation_score,
+    PersonalTrainingConfig,
+    choose_max_length,
+    personal_training,
+    split_validation,
+    validation_score,
 )
-from shared.errors import LoraXSError
 from shared.pooled_classifier import PooledClassifier
 from shared.training import EvalResult, TrainConfig, train
 
@@ -34,12 +38,18 @@ def _sentence_transformers_folder(tiny_bert_dir, tmp_path, mode):
     folder.mkdir()
     for item in Path(tiny_bert_dir).iterdir():
         (folder / item.name).write_bytes(item.read_bytes())
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_mean_tokens": mode == "mean", "pooling_mode_cls_token": mode == "cls"}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_mean_tokens": mode == "mean", "pooling_mode_cls_token": mode == "cls"})
+    )
     return str(folder)
 
 
@@ -56,7 +66,7 @@ def test_mean_pooled_classifier_matches_an_independent_masked_mean(tiny_bert_dir
     assert isinstance(model, PooledClassifier) and model.pooling == "mean"
     plain, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
     # the same adapted layers and adapter keys as Hugging Face's classifier: files stay compatible
-    lora_names = lambda m: [n for n, _ in m.named_buffers() if "lora" in n]  # noqa: E731
+    lora_names = lambda m: [n for n, _ in m.named_buffers() if "lora" in n]
     assert lora_names(model) == lora_names(plain) and set(adapter_state(model)) == set(adapter_state(plain))
     tokenizer = load_tokenizer(folder)
     batch = tokenizer(["a short one", "a somewhat longer text than the first"], padding=True, return_tensors="pt")
@@ -129,7 +139,9 @@ def test_training_stops_early_after_patience_epochs(tiny_bert_dir):
     model, _ = build_adapted_model(tiny_bert_dir, "seq-cls", LoraXSConfig(rank=4), ["a", "b"])
     loader = make_loader(_toy(32), load_tokenizer(tiny_bert_dir), "seq-cls", 8, shuffle=True)
     calls = []
-    result = train(model, loader, TrainConfig(epochs=10, lr=1e-3), after_epoch=lambda step: calls.append(step) or len(calls) == 3)
+    result = train(
+        model, loader, TrainConfig(epochs=10, lr=1e-3), after_epoch=lambda step: calls.append(step) or len(calls) == 3
+    )
     assert calls == [4, 8, 12] and result.steps == 12
 
 

@@ -34,10 +34,30 @@ def answers(port: int) -> bool:
 
 
 def tiny_run(tiny_bert_dir: str, reviews_dir: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "simulations.cli", "--num-clients", "2", "--rounds", "1",
-            "--fraction", "1.0", "--partition", "iid", "--dataset", reviews_dir,
-            "--model", tiny_bert_dir, "--rank", "4", "--out", str(out), "--no-progress",
-            "--run-config", "final-eval-fraction=0.0 batch-size=8"]
+    return [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "--num-clients",
+        "2",
+        "--rounds",
+        "1",
+        "--fraction",
+        "1.0",
+        "--partition",
+        "iid",
+        "--dataset",
+        reviews_dir,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--run-config",
+        "final-eval-fraction=0.0 batch-size=8",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +68,23 @@ def reviews_dir(tmp_path_factory):
 
 def test_an_unreachable_ray_address_is_one_line_within_seconds(tiny_bert_dir, reviews_dir, tmp_path, capsys):
     began = time.monotonic()
-    code = main(["--ray-address", f"127.0.0.1:{free_port()}", "--num-clients", "2", "--partition", "iid",
-                 "--dataset", reviews_dir, "--model", tiny_bert_dir, "--out", str(tmp_path / "out"),
-                 "--no-progress"])
+    code = main(
+        [
+            "--ray-address",
+            f"127.0.0.1:{free_port()}",
+            "--num-clients",
+            "2",
+            "--partition",
+            "iid",
+            "--dataset",
+            reviews_dir,
+            "--model",
+            tiny_bert_dir,
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "no Ray cluster answers at 127.0.0.1:" in one_error_line(capsys)
     assert time.monotonic() - began < 30
@@ -70,13 +104,34 @@ def test_a_stale_cluster_address_does_not_hang_the_default_run(tiny_bert_dir, re
 def test_the_simulation_attaches_to_a_running_cluster_and_leaves_it_running(tiny_bert_dir, reviews_dir, tmp_path):
     """`ray start --head` on loopback; the simulation runs on it; the head still answers after."""
     port, tag = free_port(), uuid.uuid4().hex
-    head_env = {**os.environ, "LORAXS_TEST_RUN": tag, "RAY_USAGE_STATS_ENABLED": "0",
-                "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    head_env = {
+        **os.environ,
+        "LORAXS_TEST_RUN": tag,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     remembered = CURRENT_CLUSTER.read_bytes() if CURRENT_CLUSTER.exists() else None
     try:
-        subprocess.run([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                        "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                       check=True, capture_output=True, env=head_env, timeout=120)
+        subprocess.run(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            capture_output=True,
+            env=head_env,
+            timeout=120,
+        )
         command = tiny_run(tiny_bert_dir, reviews_dir, tmp_path / "run") + ["--ray-address", f"127.0.0.1:{port}"]
         done = tagged_run(command, timeout=300)  # none of the driver's own processes outlive it
         assert done.returncode == 0, done.stderr[-3000:]

@@ -5,14 +5,12 @@ import socket
 import pytest
 import torch
 
-from shared.artifacts.adapter_file import adapter_meta
-from shared.base_models import build_adapted_model
-from shared.artifacts.adapter_file import load_adapter, save_adapter
+from shared.artifacts.adapter_file import adapter_meta, load_adapter, save_adapter
+from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_tokenizer
 from shared.data.batches import make_loader
 from shared.data.catalog import load_dataset
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state, merged_model
-from shared.base_models import DEFAULT_MODEL, load_tokenizer
 from shared.training import TrainConfig, evaluate, train
 
 pytestmark = pytest.mark.slow

@@ -38,8 +38,10 @@ def test_numpy_head_reaches_torch_lbfgs_objective(l2):
     x = (rng.normal(size=(3, 24))[y] + rng.normal(size=(120, 24))).astype(np.float32)
     ours = fit_head(x, y, 3, l2)
     theirs = refit(torch.from_numpy(x), torch.from_numpy(y), 3, l2)
-    assert _objective(ours.weight, ours.bias, x, y, l2) <= _objective(
-        theirs.weight.numpy(), theirs.bias.numpy(), x, y, l2) + 1e-6
+    assert (
+        _objective(ours.weight, ours.bias, x, y, l2)
+        <= _objective(theirs.weight.numpy(), theirs.bias.numpy(), x, y, l2) + 1e-6
+    )
 
 
 def test_numpy_adamw_with_warmup_and_clipping_matches_torch():
@@ -49,8 +51,9 @@ def test_numpy_adamw_with_warmup_and_clipping_matches_torch():
     ours = {k: v.copy() for k, v in start.items()}
     optimizer = AdamW(ours, {"a": 1e-2, "b": 1e-3})
     tensors = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in start.items()}
-    reference = torch.optim.AdamW([{"params": [tensors["a"]], "lr": 1e-2}, {"params": [tensors["b"]], "lr": 1e-3}],
-                                  weight_decay=0.0)
+    reference = torch.optim.AdamW(
+        [{"params": [tensors["a"]], "lr": 1e-2}, {"params": [tensors["b"]], "lr": 1e-3}], weight_decay=0.0
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(reference, lambda s: warmup_linear(s, 2, 6))
     for step, grad in enumerate(grads):
         g = {k: v.copy() for k, v in grad.items()}
@@ -126,15 +129,26 @@ def test_a_spent_budget_keeps_the_validated_start(tiny_bert_dir):
     model = _model(tiny_bert_dir)
     texts, labels = _toy()
     tokenizer = load_tokenizer(tiny_bert_dir)
-    result = run_recipe(TorchBackend(model), hf_tokenize(tokenizer), tokenizer.pad_token_id, texts, labels, 2,
-                        params_from_model(model), PersonalTrainingConfig(epochs=3), deadline=time.monotonic())
+    result = run_recipe(
+        TorchBackend(model),
+        hf_tokenize(tokenizer),
+        tokenizer.pad_token_id,
+        texts,
+        labels,
+        2,
+        params_from_model(model),
+        PersonalTrainingConfig(epochs=3),
+        deadline=time.monotonic(),
+    )
     assert result.stopped_on_time and result.training.steps == 0 and result.best_epoch == 0
     assert result.best_score == result.start_score
 
 
 def test_recipe_core_imports_no_torch():
-    code = ("import sys; import shared.recipe.recipe, shared.recipe.backend, shared.interpolation; "
-            "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; print(bad); "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import shared.recipe.recipe, shared.recipe.backend, shared.interpolation; "
+        "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

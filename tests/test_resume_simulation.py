@@ -20,11 +20,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def command(reviews, model, out, *extra):
-    return [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "3",
-            "--fraction", "0.5", "--partition", "iid", "--dataset", str(reviews), "--model", model,
-            "--rank", "4", *(["--out", str(out)] if out else []), "--no-progress",
-            "--run-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8 eval-max-examples=32",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "--num-clients",
+        "4",
+        "--rounds",
+        "3",
+        "--fraction",
+        "0.5",
+        "--partition",
+        "iid",
+        "--dataset",
+        str(reviews),
+        "--model",
+        model,
+        "--rank",
+        "4",
+        *(["--out", str(out)] if out else []),
+        "--no-progress",
+        "--run-config",
+        "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8 eval-max-examples=32",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -36,8 +55,14 @@ def test_sigkill_after_round_one_then_resume_equals_an_uninterrupted_run(tiny_be
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     out = tmp_path / "killed"
-    child = subprocess.Popen(command(reviews, tiny_bert_dir, out), cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        command(reviews, tiny_bert_dir, out),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (out / CHECKPOINT).exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -62,6 +87,7 @@ def test_sigkill_after_round_one_then_resume_equals_an_uninterrupted_run(tiny_be
 
 
 # -- the books of a resumed run, without Ray: node ids change, partitions do not -------------------
+
 
 def test_traffic_books_are_kept_by_partition_across_a_resume(tmp_path):
     from flwr.app import Array, ArrayRecord

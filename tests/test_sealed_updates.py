@@ -16,15 +16,16 @@ from server.strategy import LoraXSStrategy
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.sealing import SealContext, ServerPrivateKey, load_public_key
 from shared.errors import LoraXSError
-from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STATUS, STACKED_R
+from shared.federation.protocol import ARRAYS, CONFIG, METRICS, STACKED_R, STATUS
 from shared.federation.sealed_update import SEALED, SEALED_UPDATE, SERVER_KEY, seal_arrays
 from simulations.in_process import RUN_ID
 from tests.helpers import FINGERPRINT, NUM_CLIENTS, full_arrays, make_config, reply_from, run_recorded
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 @pytest.fixture
-def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
+def config(tiny_bert_dir, reviews_dir, tmp_path):
     return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=2, final_eval_fraction=0.0)
 
 
@@ -44,14 +45,18 @@ def test_sealed_round_gives_exactly_the_plain_aggregate_and_relays_see_only_ciph
     public = load_public_key(f"{sealed_config.out_dir}/{PUBLIC_KEY_FILE}")
     train = grid.exchanges(kind="train")
     with_key = [m for m, _ in train if SERVER_KEY in m.content[CONFIG]]
-    assert len(with_key) == NUM_CLIENTS and all("basis-model" in m.content[CONFIG] for m in with_key)  # first message only
+    assert len(with_key) == NUM_CLIENTS and all(
+        "basis-model" in m.content[CONFIG] for m in with_key
+    )  # first message only
     assert all(m.content[CONFIG][SERVER_KEY] == public.raw for m in with_key)
     for message, reply in train:
         assert set(reply.content.keys()) == {SEALED, METRICS, STATUS}
         r_bytes = message.content[ARRAYS][STACKED_R].numpy().tobytes()
         assert r_bytes[:32] not in reply.content[SEALED][SEALED_UPDATE]
     # size: the sealed update is the plain arrays' protobuf + 48 bytes of HPKE (1,136 post-quantum)
-    extra = sealed_report["final"]["bytes_up_per_client_per_round"] - plain_report["final"]["bytes_up_per_client_per_round"]
+    extra = (
+        sealed_report["final"]["bytes_up_per_client_per_round"] - plain_report["final"]["bytes_up_per_client_per_round"]
+    )
     assert extra <= (48 if suite == "x25519" else 1136) + 64
 
 
@@ -99,14 +104,20 @@ def test_a_pinned_client_refuses_another_server_key(config, tmp_path, caplog):
 
 # --- every rejection case, straight through LoraXSStrategy.aggregate_train ---------------------
 
+
 def _sealed(arrays, key, node, server_round=3, run_id=None, fingerprint=FINGERPRINT) -> ConfigRecord:
     context = SealContext(RUN_ID if run_id is None else run_id, server_round, node, fingerprint)
     return seal_arrays(arrays, key, context)
 
 
 def _content(sealed: ConfigRecord, examples: int = 10) -> RecordDict:
-    return RecordDict({SEALED: sealed, METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
-                       STATUS: ConfigRecord({"fingerprint": FINGERPRINT})})
+    return RecordDict(
+        {
+            SEALED: sealed,
+            METRICS: MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+            STATUS: ConfigRecord({"fingerprint": FINGERPRINT}),
+        }
+    )
 
 
 def _flip(sealed: ConfigRecord, at: int) -> ConfigRecord:
@@ -122,15 +133,39 @@ BAD = {
     "another node's update": lambda k, n: _content(_sealed(full_arrays(9.0), k, n + 1)),
     "another run": lambda k, n: _content(_sealed(full_arrays(9.0), k, n, run_id=RUN_ID + 1)),
     "another basis": lambda k, n: _content(_sealed(full_arrays(9.0), k, n, fingerprint="cd" * 32)),
-    "sealed to another key": lambda k, n: _content(_sealed(full_arrays(9.0), ServerPrivateKey.generate().public_key, n)),
-    "truncated": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:40]})),
-    "cut short by one byte": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:-1]})),
+    "sealed to another key": lambda k, n: _content(
+        _sealed(full_arrays(9.0), ServerPrivateKey.generate().public_key, n)
+    ),
+    "truncated": lambda k, n: _content(
+        ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:40]})
+    ),
+    "cut short by one byte": lambda k, n: _content(
+        ConfigRecord({SEALED_UPDATE: _sealed(full_arrays(9.0), k, n)[SEALED_UPDATE][:-1]})
+    ),
     "random bytes": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: os.urandom(400)})),
     "not bytes": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: "text"})),
     "extra keys": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: b"x" * 100, "more": 1})),
-    "plain update": lambda k, n: RecordDict({ARRAYS: full_arrays(9.0), **{key: v for key, v in _content(ConfigRecord()).items() if key != SEALED}}),
-    "sealed garbage": lambda k, n: _content(ConfigRecord({SEALED_UPDATE: __import__("shared.crypto.sealing", fromlist=["x"]).seal_update(b"\x0a\xff\xff", k, SealContext(RUN_ID, 3, n, FINGERPRINT))})),
-    "sealed wrong shapes": lambda k, n: _content(_sealed(ArrayRecord({STACKED_R: Array(np.zeros((1, 3, 3), np.float32)), "classifier.bias": Array(np.zeros(2, np.float32))}), k, n)),
+    "plain update": lambda k, n: RecordDict(
+        {ARRAYS: full_arrays(9.0), **{key: v for key, v in _content(ConfigRecord()).items() if key != SEALED}}
+    ),
+    "sealed garbage": lambda k, n: _content(
+        ConfigRecord(
+            {
+                SEALED_UPDATE: __import__("shared.crypto.sealing", fromlist=["x"]).seal_update(
+                    b"\x0a\xff\xff", k, SealContext(RUN_ID, 3, n, FINGERPRINT)
+                )
+            }
+        )
+    ),
+    "sealed wrong shapes": lambda k, n: _content(
+        _sealed(
+            ArrayRecord(
+                {STACKED_R: Array(np.zeros((1, 3, 3), np.float32)), "classifier.bias": Array(np.zeros(2, np.float32))}
+            ),
+            k,
+            n,
+        )
+    ),
     "sealed NaN": lambda k, n: _content(_sealed(full_arrays(float("nan")), k, n)),
 }
 
@@ -139,13 +174,22 @@ BAD = {
 def test_every_bad_sealed_update_is_rejected_with_a_reason_and_the_rest_averaged(case, caplog):
     TaskIdentity.run_id = RUN_ID
     sealing = UpdateSealing(ServerPrivateKey.generate())
-    strategy = LoraXSStrategy(ArrayRecord(), FINGERPRINT, "fp32", evaluate_metrics=(), sealing=sealing,
-                            fraction_train=1.0, min_available_nodes=1)
+    strategy = LoraXSStrategy(
+        ArrayRecord(),
+        FINGERPRINT,
+        "fp32",
+        evaluate_metrics=(),
+        sealing=sealing,
+        fraction_train=1.0,
+        min_available_nodes=1,
+    )
     strategy._sent["train"] = (full_arrays(0.0), ConfigRecord())
     key = sealing.private_key.public_key
-    replies = [reply_from(1, _content(_sealed(full_arrays(1.0), key, 1), 10)),
-               reply_from(2, _content(_sealed(full_arrays(4.0), key, 2), 30)),
-               reply_from(3, BAD[case](key, 3))]
+    replies = [
+        reply_from(1, _content(_sealed(full_arrays(1.0), key, 1), 10)),
+        reply_from(2, _content(_sealed(full_arrays(4.0), key, 2), 30)),
+        reply_from(3, BAD[case](key, 3)),
+    ]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(3, replies)
     reasons = [r.getMessage() for r in caplog.records if "rejected the update of node 3" in r.getMessage()]

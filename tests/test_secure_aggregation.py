@@ -11,6 +11,7 @@ from flwr.common.constant import ErrorCode
 
 from client.app import make_client_app
 from client.secure_stages import DELTA, _load
+from server.federation import run_federation
 from shared.artifacts.adapter_file import load_adapter
 from shared.crypto.secagg.params import quantize
 from shared.crypto.secagg.server import SecAggServer
@@ -19,16 +20,22 @@ from shared.federation.protocol import ARRAYS, CONFIG, METRICS
 from shared.federation.run_config import FederationConfig
 from shared.federation.sealed_update import SEALED
 from shared.federation.secure_messages import MASKED_INPUT, SECAGG, UNMASK, flat
-from server.federation import run_federation
 from tests.helpers import NUM_CLIENTS, RecordingGrid, make_config, run_recorded, tagged_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def config(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
-    return make_config(tiny_bert_dir, reviews_dir, tmp_path / "run", num_server_rounds=1,
-                       final_eval_fraction=0.0, partition="dirichlet", dirichlet_alpha=1.0)
+def config(tiny_bert_dir, reviews_dir, tmp_path):
+    return make_config(
+        tiny_bert_dir,
+        reviews_dir,
+        tmp_path / "run",
+        num_server_rounds=1,
+        final_eval_fraction=0.0,
+        partition="dirichlet",
+        dirichlet_alpha=1.0,
+    )
 
 
 def _global(config):
@@ -58,7 +65,9 @@ def test_secure_aggregate_equals_the_plain_weighted_mean_within_the_quantization
     assert kinds.count(MASKED_INPUT) == kinds.count(UNMASK) == NUM_CLIENTS
     # stage traffic is counted; the per-client upload includes it
     assert secure["stage_bytes_up"] > 0 and secure["stage_bytes_down"] > 0
-    assert secure_report["final"]["bytes_up_per_client_per_round"] > plain_report["final"]["bytes_up_per_client_per_round"]
+    assert (
+        secure_report["final"]["bytes_up_per_client_per_round"] > plain_report["final"]["bytes_up_per_client_per_round"]
+    )
 
 
 def test_a_client_dropping_after_the_key_exchange_does_not_stop_the_round(config, caplog):
@@ -142,17 +151,39 @@ def test_secure_aggregation_config_is_checked():
 
 
 @pytest.mark.slow
-def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, tmp_path):  # noqa: F811
+def test_flower_simulation_with_secure_aggregation(tiny_bert_dir, reviews_dir, tmp_path):
     """The real command (Ray, a process per ClientApp call) with --secure-aggregation."""
     import json
     import sys
 
-
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "simulations.cli", "--num-clients", "4", "--rounds", "2",
-               "--fraction", "1.0", "--partition", "iid", "--dataset", reviews_dir, "--model", tiny_bert_dir,
-               "--rank", "4", "--secure-aggregation", "--secagg-timeout", "120", "--out", str(out),
-               "--no-progress", "--run-config", "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8"]
+    command = [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "--num-clients",
+        "4",
+        "--rounds",
+        "2",
+        "--fraction",
+        "1.0",
+        "--partition",
+        "iid",
+        "--dataset",
+        reviews_dir,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        "4",
+        "--secure-aggregation",
+        "--secagg-timeout",
+        "120",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--run-config",
+        "final-eval-fraction=0.0 lr=0.01 head-lr=0.01 batch-size=8",
+    ]
     done = tagged_run(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -166,8 +197,15 @@ def test_failing_clients_in_a_secure_round_drop_out_and_the_rest_aggregate(confi
     the stage 2-4 messages reach the survivors (the failing wrapper routes them) and rounds complete."""
     from simulations import failing_clients
 
-    shaky = replace(config, secure_aggregation=True, fail_rate=0.3, seed=8, num_server_rounds=2,
-                    round_timeout=5.0, secagg_timeout=5.0)
+    shaky = replace(
+        config,
+        secure_aggregation=True,
+        fail_rate=0.3,
+        seed=8,
+        num_server_rounds=2,
+        round_timeout=5.0,
+        secagg_timeout=5.0,
+    )
     drawn = {r: [failing_clients.failure_kind(shaky, r, p, "train") for p in range(NUM_CLIENTS)] for r in (1, 2)}
     assert {"crash", "timeout", "garbage"} <= {k for kinds in drawn.values() for k in kinds}  # every kind
     app = failing_clients.failing_client_app(make_client_app(shaky), shaky)

@@ -98,8 +98,9 @@ def test_same_seed_samples_the_same_partitions_whatever_the_node_ids(config):
 
 def test_a_resumed_run_equals_an_uninterrupted_one(config):
     """Two rounds, then a new process's worth of state (other node ids) resumes to four."""
-    full = replace(config, num_server_rounds=4, fraction_train=0.6, final_eval_fraction=0.0,
-                   out_dir=f"{config.out_dir}-full")
+    full = replace(
+        config, num_server_rounds=4, fraction_train=0.6, final_eval_fraction=0.0, out_dir=f"{config.out_dir}-full"
+    )
     whole = run_federation(ShuffledIdsGrid(full, 1), full)
 
     part = replace(full, num_server_rounds=2, out_dir=f"{config.out_dir}-part")
@@ -133,8 +134,15 @@ def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path):
 def test_failing_clients_are_counted_and_every_round_completes(config):
     from simulations import failing_clients
 
-    shaky = replace(config, num_server_rounds=3, fail_rate=0.5, seed=2, round_timeout=0.5, min_train_nodes=1,
-                    final_eval_fraction=0.0)
+    shaky = replace(
+        config,
+        num_server_rounds=3,
+        fail_rate=0.5,
+        seed=2,
+        round_timeout=0.5,
+        min_train_nodes=1,
+        final_eval_fraction=0.0,
+    )
     kinds = [failing_clients.failure_kind(shaky, r, p, "train") for r in (1, 2, 3) for p in range(NUM_CLIENTS)]
     assert {"crash", "timeout", "garbage"} <= set(kinds)  # this seed exercises every kind
     app = failing_clients.failing_client_app(make_client_app(shaky), shaky)

@@ -21,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start(*argv, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", *map(str, argv)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", *map(str, argv)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def signal_when(process: subprocess.Popen, ready, sig: int, timeout: float = 180) -> tuple[int, str]:
@@ -58,8 +65,18 @@ def test_stop_on_signals_raises_in_the_main_thread_and_restores_the_handlers():
 def test_sigterm_to_client_export_leaves_no_staging_and_no_output_folder(tiny_bert_dir, tmp_path):
     adapter = make_adapter(tiny_bert_dir, "seq-cls", tmp_path / "a.safetensors")
     out = tmp_path / "new" / "deeper"
-    process = start("client.export", "--adapter", adapter, "--model", tiny_bert_dir, "--out", out / "m.onnx",
-                    "--repeats", 100000, env_extra={"LORAXS_CACHE": str(tmp_path / "cache")})
+    process = start(
+        "client.export",
+        "--adapter",
+        adapter,
+        "--model",
+        tiny_bert_dir,
+        "--out",
+        out / "m.onnx",
+        "--repeats",
+        100000,
+        env_extra={"LORAXS_CACHE": str(tmp_path / "cache")},
+    )
     code, err = signal_when(process, lambda: out.is_dir() and any(out.glob(".export-*")), signal.SIGTERM)
     assert code == 143, err[-2000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
@@ -81,9 +98,26 @@ def test_sigterm_and_sigint_to_client_run_write_nothing(tiny_bert_dir, tmp_path)
 def test_sigterm_to_flower_simulation_leaves_no_half_made_run_folder(tiny_bert_dir, tmp_path):
     reviews = write_reviews(tmp_path / "reviews", 80)
     out = tmp_path / "run"
-    process = start("simulations.cli", "--num-clients", "2", "--rounds", "3", "--partition", "iid",
-                    "--dataset", reviews, "--model", tiny_bert_dir, "--rank", "4", "--out", out, "--no-progress",
-                    "--run-config", "final-eval-fraction=0.0 batch-size=8 eval-max-examples=16")
+    process = start(
+        "simulations.cli",
+        "--num-clients",
+        "2",
+        "--rounds",
+        "3",
+        "--partition",
+        "iid",
+        "--dataset",
+        reviews,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        "4",
+        "--out",
+        out,
+        "--no-progress",
+        "--run-config",
+        "final-eval-fraction=0.0 batch-size=8 eval-max-examples=16",
+    )
     code, err = signal_when(process, lambda: (out / "basis.safetensors").exists(), signal.SIGTERM, timeout=300)
     assert code == 143, err[-2000:]
     assert "stopped by SIGTERM" in err

@@ -15,21 +15,23 @@ from simulations.cli import main
 from tests.helpers import one_error_line, tagged_run, write_word_reviews
 
 
-
 @pytest.fixture(scope="module")
 def reviews_dir(tmp_path_factory):
     return str(write_word_reviews(tmp_path_factory.mktemp("reviews"), 150))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--fraction", "0"], "train fraction must be in (0, 1]"),
-    (["--fraction", "1.5"], "train fraction must be in (0, 1]"),
-    (["--dataset", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
-    (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
-    (["--run-config", "no-such-key=1"], "unknown run-config key(s): no-such-key"),
-    (["--rounds", "0"], "num-server-rounds must be at least 1"),
-    (["--run-config", "dataset='unbalanced"], "No closing quotation"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--fraction", "0"], "train fraction must be in (0, 1]"),
+        (["--fraction", "1.5"], "train fraction must be in (0, 1]"),
+        (["--dataset", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
+        (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
+        (["--run-config", "no-such-key=1"], "unknown run-config key(s): no-such-key"),
+        (["--rounds", "0"], "num-server-rounds must be at least 1"),
+        (["--run-config", "dataset='unbalanced"], "No closing quotation"),
+    ],
+)
 def test_bad_input_is_one_clear_line_and_exit_code_1(flags, message, capsys, tmp_path):
     assert main(flags + ["--out", str(tmp_path / "out"), "--no-progress"]) == 1
     assert message in one_error_line(capsys)
@@ -37,8 +39,21 @@ def test_bad_input_is_one_clear_line_and_exit_code_1(flags, message, capsys, tmp
 
 
 def test_more_clients_than_examples_allow_is_refused(reviews_dir, tiny_bert_dir, capsys, tmp_path):
-    code = main(["--dataset", reviews_dir, "--model", tiny_bert_dir, "--partition", "iid",
-                 "--num-clients", "100", "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "--dataset",
+            reviews_dir,
+            "--model",
+            tiny_bert_dir,
+            "--partition",
+            "iid",
+            "--num-clients",
+            "100",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "--num-clients 100 is too many for 150 examples" in one_error_line(capsys)
 
@@ -47,7 +62,9 @@ def test_more_clients_than_natural_partitions_is_refused(tiny_bert_dir, capsys, 
     """rotten-tomatoes from a cache holding three movies' reviews (no download: a fast test)."""
     monkeypatch.setenv("LORAXS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    rows = [{"text": f"review {i}", "label": ["rotten", "fresh"][i % 2], "movie_name": f"movie {i % 3}"} for i in range(30)]
+    rows = [
+        {"text": f"review {i}", "label": ["rotten", "fresh"][i % 2], "movie_name": f"movie {i % 3}"} for i in range(30)
+    ]
     with open(tmp_path / "cache" / REVIEWS_FILE, "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=["text", "label", "movie_name"])
         writer.writeheader()
@@ -61,11 +78,33 @@ def test_more_clients_than_natural_partitions_is_refused(tiny_bert_dir, capsys, 
 def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tiny_bert_dir, tmp_path):
     """The real command in a child process: Ray workers, bound config, then a clean exit."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "simulations.cli", "--num-clients", "5", "--rounds", "2",
-               "--fraction", "0.6", "--partition", "iid", "--dataset", reviews_dir,
-               "--model", tiny_bert_dir, "--rank", "4", "--personalize", "finetune",
-               "--scenario", "concept-shift", "--out", str(out),
-               "--run-config", "final-eval-fraction=1.0 lr=0.01 head-lr=0.01 batch-size=8"]
+    command = [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "--num-clients",
+        "5",
+        "--rounds",
+        "2",
+        "--fraction",
+        "0.6",
+        "--partition",
+        "iid",
+        "--dataset",
+        reviews_dir,
+        "--model",
+        tiny_bert_dir,
+        "--rank",
+        "4",
+        "--personalize",
+        "finetune",
+        "--scenario",
+        "concept-shift",
+        "--out",
+        str(out),
+        "--run-config",
+        "final-eval-fraction=1.0 lr=0.01 head-lr=0.01 batch-size=8",
+    ]
     done = tagged_run(command, timeout=600)  # also: no process left behind
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final: accuracy (global)" in done.stdout
@@ -80,8 +119,13 @@ def test_ray_simulation_with_five_clients_writes_every_artifact(reviews_dir, tin
     assert final["factors_derived"] + final["factors_shipped"] == final["clients_reached"] == 5
     assert final["max_bases_per_client"] <= 1
     assert final["clients_shifted"] == 1 and final["clients_unshifted"] == 4
-    for key in ("accuracy_global", "accuracy_personalized", "accuracy_global_shifted",
-                "accuracy_personalized_shifted", "wall_seconds"):
+    for key in (
+        "accuracy_global",
+        "accuracy_personalized",
+        "accuracy_global_shifted",
+        "accuracy_personalized_shifted",
+        "wall_seconds",
+    ):
         assert final[key] is not None, key
     assert 0 < final["bytes_up_per_client_per_round"] - final["adapter_payload_bytes"] < 4096
     for name in ("report.md", "accuracy_per_round.png", "bytes_per_round.png"):
@@ -98,8 +142,19 @@ def test_the_real_command_on_minilm_with_few_clients(rotten_tomatoes, tmp_path):
     out = tmp_path / "run"
     command = shutil.which("flower-simulation")
     command = [command] if command else [sys.executable, "-m", "simulations.cli"]
-    command += ["--num-clients", "100", "--rounds", "2", "--fraction", "0.03", "--out", str(out),
-                "--no-progress", "--run-config", "eval-max-examples=96 final-eval-fraction=0.03"]
+    command += [
+        "--num-clients",
+        "100",
+        "--rounds",
+        "2",
+        "--fraction",
+        "0.03",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--run-config",
+        "eval-max-examples=96 final-eval-fraction=0.03",
+    ]
     done = tagged_run(command, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -49,19 +49,41 @@ def test_flwr_run_on_a_local_simulation_superlink(tiny_bert_dir, tmp_path):
     # this environment's bin/ first on PATH (CI runs .venv/bin/python without activating it)
     env = {**flower_env(home), "LORAXS_TEST_RUN": tag, "HF_HUB_OFFLINE": "1"}
     superlink = subprocess.Popen(
-        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-         "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1",
-         "--port", str(http_port), "--disable-runtime-dependency-installation"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            flower_command("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--control-api-address",
+            f"127.0.0.1:{control_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--disable-runtime-dependency-installation",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     out = tmp_path / "run"
-    run_config = (f"num-clients=5 num-server-rounds=2 fraction-train=0.6 partition='iid' "
-                  f"dataset='{data}' model='{tiny_bert_dir}' rank=4 lora-alpha=4.0 "
-                  f"final-eval-fraction=1.0 out-dir='{out}'")
+    run_config = (
+        f"num-clients=5 num-server-rounds=2 fraction-train=0.6 partition='iid' "
+        f"dataset='{data}' model='{tiny_bert_dir}' rank=4 lora-alpha=4.0 "
+        f"final-eval-fraction=1.0 out-dir='{out}'"
+    )
     try:
         wait_for_port(http_port, 60)
-        done = subprocess.run([flower_command("flwr"), "run", ".", "sim", "--stream", "--run-config", run_config],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [flower_command("flwr"), "run", ".", "sim", "--stream", "--run-config", run_config],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         deadline = time.monotonic() + 120  # the report is written as the ServerApp ends
         while not (out / "report.json").is_file() and time.monotonic() < deadline:

@@ -3,10 +3,9 @@
 import datasets
 import torch
 
-from shared.base_models import build_adapted_model
+from shared.base_models import build_adapted_model, load_tokenizer
 from shared.data.batches import make_loader
 from shared.loraxs.config import LoraXSConfig
-from shared.base_models import load_tokenizer
 from shared.training import TrainConfig, evaluate, train
 
 

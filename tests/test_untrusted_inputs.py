@@ -26,11 +26,13 @@ from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
 from tests.helpers import RANK, within, write_reviews
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 # -- one reader for untrusted files -----------------------------------------------------------
+
 
 @pytest.fixture
 def fifo(tmp_path):
@@ -39,12 +41,15 @@ def fifo(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("reader, error", [
-    (lambda p: read_untrusted(p, "key file", 1000), LoraXSError),
-    (key_from_file, AtRestError),
-    (load_public_key, SealError),
-    (lambda p: load_adapter(p), LoraXSError),
-])
+@pytest.mark.parametrize(
+    "reader, error",
+    [
+        (lambda p: read_untrusted(p, "key file", 1000), LoraXSError),
+        (key_from_file, AtRestError),
+        (load_public_key, SealError),
+        (lambda p: load_adapter(p), LoraXSError),
+    ],
+)
 def test_a_named_pipe_or_a_device_is_refused_without_blocking(fifo, reader, error):
     for path, what in ((fifo, "a named pipe"), (Path("/dev/zero"), "a device"), (fifo.parent, "a folder")):
         with pytest.raises(error, match=f"is {what}, not a regular file"):
@@ -99,6 +104,7 @@ def test_endless_input_stops_at_its_cap():
 
 # -- data folders say what they are -------------------------------------------------------------
 
+
 def rows(n: int = 12) -> list[dict]:
     return [{"text": f"text number {i}", "label": ("pos", "neg")[i % 2]} for i in range(n)]
 
@@ -117,17 +123,21 @@ def test_a_test_file_without_a_train_file_is_refused(tmp_path):
 def test_a_train_file_that_is_not_a_regular_file_is_refused(tmp_path, kind):
     write_jsonl(tmp_path / "test.jsonl", rows())
     train = tmp_path / "train.jsonl"
-    {"folder": train.mkdir, "fifo": lambda: os.mkfifo(train),
-     "dangling": lambda: train.symlink_to(tmp_path / "gone")}[kind]()
+    {"folder": train.mkdir, "fifo": lambda: os.mkfifo(train), "dangling": lambda: train.symlink_to(tmp_path / "gone")}[
+        kind
+    ]()
     with pytest.raises(LoraXSError, match="train.jsonl is not a regular file"):
         within(5, lambda: load_local_folder(tmp_path))
 
 
-@pytest.mark.parametrize("text, line, message", [
-    ("text,label\ngood,pos\nbad,neg,extra\nfine,pos\n", 3, "3 field"),
-    ("text,label\ngood,pos\nbad\nfine,pos\n", 3, "1 field"),
-    ('text,label\ngood,pos\n"bad,neg\nfine,pos\nok,neg\n', 3, "a quote opened here is never closed"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("text,label\ngood,pos\nbad,neg,extra\nfine,pos\n", 3, "3 field"),
+        ("text,label\ngood,pos\nbad\nfine,pos\n", 3, "1 field"),
+        ('text,label\ngood,pos\n"bad,neg\nfine,pos\nok,neg\n', 3, "a quote opened here is never closed"),
+    ],
+)
 def test_malformed_csv_is_refused_with_its_line(tmp_path, text, line, message):
     (tmp_path / "data.csv").write_text(text)
     with pytest.raises(LoraXSError, match=rf"data.csv:{line}: {message}"):
@@ -155,16 +165,30 @@ def test_any_csv_loads_or_gives_one_line(tmp_path_factory, cells):
         assert all(isinstance(t, str) and t.strip() for t in ds["text"])
 
 
-def test_a_label_per_row_is_refused_by_client_run_and_the_simulation_alike(tmp_path, tiny_bert_dir, monkeypatch,
-                                                                          capsys):
+def test_a_label_per_row_is_refused_by_client_run_and_the_simulation_alike(
+    tmp_path, tiny_bert_dir, monkeypatch, capsys
+):
     write_jsonl(tmp_path / "data.jsonl", [{"text": f"text {i}", "label": f"id-{i}"} for i in range(30)])
     with pytest.raises(LoraXSError, match="has a label of its own"):
         load_local_folder(tmp_path)
     from simulations import cli
 
     monkeypatch.setattr("simulations.ray_simulation.run_ray_simulation", _no_ray)
-    code = cli.main(["--dataset", str(tmp_path), "--model", tiny_bert_dir, "--num-clients", "2", "--partition", "iid",
-                     "--out", str(tmp_path / "run"), "--no-progress"])
+    code = cli.main(
+        [
+            "--dataset",
+            str(tmp_path),
+            "--model",
+            tiny_bert_dir,
+            "--num-clients",
+            "2",
+            "--partition",
+            "iid",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "has a label of its own" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -175,6 +199,7 @@ def _no_ray(*_args, **_kwargs):
 
 # -- flags: empty or meaningless values ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("argv", [["--model", ""], ["--adapter", " "], ["--basis", ""], ["--out", ""]])
 def test_client_run_refuses_empty_flag_values(tmp_path, argv, capsys):
     from client.run import main
@@ -184,11 +209,14 @@ def test_client_run_refuses_empty_flag_values(tmp_path, argv, capsys):
     assert stop.value.code == 2 and "an empty value is not allowed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--client-ranks", ",,"], "client-ranks must be comma-separated integers"),
-    (["--labels", " , "], "labels must be comma-separated class names"),
-    (["--run-config", "model="], "model must name a model id or folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--client-ranks", ",,"], "client-ranks must be comma-separated integers"),
+        (["--labels", " , "], "labels must be comma-separated class names"),
+        (["--run-config", "model="], "model must name a model id or folder"),
+    ],
+)
 def test_the_simulation_refuses_meaningless_values_before_ray(tmp_path, monkeypatch, capsys, argv, message):
     from simulations import cli
 
@@ -213,6 +241,7 @@ def test_meaningless_client_ranks_in_the_config_itself():
 
 # -- output locations are checked before any work --------------------------------------------------
 
+
 def test_simulation_out_onto_an_existing_run_refuses_without_force(tmp_path, monkeypatch, capsys, tiny_bert_dir):
     from simulations import cli
 
@@ -224,10 +253,29 @@ def test_simulation_out_onto_an_existing_run_refuses_without_force(tmp_path, mon
     assert "already holds a run (report.json); pass --force" in capsys.readouterr().err
     assert (run / "report.json").read_text() == "{}"
     started = []
-    monkeypatch.setattr("simulations.ray_simulation.run_ray_simulation",
-                        lambda *a, **k: started.append(1) or (_ for _ in ()).throw(LoraXSError("stop here")))
-    assert cli.main(["--out", str(run), "--force", "--no-progress", "--num-clients", "2", "--model", tiny_bert_dir,
-                     "--partition", "iid", "--dataset", str(write_reviews(tmp_path / "reviews", 40))]) == 1
+    monkeypatch.setattr(
+        "simulations.ray_simulation.run_ray_simulation",
+        lambda *a, **k: started.append(1) or (_ for _ in ()).throw(LoraXSError("stop here")),
+    )
+    assert (
+        cli.main(
+            [
+                "--out",
+                str(run),
+                "--force",
+                "--no-progress",
+                "--num-clients",
+                "2",
+                "--model",
+                tiny_bert_dir,
+                "--partition",
+                "iid",
+                "--dataset",
+                str(write_reviews(tmp_path / "reviews", 40)),
+            ]
+        )
+        == 1
+    )
     assert started == [1]  # with --force it goes on to run
 
 
@@ -258,6 +306,7 @@ def test_client_run_into_a_read_only_folder_refuses_before_reading_data(tmp_path
 
 # -- adapters that cannot be right ----------------------------------------------------------------
 
+
 def crafted(tiny_bert_dir: str, path: Path, alpha: float, value: float, std: float | None = None) -> Path:
     """An adapter with a valid checksum: every R = `value` (or seeded N(0, std)) at `alpha`."""
     config = LoraXSConfig(rank=RANK, alpha=alpha)
@@ -266,7 +315,9 @@ def crafted(tiny_bert_dir: str, path: Path, alpha: float, value: float, std: flo
     state = adapter_state(model)
     for name in state:
         if name.endswith("lora_R"):
-            state[name] = torch.full((RANK, RANK), value) if std is None else torch.randn(RANK, RANK, generator=generator) * std
+            state[name] = (
+                torch.full((RANK, RANK), value) if std is None else torch.randn(RANK, RANK, generator=generator) * std
+            )
     save_adapter(path, state, adapter_meta(tiny_bert_dir, "seq-cls", config, basis, ["fresh", "rotten"]))
     return path
 
@@ -326,6 +377,7 @@ def test_client_export_refuses_a_crafted_adapter_and_writes_nothing(tiny_bert_di
 
 # -- the recipe report cannot contradict itself ----------------------------------------------------
 
+
 def test_the_recipe_report_names_what_was_kept(capsys):
     """The case a red team found: the probe start beat the given adapter, nothing beat the given
     adapter by the margin, lam = 0 kept it; the report said "the start adapter itself" and
@@ -339,15 +391,47 @@ def test_the_recipe_report_names_what_was_kept(capsys):
 
     start = "the given adapter + closed-form head"
     recipe = PersonalTrainingResult(
-        start=start, start_score=-0.6, best_score=-0.6, improved=False, history=[-0.7], best_epoch=0,
-        training=TrainResult(loss=0.7, examples=40, steps=5, seconds=0.1), max_length=32, num_fit=40, num_val=12,
-        frozen_head_score=None, lam=0.0, lam_scores={0.0: -0.6, 1.0: -0.59}, measure="loss",
-        start_accuracy=0.5833, kept_accuracy=0.4167, kept=_kept_words(0.0, 0, "the given adapter", start))
-    meta = AdapterMeta(base_model="m", task="seq-cls", rank=4, alpha=16.0, targets=("query",), labels=("a", "b"),
-                       basis_fingerprint="ab" * 32)
+        start=start,
+        start_score=-0.6,
+        best_score=-0.6,
+        improved=False,
+        history=[-0.7],
+        best_epoch=0,
+        training=TrainResult(loss=0.7, examples=40, steps=5, seconds=0.1),
+        max_length=32,
+        num_fit=40,
+        num_val=12,
+        frozen_head_score=None,
+        lam=0.0,
+        lam_scores={0.0: -0.6, 1.0: -0.59},
+        measure="loss",
+        start_accuracy=0.5833,
+        kept_accuracy=0.4167,
+        kept=_kept_words(0.0, 0, "the given adapter", start),
+    )
+    meta = AdapterMeta(
+        base_model="m",
+        task="seq-cls",
+        rank=4,
+        alpha=16.0,
+        targets=("query",),
+        labels=("a", "b"),
+        basis_fingerprint="ab" * 32,
+    )
     evaluation = EvalResult(loss=0.7, accuracy=0.5, examples=10)
-    print_report(PersonalizationResult(out=Path("p.safetensors"), num_bytes=1, before=evaluation, after=evaluation,
-                                       baselines={}, recipe=recipe, meta=meta, factors_source="x", num_train=52))
+    print_report(
+        PersonalizationResult(
+            out=Path("p.safetensors"),
+            num_bytes=1,
+            before=evaluation,
+            after=evaluation,
+            baselines={},
+            recipe=recipe,
+            meta=meta,
+            factors_source="x",
+            num_train=52,
+        )
+    )
     out = capsys.readouterr().out
     assert "kept lam = 0 (the given adapter itself)" in out
     assert f"start ({start}) 0.5833, kept (the given adapter itself) 0.4167 (note: below the start; nothing beat" in out

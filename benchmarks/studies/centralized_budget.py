@@ -23,7 +23,16 @@ from pathlib import Path
 import torch
 from datasets import Dataset, concatenate_datasets
 
-from benchmarks.result_files import STUDY_RESULTS, command_line, footer, goal, goal_lines, machine_now, portable, write_result
+from benchmarks.result_files import (
+    STUDY_RESULTS,
+    command_line,
+    footer,
+    goal,
+    goal_lines,
+    machine_now,
+    portable,
+    write_result,
+)
 from shared.base_models import build_adapted_model, canonical_model_id, load_tokenizer
 from shared.data.batches import EVAL_BATCH_SIZE, make_loader
 from shared.federation.node_data import held_out_union, simulated_node_data
@@ -39,8 +48,7 @@ def federated_examples(report: dict) -> int:
 
 
 def train_union(config: FederationConfig) -> Dataset:
-    parts = [simulated_node_data(config, i).train.select_columns(["text", "label"])
-             for i in range(config.num_clients)]
+    parts = [simulated_node_data(config, i).train.select_columns(["text", "label"]) for i in range(config.num_clients)]
     return concatenate_datasets(parts)
 
 
@@ -54,20 +62,30 @@ def run_centralized(config: FederationConfig, examples: int, seed: int) -> dict:
     train_set = train_union(config)
     model, _ = build_adapted_model(model_id, config.task, config.lora_config(), labels, seed=seed)
     steps = math.ceil(examples / config.batch_size)
-    loader = make_loader(train_set, tokenizer, config.task, config.batch_size, config.max_length,
-                         shuffle=True, seed=seed)
+    loader = make_loader(
+        train_set, tokenizer, config.task, config.batch_size, config.max_length, shuffle=True, seed=seed
+    )
     train_config = TrainConfig(max_steps=steps, lr=config.lr, head_lr=config.head_lr)
     torch.manual_seed(seed)
     result = train(model, loader, train_config, progress=True, desc=f"centralized lr {config.lr:g} seed {seed}")
     scores = {}
     for name, ds in (("held_out", held_out), ("all_client_tests", all_tests)):
-        scores[name] = evaluate(model, make_loader(ds, tokenizer, config.task, EVAL_BATCH_SIZE, config.max_length),
-                                progress=True)
-    return {"seed": seed, "lr": config.lr, "head_lr": config.head_lr, "examples": result.examples, "steps": result.steps, "train_seconds": round(result.seconds, 1),
-            "train_examples_available": len(train_set),
-            "accuracy_held_out": round(scores["held_out"].accuracy, 4), "held_out_examples": scores["held_out"].examples,
-            "accuracy_all_client_tests": round(scores["all_client_tests"].accuracy, 4),
-            "all_client_tests_examples": scores["all_client_tests"].examples}
+        scores[name] = evaluate(
+            model, make_loader(ds, tokenizer, config.task, EVAL_BATCH_SIZE, config.max_length), progress=True
+        )
+    return {
+        "seed": seed,
+        "lr": config.lr,
+        "head_lr": config.head_lr,
+        "examples": result.examples,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "train_examples_available": len(train_set),
+        "accuracy_held_out": round(scores["held_out"].accuracy, 4),
+        "held_out_examples": scores["held_out"].examples,
+        "accuracy_all_client_tests": round(scores["all_client_tests"].accuracy, 4),
+        "all_client_tests_examples": scores["all_client_tests"].examples,
+    }
 
 
 def markdown(document: dict) -> str:
@@ -85,8 +103,10 @@ def markdown(document: dict) -> str:
         f"{fed['accuracy_held_out']:.3f} | {fed['accuracy_all_client_tests']} |",
     ]
     for run in runs:
-        lines.append(f"| centralized, lr {run['lr']:g}, head-lr {run['head_lr']:g}, seed {run['seed']} | {run['examples']:,} | {run['accuracy_held_out']:.3f} | "
-                     f"{run['accuracy_all_client_tests']:.3f} |")
+        lines.append(
+            f"| centralized, lr {run['lr']:g}, head-lr {run['head_lr']:g}, seed {run['seed']} | {run['examples']:,} | {run['accuracy_held_out']:.3f} | "
+            f"{run['accuracy_all_client_tests']:.3f} |"
+        )
     lines += ["", *goal_lines(document["goals"]), "", footer(document)]
     return "\n".join(lines) + "\n"
 
@@ -95,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", default=str(DEFAULT_REPORT), help="a flower-simulation report.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--lrs", type=float, nargs="+", default=None,
-                        help="centralized lr for R (default: the federation's, and a quarter of it); the best counts")
+    parser.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="centralized lr for R (default: the federation's, and a quarter of it); the best counts",
+    )
     parser.add_argument("--out", type=Path, default=STUDY_RESULTS)
     args = parser.parse_args(argv)
     report_path = Path(args.report)
@@ -117,17 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     fed_acc = float(report["final"]["accuracy_global"])
     gap = (central - fed_acc) * 100
     document = {
-        "command": command_line("benchmarks.studies.centralized_budget", argv), "machine": machine,
+        "command": command_line("benchmarks.studies.centralized_budget", argv),
+        "machine": machine,
         "report": portable(str(report_path.resolve())),
-        "federated": {"strategy": report["config"].get("strategy"), "rounds": len(report["rounds"]),
-                      "examples": examples, "accuracy_held_out": fed_acc, "lr": config.lr, "head_lr": config.head_lr,
-                      "accuracy_all_client_tests": "not measured by the run"},
-        "centralized": runs, "seconds": round(time.perf_counter() - started, 1),
-        "goals": [goal(f"federated default within {GOAL_POINTS:g} point of centralized LoRA-XS at the same examples",
-                       f"federated {fed_acc:.3f} vs the best centralized {central:.3f} (lr {best_lr:g}; "
-                       f"federated minus centralized {-gap:+.1f} points)",
-                       gap <= GOAL_POINTS,
-                       "the federated model sees each client's non-IID slice in small rounds; see docs/federation.md")],
+        "federated": {
+            "strategy": report["config"].get("strategy"),
+            "rounds": len(report["rounds"]),
+            "examples": examples,
+            "accuracy_held_out": fed_acc,
+            "lr": config.lr,
+            "head_lr": config.head_lr,
+            "accuracy_all_client_tests": "not measured by the run",
+        },
+        "centralized": runs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "goals": [
+            goal(
+                f"federated default within {GOAL_POINTS:g} point of centralized LoRA-XS at the same examples",
+                f"federated {fed_acc:.3f} vs the best centralized {central:.3f} (lr {best_lr:g}; "
+                f"federated minus centralized {-gap:+.1f} points)",
+                gap <= GOAL_POINTS,
+                "the federated model sees each client's non-IID slice in small rounds; see docs/federation.md",
+            )
+        ],
     }
     write_result(args.out, "centralized_budget", document, markdown(document))
     print(markdown(document))

@@ -54,9 +54,9 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
     factors from the cache, inject), as `client.worker_cache.cached_model` does per message."""
     stamps = {"main": time.time()}
     import flwr.clientapp  # noqa: F401
-    import client.app  # noqa: F401  (the ClientApp module, as flwr-clientapp loads it)
-    import client.message_work  # noqa: F401  (what client.app imports when a train message arrives)
 
+    import client.app
+    import client.message_work  # noqa: F401  (what client.app imports when a train message arrives)
     from shared.artifacts.cache import find_cached_basis, store_basis
     from shared.base_models import DEFAULT_MODEL, build_adapted_model, load_tokenizer
     from shared.data.batches import make_loader
@@ -83,7 +83,9 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
     result = {"stamps": stamps}
     if mode == "cache":
         splits = load_local_folder(data_dir)
-        loader = make_loader(splits.train, load_tokenizer(DEFAULT_MODEL), "seq-cls", BATCH_SIZE, MAX_LENGTH, shuffle=True)
+        loader = make_loader(
+            splits.train, load_tokenizer(DEFAULT_MODEL), "seq-cls", BATCH_SIZE, MAX_LENGTH, shuffle=True
+        )
         stamps["data"] = time.time()
         trained = train(model, loader, TrainConfig(epochs=1.0))
         stamps["train"] = time.time()
@@ -95,10 +97,18 @@ def child(mode: str, cache_dir: str, data_dir: str) -> None:
 def heavy_modules_in(tree: Path) -> list[str]:
     """Modules that importing the ClientApp pulls in although a plain train message never
     needs them (plotting, partitioning, ONNX): the lazy-import cuts, checked in a fresh process."""
-    code = ("import sys, client.app, client.message_work; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
-            f"{set(UNNEEDED_MODULES)!r})))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)})
+    code = (
+        "import sys, client.app, client.message_work; print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+        f"{set(UNNEEDED_MODULES)!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)},
+    )
     if done.returncode != 0:
         raise SystemExit(f"importing client.app failed:\n{done.stderr[-2000:]}")
     return done.stdout.split()
@@ -109,11 +119,22 @@ def run_child(mode: str, cache_dir: str, data_dir: str, tree: Path = REPO) -> di
     older one to compare with: the same measuring code runs on both)."""
     spawned = time.time()
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--cache-dir", cache_dir,
-         "--data-dir", data_dir],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            mode,
+            "--cache-dir",
+            cache_dir,
+            "--data-dir",
+            data_dir,
+        ],
         # the project from `tree`; benchmarks.* (a namespace package) also from this checkout
-        cwd=tree, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)])},
-        capture_output=True, text=True, timeout=600,
+        cwd=tree,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)])},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if done.returncode != 0:
         raise SystemExit(f"benchmark child ({mode}) failed:\n{done.stderr[-2000:]}")
@@ -136,16 +157,18 @@ def run_child(mode: str, cache_dir: str, data_dir: str, tree: Path = REPO) -> di
 def deployment_rounds(data_dir: Path, workdir: Path, rounds: int, app_dir: Path = REPO) -> list[float]:
     """Seconds per round of a real loopback deployment: SuperLink + 1 SuperNode on `data_dir`,
     the ServerApp and ClientApp built from `app_dir` (`flwr run app_dir`)."""
-    from deployment.supernode import quoted_config_value
     from deployment.local import DeploymentConfig, LocalDeployment
+    from deployment.supernode import quoted_config_value
 
     out_dir = workdir / "server-out"
-    run_config = " ".join([
-        f"num-clients=1 num-server-rounds={rounds} fraction-train=1.0 final-eval-fraction=0.0",
-        f"dataset='' labels={quoted_config_value(','.join(LABELS))} rank=16 personalize='none'",
-        f"local-epochs=1.0 batch-size={BATCH_SIZE} max-length={MAX_LENGTH}",
-        f"out-dir={quoted_config_value(str(out_dir))}",
-    ])
+    run_config = " ".join(
+        [
+            f"num-clients=1 num-server-rounds={rounds} fraction-train=1.0 final-eval-fraction=0.0",
+            f"dataset='' labels={quoted_config_value(','.join(LABELS))} rank=16 personalize='none'",
+            f"local-epochs=1.0 batch-size={BATCH_SIZE} max-length={MAX_LENGTH}",
+            f"out-dir={quoted_config_value(str(out_dir))}",
+        ]
+    )
     with LocalDeployment(DeploymentConfig(data_dirs=(data_dir,), workdir=workdir / "deployment")) as deployment:
         deployment.wait_for_supernodes(timeout=120)
         done = deployment.run(app_dir, run_config, timeout=600)
@@ -176,7 +199,8 @@ def markdown(summaries: dict[str, dict], meta: dict) -> str:
         + (f", children of both trees interleaved; before = {meta['compare_tree']}" if len(labels) > 1 else "")
         + ".",
         "",
-        "| phase (one fresh process, as for each Flower message) | " + " | ".join(f"{tree} median (s)" for tree in labels)
+        "| phase (one fresh process, as for each Flower message) | "
+        + " | ".join(f"{tree} median (s)" for tree in labels)
         + " | min (s) | max (s) |",
         "|---|" + "---:|" * (len(labels) + 2),
     ]
@@ -185,12 +209,16 @@ def markdown(summaries: dict[str, dict], meta: dict) -> str:
         cells = " | ".join(f"{med[tree][key]:.2f}" for tree in labels)
         lines.append(f"| {label} | {cells} | {now[key]['min']:.2f} | {now[key]['max']:.2f} |")
     cells = " | ".join(f"**{overhead_of(med[tree]):.2f}**" for tree in labels)
-    lines.append(f"| **client overhead per round** (start + imports + model code + cache-hit load + data) | {cells} | | |")
+    lines.append(
+        f"| **client overhead per round** (start + imports + model code + cache-hit load + data) | {cells} | | |"
+    )
     if all("deployment_round_s" in med[tree] for tree in labels):
         cells = " | ".join(f"{med[tree]['deployment_round_s']:.2f}" for tree in labels)
         s = now["deployment_round_s"]
-        lines.append(f"| real deployment: one round, rounds 2..{meta['rounds']} (1 SuperNode, same data) | "
-                     f"{cells} | {s['min']:.2f} | {s['max']:.2f} |")
+        lines.append(
+            f"| real deployment: one round, rounds 2..{meta['rounds']} (1 SuperNode, same data) | "
+            f"{cells} | {s['min']:.2f} | {s['max']:.2f} |"
+        )
         cells = " | ".join(f"{meta['first_round_s'][tree]:.2f}" for tree in labels)
         lines.append(f"| real deployment: first round (factors shipped, app installed) | {cells} | | |")
     m = med[labels[0]]
@@ -203,7 +231,8 @@ def markdown(summaries: dict[str, dict], meta: dict) -> str:
         f"{m['model_cache_hit_s']:.2f} s: that is all a snapshot of the adapted model could save.",
         f"Modules importing `client.app` loads that a train message does not need: "
         f"{', '.join(meta['unneeded_modules'][labels[0]]) or 'none'}"
-        + (f" (before: {', '.join(meta['unneeded_modules'][labels[1]]) or 'none'})" if len(labels) > 1 else "") + ".",
+        + (f" (before: {', '.join(meta['unneeded_modules'][labels[1]]) or 'none'})" if len(labels) > 1 else "")
+        + ".",
     ]
     if "deployment_round_s" in m:
         flower = m["deployment_round_s"] - overhead - m["train_s"]
@@ -214,8 +243,10 @@ def markdown(summaries: dict[str, dict], meta: dict) -> str:
         )
     if len(labels) > 1:
         before = med[labels[1]]
-        lines.append(f"Client overhead {overhead_of(before):.2f} s before -> {overhead:.2f} s now "
-                     f"({overhead_of(before) - overhead:.2f} s less per message).")
+        lines.append(
+            f"Client overhead {overhead_of(before):.2f} s before -> {overhead:.2f} s now "
+            f"({overhead_of(before) - overhead:.2f} s less per message)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -224,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement")
     parser.add_argument("--examples", type=int, default=100, help="synthetic reviews in the data folder (80%% train)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the real deployment (0 = skip it)")
-    parser.add_argument("--compare-tree", metavar="DIR",
-                        help="another checkout of this project (e.g. `git archive` of an older commit) "
-                             "measured side by side, as the 'before' column")
+    parser.add_argument(
+        "--compare-tree",
+        metavar="DIR",
+        help="another checkout of this project (e.g. `git archive` of an older commit) "
+        "measured side by side, as the 'before' column",
+    )
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/studies/results/)")
     parser.add_argument("--child", choices=("svd", "cache"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -261,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs[label][mode].append(run_child(mode, str(cache_dir), str(data_dir), tree))
         for label, tree in trees.items():  # a fresh data folder each: the node keeps state in it
             device = write_synthetic_reviews(Path(tmp) / f"device-{label}", args.examples)
-            round_seconds[label] = deployment_rounds(device, Path(tmp) / label, args.rounds, tree) if args.rounds else []
+            round_seconds[label] = (
+                deployment_rounds(device, Path(tmp) / label, args.rounds, tree) if args.rounds else []
+            )
     summaries = {}
     for label in trees:
         every = runs[label]["svd"] + runs[label]["cache"]
@@ -271,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     meta = {
-        "command": command_line("benchmarks.studies.deployment_overhead", argv), "machine": machine,
+        "command": command_line("benchmarks.studies.deployment_overhead", argv),
+        "machine": machine,
         "torch_threads": torch.get_num_threads(),
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "train_examples": runs["now"]["cache"][0]["train_examples"],
@@ -284,9 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - started, 1),
     }
     table = markdown(summaries, meta) + "\n" + footer(meta) + "\n"
-    write_result(args.out or STUDY_RESULTS, "deployment_overhead",
-                 {"command": meta["command"], "machine": machine, "meta": meta, "summary": summaries["now"],
-                  "summaries": summaries, "runs": runs, "deployment_round_seconds": round_seconds}, table)
+    write_result(
+        args.out or STUDY_RESULTS,
+        "deployment_overhead",
+        {
+            "command": meta["command"],
+            "machine": machine,
+            "meta": meta,
+            "summary": summaries["now"],
+            "summaries": summaries,
+            "runs": runs,
+            "deployment_round_seconds": round_seconds,
+        },
+        table,
+    )
     print(table)
     return 0
 

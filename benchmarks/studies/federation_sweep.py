@@ -23,19 +23,27 @@ CANDIDATES = {  # name -> run-config overrides of the defaults
 
 
 def rows(document: dict) -> list[str]:
-    lines = ["| candidate | run-config | final | mean of last 3 | max drop after round 4 | examples seen | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| candidate | run-config | final | mean of last 3 | max drop after round 4 | examples seen | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, result in document["results"].items():
         if "error" in result:
             lines.append(f"| {name} | `{CANDIDATES[name]}` | failed: {result['error']} | | | | |")
             continue
-        lines.append(f"| {name} | `{CANDIDATES[name]}` | {result['final_accuracy']:.3f} | {result['mean_last_3']:.3f} | "
-                     f"{result['max_drop_after_round_4']:.3f} | {result['examples_trained']:,} | {result['wall_seconds']:.0f} |")
+        lines.append(
+            f"| {name} | `{CANDIDATES[name]}` | {result['final_accuracy']:.3f} | {result['mean_last_3']:.3f} | "
+            f"{result['max_drop_after_round_4']:.3f} | {result['examples_trained']:,} | {result['wall_seconds']:.0f} |"
+        )
     return lines
 
 
-STUDY = Study("federation_sweep", "benchmarks.studies.federation_sweep",
-              "Federation sweep: default command, one run per candidate", rows)
+STUDY = Study(
+    "federation_sweep",
+    "benchmarks.studies.federation_sweep",
+    "Federation sweep: default command, one run per candidate",
+    rows,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

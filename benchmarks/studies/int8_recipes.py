@@ -28,9 +28,9 @@ from client.onnx.job import EVAL_BATCH_SIZE, ExportConfig, run_export
 from client.onnx.verify import LATENCY_LENGTH, median_ms, ort_session
 from shared.artifacts.open_adapter import open_adapter, read_adapter
 from shared.base_models import DEFAULT_MODEL, load_tokenizer
-from shared.loraxs.model import merged_model
 from shared.data.batches import make_loader
 from shared.data.local_folder import load_local_folder
+from shared.loraxs.model import merged_model
 
 TOKEN_NAMES = ["input_ids", "attention_mask", "token_type_ids"]  # MiniLM (BERT)
 
@@ -59,10 +59,12 @@ def recipes(fp32: Path, fp32_sdpa: Path) -> dict:
         "dynamic, MatMul only, per-tensor": dynamic(op_types_to_quantize=["MatMul"]),
         "dynamic, MatMul only, per-channel (the default)": lambda target: quantize_int8(fp32, target, False),
         "dynamic, MatMul only, per-channel, FFN output layers fp32": dynamic(
-            op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=ffn_out),
+            op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=ffn_out
+        ),
         "sdpa-attention graph, fp32 (the export before)": lambda target: shutil.copyfile(fp32_sdpa, target),
-        "sdpa-attention graph, dynamic, MatMul only, per-channel (the default before)":
-            lambda target: quantize_int8(fp32_sdpa, target, False),
+        "sdpa-attention graph, dynamic, MatMul only, per-channel (the default before)": lambda target: quantize_int8(
+            fp32_sdpa, target, False
+        ),
     }
 
 
@@ -81,10 +83,15 @@ def latency(session, tokenizer, repeats: int) -> dict:
     out = {}
     for batch in (1, 32):
         text = " ".join(["A slow, thoughtful story about two brothers who inherit a failing farm."] * 8)
-        feed = dict(tokenizer([text] * batch, max_length=LATENCY_LENGTH, truncation=True, padding="max_length",
-                              return_tensors="np"))
+        feed = dict(
+            tokenizer(
+                [text] * batch, max_length=LATENCY_LENGTH, truncation=True, padding="max_length", return_tensors="np"
+            )
+        )
         feed = {n: feed[n].astype(np.int64) for n in TOKEN_NAMES}
-        out[f"batch {batch}"] = round(median_ms(lambda: session.run(["logits"], feed), repeats if batch == 1 else max(repeats // 3, 3)), 2)
+        out[f"batch {batch}"] = round(
+            median_ms(lambda: session.run(["logits"], feed), repeats if batch == 1 else max(repeats // 3, 3)), 2
+        )
     return out
 
 
@@ -94,12 +101,20 @@ def one_folder(name: str, folder: Path, args, tmp: Path) -> dict:
     run_export(ExportConfig(adapter=adapter, out=fp32, data_dir=folder))
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     splits = load_local_folder(folder, "seq-cls")
-    batches = [({n: b[n].numpy() for n in TOKEN_NAMES}, b["labels"].numpy())
-               for b in make_loader(splits.test, tokenizer, "seq-cls", EVAL_BATCH_SIZE, LATENCY_LENGTH)]
+    batches = [
+        ({n: b[n].numpy() for n in TOKEN_NAMES}, b["labels"].numpy())
+        for b in make_loader(splits.test, tokenizer, "seq-cls", EVAL_BATCH_SIZE, LATENCY_LENGTH)
+    ]
     threads = args.threads
     reference = evaluate(ort_session(fp32, threads), batches)
-    rows = {"fp32 (no quantization)": {"accuracy": reference["accuracy"], "agreement_with_fp32": 1.0,
-                                       "max_abs_diff_vs_fp32": 0.0, "bytes": file_size(fp32)}}
+    rows = {
+        "fp32 (no quantization)": {
+            "accuracy": reference["accuracy"],
+            "agreement_with_fp32": 1.0,
+            "max_abs_diff_vs_fp32": 0.0,
+            "bytes": file_size(fp32),
+        }
+    }
     if args.latency:
         rows["fp32 (no quantization)"]["latency_ms"] = latency(ort_session(fp32, threads), tokenizer, args.repeats)
     fp32_sdpa = sdpa_export(adapter, folder, tmp / name / "model.sdpa.onnx")
@@ -128,18 +143,27 @@ def markdown(document: dict) -> str:
         "apart. Accuracy / agreement with fp32's predicted class / max abs logit difference from that folder's "
         "fp32 export, per folder (test texts):",
         "",
-        "| recipe | " + " | ".join(f"{f} ({r['test_examples']})" for f, r in per_folder.items()) + " | size | latency b1 / b32 (ms, first folder) |",
+        "| recipe | "
+        + " | ".join(f"{f} ({r['test_examples']})" for f, r in per_folder.items())
+        + " | size | latency b1 / b32 (ms, first folder) |",
         "|---|" + "---:|" * (len(per_folder) + 2),
     ]
     for recipe in names:
         cells = []
         for res in per_folder.values():
             row = res["recipes"][recipe]
-            cells.append(f"{row['accuracy']:.3f} / {row['agreement_with_fp32']:.3f} / {row['max_abs_diff_vs_fp32']:.2f}")
+            cells.append(
+                f"{row['accuracy']:.3f} / {row['agreement_with_fp32']:.3f} / {row['max_abs_diff_vs_fp32']:.2f}"
+            )
         first = next(iter(per_folder.values()))["recipes"][recipe]
         lat = first.get("latency_ms")
-        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {first['bytes'] / 2**20:.1f} MiB | "
-                     + (f"{lat['batch 1']:.2f} / {lat['batch 32']:.1f}" if lat else "not measured") + " |")
+        lines.append(
+            f"| {recipe} | "
+            + " | ".join(cells)
+            + f" | {first['bytes'] / 2**20:.1f} MiB | "
+            + (f"{lat['batch 1']:.2f} / {lat['batch 32']:.1f}" if lat else "not measured")
+            + " |"
+        )
     return "\n".join([*lines, "", footer(document)]) + "\n"
 
 
@@ -162,8 +186,13 @@ def main(argv=None) -> int:
             per_folder[name] = one_folder(name, folder, args, Path(tmp))
     import onnxruntime
 
-    document = {"command": command_line("benchmarks.studies.int8_recipes", argv), "machine": machine,
-                "threads": args.threads, "onnxruntime": onnxruntime.__version__, "results": per_folder}
+    document = {
+        "command": command_line("benchmarks.studies.int8_recipes", argv),
+        "machine": machine,
+        "threads": args.threads,
+        "onnxruntime": onnxruntime.__version__,
+        "results": per_folder,
+    }
     write_result(args.out, "int8_recipes", document, markdown(document))
     print(markdown(document))
     return 0

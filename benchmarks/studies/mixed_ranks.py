@@ -18,14 +18,20 @@ CASES = {
 
 
 def rows(document: dict) -> list[str]:
-    lines = [f"{document['size']['rounds']} rounds, 100 clients, 10 per round.", "",
-             "| case | run-config | final accuracy | mean of last 3 | upload B / client / round |", "|---|---|---|---|---|"]
+    lines = [
+        f"{document['size']['rounds']} rounds, 100 clients, 10 per round.",
+        "",
+        "| case | run-config | final accuracy | mean of last 3 | upload B / client / round |",
+        "|---|---|---|---|---|",
+    ]
     for name, result in document["results"].items():
         if "error" in result:
             lines.append(f"| {name} | `{CASES[name]}` | failed: {result['error']} | | |")
             continue
-        lines.append(f"| {name} | `{CASES[name]}` | {result['final_accuracy']:.3f} | {result['mean_last_3']:.3f} | "
-                     f"{result['bytes_up_per_client_per_round']:,.0f} |")
+        lines.append(
+            f"| {name} | `{CASES[name]}` | {result['final_accuracy']:.3f} | {result['mean_last_3']:.3f} | "
+            f"{result['bytes_up_per_client_per_round']:,.0f} |"
+        )
     return lines
 
 

@@ -45,9 +45,15 @@ FIRST_NODE = 2**62  # node ids are uint64; large ones, as Flower draws them
 
 def group_round(n: int, values: int, examples: int, max_weight: int, seed: int = 0) -> dict:
     """One secure round of n clients; bytes of one (the median) client per stage, CPU, the bound."""
-    params = SecAggParams(participants=tuple(FIRST_NODE + 7919 * i for i in range(n)), threshold=n // 2 + 1,
-                          vector_length=values, max_weight=max_weight, modulus_bits=MODULUS_BITS,
-                          run_id=1, server_round=1)
+    params = SecAggParams(
+        participants=tuple(FIRST_NODE + 7919 * i for i in range(n)),
+        threshold=n // 2 + 1,
+        vector_length=values,
+        max_weight=max_weight,
+        modulus_bits=MODULUS_BITS,
+        run_id=1,
+        server_round=1,
+    )
     rng = np.random.default_rng(seed)
     xs = {i: rng.normal(0, 0.01, values) for i in params.participants}  # (d,) deltas
     sizes = {stage: [] for stage in UP + DOWN}
@@ -76,7 +82,9 @@ def group_round(n: int, values: int, examples: int, max_weight: int, seed: int =
         server.receive_shares(i, reply)
     inboxes = server.inboxes()
     server_cpu += time.process_time() - started
-    masked = {i: timed(i, lambda i=i: clients[i].masked_input(inboxes[i], xs[i], examples)) for i in params.participants}
+    masked = {
+        i: timed(i, lambda i=i: clients[i].masked_input(inboxes[i], xs[i], examples)) for i in params.participants
+    }
     started = time.process_time()
     for i, y in masked.items():
         server.receive_masked(i, y)
@@ -98,8 +106,13 @@ def group_round(n: int, values: int, examples: int, max_weight: int, seed: int =
         sizes["keys"].append(wire_bytes(RecordDict({SECAGG: ConfigRecord(key_replies[i])})))
         sizes["directory"].append(wire_bytes(RecordDict({CONFIG: round_config, SECAGG: directory})))
         sizes["boxes"].append(wire_bytes(RecordDict({SECAGG: ConfigRecord(replies[i])})))
-        sizes["inbox"].append(wire_bytes(RecordDict({
-            CONFIG: ConfigRecord({"server-round": 1, WEIGHT: examples}), SECAGG: node_keyed(inboxes[i])})))
+        sizes["inbox"].append(
+            wire_bytes(
+                RecordDict(
+                    {CONFIG: ConfigRecord({"server-round": 1, WEIGHT: examples}), SECAGG: node_keyed(inboxes[i])}
+                )
+            )
+        )
         sizes["masked"].append(wire_bytes(RecordDict({MASKED: ArrayRecord({MASKED_Y: Array(masked[i])})})))
         sizes["request"].append(wire_bytes(RecordDict({CONFIG: round_config, SECAGG: request_record})))
         sizes["shares"].append(wire_bytes(RecordDict({SECAGG: ConfigRecord(reveals[i])})))
@@ -171,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted(args.sizes):
         rows.append(group_round(n, args.values, args.examples, args.max_weight))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "bytes_per_client"}), flush=True)
-    document = {"command": command_line("benchmarks.studies.secagg_group_size", argv), "machine": machine,
-                "values": args.values, "examples": args.examples, "max_weight": args.max_weight, "groups": rows}
+    document = {
+        "command": command_line("benchmarks.studies.secagg_group_size", argv),
+        "machine": machine,
+        "values": args.values,
+        "examples": args.examples,
+        "max_weight": args.max_weight,
+        "groups": rows,
+    }
     write_result(args.out, "secagg_group_size", document, markdown(document))
     print(markdown(document))
     return 0

@@ -28,8 +28,16 @@ def _is_int(value) -> bool:
 
 def plain_file_name(name, what: str) -> str:
     """A file name inside the export folder: no folder part, no `..`, not hidden, printable."""
-    if (not isinstance(name, str) or not name or len(name) > 255 or not name.isprintable()
-            or "/" in name or "\\" in name or name.startswith(".") or "\0" in name):
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 255
+        or not name.isprintable()
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or "\0" in name
+    ):
         raise LoraXSError(f"{what} must be a plain file name inside the folder, got {str(name)[:80]!r}")
     return name
 
@@ -37,8 +45,11 @@ def plain_file_name(name, what: str) -> str:
 def _check_labels(description: dict) -> None:
     labels = description.get("labels")
     if description["task"] == "seq-cls":
-        if not isinstance(labels, list) or not 2 <= len(labels) <= MAX_LABELS or not all(
-                isinstance(label, str) and label and label.isprintable() for label in labels):
+        if (
+            not isinstance(labels, list)
+            or not 2 <= len(labels) <= MAX_LABELS
+            or not all(isinstance(label, str) and label and label.isprintable() for label in labels)
+        ):
             raise LoraXSError(f"'labels' must be a list of 2 to {MAX_LABELS} printable names")
         if len(set(labels)) != len(labels):
             raise LoraXSError("'labels' names a class twice")
@@ -79,8 +90,13 @@ def _check_adapter(description: dict) -> None:
         if not isinstance(shapes, dict) or not shapes:
             raise LoraXSError("'adapter_inputs' must map parameter names to shapes")
         for name, shape in shapes.items():
-            if (not isinstance(name, str) or not name or not isinstance(shape, list) or not 1 <= len(shape) <= 4
-                    or not all(_is_int(d) and 1 <= d <= MAX_ADAPTER_ELEMENTS for d in shape)):
+            if (
+                not isinstance(name, str)
+                or not name
+                or not isinstance(shape, list)
+                or not 1 <= len(shape) <= 4
+                or not all(_is_int(d) and 1 <= d <= MAX_ADAPTER_ELEMENTS for d in shape)
+            ):
                 raise LoraXSError(f"'adapter_inputs' has a malformed entry {str(name)[:80]!r}")
     entry = description.get("onnx_adapter")
     if entry is not None:
@@ -106,6 +122,6 @@ def check_description(description: object, source: str) -> dict:
             check(description)
     except LoraXSError as err:
         raise LoraXSError(f"{source}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - a checker of outside input never raises anything else
+    except Exception as err:
         raise LoraXSError(f"{source}: malformed description ({type(err).__name__})") from None
     return description

@@ -71,8 +71,12 @@ def move_into_place(files: dict[str, Path], folder: Path, adapter: Path) -> None
     replace are set aside first and put back if any move fails, so a failed export never leaves
     half a set. `files` then names the moved files."""
     moves = [(p, folder / p.name) for p in files.values()]
-    moves += [(p.with_name(p.name + extra), folder / (p.name + extra)) for p in files.values()
-              for extra in SIDECARS if p.with_name(p.name + extra).exists()]
+    moves += [
+        (p.with_name(p.name + extra), folder / (p.name + extra))
+        for p in files.values()
+        for extra in SIDECARS
+        if p.with_name(p.name + extra).exists()
+    ]
     if any(target.resolve() == adapter.resolve() for _, target in moves):
         raise LoraXSError(f"the export would overwrite the adapter {adapter}; choose another folder")
     for _, target in moves:

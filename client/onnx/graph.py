@@ -56,7 +56,7 @@ class LogitsGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         tokens = dict(zip(self.token_names, inputs))  # each (B, T) int64
         kwargs = {**tokens, "use_cache": False} if self.causal else tokens
-        adapter = dict(zip(self.adapter_names, inputs[len(self.token_names):]))
+        adapter = dict(zip(self.adapter_names, inputs[len(self.token_names) :]))
         if adapter:
             out = functional_call(self.model, adapter, args=(), kwargs=kwargs)
         else:
@@ -125,15 +125,22 @@ def export_graph(
             graph, inputs, dynamic_shapes={"inputs": token_shapes + adapter_shapes}, strict=False
         )
         onnx_program = torch.onnx.export(
-            program, (), input_names=graph.token_names + graph.adapter_names,
-            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True, verbose=False,
+            program,
+            (),
+            input_names=graph.token_names + graph.adapter_names,
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
         )
         graph_inputs = onnx_program.model.graph.inputs
-        onnx_program.rename_axes({
-            dim: axis
-            for value in graph_inputs[: len(graph.token_names)]
-            for dim, axis in zip(value.shape, TOKEN_AXES)
-        })
+        onnx_program.rename_axes(
+            {
+                dim: axis
+                for value in graph_inputs[: len(graph.token_names)]
+                for dim, axis in zip(value.shape, TOKEN_AXES)
+            }
+        )
         written = onnx_program.model.opset_imports[""]
         if opset is not None and written != opset:
             raise LoraXSError(
@@ -144,9 +151,11 @@ def export_graph(
     return written
 
 
-INT8_RECIPE = ("onnxruntime dynamic quantization of the MatMul weights only, int8 per output channel, "
-               f"of the graph exported with {EXPORT_ATTENTION!r} attention; "
-               "embeddings, attention (activation x activation) and the head stay fp32")
+INT8_RECIPE = (
+    "onnxruntime dynamic quantization of the MatMul weights only, int8 per output channel, "
+    f"of the graph exported with {EXPORT_ATTENTION!r} attention; "
+    "embeddings, attention (activation x activation) and the head stay fp32"
+)
 
 
 def head_nodes(model) -> list[str]:
@@ -177,8 +186,13 @@ def quantize_int8(source: Path, target: Path, external_data: bool) -> None:
     head = head_nodes(onnx.load(str(source), load_external_data=False))
     with _quiet():
         quantize_dynamic(
-            source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True,
-            nodes_to_exclude=head, use_external_data_format=external_data,
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            nodes_to_exclude=head,
+            use_external_data_format=external_data,
         )
 
 

@@ -21,14 +21,38 @@ import torch
 from torch import nn
 
 from client.onnx.folder import MODEL_KINDS, describe_export, move_into_place, write_description
-from client.onnx.graph import OUTPUT_NAME, LogitsGraph, export_graph, needs_external_data, quantize_int8, token_input_names
+from client.onnx.graph import (
+    OUTPUT_NAME,
+    LogitsGraph,
+    export_graph,
+    needs_external_data,
+    quantize_int8,
+    token_input_names,
+)
 from client.onnx.onnx_adapter import (
-    SUFFIX, checksum_file, file_sha256, load_onnx_adapter, make_overridable, run_with_adapter, write_onnx_adapter,
+    SUFFIX,
+    checksum_file,
+    file_sha256,
+    load_onnx_adapter,
+    make_overridable,
+    run_with_adapter,
+    write_onnx_adapter,
 )
 from client.onnx.personal_graph import graph_state, logits_graph, split_graph_state, with_tables
 from client.onnx.verify import (
-    FP32_TOLERANCE, LATENCY_BATCH, LATENCY_LENGTH, latency_batch, max_abs_diff, max_diff_over, median_ms,
-    ort_accuracy, ort_logits, ort_session, other_user_adapter, sample_batches, torch_logits,
+    FP32_TOLERANCE,
+    LATENCY_BATCH,
+    LATENCY_LENGTH,
+    latency_batch,
+    max_abs_diff,
+    max_diff_over,
+    median_ms,
+    ort_accuracy,
+    ort_logits,
+    ort_session,
+    other_user_adapter,
+    sample_batches,
+    torch_logits,
 )
 from shared.artifacts.adapter_file import AdapterMeta
 from shared.artifacts.blob import check_output_file
@@ -92,9 +116,14 @@ class ExportConfig:
 
     def output_name(self, kind: str) -> str:
         stem = self.out.stem
-        return {"fp32": self.out.name, "int8": f"{stem}.int8.onnx",
-                "adapter-input": f"{stem}.adapter-input.onnx", "adapter-base": f"{stem}.adapter-base.onnx",
-                "onnx-adapter": self.adapter.stem + SUFFIX, "description": f"{stem}.export.json"}[kind]
+        return {
+            "fp32": self.out.name,
+            "int8": f"{stem}.int8.onnx",
+            "adapter-input": f"{stem}.adapter-input.onnx",
+            "adapter-base": f"{stem}.adapter-base.onnx",
+            "onnx-adapter": self.adapter.stem + SUFFIX,
+            "description": f"{stem}.export.json",
+        }[kind]
 
 
 @dataclass
@@ -117,7 +146,9 @@ class ExportReport:
     opset: int
     files: dict[str, Path]  # fp32 / int8 / adapter-input / adapter-base / onnx-adapter / description / tokenizer:<name>
     diffs: dict[str, float]  # what was compared -> max abs difference of the logits
-    latency_ms: dict[str, float]  # runtime [", batch N"] -> median ms at (LATENCY_BATCH or N, LATENCY_LENGTH); {} without timing
+    latency_ms: dict[
+        str, float
+    ]  # runtime [", batch N"] -> median ms at (LATENCY_BATCH or N, LATENCY_LENGTH); {} without timing
     repeats: int
     threads: int
     accuracy: dict[str, float] = field(default_factory=dict)  # fp32 / int8 on the --data test split
@@ -141,8 +172,10 @@ def run_export(config: ExportConfig) -> ExportReport:
         subject = _load_subject(config, adapter)
         positions = position_limit(subject.model, subject.tokenizer)
         if positions is not None and config.max_length > positions:
-            _step(f"--max-length {config.max_length} is more than the model's {positions} positions: "
-                  f"recording {positions}")
+            _step(
+                f"--max-length {config.max_length} is more than the model's {positions} positions: "
+                f"recording {positions}"
+            )
             config = replace(config, max_length=positions)
         report = _export_verified(config, subject, splits, stage)
         for saved in subject.tokenizer.save_pretrained(stage):
@@ -150,7 +183,10 @@ def run_export(config: ExportConfig) -> ExportReport:
                 report.files[f"tokenizer:{Path(saved).name}"] = stage / Path(saved).name
         report.files["description"] = stage / config.output_name("description")
         description = describe_export(
-            subject.meta, subject.token_names, report.opset, config.max_length,
+            subject.meta,
+            subject.token_names,
+            report.opset,
+            config.max_length,
             models={kind: config.output_name(kind) for kind in MODEL_KINDS if kind in report.files},
             adapter_inputs=subject.state if config.adapter_as_input or config.onnx_adapter else None,
             adapter_file=config.adapter.name,
@@ -178,7 +214,9 @@ def position_limit(model: nn.Module, tokenizer) -> int | None:
     config = getattr(model, "config", None)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
-        offset = getattr(config, "pad_token_id", None) if getattr(config, "model_type", "") in OFFSET_POSITIONS else None
+        offset = (
+            getattr(config, "pad_token_id", None) if getattr(config, "model_type", "") in OFFSET_POSITIONS else None
+        )
         limits.append(positions - (offset + 1 if isinstance(offset, int) else 0))
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:  # "no limit" is a huge int
@@ -202,15 +240,24 @@ def _load_subject(config: ExportConfig, adapter: AdapterFile) -> Subject:
     model = opened.model
     state = {name: adapter.state[name] for name, p in model.named_parameters() if p.requires_grad}  # model order
     tokenizer = load_tokenizer(adapter.meta.base_model)
-    return Subject(model, graph_state(state, adapter.parts, model), adapter.meta, tokenizer,
-                   token_input_names(model, tokenizer), opened.factors_source, adapter.parts)
+    return Subject(
+        model,
+        graph_state(state, adapter.parts, model),
+        adapter.meta,
+        tokenizer,
+        token_input_names(model, tokenizer),
+        opened.factors_source,
+        adapter.parts,
+    )
 
 
 def _describe_parts(parts: OutputParts) -> dict:
     """What the graphs compute after the encoder, for whoever reads their logits."""
-    return {"lexical_wordpieces": len(parts.lexical.ids) if parts.lexical is not None else 0,
-            "temperature": parts.temperature,
-            "logits": "(encoder logits + lexical logits) / temperature: their softmax is the calibrated probability"}
+    return {
+        "lexical_wordpieces": len(parts.lexical.ids) if parts.lexical is not None else 0,
+        "temperature": parts.temperature,
+        "logits": "(encoder logits + lexical logits) / temperature: their softmax is the calibrated probability",
+    }
 
 
 def _make_folder(folder: Path) -> list[Path]:
@@ -301,12 +348,21 @@ def _export_verified(config: ExportConfig, subject: Subject, splits: TextSplits 
         diffs.update(_verify_adapter_graphs(config, subject, batches, sessions, stage, external))
 
     latency = _timed(config, subject, reference, merged, sessions, files) if config.timing else {}
-    report = ExportReport(meta=subject.meta, factors_source=subject.factors_source, opset=opset, files=files,
-                          diffs=diffs, latency_ms=latency, repeats=config.repeats, threads=threads)
+    report = ExportReport(
+        meta=subject.meta,
+        factors_source=subject.factors_source,
+        opset=opset,
+        files=files,
+        diffs=diffs,
+        latency_ms=latency,
+        repeats=config.repeats,
+        threads=threads,
+    )
     if splits is not None:
         loader = make_loader(splits.test, subject.tokenizer, task, EVAL_BATCH_SIZE, config.max_length)
-        report.accuracy = {kind: ort_accuracy(sessions[kind], loader, names)
-                           for kind in ("fp32", "int8") if kind in sessions}
+        report.accuracy = {
+            kind: ort_accuracy(sessions[kind], loader, names) for kind in ("fp32", "int8") if kind in sessions
+        }
         report.test_examples = len(splits.test)
     return report
 
@@ -318,9 +374,11 @@ def _check_runs_at_max_length(session, token_names: list[str], max_length: int) 
     batch = {name: np.full((1, max_length), values[name], dtype=np.int64) for name in token_names}
     try:
         finite = bool(np.isfinite(ort_logits(session, batch)).all())
-    except Exception as err:  # noqa: BLE001 - onnxruntime's own error types
-        raise LoraXSError(f"the exported model does not run {max_length} tokens "
-                          f"({str(err).strip()[:160]}); pass a smaller --max-length") from None
+    except Exception as err:
+        raise LoraXSError(
+            f"the exported model does not run {max_length} tokens "
+            f"({str(err).strip()[:160]}); pass a smaller --max-length"
+        ) from None
     if not finite:
         raise LoraXSError(f"the exported model gives NaN or Inf at {max_length} tokens; nothing was written")
 
@@ -355,9 +413,11 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
     if "adapter-input" in sessions:
         graph = sessions["adapter-input"]
         diffs["adapter-as-input (user A) vs merged export A"] = max_diff_over(
-            batches, out_a, lambda b: ort_logits(graph, b, user_a))
+            batches, out_a, lambda b: ort_logits(graph, b, user_a)
+        )
         diffs["adapter-as-input (user B) vs merged export B"] = max_diff_over(
-            batches, out_b, lambda b: ort_logits(graph, b, user_b))
+            batches, out_b, lambda b: ort_logits(graph, b, user_b)
+        )
     if "adapter-base" in sessions:
         base, fingerprint, shapes = sessions["adapter-base"], subject.meta.basis_fingerprint, _shapes(subject.state)
         user_b_path = stage / ("user-b.check" + SUFFIX)
@@ -366,7 +426,8 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
         adapter_b = load_onnx_adapter(user_b_path, shapes, fingerprint)
         for user, adapter, expected in (("A", adapter_a, out_a), ("B", adapter_b, out_b)):
             diffs[f"base + .onnx_adapter (user {user}) vs merged export {user}"] = max_diff_over(
-                batches, expected, lambda b: run_with_adapter(base, OUTPUT_NAME, b, adapter))
+                batches, expected, lambda b: run_with_adapter(base, OUTPUT_NAME, b, adapter)
+            )
         del adapter_a, adapter_b
         user_b_path.unlink()
         checksum_file(user_b_path).unlink()
@@ -378,8 +439,9 @@ def _verify_adapter_graphs(config, subject: Subject, batches, sessions, stage: P
     return diffs
 
 
-def _timed(config: ExportConfig, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,
-           files: dict) -> dict[str, float]:
+def _timed(
+    config: ExportConfig, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict, files: dict
+) -> dict[str, float]:
     """--timing: every runtime's median latency at each of `config.latency_batches`."""
     sizes = " and ".join(str(b) for b in config.latency_batches)
     _step(f"timing batch {sizes} x sequence {LATENCY_LENGTH}, median of {config.repeats} runs")
@@ -391,8 +453,15 @@ def _timed(config: ExportConfig, subject: Subject, reference: LogitsGraph, merge
     return latency
 
 
-def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: LogitsGraph, sessions: dict,
-               files: dict[str, Path], batch_size: int = LATENCY_BATCH) -> dict:
+def _latencies(
+    repeats: int,
+    subject: Subject,
+    reference: LogitsGraph,
+    merged: LogitsGraph,
+    sessions: dict,
+    files: dict[str, Path],
+    batch_size: int = LATENCY_BATCH,
+) -> dict:
     batch = latency_batch(subject.tokenizer, subject.token_names, batch_size)
     tensors = [torch.from_numpy(batch[name]) for name in subject.token_names]
     user_a = _numpy_state(subject.state)
@@ -401,15 +470,20 @@ def _latencies(repeats: int, subject: Subject, reference: LogitsGraph, merged: L
             "PyTorch eager, adapter unmerged": median_ms(lambda: reference(*tensors), repeats),
             "PyTorch eager, merged": median_ms(lambda: merged(*tensors), repeats),
         }
-    runs = {"fp32": ("onnxruntime fp32, merged", None), "int8": ("onnxruntime int8, merged", None),
-            "adapter-input": ("onnxruntime fp32, adapter as input", user_a)}
+    runs = {
+        "fp32": ("onnxruntime fp32, merged", None),
+        "int8": ("onnxruntime int8, merged", None),
+        "adapter-input": ("onnxruntime fp32, adapter as input", user_a),
+    }
     for kind, session in sessions.items():
         if kind in runs:
             label, adapter = runs[kind]
             latency[label] = median_ms(lambda: ort_logits(session, batch, adapter), repeats)
     if "adapter-base" in sessions:
-        loaded = load_onnx_adapter(files["onnx-adapter"], {n: list(v.shape) for n, v in user_a.items()},
-                                   subject.meta.basis_fingerprint)
+        loaded = load_onnx_adapter(
+            files["onnx-adapter"], {n: list(v.shape) for n, v in user_a.items()}, subject.meta.basis_fingerprint
+        )
         latency["onnxruntime fp32, base + .onnx_adapter"] = median_ms(
-            lambda: run_with_adapter(sessions["adapter-base"], OUTPUT_NAME, batch, loaded), repeats)
+            lambda: run_with_adapter(sessions["adapter-base"], OUTPUT_NAME, batch, loaded), repeats
+        )
     return latency

@@ -52,10 +52,12 @@ def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], fingerprint: 
         raise LoraXSError(f"adapter tensor {bad[0]} holds NaN or Inf; nothing was written")
     adapter = ort.AdapterFormat()
     adapter.set_model_version(basis_version(fingerprint))
-    adapter.set_parameters({
-        name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-        for name, value in tensors.items()
-    })
+    adapter.set_parameters(
+        {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            for name, value in tensors.items()
+        }
+    )
     adapter.export_adapter(str(path))
     path = Path(path)
     checksum_file(path).write_text(f"{file_sha256(path)}  {path.name}\n")
@@ -76,8 +78,10 @@ def recorded_sha256(path: Path, fallback: str | None = None) -> str:
     if not sidecar.exists() and not sidecar.is_symlink():
         if fallback:
             return fallback
-        raise LoraXSError(f"adapter {path} has no checksum file {sidecar.name} beside it; "
-                          "copy it together with its adapter (or export the adapter again)")
+        raise LoraXSError(
+            f"adapter {path} has no checksum file {sidecar.name} beside it; "
+            "copy it together with its adapter (or export the adapter again)"
+        )
     text = read_untrusted_text(sidecar, "checksum file", 4096, encoding="ascii").split()
     if not text or not re.fullmatch(r"[0-9a-f]{64}", text[0]):
         raise LoraXSError(f"checksum file {sidecar} holds no sha256 digest")
@@ -97,8 +101,9 @@ def make_overridable(path: Path, shapes: dict[str, list[int]], external_data: bo
         raise LoraXSError(f"the graph has no input {missing[0]} to make overridable")
     for name, shape in shapes.items():
         model.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, dtype=np.float32), name))
-    onnx.save(model, str(path), save_as_external_data=external_data,
-              location=path.name + ".data" if external_data else None)
+    onnx.save(
+        model, str(path), save_as_external_data=external_data, location=path.name + ".data" if external_data else None
+    )
 
 
 @dataclass
@@ -110,8 +115,9 @@ class LoadedAdapter:
     runtime: object  # onnxruntime.LoraAdapter; must outlive every run it is active in
 
 
-def load_onnx_adapter(path: str | Path, expected: dict[str, list[int]], fingerprint: str,
-                      sha256: str | None = None) -> LoadedAdapter:
+def load_onnx_adapter(
+    path: str | Path, expected: dict[str, list[int]], fingerprint: str, sha256: str | None = None
+) -> LoadedAdapter:
     """Reads `path` and checks it against its checksum (the `.sha256` file beside it, else
     `sha256`), the base graph's adapter parameters (`expected`: name -> shape) and basis; a
     file that does not fit is one LoraXSError line."""
@@ -125,24 +131,30 @@ def load_onnx_adapter(path: str | Path, expected: dict[str, list[int]], fingerpr
         stored = ort.AdapterFormat.read_adapter(str(path))
         shapes = {name: tuple(value.shape()) for name, value in stored.get_parameters().items()}
         version = stored.get_model_version()
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types on a bad file
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoraXSError(f"{path} is not an onnxruntime adapter file ({first[-120:]})") from None
     if version != basis_version(fingerprint):
-        raise LoraXSError(f"{path} was made for another basis (model version {version}, this export's "
-                          f"basis {fingerprint[:12]} is {basis_version(fingerprint)}); export it against this base")
+        raise LoraXSError(
+            f"{path} was made for another basis (model version {version}, this export's "
+            f"basis {fingerprint[:12]} is {basis_version(fingerprint)}); export it against this base"
+        )
     if set(shapes) != set(expected):
         unknown = sorted(set(shapes) - set(expected)) or sorted(set(expected) - set(shapes))
-        raise LoraXSError(f"{path} does not fit this base graph: parameter {unknown[0]} is "
-                          f"{'unknown to the graph' if unknown[0] in shapes else 'missing'}")
+        raise LoraXSError(
+            f"{path} does not fit this base graph: parameter {unknown[0]} is "
+            f"{'unknown to the graph' if unknown[0] in shapes else 'missing'}"
+        )
     for name, shape in shapes.items():
         if list(shape) != list(expected[name]):
-            raise LoraXSError(f"{path} does not fit this base graph: {name} is {list(shape)}, "
-                              f"the graph takes {list(expected[name])} (another rank or label count?)")
+            raise LoraXSError(
+                f"{path} does not fit this base graph: {name} is {list(shape)}, "
+                f"the graph takes {list(expected[name])} (another rank or label count?)"
+            )
     runtime = ort.LoraAdapter()
     try:
         runtime.Load(str(path))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise LoraXSError(f"{path} is not an onnxruntime adapter file ({str(err).strip()[:120]})") from None
     return LoadedAdapter(path, shapes, runtime)
 

@@ -23,14 +23,15 @@ class PersonalLogitsGraph(LogitsGraph):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         tokens = dict(zip(self.token_names, inputs))  # each (B, T) int64
-        given = dict(zip(self.adapter_names, inputs[len(self.token_names):]))
+        given = dict(zip(self.adapter_names, inputs[len(self.token_names) :]))
         tables = {name: given.pop(name) for name in GRAPH_INPUTS if name in given}
         out = functional_call(self.model, given, args=(), kwargs=tokens) if given else self.model(**tokens)
         return self.output(tokens["input_ids"], tokens["attention_mask"], out.logits, tables or None)  # (B, C)
 
 
-def logits_graph(model: nn.Module, task: str, token_names: list[str], parts: OutputParts,
-                 adapter_names=()) -> LogitsGraph:
+def logits_graph(
+    model: nn.Module, task: str, token_names: list[str], parts: OutputParts, adapter_names=()
+) -> LogitsGraph:
     """The plain `LogitsGraph`, or with the personal parts when the adapter has any."""
     if parts.empty:
         return LogitsGraph(model, task, token_names, [n for n in adapter_names if n not in GRAPH_INPUTS])
@@ -47,8 +48,10 @@ def graph_state(state: dict[str, torch.Tensor], parts: OutputParts, model: nn.Mo
 
 def split_graph_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Inverse of `graph_state`: (model adapter state, parts' tables)."""
-    return ({k: v for k, v in state.items() if k not in GRAPH_INPUTS},
-            {k: v for k, v in state.items() if k in GRAPH_INPUTS})
+    return (
+        {k: v for k, v in state.items() if k not in GRAPH_INPUTS},
+        {k: v for k, v in state.items() if k in GRAPH_INPUTS},
+    )
 
 
 def with_tables(graph: LogitsGraph, tables: dict[str, torch.Tensor]) -> LogitsGraph:

@@ -39,8 +39,9 @@ def ort_session(path: Path, threads: int):
 def latency_batch(tokenizer, token_names: list[str], batch_size: int = LATENCY_BATCH) -> Batch:
     """(batch_size, 64) real tokens: the shape latency is measured at."""
     text = " ".join(SAMPLE_TEXTS * 8)
-    encoded = tokenizer([text] * batch_size, max_length=LATENCY_LENGTH, truncation=True,
-                        padding="max_length", return_tensors="np")
+    encoded = tokenizer(
+        [text] * batch_size, max_length=LATENCY_LENGTH, truncation=True, padding="max_length", return_tensors="np"
+    )
     return {name: encoded[name].astype(np.int64) for name in token_names}
 
 

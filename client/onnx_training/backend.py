@@ -22,8 +22,10 @@ MICRO_TOKENS = 1024  # padded tokens per run of the step graph: its memory grows
 class OnnxBackend:
     def __init__(self, folder: TrainingFolder, threads: int = 0, optimization: str = "all", arena: bool = False):
         if folder.description["task"] != "seq-cls":
-            raise LoraXSError(f"{folder.path} holds {folder.description['task']} artifacts; "
-                              "the onnx runtime trains classifiers (seq-cls) only: use --runtime torch")
+            raise LoraXSError(
+                f"{folder.path} holds {folder.description['task']} artifacts; "
+                "the onnx runtime trains classifiers (seq-cls) only: use --runtime torch"
+            )
         self.folder = folder
         self.layer_names = folder.layers
         self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)
@@ -81,15 +83,20 @@ class OnnxBackend:
         lora_R = np.ascontiguousarray(params["lora_R"], dtype=np.float32)  # (L, r, r)
         rank = self.folder.description["rank"]
         if lora_R.shape != (len(self.layer_names), rank, rank):
-            raise LoraXSError(f"lora_R of shape {lora_R.shape} does not fit these artifacts "
-                              f"({len(self.layer_names)} layers at rank {rank})")
+            raise LoraXSError(
+                f"lora_R of shape {lora_R.shape} does not fit these artifacts "
+                f"({len(self.layer_names)} layers at rank {rank})"
+            )
         return lora_R
 
     def features(self, batch: dict, params: dict) -> np.ndarray:
         lora_R = self._check_r(params)
         if self.split:
-            feed = {"lora_R_upper": lora_R[self.split["upper_layers"]], "hidden": self._entering_top(batch, lora_R),
-                    "attention_mask": self._tokens(batch)["attention_mask"]}
+            feed = {
+                "lora_R_upper": lora_R[self.split["upper_layers"]],
+                "hidden": self._entering_top(batch, lora_R),
+                "attention_mask": self._tokens(batch)["attention_mask"],
+            }
             session, names = self._session("upper_features")
         else:
             feed = {"lora_R": lora_R, **self._tokens(batch)}
@@ -116,16 +123,19 @@ class OnnxBackend:
             longest = max(1, int(lengths[missing].max()))
             rows = max(1, MICRO_TOKENS // longest)
             for start in range(0, len(missing), rows):
-                part = missing[start:start + rows]
-                feed = {"lora_R_lower": lower, **{k: np.ascontiguousarray(v[part, :longest]) for k, v in tokens.items()}}
+                part = missing[start : start + rows]
+                feed = {
+                    "lora_R_lower": lower,
+                    **{k: np.ascontiguousarray(v[part, :longest]) for k, v in tokens.items()},
+                }
                 hidden = session.run(["hidden"], {k: feed[k] for k in names})[0]  # (b, longest, H)
                 for at, row in enumerate(part):
-                    computed[row] = hidden[at, :int(lengths[row])].copy()  # (T_i, H)
+                    computed[row] = hidden[at, : int(lengths[row])].copy()  # (T_i, H)
             if ids is not None:
                 self.cache.update({ids[row]: value for row, value in computed.items()})
         out = np.zeros((*tokens["input_ids"].shape, self.hidden_size), dtype=np.float32)  # (B, T, H)
         for row in range(len(lengths)):
-            out[row, :int(lengths[row])] = computed[row] if row in computed else self.cache[ids[row]]
+            out[row, : int(lengths[row])] = computed[row] if row in computed else self.cache[ids[row]]
         return out
 
     def loss_and_grads(self, batch: dict, params: dict, logit_offset: np.ndarray | None = None):
@@ -151,12 +161,16 @@ class OnnxBackend:
         total, grads = 0.0, None
         for start in range(0, len(labels), rows):
             part = slice(start, start + rows)
-            feed = {**fixed, "labels": labels[part],
-                    "logit_offset": np.ascontiguousarray(logit_offset[part], dtype=np.float32),
-                    **{k: np.ascontiguousarray(v[part]) for k, v in rowed.items()}}
+            feed = {
+                **fixed,
+                "labels": labels[part],
+                "logit_offset": np.ascontiguousarray(logit_offset[part], dtype=np.float32),
+                **{k: np.ascontiguousarray(v[part]) for k, v in rowed.items()},
+            }
             share = len(labels[part]) / len(labels)
             loss, grad_r, grad_w, grad_b = session.run(
-                ["loss", grad_name, "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in names})
+                ["loss", grad_name, "grad_head_weight", "grad_head_bias"], {k: feed[k] for k in names}
+            )
             total += share * float(loss)
             parts = (grad_r, grad_w, grad_b)
             grads = [share * g for g in parts] if grads is None else [a + share * g for a, g in zip(grads, parts)]

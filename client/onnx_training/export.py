@@ -29,17 +29,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.onnx_training.folder import sha256_file
 from client.onnx.folder import move_into_place
 from client.onnx.graph import token_input_names
+from client.onnx_training.folder import sha256_file
 from client.onnx_training.shared_weights import share_weights
 from client.onnx_training.split_graph import (
-    HIDDEN, UPPER_FEATURE_OUTPUT, UPPER_STEP_OUTPUTS, SplitFunctions, SplitLayout, lower_input_names,
-    split_dynamic_axes, split_examples, split_layout, upper_feature_input_names, upper_step_input_names,
+    HIDDEN,
+    UPPER_FEATURE_OUTPUT,
+    UPPER_STEP_OUTPUTS,
+    SplitFunctions,
+    SplitLayout,
+    lower_input_names,
+    split_dynamic_axes,
+    split_examples,
+    split_layout,
+    upper_feature_input_names,
+    upper_step_input_names,
 )
 from client.onnx_training.step_graph import (
-    CAUSAL_OUTPUTS, FEATURE_OUTPUT, STEP_OUTPUTS, causal_input_names, check_exportable, dynamic_axes,
-    example_inputs, export_function, head_removed, step_functions, step_input_names,
+    CAUSAL_OUTPUTS,
+    FEATURE_OUTPUT,
+    STEP_OUTPUTS,
+    causal_input_names,
+    check_exportable,
+    dynamic_axes,
+    example_inputs,
+    export_function,
+    head_removed,
+    step_functions,
+    step_input_names,
 )
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta
 from shared.artifacts.open_adapter import open_adapter, read_adapter
@@ -52,8 +70,14 @@ from shared.recipe.config import PersonalTrainingConfig
 
 DESCRIPTION = "training.json"
 FORMAT, FORMAT_VERSION = "loraxs-onnx-training", "1"
-FILES = {"step": "train_step.onnx", "features": "features.onnx", "lower": "lower.onnx",
-         "upper_step": "upper_step.onnx", "upper_features": "upper_features.onnx", "weights": "frozen_weights.data"}
+FILES = {
+    "step": "train_step.onnx",
+    "features": "features.onnx",
+    "lower": "lower.onnx",
+    "upper_step": "upper_step.onnx",
+    "upper_features": "upper_features.onnx",
+    "weights": "frozen_weights.data",
+}
 GRAPHS = ("step", "features", "lower", "upper_step", "upper_features")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 GRAD_TOLERANCE = 1e-4  # max abs difference of loss, gradients and features against PyTorch
@@ -108,9 +132,13 @@ def run_training_export(config: TrainingExportConfig) -> TrainingExport:
     adapter = read_adapter(config.adapter, model=config.model, key_source=config.key_source) if config.adapter else None
     task = adapter.meta.task if adapter else config.task
     _step("loading the base model and its factors")
-    opened = open_adapter(adapter, base_model=config.model, task=task,
-                          lora=LoraXSConfig(rank=config.rank) if config.rank else None,
-                          basis_file=config.basis_file)
+    opened = open_adapter(
+        adapter,
+        base_model=config.model,
+        task=task,
+        lora=LoraXSConfig(rank=config.rank) if config.rank else None,
+        basis_file=config.basis_file,
+    )
     model = opened.model
     check_exportable(model, task)
     model_id = canonical_model_id(adapter.meta.base_model if adapter else config.model)
@@ -128,16 +156,19 @@ def run_training_export(config: TrainingExportConfig) -> TrainingExport:
         if "tokenizer.json" not in files:
             raise LoraXSError(f"{model_id} has no fast tokenizer (tokenizer.json): a device could not tokenize")
         files["description"] = stage / DESCRIPTION
-        files["description"].write_text(json.dumps(_describe(
-            model, meta, task, token_names, tokenizer, opset, files, diffs, layout), indent=2) + "\n")
+        files["description"].write_text(
+            json.dumps(_describe(model, meta, task, token_names, tokenizer, opset, files, diffs, layout), indent=2)
+            + "\n"
+        )
         move_into_place(files, folder, config.adapter or stage)  # never overwrite the adapter
         return TrainingExport(folder, meta, opened.factors_source, files, diffs, opset)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _export_graphs(model, task: str, token_names: list[str], stage: Path, opset: int | None,
-                   layout: SplitLayout | None):
+def _export_graphs(
+    model, task: str, token_names: list[str], stage: Path, opset: int | None, layout: SplitLayout | None
+):
     functions = step_functions(model, token_names)
     example = example_inputs(model, token_names)
     files = {kind: stage / FILES[kind] for kind in ("step", "features")}
@@ -150,14 +181,30 @@ def _export_graphs(model, task: str, token_names: list[str], stage: Path, opset:
     feature_names = ["lora_R", *token_names]
     with contextlib.nullcontext() if causal else head_removed(model):
         _step(f"exporting the training step to {FILES['step']}")
-        written = export_function(step_fn, tuple(example[n] for n in step_names), step_names, step_outputs,
-                                  dynamic_axes(token_names, causal), files["step"], opset, model)
+        written = export_function(
+            step_fn,
+            tuple(example[n] for n in step_names),
+            step_names,
+            step_outputs,
+            dynamic_axes(token_names, causal),
+            files["step"],
+            opset,
+            model,
+        )
         if causal:
             del files["features"]
         else:
             _step(f"exporting the feature pass to {FILES['features']}")
-            export_function(functions.features, tuple(example[n] for n in feature_names), feature_names,
-                            [FEATURE_OUTPUT], dynamic_axes(token_names), files["features"], opset, model)
+            export_function(
+                functions.features,
+                tuple(example[n] for n in feature_names),
+                feature_names,
+                [FEATURE_OUTPUT],
+                dynamic_axes(token_names),
+                files["features"],
+                opset,
+                model,
+            )
     split = SplitFunctions(model, layout, token_names) if layout else None
     if split:
         _export_split(split, example, stage, files, opset)
@@ -176,23 +223,32 @@ def _export_split(split: SplitFunctions, example: dict, stage: Path, files: dict
     example = split_examples(split, example)
     axes = split_dynamic_axes(split.token_names)
     for kind, function, names, outputs in (
-            ("lower", split.lower, lower_input_names(split.token_names), [HIDDEN]),
-            ("upper_step", split.upper_step, upper_step_input_names(), list(UPPER_STEP_OUTPUTS)),
-            ("upper_features", split.upper_features, upper_feature_input_names(), [UPPER_FEATURE_OUTPUT])):
-        _step(f"exporting the {kind.replace('_', ' ')} graph to {FILES[kind]} "
-              f"(the top {split.layout.train_blocks} of {split.layout.blocks} blocks train)")
+        ("lower", split.lower, lower_input_names(split.token_names), [HIDDEN]),
+        ("upper_step", split.upper_step, upper_step_input_names(), list(UPPER_STEP_OUTPUTS)),
+        ("upper_features", split.upper_features, upper_feature_input_names(), [UPPER_FEATURE_OUTPUT]),
+    ):
+        _step(
+            f"exporting the {kind.replace('_', ' ')} graph to {FILES[kind]} "
+            f"(the top {split.layout.train_blocks} of {split.layout.blocks} blocks train)"
+        )
         files[kind] = stage / FILES[kind]
-        export_function(function, tuple(example[n] for n in names), names, outputs, axes, files[kind], opset, split.model)
+        export_function(
+            function, tuple(example[n] for n in names), names, outputs, axes, files[kind], opset, split.model
+        )
 
 
-def check_parity(functions, files: dict[str, Path], step_names: list[str], feature_names: list[str],
-                 causal: bool) -> dict[str, float]:
+def check_parity(
+    functions, files: dict[str, Path], step_names: list[str], feature_names: list[str], causal: bool
+) -> dict[str, float]:
     """ORT vs PyTorch eager on shapes other than the trace's; LoraXSError above GRAD_TOLERANCE."""
     import onnxruntime as ort
 
     model = functions.model
-    sessions = {kind: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                for kind, path in files.items() if kind in ("step", "features")}
+    sessions = {
+        kind: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for kind, path in files.items()
+        if kind in ("step", "features")
+    }
     worst: dict[str, float] = {}
     for seed, (batch, length) in enumerate(CHECK_SHAPES, start=1):
         inputs = example_inputs(model, functions.token_names, batch=batch, length=length, seed=seed)
@@ -213,8 +269,9 @@ def check_parity(functions, files: dict[str, Path], step_names: list[str], featu
             worst[FEATURE_OUTPUT] = max(worst.get(FEATURE_OUTPUT, 0.0), _max_diff(want, have))
     for name, diff in worst.items():
         if not diff <= GRAD_TOLERANCE:  # NaN fails too
-            raise LoraXSError(f"onnxruntime {name} differs from PyTorch by {diff:.3g} (limit {GRAD_TOLERANCE:g}); "
-                              "nothing was written")
+            raise LoraXSError(
+                f"onnxruntime {name} differs from PyTorch by {diff:.3g} (limit {GRAD_TOLERANCE:g}); nothing was written"
+            )
     return worst
 
 
@@ -224,22 +281,36 @@ def check_split_parity(functions, split: SplitFunctions, files: dict[str, Path])
     import onnxruntime as ort
 
     model, layout = functions.model, split.layout
-    sessions = {kind: ort.InferenceSession(str(files[kind]), providers=["CPUExecutionProvider"])
-                for kind in ("lower", "upper_step", "upper_features")}
+    sessions = {
+        kind: ort.InferenceSession(str(files[kind]), providers=["CPUExecutionProvider"])
+        for kind in ("lower", "upper_step", "upper_features")
+    }
     worst: dict[str, float] = {}
     for seed, (batch, length) in enumerate(CHECK_SHAPES, start=1):
-        inputs = {k: v.numpy() for k, v in example_inputs(model, functions.token_names, batch=batch, length=length,
-                                                           seed=seed).items()}
-        hidden = sessions["lower"].run(None, {"lora_R_lower": inputs["lora_R"][layout.lower_layers],
-                                              **{n: inputs[n] for n in functions.token_names}})[0]
-        upper = {"lora_R_upper": inputs["lora_R"][layout.upper_layers], HIDDEN: hidden,
-                 "attention_mask": inputs["attention_mask"]}
-        got = sessions["upper_step"].run(None, upper | {k: inputs[k] for k in ("head_weight", "head_bias", "labels",
-                                                                                 "logit_offset")})
+        inputs = {
+            k: v.numpy()
+            for k, v in example_inputs(model, functions.token_names, batch=batch, length=length, seed=seed).items()
+        }
+        hidden = sessions["lower"].run(
+            None,
+            {"lora_R_lower": inputs["lora_R"][layout.lower_layers], **{n: inputs[n] for n in functions.token_names}},
+        )[0]
+        upper = {
+            "lora_R_upper": inputs["lora_R"][layout.upper_layers],
+            HIDDEN: hidden,
+            "attention_mask": inputs["attention_mask"],
+        }
+        got = sessions["upper_step"].run(
+            None, upper | {k: inputs[k] for k in ("head_weight", "head_bias", "labels", "logit_offset")}
+        )
         with head_removed(model):
-            expected = functions.step(*(torch.from_numpy(inputs[n]).clone() for n in step_input_names(functions.token_names)))
+            expected = functions.step(
+                *(torch.from_numpy(inputs[n]).clone() for n in step_input_names(functions.token_names))
+            )
             with torch.no_grad():
-                features = functions.features(*(torch.from_numpy(inputs[n]) for n in ["lora_R", *functions.token_names]))
+                features = functions.features(
+                    *(torch.from_numpy(inputs[n]) for n in ["lora_R", *functions.token_names])
+                )
         expected = [expected[0], expected[1][layout.upper_layers], *expected[2:]]
         for name, want, have in zip(UPPER_STEP_OUTPUTS, expected, got):
             worst[f"split {name}"] = max(worst.get(f"split {name}", 0.0), _max_diff(want, have))
@@ -247,8 +318,9 @@ def check_split_parity(functions, split: SplitFunctions, files: dict[str, Path])
         worst["split features"] = max(worst.get("split features", 0.0), _max_diff(features, have))
     for name, diff in worst.items():
         if not diff <= GRAD_TOLERANCE:  # NaN fails too
-            raise LoraXSError(f"onnxruntime {name} differs from PyTorch by {diff:.3g} (limit {GRAD_TOLERANCE:g}); "
-                              "nothing was written")
+            raise LoraXSError(
+                f"onnxruntime {name} differs from PyTorch by {diff:.3g} (limit {GRAD_TOLERANCE:g}); nothing was written"
+            )
     return worst
 
 
@@ -259,8 +331,17 @@ def _max_diff(want: torch.Tensor, have: np.ndarray) -> float:
     return float(np.abs(want - have.astype(np.float64)).max()) if want.size else 0.0
 
 
-def _describe(model, meta: AdapterMeta, task: str, token_names: list[str], tokenizer, opset: int,
-              files: dict[str, Path], diffs: dict[str, float], layout: SplitLayout | None = None) -> dict:
+def _describe(
+    model,
+    meta: AdapterMeta,
+    task: str,
+    token_names: list[str],
+    tokenizer,
+    opset: int,
+    files: dict[str, Path],
+    diffs: dict[str, float],
+    layout: SplitLayout | None = None,
+) -> dict:
     from shared.loraxs.model import adapted_layers
 
     layers = adapted_layers(model)
@@ -290,18 +371,28 @@ def _describe(model, meta: AdapterMeta, task: str, token_names: list[str], token
             "step": causal_input_names() if task == "causal-lm" else step_input_names(token_names),
             "features": ["lora_R", *token_names],
         },
-        "outputs": {"step": list(CAUSAL_OUTPUTS if task == "causal-lm" else STEP_OUTPUTS),
-                    "features": [FEATURE_OUTPUT]},
-        "shapes": {"lora_R": [len(layers), meta.rank, meta.rank],
-                   "head_weight": ["label", int(head.in_features)] if head is not None else None},
+        "outputs": {
+            "step": list(CAUSAL_OUTPUTS if task == "causal-lm" else STEP_OUTPUTS),
+            "features": [FEATURE_OUTPUT],
+        },
+        "shapes": {
+            "lora_R": [len(layers), meta.rank, meta.rank],
+            "head_weight": ["label", int(head.in_features)] if head is not None else None,
+        },
         "dropout": False,
         "parity_max_abs": diffs,
         "files": {path.name: sha256_file(path) for kind, path in files.items() if kind != "description"},
     }
     if layout is not None:  # a folder without "split" trains through the full graphs alone
         described["split"] = layout.describe()
-        described["inputs"] |= {"lower": lower_input_names(token_names), "upper_step": upper_step_input_names(),
-                                "upper_features": upper_feature_input_names()}
-        described["outputs"] |= {"lower": [HIDDEN], "upper_step": list(UPPER_STEP_OUTPUTS),
-                                 "upper_features": [UPPER_FEATURE_OUTPUT]}
+        described["inputs"] |= {
+            "lower": lower_input_names(token_names),
+            "upper_step": upper_step_input_names(),
+            "upper_features": upper_feature_input_names(),
+        }
+        described["outputs"] |= {
+            "lower": [HIDDEN],
+            "upper_step": list(UPPER_STEP_OUTPUTS),
+            "upper_features": [UPPER_FEATURE_OUTPUT],
+        }
     return described

@@ -60,8 +60,7 @@ def open_training_folder(path: str | Path, verify: bool = True) -> TrainingFolde
     folder = Path(path).expanduser()
     source = folder / DESCRIPTION
     if not source.is_file():
-        raise LoraXSError(f"{folder} holds no {DESCRIPTION}; write one with "
-                          "`python -m client.export --training DIR`")
+        raise LoraXSError(f"{folder} holds no {DESCRIPTION}; write one with `python -m client.export --training DIR`")
     try:
         if source.stat().st_size > MAX_DESCRIPTION_BYTES:
             raise LoraXSError(f"{source} is larger than a training description can be")
@@ -70,7 +69,9 @@ def open_training_folder(path: str | Path, verify: bool = True) -> TrainingFolde
     except LoraXSError:
         raise
     except (OSError, ValueError, RecursionError) as err:
-        raise LoraXSError(f"cannot read {source}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise LoraXSError(
+            f"cannot read {source}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     except Exception as err:  # a checker never raises anything but a rejection
         problem = f"unexpected content ({type(err).__name__})"
     if problem:
@@ -85,7 +86,9 @@ def _description_problem(d) -> str | None:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         return f"format is not {FORMAT!r}"
     if d.get("format_version") not in READABLE_VERSIONS:
-        return f"format version {str(d.get('format_version'))[:20]!r} (this version reads {', '.join(READABLE_VERSIONS)})"
+        return (
+            f"format version {str(d.get('format_version'))[:20]!r} (this version reads {', '.join(READABLE_VERSIONS)})"
+        )
     if d.get("task") not in ("seq-cls", "causal-lm"):
         return "unknown task"
     rank, layers = d.get("rank"), d.get("layers")
@@ -109,8 +112,11 @@ def _description_problem(d) -> str | None:
         if Path(name).name != name or name.startswith("."):
             return f"file name {name[:80]!r} is not a plain name in the folder"
     meta = d.get("adapter_meta")
-    if not isinstance(d.get("basis_fingerprint"), str) or not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+    if (
+        not isinstance(d.get("basis_fingerprint"), str)
+        or not isinstance(meta, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
         return "basis fingerprint or adapter metadata missing"
     hidden = d.get("hidden_size")
     if not isinstance(hidden, int) or isinstance(hidden, bool) or not 0 < hidden <= 1 << 16:
@@ -161,8 +167,10 @@ def check_files(folder: TrainingFolder) -> None:
         except OSError as err:
             raise LoraXSError(f"cannot read {path}: {err.strerror or err}") from None
         if actual != expected:
-            raise LoraXSError(f"{path} does not match its checksum in {DESCRIPTION} (changed or corrupt); "
-                              "export the training artifacts again")
+            raise LoraXSError(
+                f"{path} does not match its checksum in {DESCRIPTION} (changed or corrupt); "
+                "export the training artifacts again"
+            )
 
 
 def ort_session(path: Path, threads: int = 0, optimization: str = "all", arena: bool = False):
@@ -200,7 +208,9 @@ class FolderTokenizer:
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on a broken file
-            raise LoraXSError(f"cannot read the tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}") from None
+            raise LoraXSError(
+                f"cannot read the tokenizer {path}: {str(err).splitlines()[0] if str(err) else err}"
+            ) from None
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         pad = folder.description.get("pad_token")

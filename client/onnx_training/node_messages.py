@@ -67,12 +67,15 @@ class NodeSettings:
 
     def refusal(self) -> str | None:
         """What this runtime cannot do in this federation, or None."""
-        for what, on in (("secure aggregation", self.secure_aggregation), ("sealed updates (encrypt-updates)",
-                         self.encrypt_updates), ("mixed ranks (client-ranks)", bool(self.client_ranks.strip())),
-                         ("personalize = finetune", self.personalize != "none"), (f"task {self.task}",
-                         self.task != "seq-cls")):
+        for what, on in (
+            ("secure aggregation", self.secure_aggregation),
+            ("sealed updates (encrypt-updates)", self.encrypt_updates),
+            ("mixed ranks (client-ranks)", bool(self.client_ranks.strip())),
+            ("personalize = finetune", self.personalize != "none"),
+            (f"task {self.task}", self.task != "seq-cls"),
+        ):
             if on:
-                return f"{what} is not supported on a node with runtime = \"onnx\"; run this node with PyTorch"
+                return f'{what} is not supported on a node with runtime = "onnx"; run this node with PyTorch'
         return None
 
 
@@ -87,8 +90,9 @@ def answer(msg: Message, context: Context, work) -> Message:
         problem = settings.refusal()
         if problem:
             raise LoraXSError(problem)
-        node = OnnxNode(settings, context, str(msg.content[CONFIG]["fingerprint"]),
-                        int(msg.content[CONFIG]["server-round"]))
+        node = OnnxNode(
+            settings, context, str(msg.content[CONFIG]["fingerprint"]), int(msg.content[CONFIG]["server-round"])
+        )
         content = work(msg, node)
         content[STATUS] = ConfigRecord({"fingerprint": node.fingerprint})
         return Message(content, reply_to=msg)
@@ -106,9 +110,11 @@ class OnnxNode:
         model_dir = context.node_config.get(MODEL_DIR_KEY) or Path(str(data_dir)) / DEFAULT_MODEL_DIR
         self.folder = open_training_folder(model_dir)
         if self.folder.fingerprint != fingerprint:
-            raise LoraXSError(f"this node's training artifacts ({model_dir}) hold basis {self.folder.fingerprint[:12]}, "
-                              f"the federation's is {fingerprint[:12]}: export them with the server's basis file "
-                              "(python -m client.export --training DIR --basis FILE)")
+            raise LoraXSError(
+                f"this node's training artifacts ({model_dir}) hold basis {self.folder.fingerprint[:12]}, "
+                f"the federation's is {fingerprint[:12]}: export them with the server's basis file "
+                "(python -m client.export --training DIR --basis FILE)"
+            )
         self.settings, self.fingerprint, self.round = settings, fingerprint, server_round
         self.rows = read_local_rows(str(data_dir), seed=settings.seed)
         wanted = [n.strip() for n in settings.labels.split(",") if n.strip()]
@@ -197,6 +203,15 @@ def evaluate_reply(msg: Message, node: OnnxNode) -> RecordDict:
         losses += list(-log_p[np.arange(len(batch["labels"])), batch["labels"]])
         correct += int((logits.argmax(1) == batch["labels"]).sum())
     count = len(examples.ids)
-    return RecordDict({METRICS: MetricRecord({"num-examples": count, "accuracy-global": correct / max(count, 1),
-                                              "loss-global": float(np.mean(losses)) if losses else 0.0,
-                                              "shifted": 0})})
+    return RecordDict(
+        {
+            METRICS: MetricRecord(
+                {
+                    "num-examples": count,
+                    "accuracy-global": correct / max(count, 1),
+                    "loss-global": float(np.mean(losses)) if losses else 0.0,
+                    "shifted": 0,
+                }
+            )
+        }
+    )

@@ -78,14 +78,20 @@ def start_params(folder: TrainingFolder, rows: FolderRows, adapter: Path | None)
     """(params, start name): from the adapter file, or from scratch (R = 0; the recipe fits the head)."""
     layers, rank, hidden = folder.layers, folder.description["rank"], folder.description["hidden_size"]
     if adapter is None:
-        return {"lora_R": np.zeros((len(layers), rank, rank), dtype=np.float32),
-                "head_weight": np.zeros((len(rows.labels), hidden), dtype=np.float32),
-                "head_bias": np.zeros(len(rows.labels), dtype=np.float32)}, "scratch"
+        return {
+            "lora_R": np.zeros((len(layers), rank, rank), dtype=np.float32),
+            "head_weight": np.zeros((len(rows.labels), hidden), dtype=np.float32),
+            "head_bias": np.zeros(len(rows.labels), dtype=np.float32),
+        }, "scratch"
     state, meta = read_adapter_arrays(adapter)
-    state = {k: v for k, v in state.items() if not k.startswith(LEXICAL_PREFIX)}  # a personal start's parts: chosen anew
+    state = {
+        k: v for k, v in state.items() if not k.startswith(LEXICAL_PREFIX)
+    }  # a personal start's parts: chosen anew
     if meta.get("basis_fingerprint") != json.dumps(folder.fingerprint):
-        raise LoraXSError(f"{adapter} belongs to another basis than the training artifacts in {folder.path} "
-                          f"({folder.fingerprint[:12]}); export them for this adapter: client.export --training DIR --adapter FILE")
+        raise LoraXSError(
+            f"{adapter} belongs to another basis than the training artifacts in {folder.path} "
+            f"({folder.fingerprint[:12]}); export them for this adapter: client.export --training DIR --adapter FILE"
+        )
     if meta.get("task") != json.dumps("seq-cls"):
         raise LoraXSError(f"{adapter} is not a classifier adapter (seq-cls)")
     try:
@@ -98,10 +104,14 @@ def start_params(folder: TrainingFolder, rows: FolderRows, adapter: Path | None)
     expected = {*names, *HEAD_NAMES}
     if set(state) != expected:
         odd = sorted(set(state) ^ expected)[0]
-        raise LoraXSError(f"{adapter} does not fit these artifacts: tensor {odd} is "
-                          f"{'unknown' if odd in state else 'missing'}")
-    params = {"lora_R": np.stack([state[n] for n in names]), "head_weight": state[HEAD_NAMES[0]],
-              "head_bias": state[HEAD_NAMES[1]]}
+        raise LoraXSError(
+            f"{adapter} does not fit these artifacts: tensor {odd} is {'unknown' if odd in state else 'missing'}"
+        )
+    params = {
+        "lora_R": np.stack([state[n] for n in names]),
+        "head_weight": state[HEAD_NAMES[0]],
+        "head_bias": state[HEAD_NAMES[1]],
+    }
     if params["lora_R"].shape != (len(layers), rank, rank) or params["head_weight"].shape != (len(labels), hidden):
         raise LoraXSError(f"{adapter} does not fit these artifacts (rank or hidden size differ)")
     return params, "the given adapter"
@@ -136,30 +146,52 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
     check_output(out, config.force)
     folder = open_training_folder(config.model_dir)
     if folder.description["task"] != "seq-cls":
-        raise LoraXSError(f"{config.model_dir} holds {folder.description['task']} artifacts; the onnx runtime "
-                          "trains classifiers (seq-cls) only: use --runtime torch")
+        raise LoraXSError(
+            f"{config.model_dir} holds {folder.description['task']} artifacts; the onnx runtime "
+            "trains classifiers (seq-cls) only: use --runtime torch"
+        )
     rows = read_local_rows(config.data_dir, seed=config.seed)
     start, start_name = start_params(folder, rows, config.adapter)
     backend = OnnxBackend(folder, threads=config.threads)
     backend.train_top_blocks(config.training.train_blocks)
     tokenize = FolderTokenizer(folder)
     loaded = time.monotonic()
-    recipe = run_recipe(backend, tokenize, tokenize.pad_id, rows.train_texts, rows.train_labels, len(rows.labels),
-                        start, config.training, start_name=start_name, test=(rows.test_texts, rows.test_labels),
-                        progress=config.progress, deadline=deadline, length_limit=tokenize.limit)
+    recipe = run_recipe(
+        backend,
+        tokenize,
+        tokenize.pad_id,
+        rows.train_texts,
+        rows.train_labels,
+        len(rows.labels),
+        start,
+        config.training,
+        start_name=start_name,
+        test=(rows.test_texts, rows.test_labels),
+        progress=config.progress,
+        deadline=deadline,
+        length_limit=tokenize.limit,
+    )
     trained = time.monotonic()
     choice = held = None
     parts = OutputParts()
     if config.lexical or config.calibrate:  # the same parts as the PyTorch path, from the recipe's views
         head = (recipe.params["head_weight"], recipe.params["head_bias"])
-        choice = choose_parts(recipe.views, *head, recipe.head_l2, tokenize.special_ids, config.lexical, config.calibrate)
+        choice = choose_parts(
+            recipe.views, *head, recipe.head_l2, tokenize.special_ids, config.lexical, config.calibrate
+        )
         parts = choice.parts
         held = held_out(recipe.views["test"], *head, parts) if "test" in recipe.views else None
-    meta = adapter_metadata(folder, rows.labels, kind="personal",
-                            started_from=config.adapter.name if config.adapter else "scratch",
-                            train_examples=str(len(rows.train_texts)), max_length=str(recipe.max_length),
-                            runtime="onnx", **parts_meta(parts),
-                            **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}))
+    meta = adapter_metadata(
+        folder,
+        rows.labels,
+        kind="personal",
+        started_from=config.adapter.name if config.adapter else "scratch",
+        train_examples=str(len(rows.train_texts)),
+        max_length=str(recipe.max_length),
+        runtime="onnx",
+        **parts_meta(parts),
+        **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
+    )
     check_output(out, config.force)  # it may have appeared while training
     num_bytes = write_adapter(out, adapter_state(folder, recipe.params) | parts_arrays(parts), meta)
     seconds = {"load": loaded - began, "train": trained - loaded, "write": time.monotonic() - trained}
@@ -180,21 +212,27 @@ def report_lines(result: OnnxRunResult) -> list[str]:
         + ", ".join(f"{shown(score):.3f}" for score in recipe.history),
     ]
     if recipe.stopped_on_time:
-        lines.append(f"stopped on time: the --time-budget ran out after {training.steps} steps; "
-                     "the best validated adapter so far is kept")
+        lines.append(
+            f"stopped on time: the --time-budget ran out after {training.steps} steps; "
+            "the best validated adapter so far is kept"
+        )
     if recipe.improved:
-        lines.append(f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f}), "
-                     f"interpolation lam = {recipe.lam:g}")
+        lines.append(
+            f"kept epoch {recipe.best_epoch} (validation {recipe.measure} {shown(recipe.best_score):.4f}), "
+            f"interpolation lam = {recipe.lam:g}"
+        )
     else:
         lines.append(f"note: no epoch beat the start on validation; the adapter written is the start ({recipe.start})")
     lines += parts_lines(result.parts)
     if recipe.before is not None:
         held = result.held_out
         accuracy, loss = (held.accuracy, held.nll_after) if held else (recipe.after.accuracy, recipe.after.loss)
-        lines += [f"held-out accuracy before: {recipe.before.accuracy:.4f} (loss {recipe.before.loss:.4f}, "
-                  f"{recipe.before.examples} examples)",
-                  f"held-out accuracy after:  {accuracy:.4f} (loss {loss:.4f})",
-                  f"baseline frozen features + logistic regression: {recipe.frozen_test.accuracy:.4f} on the same split"]
+        lines += [
+            f"held-out accuracy before: {recipe.before.accuracy:.4f} (loss {recipe.before.loss:.4f}, "
+            f"{recipe.before.examples} examples)",
+            f"held-out accuracy after:  {accuracy:.4f} (loss {loss:.4f})",
+            f"baseline frozen features + logistic regression: {recipe.frozen_test.accuracy:.4f} on the same split",
+        ]
         if held is not None:
             lines += held_out_lines(held, recipe.after.accuracy)
     lines.append(f"personal adapter: {result.num_bytes} bytes written to {result.out}")

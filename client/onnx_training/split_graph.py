@@ -36,8 +36,12 @@ class SplitLayout:
     upper_layers: list[int]  # rows inside the top `train_blocks` blocks (the upper graphs' R)
 
     def describe(self) -> dict:
-        return {"train_blocks": self.train_blocks, "blocks": self.blocks,
-                "lower_layers": self.lower_layers, "upper_layers": self.upper_layers}
+        return {
+            "train_blocks": self.train_blocks,
+            "blocks": self.blocks,
+            "lower_layers": self.lower_layers,
+            "upper_layers": self.upper_layers,
+        }
 
 
 def split_layout(model: nn.Module, train_blocks: int | None) -> SplitLayout | None:
@@ -51,8 +55,12 @@ def split_layout(model: nn.Module, train_blocks: int | None) -> SplitLayout | No
     index = [_block_of(name, prefix) for name in adapted_layers(model)]
     if min(index) < 0:
         return None
-    return SplitLayout(train_blocks, len(blocks), [k for k, b in enumerate(index) if b < first],
-                       [k for k, b in enumerate(index) if b >= first])
+    return SplitLayout(
+        train_blocks,
+        len(blocks),
+        [k for k, b in enumerate(index) if b < first],
+        [k for k, b in enumerate(index) if b >= first],
+    )
 
 
 class _Calls(nn.Module):
@@ -85,20 +93,24 @@ class SplitFunctions:
 
     def _mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor):
         return self.backbone._create_attention_masks(
-            attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
-            encoder_hidden_states=None, cache=None)[0]
+            attention_mask=attention_mask,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )[0]
 
     def _lower(self, *tokens: torch.Tensor) -> torch.Tensor:
         inputs = dict(zip(self.token_names, tokens))
         hidden = self.backbone.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
         mask = self._mask(inputs["attention_mask"], hidden)
-        for block in self.blocks[:self.first]:
+        for block in self.blocks[: self.first]:
             hidden = _hidden(block(hidden, mask))
         return hidden  # (B, T, H)
 
     def _upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = self._mask(attention_mask, hidden)
-        for block in self.blocks[self.first:]:
+        for block in self.blocks[self.first :]:
             hidden = _hidden(block(hidden, mask))
         return self.model.pool(hidden, attention_mask)  # (B, H)
 
@@ -131,8 +143,14 @@ def upper_feature_input_names() -> list[str]:
 
 def split_dynamic_axes(token_names: list[str]) -> dict[str, tuple[int, ...]]:
     axes = {name: (0, 1) for name in token_names}
-    return axes | {HIDDEN: (0, 1), "attention_mask": (0, 1), "labels": (0,), "logit_offset": (0, 1),
-                   "head_weight": (0,), "head_bias": (0,)}
+    return axes | {
+        HIDDEN: (0, 1),
+        "attention_mask": (0, 1),
+        "labels": (0,),
+        "logit_offset": (0, 1),
+        "head_weight": (0,),
+        "head_bias": (0,),
+    }
 
 
 def split_examples(functions: SplitFunctions, example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -118,8 +118,10 @@ def check_exportable(model: nn.Module, task: str) -> None:
     """One line naming what exports, for anything else."""
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     if task == "seq-cls" and linear_head(model) is None:
-        raise LoraXSError(f"a {kind} classifier without one linear head over pooled features does not export "
-                          "for on-device training; BERT-like encoders (mean, cls or pooler pooling) do")
+        raise LoraXSError(
+            f"a {kind} classifier without one linear head over pooled features does not export "
+            "for on-device training; BERT-like encoders (mean, cls or pooler pooling) do"
+        )
 
 
 class _Traced(nn.Module):
@@ -138,13 +140,24 @@ def trace(function, example: tuple[torch.Tensor, ...]):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     with _quiet(), traceable_masks(), fx_config.patch(use_duck_shape=False):
-        return make_fx(lambda *inputs: function(*inputs), decomposition_table=core_aten_decompositions(), tracing_mode="symbolic",
-                       _allow_non_fake_inputs=True)(*(t.clone() for t in example))
+        return make_fx(
+            lambda *inputs: function(*inputs),
+            decomposition_table=core_aten_decompositions(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(*(t.clone() for t in example))
 
 
-def export_function(function, example: tuple[torch.Tensor, ...], input_names: list[str],
-                    output_names: list[str], dynamic_axes: dict[str, tuple[int, ...]], path: Path,
-                    opset: int | None, model: nn.Module) -> int:
+def export_function(
+    function,
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, tuple[int, ...]],
+    path: Path,
+    opset: int | None,
+    model: nn.Module,
+) -> int:
     """Traces `function` (eager attention) and writes it to `path` with its weights in
     `path.name + '.data'`; `dynamic_axes`: input name -> its dynamic axes. -> the opset written."""
     with attention_implementation(model, "eager"):
@@ -152,20 +165,34 @@ def export_function(function, example: tuple[torch.Tensor, ...], input_names: li
     dynamic = torch.export.Dim.DYNAMIC
     shapes = tuple({axis: dynamic for axis in dynamic_axes.get(name, ())} or None for name in input_names)
     with _quiet():
-        program = torch.onnx.export(_Traced(graph), example, dynamic_shapes=(shapes,), input_names=input_names,
-                                    output_names=output_names, opset_version=opset, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            _Traced(graph),
+            example,
+            dynamic_shapes=(shapes,),
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
         written = program.model.opset_imports[""]
         program.save(path, external_data=True)
     return written
 
 
-def example_inputs(model: nn.Module, token_names: list[str], num_labels: int = TRACE_LABELS,
-                   batch: int = TRACE_BATCH, length: int = TRACE_LENGTH, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(
+    model: nn.Module,
+    token_names: list[str],
+    num_labels: int = TRACE_LABELS,
+    batch: int = TRACE_BATCH,
+    length: int = TRACE_LENGTH,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Seeded inputs of every graph: ids, a padded last row, R and head of plausible scale."""
     generator = torch.Generator().manual_seed(seed)
     vocab = int(getattr(model.config, "vocab_size", 1000))
     mask = torch.ones(batch, length, dtype=torch.long)
-    mask[-1, length // 2:] = 0  # one padded row
+    mask[-1, length // 2 :] = 0  # one padded row
     lora_R = stacked_r(model)
     hidden = int(model.config.hidden_size)
     inputs = {

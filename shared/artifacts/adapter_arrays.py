@@ -45,8 +45,9 @@ def check_arrays(state: dict[str, np.ndarray], source: str) -> None:
         if not np.isfinite(value).all():
             raise LoraXSError(f"{source}: tensor {name} holds NaN or Inf (training diverged? try a lower --lr)")
         if value.size and float(np.abs(value).max()) > MAX_ABS_WEIGHT:
-            raise LoraXSError(f"{source}: tensor {name} holds values beyond {MAX_ABS_WEIGHT:g} "
-                              "(training diverged? try a lower --lr)")
+            raise LoraXSError(
+                f"{source}: tensor {name} holds values beyond {MAX_ABS_WEIGHT:g} (training diverged? try a lower --lr)"
+            )
 
 
 def adapter_bytes(state: dict[str, np.ndarray], meta_strings: dict[str, str], source: str) -> bytes:
@@ -55,8 +56,12 @@ def adapter_bytes(state: dict[str, np.ndarray], meta_strings: dict[str, str], so
 
     state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
     check_arrays(state, f"not writing {source}")
-    metadata = {"format": ADAPTER_FORMAT, "format_version": ADAPTER_FORMAT_VERSION,
-                "state_sha256": state_digest(state), **meta_strings}
+    metadata = {
+        "format": ADAPTER_FORMAT,
+        "format_version": ADAPTER_FORMAT_VERSION,
+        "state_sha256": state_digest(state),
+        **meta_strings,
+    }
     metadata["metadata_sha256"] = metadata_digest(metadata)
     return save(state, metadata=metadata)
 
@@ -83,7 +88,7 @@ def read_adapter_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
         raise LoraXSError(f"cannot read adapter file {path}: {err.strerror or err}") from None
     try:
         size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size]) if 8 <= 8 + size <= len(data) and size <= 2**20 else None
+        header = json.loads(data[8 : 8 + size]) if 8 <= 8 + size <= len(data) and size <= 2**20 else None
         metadata = header.get("__metadata__") if isinstance(header, dict) else None
         state = load(data)
     except Exception:  # safetensors and json raise several types on a bad file
@@ -91,8 +96,10 @@ def read_adapter_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise LoraXSError(f"{path} is not a LoRA-XS adapter file (an encrypted one needs --runtime torch)")
     if metadata.get("format") != ADAPTER_FORMAT or metadata.get("format_version") != ADAPTER_FORMAT_VERSION:
-        raise LoraXSError(f"{path} is not a version-{ADAPTER_FORMAT_VERSION} LoRA-XS adapter file "
-                          "(older files: save them again with --runtime torch)")
+        raise LoraXSError(
+            f"{path} is not a version-{ADAPTER_FORMAT_VERSION} LoRA-XS adapter file "
+            "(older files: save them again with --runtime torch)"
+        )
     if metadata.get("metadata_sha256") != metadata_digest(metadata):
         raise LoraXSError(f"{path} is corrupt: its metadata does not match its checksum")
     if any(v.dtype != np.float32 for v in state.values()):

@@ -36,5 +36,7 @@ def check_adapter_effect(model: nn.Module, source: str) -> None:
     times its largest singular value (or by a non-finite amount)."""
     for name, effect in relative_effects(model).items():
         if not effect <= MAX_RELATIVE_EFFECT:
-            raise LoraXSError(f"{source} cannot be a trained adapter: it changes layer {name} by {effect:.3g} "
-                              f"times its largest singular value (at most {MAX_RELATIVE_EFFECT:g} is accepted)")
+            raise LoraXSError(
+                f"{source} cannot be a trained adapter: it changes layer {name} by {effect:.3g} "
+                f"times its largest singular value (at most {MAX_RELATIVE_EFFECT:g} is accepted)"
+            )

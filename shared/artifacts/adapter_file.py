@@ -22,9 +22,9 @@ from shared.artifacts.atomic_write import write_atomically
 from shared.artifacts.blob import read_blob, read_file
 from shared.base_models import canonical_model_id, model_pooling
 from shared.crypto.at_rest import PASSPHRASE_ENV, KeySource, decrypt_bytes, header_kind, is_encrypted, write_encrypted
+from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
-from shared.data.text_splits import TASKS
 from shared.loraxs.config import LoraXSConfig, default_targets
 
 ADAPTER_FORMAT = "loraxs-adapter"
@@ -116,13 +116,15 @@ def check_weights(state: dict[str, torch.Tensor], source: str) -> None:
     """Float tensors, finite and below MAX_ABS_WEIGHT: anything else is a diverged run or a bad file."""
     for name, tensor in state.items():
         if tensor.dtype not in FLOAT_DTYPES:
-            raise LoraXSError(f"{source}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
-                              "not float32 or float16")
+            raise LoraXSError(
+                f"{source}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, not float32 or float16"
+            )
         if not torch.isfinite(tensor).all():
             raise LoraXSError(f"{source}: tensor {name} holds NaN or Inf (training diverged? try a lower --lr)")
         if tensor.numel() and tensor.abs().max().item() > MAX_ABS_WEIGHT:
-            raise LoraXSError(f"{source}: tensor {name} holds values beyond {MAX_ABS_WEIGHT:g} "
-                              "(training diverged? try a lower --lr)")
+            raise LoraXSError(
+                f"{source}: tensor {name} holds values beyond {MAX_ABS_WEIGHT:g} (training diverged? try a lower --lr)"
+            )
 
 
 def adapter_meta(
@@ -177,8 +179,9 @@ def adapter_to_bytes(state: dict[str, torch.Tensor], meta: AdapterMeta, source: 
     return save_bytes(state, metadata=metadata)
 
 
-def save_adapter(path: str | Path, state: dict[str, torch.Tensor], meta: AdapterMeta,
-                 key_source: KeySource | None = None) -> int:
+def save_adapter(
+    path: str | Path, state: dict[str, torch.Tensor], meta: AdapterMeta, key_source: KeySource | None = None
+) -> int:
     """Writes atomically; returns the file size in bytes. With `key_source`: encrypted at rest
     (shared/crypto/at_rest.py, one AEAD over the whole file, mode 0600)."""
     if key_source is not None:
@@ -193,8 +196,10 @@ def adapter_from_bytes(data: bytes, source: str) -> tuple[dict[str, torch.Tensor
         raise LoraXSError(f"{source} is not a LoRA-XS adapter file (format {metadata.get('format')!r})")
     version = metadata.get("format_version")
     if version in UNCHECKED_VERSIONS:
-        raise LoraXSError(f"{source} has adapter format version {version}, whose metadata carries no checksum; "
-                          "it is no longer read (train or save it again with this version)")
+        raise LoraXSError(
+            f"{source} has adapter format version {version}, whose metadata carries no checksum; "
+            "it is no longer read (train or save it again with this version)"
+        )
     if version not in READABLE_VERSIONS:
         raise LoraXSError(
             f"{source} has adapter format version {str(version)[:20]!r}; "
@@ -224,8 +229,10 @@ def load_adapter(path: str | Path, key_source: KeySource | None = None) -> tuple
     if not is_encrypted(data):
         state, meta = adapter_from_bytes(data, str(path))
         if key_source is not None and meta.extra.get("kind") != "global":
-            raise LoraXSError(f"{path} is not encrypted, but a key is given: a personal adapter is read only "
-                              "encrypted (this one may have been swapped in)")
+            raise LoraXSError(
+                f"{path} is not encrypted, but a key is given: a personal adapter is read only "
+                "encrypted (this one may have been swapped in)"
+            )
         return state, meta
     if key_source is None:
         raise LoraXSError(f"{path} is encrypted: give --key-file or the passphrase ({PASSPHRASE_ENV})")

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_bytes
 
-from shared.errors import LoraXSError
 from shared.artifacts.atomic_write import write_atomically
 from shared.artifacts.blob import read_blob, read_file
+from shared.errors import LoraXSError
 from shared.loraxs.basis import Basis
 
 BASIS_FORMAT = "loraxs-basis"
@@ -36,8 +36,10 @@ def basis_from_tensors(tensors: dict, rank: int) -> Basis:
         if not (lora_B.dtype.is_floating_point and lora_A.dtype.is_floating_point):
             raise LoraXSError(f"factor bundle: {name} holds {lora_B.dtype} / {lora_A.dtype}, not floats")
         if lora_B.dim() != 2 or lora_A.dim() != 2 or lora_B.shape[1] != rank or lora_A.shape[0] != rank:
-            raise LoraXSError(f"factor bundle: {name} has shapes {tuple(lora_B.shape)} / "
-                              f"{tuple(lora_A.shape)}, not (out, {rank}) / ({rank}, in)")
+            raise LoraXSError(
+                f"factor bundle: {name} has shapes {tuple(lora_B.shape)} / "
+                f"{tuple(lora_A.shape)}, not (out, {rank}) / ({rank}, in)"
+            )
         if not (torch.isfinite(lora_B).all() and torch.isfinite(lora_A).all()):
             raise LoraXSError(f"factor bundle: {name} holds NaN or Inf")
     return Basis(rank=rank, factors={n: (b.float(), a.float()) for n, (b, a) in factors.items()})

@@ -39,8 +39,16 @@ def read_blob(data: bytes, source: str, kind: str) -> tuple[dict[str, torch.Tens
         ):
             raise ValueError("metadata is not a table of strings")
         tensors = load_bytes(data)
-    except (ValueError, SafetensorError, UnicodeDecodeError, AttributeError, TypeError,
-            RecursionError, OverflowError, MemoryError) as err:
+    except (
+        ValueError,
+        SafetensorError,
+        UnicodeDecodeError,
+        AttributeError,
+        TypeError,
+        RecursionError,
+        OverflowError,
+        MemoryError,
+    ) as err:
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise LoraXSError(f"{source} is not a valid {kind} file (truncated or corrupt: {reason})") from None
     return tensors, metadata

@@ -59,7 +59,7 @@ def find_cached_basis(fingerprint: str, dirs: list[Path]) -> Basis | None:
             if not path.is_file():
                 continue
             basis, _ = load_basis(path)
-        except Exception:  # noqa: BLE001 - a cache entry is never trusted, whatever is wrong with it
+        except Exception:
             continue
         if basis.fingerprint == fingerprint:
             return basis

@@ -54,8 +54,9 @@ class OpenedAdapter:
     factors_source: str  # for the user: "basis file X", "the local cache", "an SVD of the base model"
 
 
-def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
-                 task: str | None = None, key_source=None) -> AdapterFile:
+def read_adapter(
+    path: Path, model: str | None = None, rank: int | None = None, task: str | None = None, key_source=None
+) -> AdapterFile:
     """Load an adapter file; the flags given (--model, --rank, --task) must agree with it.
 
     The base model an adapter names is loaded only when it is the default one or `model` (--model)
@@ -64,30 +65,39 @@ def read_adapter(path: Path, model: str | None = None, rank: int | None = None,
     if model is not None:
         check_adapter_matches(meta, str(path), canonical_model_id(model), meta.basis_fingerprint)
     elif canonical_model_id(meta.base_model) != canonical_model_id(None):
-        raise LoraXSError(f"{path} was trained on base model {meta.base_model[:200]!r}, not the default one; "
-                          "to load that model, pass --model with it")
+        raise LoraXSError(
+            f"{path} was trained on base model {meta.base_model[:200]!r}, not the default one; "
+            "to load that model, pass --model with it"
+        )
     if rank is not None and rank > meta.rank:
-        raise LoraXSError(f"{path} has rank {meta.rank}; --rank {rank} cannot exceed it "
-                          "(a smaller --rank trains its top-left block)")
+        raise LoraXSError(
+            f"{path} has rank {meta.rank}; --rank {rank} cannot exceed it (a smaller --rank trains its top-left block)"
+        )
     if task is not None and task != meta.task:
         raise LoraXSError(f"{path} is for task {meta.task}, but --task is {task}")
     state, parts = split_parts(state, meta.extra, len(meta.labels) if meta.labels else None, str(path))
     return AdapterFile(Path(path), state, meta, parts)
 
 
-def nested_adapter(adapter: AdapterFile, rank: int, basis_file: Path | None = None,
-                   data_dir: Path | None = None) -> tuple[AdapterFile, Basis]:
+def nested_adapter(
+    adapter: AdapterFile, rank: int, basis_file: Path | None = None, data_dir: Path | None = None
+) -> tuple[AdapterFile, Basis]:
     """The adapter as a device at rank r' < r trains it (mixed ranks): the top-left r' x r' block
     of each R, the nested factors (first r' columns of B, rows of A), and the same scale
     alpha / r (so alpha becomes alpha * r' / r). Its factors are looked up or derived first."""
     meta = adapter.meta
     basis, _ = find_basis(canonical_model_id(meta.base_model), meta.basis_fingerprint, basis_file, data_dir)
     if basis is None:
-        lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets,
-                            svd_method=meta.extra.get("svd_method", "canonical"),
-                            basis_dtype=meta.extra.get("basis_dtype", "fp32"))
-        basis = derived_basis(meta.base_model, meta.task, lora, meta.basis_fingerprint,
-                              pooling=meta.extra.get("pooling", "pooler"))
+        lora = LoraXSConfig(
+            rank=meta.rank,
+            alpha=meta.alpha,
+            target_modules=meta.targets,
+            svd_method=meta.extra.get("svd_method", "canonical"),
+            basis_dtype=meta.extra.get("basis_dtype", "fp32"),
+        )
+        basis = derived_basis(
+            meta.base_model, meta.task, lora, meta.basis_fingerprint, pooling=meta.extra.get("pooling", "pooler")
+        )
     nested = Basis(rank, truncated_factors(basis.factors, rank))
     state = {k: v[:rank, :rank].clone() if k.endswith("lora_R") else v for k, v in adapter.state.items()}
     small = replace(meta, rank=rank, alpha=meta.alpha * rank / meta.rank, basis_fingerprint=nested.fingerprint)
@@ -114,15 +124,14 @@ def check_fingerprint(basis: Basis, expected: str | None, source: str) -> None:
         )
 
 
-def find_basis(base_model: str, fingerprint: str | None, basis_file: Path | None,
-               data_dir: Path | None) -> tuple[Basis | None, str]:
+def find_basis(
+    base_model: str, fingerprint: str | None, basis_file: Path | None, data_dir: Path | None
+) -> tuple[Basis | None, str]:
     """(factors, where they came from); None = compute them from the base model."""
     if basis_file:
         basis, for_model = load_basis(basis_file)
         if for_model and for_model != base_model:
-            raise LoraXSError(
-                f"basis file {basis_file} holds factors of base model {for_model!r}, not {base_model!r}"
-            )
+            raise LoraXSError(f"basis file {basis_file} holds factors of base model {for_model!r}, not {base_model!r}")
         check_fingerprint(basis, fingerprint, f"basis file {basis_file}")
         return basis, f"basis file {basis_file}"
     if fingerprint:
@@ -132,8 +141,14 @@ def find_basis(base_model: str, fingerprint: str | None, basis_file: Path | None
     return None, "an SVD of the base model"
 
 
-def derived_basis(base_model: str, task: str, lora: LoraXSConfig, fingerprint: str,
-                  pooling: str | None = None, model: nn.Module | None = None) -> Basis:
+def derived_basis(
+    base_model: str,
+    task: str,
+    lora: LoraXSConfig,
+    fingerprint: str,
+    pooling: str | None = None,
+    model: nn.Module | None = None,
+) -> Basis:
     """The factors derived on this device from the base weights by `lora`'s recipe, checked
     against `fingerprint` (LoraXSError when they differ). The head is not part of the factors.
     `model`: the base model already loaded (only read)."""
@@ -165,9 +180,13 @@ def open_adapter(
     if adapter is not None:
         meta = adapter.meta
         base_model, task, fingerprint = meta.base_model, meta.task, meta.basis_fingerprint
-        lora = LoraXSConfig(rank=meta.rank, alpha=meta.alpha, target_modules=meta.targets,
-                            svd_method=meta.extra.get("svd_method", "canonical"),
-                            basis_dtype=meta.extra.get("basis_dtype", "fp32"))
+        lora = LoraXSConfig(
+            rank=meta.rank,
+            alpha=meta.alpha,
+            target_modules=meta.targets,
+            svd_method=meta.extra.get("svd_method", "canonical"),
+            basis_dtype=meta.extra.get("basis_dtype", "fp32"),
+        )
         labels = list(meta.labels) if meta.labels else None
         pooling = meta.extra.get("pooling", "pooler")  # files from before pooling was recorded
     base_model = canonical_model_id(base_model)
@@ -177,8 +196,7 @@ def open_adapter(
     if lora is None:
         lora = LoraXSConfig(rank=basis.rank) if basis is not None else LoraXSConfig()
     computed = basis is None
-    model, basis = build_adapted_model(base_model, task, lora, labels=labels, basis=basis, seed=seed,
-                                       pooling=pooling)
+    model, basis = build_adapted_model(base_model, task, lora, labels=labels, basis=basis, seed=seed, pooling=pooling)
     if computed:
         check_fingerprint(basis, fingerprint, DERIVED_SOURCE)
     else:

@@ -19,8 +19,13 @@ MiB = 2**20
 
 
 def _describe(mode: int) -> str:
-    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+    for test, what in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return what
     return "not a regular file"
@@ -44,8 +49,9 @@ def open_regular(path: str | Path, kind: str, max_bytes: int):
         if not stat.S_ISREG(info.st_mode):
             raise LoraXSError(f"{kind} {path} is {_describe(info.st_mode)}, not a regular file")
         if info.st_size > max_bytes:
-            raise LoraXSError(f"{kind} {path} is {_limit_text(info.st_size)}, more than the "
-                              f"{_limit_text(max_bytes)} allowed")
+            raise LoraXSError(
+                f"{kind} {path} is {_limit_text(info.st_size)}, more than the {_limit_text(max_bytes)} allowed"
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

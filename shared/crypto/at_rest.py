@@ -91,8 +91,10 @@ def key_from_file(path: str | Path) -> KeySource:
     _check_private(path)
     text = data.decode("ascii", errors="replace").strip()
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        raise AtRestError(f"key file {path} must hold exactly 64 hex characters (openssl rand -hex 32); "
-                          f"for a password use a passphrase ({PASSPHRASE_ENV} or the prompt)")
+        raise AtRestError(
+            f"key file {path} must hold exactly 64 hex characters (openssl rand -hex 32); "
+            f"for a password use a passphrase ({PASSPHRASE_ENV} or the prompt)"
+        )
     return KeySource(key=bytes.fromhex(text))
 
 
@@ -119,8 +121,9 @@ def encrypt_bytes(plaintext: bytes, key_source: KeySource, kind: str = "", name:
     return header + AESGCM(key).encrypt(nonce, bytes(plaintext), header)
 
 
-def decrypt_bytes(blob: bytes, key_source: KeySource, source: str = "", kind: str | None = None,
-                  name: str | None = None) -> bytes:
+def decrypt_bytes(
+    blob: bytes, key_source: KeySource, source: str = "", kind: str | None = None, name: str | None = None
+) -> bytes:
     """The plaintext, or AtRestError; a wrong key or any modified byte: "authentication failed".
     `kind` / `name`: what the authenticated header must say (not checked when None)."""
     where = f"{source}: " if source else ""
@@ -163,7 +166,7 @@ def header_kind(blob: bytes) -> str | None:
         at = len(MAGIC) + 2 + (3 + SALT_LEN if blob[len(MAGIC) + 1] == KDF_SCRYPT else 0)
         label, _ = _read_label(blob, at) if blob[len(MAGIC)] >= 2 else (None, 0)
         return label[0] if label else None
-    except Exception:  # noqa: BLE001 - a header too short to say
+    except Exception:
         return None
 
 
@@ -183,21 +186,26 @@ def _read_label(blob: bytes, at: int) -> tuple[tuple[str, str] | bool, int]:
         name_len = blob[name_at]
         name = bytes(blob[name_at + 1 : name_at + 1 + name_len]).decode("utf-8")
         return (kind, name), name_at + 1 + name_len
-    except Exception:  # noqa: BLE001 - truncated or not text: fails like any other change
+    except Exception:
         return False, at
 
 
 def _check_label(label: tuple[str, str] | None, kind: str | None, name: str | None, where: str) -> None:
     if label is None:
         if kind is not None or name is not None:
-            print(f"warning: {where}encrypted by an older version: its kind and file name are not "
-                  "authenticated (save it again to upgrade)", file=sys.stderr)
+            print(
+                f"warning: {where}encrypted by an older version: its kind and file name are not "
+                "authenticated (save it again to upgrade)",
+                file=sys.stderr,
+            )
         return
     if kind is not None and label[0] != kind:
         raise AtRestError(f"{where}holds a {label[0] or 'file of no stated kind'}, not a {kind}")
     if name is not None and label[1] != name:
-        raise AtRestError(f"{where}was encrypted as {label[1]!r}: renamed or swapped with another file "
-                          "(give it back its name to read it)")
+        raise AtRestError(
+            f"{where}was encrypted as {label[1]!r}: renamed or swapped with another file "
+            "(give it back its name to read it)"
+        )
 
 
 def is_encrypted(blob_or_path: bytes | str | Path) -> bool:

@@ -78,7 +78,9 @@ class SealContext:
         numbers = struct.pack(">QQQH", self.run_id, self.server_round, self.node_id, len(fingerprint))
         if not self.stage:
             return CONTEXT_TAG + numbers + fingerprint
-        return STAGE_CONTEXT_TAG + numbers + fingerprint + struct.pack(">H", len(self.stage)) + self.stage.encode("ascii")
+        return (
+            STAGE_CONTEXT_TAG + numbers + fingerprint + struct.pack(">H", len(self.stage)) + self.stage.encode("ascii")
+        )
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ class LengthBuckets(Sampler[list[int]]):
         window = BUCKET_BATCHES * self.batch_size
         batches = []
         for start in range(0, len(order), window):
-            part = sorted(order[start:start + window], key=self.lengths.__getitem__)
-            batches += [part[k:k + self.batch_size] for k in range(0, len(part), self.batch_size)]
+            part = sorted(order[start : start + window], key=self.lengths.__getitem__)
+            batches += [part[k : k + self.batch_size] for k in range(0, len(part), self.batch_size)]
         for k in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[k]
 
@@ -79,9 +79,9 @@ def make_loader(
             for row, i in enumerate(indices):
                 values = torch.tensor(encoded[key][i], dtype=torch.int64)
                 if left:
-                    rows[row, length - len(values):] = values
+                    rows[row, length - len(values) :] = values
                 else:
-                    rows[row, :len(values)] = values
+                    rows[row, : len(values)] = values
             batch[key] = rows
         if task == "seq-cls":
             batch["labels"] = torch.tensor([class_ids[i] for i in indices], dtype=torch.int64)
@@ -92,6 +92,9 @@ def make_loader(
 
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    sampler = (LengthBuckets(lengths, batch_size, generator) if shuffle
-               else BatchSampler(SequentialSampler(range(len(texts))), batch_size, drop_last=False))
+    sampler = (
+        LengthBuckets(lengths, batch_size, generator)
+        if shuffle
+        else BatchSampler(SequentialSampler(range(len(texts))), batch_size, drop_last=False)
+    )
     return DataLoader(list(range(len(texts))), batch_sampler=sampler, collate_fn=collate, num_workers=0)

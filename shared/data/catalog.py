@@ -24,15 +24,10 @@ def load_dataset(name_or_dir: str, task: str = "seq-cls", seed: int = 0) -> Text
         return TextSplits(train=train, test=test, labels=labels if task == "seq-cls" else None)
     if Path(name_or_dir).expanduser().is_dir():
         return load_local_folder(name_or_dir, task=task, seed=seed)
-    raise LoraXSError(
-        f"unknown dataset {name_or_dir!r}: not one of {', '.join(DATASETS)} "
-        f"and not a directory either"
-    )
+    raise LoraXSError(f"unknown dataset {name_or_dir!r}: not one of {', '.join(DATASETS)} and not a directory either")
 
 
-def load_full_dataset(
-    name_or_dir: str, task: str = "seq-cls", seed: int = 0
-) -> tuple[Dataset, list[str] | None]:
+def load_full_dataset(name_or_dir: str, task: str = "seq-cls", seed: int = 0) -> tuple[Dataset, list[str] | None]:
     """The whole dataset, unsplit, and its label names (None for causal-lm).
 
     Used to partition the data across clients; each client then splits its own partition.

@@ -85,14 +85,17 @@ def read_local_rows(path: str | Path, seed: int = 0, test_fraction: float = 0.2)
         raise LoraXSError(f"{folder} holds {len(rows)} example(s); at least 2 are needed")
     labels, ids = _label_ids(rows)
     train, test = split_indices(len(rows), test_fraction, seed)
-    return FolderRows([rows[i][0] for i in train], [ids[i] for i in train],
-                      [rows[i][0] for i in test], [ids[i] for i in test], labels)
+    return FolderRows(
+        [rows[i][0] for i in train], [ids[i] for i in train], [rows[i][0] for i in test], [ids[i] for i in test], labels
+    )
 
 
 def _refuse_test_without_train(folder: Path, train_files: list[Path], test_files: list[Path]) -> None:
     if test_files and not train_files:
-        raise LoraXSError(f"{folder} holds {test_files[0].name} but no train file: add train.* (a test file is "
-                          "never split and trained on), or rename it to use the 80/20 split")
+        raise LoraXSError(
+            f"{folder} holds {test_files[0].name} but no train file: add train.* (a test file is "
+            "never split and trained on), or rename it to use the 80/20 split"
+        )
 
 
 def _check_split_rows(folder: Path, train_rows: list[Row], test_rows: list[Row], needs_label: bool = True) -> None:
@@ -102,13 +105,13 @@ def _check_split_rows(folder: Path, train_rows: list[Row], test_rows: list[Row],
     if needs_label:
         unseen = sorted({str(label) for _, label in test_rows} - {str(label) for _, label in train_rows})
         if unseen:
-            raise LoraXSError(f"{folder}: label(s) {', '.join(repr(u) for u in unseen[:5])} occur only in the "
-                              "test files; every label needs training examples")
+            raise LoraXSError(
+                f"{folder}: label(s) {', '.join(repr(u) for u in unseen[:5])} occur only in the "
+                "test files; every label needs training examples"
+            )
 
 
-def load_local_folder(
-    path: str | Path, task: str = "seq-cls", seed: int = 0, test_fraction: float = 0.2
-) -> TextSplits:
+def load_local_folder(path: str | Path, task: str = "seq-cls", seed: int = 0, test_fraction: float = 0.2) -> TextSplits:
     """Read the supported files of `path` into a TextSplits for `task`."""
     check_task(task)
     folder = Path(path).expanduser()
@@ -146,20 +149,22 @@ def _supported_files(folder: Path, task: str) -> list[Path]:
         candidates = [e for e in entries if e.suffix.lower() in suffixes]
         odd = [e for e in candidates if not e.is_file()]
         if odd:
-            raise LoraXSError(f"{odd[0]} is not a regular file (a folder, a named pipe or a device?); "
-                              "a data folder holds text files")
+            raise LoraXSError(
+                f"{odd[0]} is not a regular file (a folder, a named pipe or a device?); a data folder holds text files"
+            )
         files = candidates
         total = sum(f.stat().st_size for f in files)
     except OSError as error:
         raise LoraXSError(f"cannot read dataset folder {folder}: {error.strerror or error}") from None
     if not files:
         raise LoraXSError(
-            f"no supported data files in {folder} for task {task} "
-            f"(supported: {', '.join('*' + s for s in suffixes)})"
+            f"no supported data files in {folder} for task {task} (supported: {', '.join('*' + s for s in suffixes)})"
         )
     if total > MAX_DATA_BYTES:
-        raise LoraXSError(f"the data files in {folder} hold {total / 2**20:.0f} MiB, more than the "
-                          f"{MAX_DATA_BYTES // 2**20} MiB allowed")
+        raise LoraXSError(
+            f"the data files in {folder} hold {total / 2**20:.0f} MiB, more than the "
+            f"{MAX_DATA_BYTES // 2**20} MiB allowed"
+        )
     return files
 
 
@@ -211,8 +216,7 @@ def _read_csv(file: Path, needs_label: bool) -> list[Row]:
         missing = [c for c in needed if c not in columns]
         if missing:
             raise LoraXSError(
-                f"{file}: the CSV header needs the columns {', '.join(needed)} "
-                f"(missing: {', '.join(missing)})"
+                f"{file}: the CSV header needs the columns {', '.join(needed)} (missing: {', '.join(missing)})"
             )
         doubled = [c for c in ("text", "label") if columns.count(c) > 1]
         if doubled:
@@ -242,8 +246,9 @@ def _csv_records(reader: csv.DictReader, file: Path):
             raise LoraXSError(f"{file}:{start}: {what}") from None
         if None in record or None in record.values():
             fields = sum(v is not None for k, v in record.items() if k is not None) + len(record.get(None) or [])
-            raise LoraXSError(f"{file}:{reader.line_num}: {fields} field(s), but the header has "
-                              f"{len(reader.fieldnames)}")
+            raise LoraXSError(
+                f"{file}:{reader.line_num}: {fields} field(s), but the header has {len(reader.fieldnames)}"
+            )
         yield record
 
 
@@ -295,14 +300,16 @@ def _label_ids(rows: list[Row]) -> tuple[list[str], list[int]]:
     raw_labels = [label for _, label in rows]
     kinds = {isinstance(label, int) for label in raw_labels}
     if len(kinds) > 1:
-        raise LoraXSError("the labels mix integers and strings (e.g. 1 and \"pos\"); use one kind")
+        raise LoraXSError('the labels mix integers and strings (e.g. 1 and "pos"); use one kind')
     distinct = sorted(set(raw_labels))
     if len(distinct) < 2:
         raise LoraXSError(f"classification needs at least 2 labels; the files hold only {str(distinct[0])[:80]!r}")
     if len(distinct) > MAX_CLASSES:
         raise LoraXSError(f"the files hold {len(distinct)} distinct labels, more than the {MAX_CLASSES} allowed")
     if len(raw_labels) == len(distinct):
-        raise LoraXSError(f"every one of the {len(raw_labels)} examples has a label of its own: a classifier "
-                          "needs several examples of a label (is the label column an id?)")
+        raise LoraXSError(
+            f"every one of the {len(raw_labels)} examples has a label of its own: a classifier "
+            "needs several examples of a label (is the label column an id?)"
+        )
     id_of_label = {label: i for i, label in enumerate(distinct)}
     return [str(label) for label in distinct], [id_of_label[label] for label in raw_labels]

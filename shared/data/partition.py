@@ -1,12 +1,12 @@
 """Split one dataset into per-client partitions with the flwr_datasets partitioners.
 
-  natural    each client gets whole movies (column "movie_name"), movies dealt out by a seeded
-             shuffle, so a client holds the reviews of one or more movies
-  iid        a seeded shuffle cut into equal contiguous shards
-  dirichlet  for every label, its rows dealt to the clients in proportions drawn from
-             Dirichlet(alpha) (column "label"; Flower's DirichletPartitioner); where a small
-             alpha leaves clients with fewer than 2 rows in every redraw, the same draw with
-             those few clients topped up from the largest one
+natural    each client gets whole movies (column "movie_name"), movies dealt out by a seeded
+           shuffle, so a client holds the reviews of one or more movies
+iid        a seeded shuffle cut into equal contiguous shards
+dirichlet  for every label, its rows dealt to the clients in proportions drawn from
+           Dirichlet(alpha) (column "label"; Flower's DirichletPartitioner); where a small
+           alpha leaves clients with fewer than 2 rows in every redraw, the same draw with
+           those few clients topped up from the largest one
 """
 
 import warnings
@@ -27,9 +27,7 @@ def partition_dataset(
 ) -> list[Dataset]:
     """`num_partitions` disjoint datasets covering `ds`, each with at least 2 rows."""
     if method not in PARTITIONS:
-        raise LoraXSError(
-            f"unknown partitioning {method!r}; choose one of: {', '.join(PARTITIONS)}"
-        )
+        raise LoraXSError(f"unknown partitioning {method!r}; choose one of: {', '.join(PARTITIONS)}")
     if not alpha > 0:
         raise LoraXSError(f"the Dirichlet alpha must be > 0, got {alpha}")
     if num_partitions < 1:
@@ -81,18 +79,13 @@ def _natural_partitions(ds: Dataset, num_partitions: int, seed: int) -> list[Dat
     partitioner = NaturalIdPartitioner(partition_by=USER_COLUMN)
     partitioner.dataset = with_users
     # Natural ids are sorted, so partition i holds the rows of user i.
-    return [
-        partitioner.load_partition(i).remove_columns(USER_COLUMN) for i in range(num_partitions)
-    ]
+    return [partitioner.load_partition(i).remove_columns(USER_COLUMN) for i in range(num_partitions)]
 
 
-def _dirichlet_partitions(
-    ds: Dataset, num_partitions: int, alpha: float, seed: int
-) -> list[Dataset]:
+def _dirichlet_partitions(ds: Dataset, num_partitions: int, alpha: float, seed: int) -> list[Dataset]:
     if "label" not in ds.column_names:
         raise LoraXSError(
-            "dirichlet partitioning needs a 'label' column, which this dataset lacks; "
-            "use iid partitioning"
+            "dirichlet partitioning needs a 'label' column, which this dataset lacks; use iid partitioning"
         )
     from flwr_datasets.partitioner import DirichletPartitioner
 
@@ -112,8 +105,7 @@ def _dirichlet_partitions(
         return _dirichlet_with_floor(ds, num_partitions, alpha, seed, MIN_PARTITION_SIZE)
 
 
-def _dirichlet_with_floor(ds: Dataset, num_partitions: int, alpha: float, seed: int,
-                          floor: int) -> list[Dataset]:
+def _dirichlet_with_floor(ds: Dataset, num_partitions: int, alpha: float, seed: int, floor: int) -> list[Dataset]:
     """The same draw as Flower's DirichletPartitioner (for every label, its rows dealt to the
     clients in proportions from Dirichlet(alpha)), then each client under `floor` rows takes
     rows, one at a time, from the largest client. At alpha = 0.1 over 2 labels about a tenth of

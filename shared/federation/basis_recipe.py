@@ -40,7 +40,10 @@ class BasisRecipe:
             model, rank, targets, method, dtype = (config[key] for key in KEYS)
         except (KeyError, TypeError):
             return None
-        if not (all(isinstance(v, str) for v in (model, targets, method, dtype))
-                and isinstance(rank, int) and not isinstance(rank, bool)):
+        if not (
+            all(isinstance(v, str) for v in (model, targets, method, dtype))
+            and isinstance(rank, int)
+            and not isinstance(rank, bool)
+        ):
             return None
         return cls(model, rank, targets, method, dtype)

@@ -13,12 +13,12 @@ from functools import lru_cache
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from shared.federation.run_config import FederationConfig
 from shared.data.catalog import load_full_dataset
 from shared.data.local_folder import load_local_folder
 from shared.data.partition import partition_dataset
 from shared.data.text_splits import split_train_test
 from shared.errors import LoraXSError
+from shared.federation.run_config import FederationConfig
 
 TEST_FRACTION = 0.2
 SHIFT_STREAM = 7  # the concept-shift draw uses its own random stream, apart from partitioning
@@ -41,8 +41,7 @@ def node_data(config: FederationConfig, node_config: dict) -> NodeData:
     num_partitions = int(node_config["num-partitions"])
     if num_partitions != config.num_clients:
         raise LoraXSError(
-            f"the federation has {num_partitions} SuperNodes but num-clients is "
-            f"{config.num_clients}; set them equal"
+            f"the federation has {num_partitions} SuperNodes but num-clients is {config.num_clients}; set them equal"
         )
     return simulated_node_data(config, int(node_config["partition-id"]))
 

@@ -96,7 +96,9 @@ def top_left_adapter(record: ArrayRecord, rank: int) -> ArrayRecord:
     """The adapter as a device at rank r' sees it: lora_R (L, r, r) -> (L, r', r'); head as is."""
     if STACKED_R not in record or decoded(record, STACKED_R).shape[-1] == rank:
         return record
-    return ArrayRecord({k: Array(top_left(decoded(record, k), rank)) if k == STACKED_R else v for k, v in record.items()})
+    return ArrayRecord(
+        {k: Array(top_left(decoded(record, k), rank)) if k == STACKED_R else v for k, v in record.items()}
+    )
 
 
 def nested_basis(basis: Basis, rank: int) -> Basis:
@@ -152,8 +154,7 @@ def unpack_basis(record: ArrayRecord, expected_fingerprint: str) -> Basis:
     basis = basis_from_tensors(tensors, int(tensors[a_keys[0]].shape[0]))  # A is (r, in)
     if basis.fingerprint != expected_fingerprint:
         raise LoraXSError(
-            f"the factor bundle hashes to {basis.fingerprint[:12]}, not the announced "
-            f"{expected_fingerprint[:12]}"
+            f"the factor bundle hashes to {basis.fingerprint[:12]}, not the announced {expected_fingerprint[:12]}"
         )
     return basis
 

@@ -7,13 +7,13 @@ table and the defaults agree, so both ways run the same federation.
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from shared.base_models import DEFAULT_MODEL
+from shared.crypto.secagg.params import MIN_GROUP
 from shared.data.batches import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH
 from shared.data.partition import PARTITIONS
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
-from shared.crypto.secagg.params import MIN_GROUP
 from shared.loraxs.config import BASIS_DTYPES, LoraXSConfig
-from shared.base_models import DEFAULT_MODEL
 from shared.personal_training import PersonalTrainingConfig
 from shared.training import TrainConfig
 
@@ -22,17 +22,35 @@ SCENARIOS = ("none", "concept-shift")
 UPDATE_DTYPES = ("fp32", "fp16")
 BASIS_DELIVERIES = ("derive", "ship")  # server/basis_delivery.py
 HPKE_SUITES = ("x25519", "mlkem768-x25519")  # shared/crypto/sealing.py: classic, post-quantum hybrid
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian",
-              "fedtrimmedavg", "krum")  # Flower's own strategies (server/aggregators.py)
+STRATEGIES = (
+    "fedavg",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedprox",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+)  # Flower's own strategies (server/aggregators.py)
 MEAN_BASED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")  # need only the mean
 DP_MODES = ("none", "server-fixed", "client-fixed")  # Flower's fixed-clipping DP wrappers
 MIXED_RANK_AGGREGATION = ("zero-pad", "per-entry")  # shared/loraxs/mixed_rank.py
 MALICIOUS_ATTACKS = ("flip-scale", "flip", "scale")  # simulations/malicious_clients.py
-CHOICES = {"personalize": PERSONALIZE, "scenario": SCENARIOS, "update_dtype": UPDATE_DTYPES,
-           "basis_delivery": BASIS_DELIVERIES, "basis_dtype": BASIS_DTYPES,
-           "partition": PARTITIONS, "task": TASKS, "hpke_suite": HPKE_SUITES, "strategy": STRATEGIES,
-           "dp": DP_MODES, "mixed_rank_aggregation": MIXED_RANK_AGGREGATION,
-           "malicious_attack": MALICIOUS_ATTACKS}  # field -> allowed values
+CHOICES = {
+    "personalize": PERSONALIZE,
+    "scenario": SCENARIOS,
+    "update_dtype": UPDATE_DTYPES,
+    "basis_delivery": BASIS_DELIVERIES,
+    "basis_dtype": BASIS_DTYPES,
+    "partition": PARTITIONS,
+    "task": TASKS,
+    "hpke_suite": HPKE_SUITES,
+    "strategy": STRATEGIES,
+    "dp": DP_MODES,
+    "mixed_rank_aggregation": MIXED_RANK_AGGREGATION,
+    "malicious_attack": MALICIOUS_ATTACKS,
+}  # field -> allowed values
 
 
 @dataclass(frozen=True)
@@ -224,18 +242,27 @@ class FederationConfig:
         self.lora_config()  # rank / alpha checks
 
     def _check_aggregator(self) -> None:
-        if not (self.server_lr > 0 and 0 <= self.server_momentum < 1 and 0 <= self.beta_1 < 1
-                and 0 <= self.beta_2 < 1 and self.tau > 0 and self.proximal_mu >= 0):
-            raise LoraXSError("server-lr and tau must be > 0, server-momentum / beta-1 / beta-2 in [0, 1), "
-                              "proximal-mu >= 0")
+        if not (
+            self.server_lr > 0
+            and 0 <= self.server_momentum < 1
+            and 0 <= self.beta_1 < 1
+            and 0 <= self.beta_2 < 1
+            and self.tau > 0
+            and self.proximal_mu >= 0
+        ):
+            raise LoraXSError(
+                "server-lr and tau must be > 0, server-momentum / beta-1 / beta-2 in [0, 1), proximal-mu >= 0"
+            )
         if not 0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
             raise LoraXSError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
         if self.dp != "none":
             if not (self.dp_noise_multiplier >= 0 and self.dp_clipping_norm > 0 and 0 < self.dp_delta < 1):
                 raise LoraXSError("dp needs dp-noise-multiplier >= 0, dp-clipping-norm > 0, dp-delta in (0, 1)")
             if self.secure_aggregation or (self.dp == "client-fixed" and self.encrypt_updates):
-                raise LoraXSError(f"dp {self.dp} cannot be combined with "
-                                  f"{'secure-aggregation' if self.secure_aggregation else 'encrypt-updates'}")
+                raise LoraXSError(
+                    f"dp {self.dp} cannot be combined with "
+                    f"{'secure-aggregation' if self.secure_aggregation else 'encrypt-updates'}"
+                )
         try:
             ranks = self.client_rank_list()
         except ValueError:
@@ -245,24 +272,33 @@ class FederationConfig:
         if any(not 1 <= r <= self.rank for r in ranks):
             raise LoraXSError(f"client-ranks must lie in [1, rank {self.rank}], got {self.client_ranks!r}")
         if self.mixed_rank_aggregation == "per-entry" and (self.strategy not in MEAN_BASED or self.dp != "none"):
-            raise LoraXSError("mixed-rank-aggregation per-entry needs a mean-based strategy "
-                              f"({', '.join(MEAN_BASED)}) without dp")
+            raise LoraXSError(
+                f"mixed-rank-aggregation per-entry needs a mean-based strategy ({', '.join(MEAN_BASED)}) without dp"
+            )
         if self.secure_aggregation and self.strategy not in MEAN_BASED:
-            raise LoraXSError(f"secure aggregation reveals only the mean: strategy {self.strategy} needs each "
-                              f"update (use one of {', '.join(MEAN_BASED)})")
+            raise LoraXSError(
+                f"secure aggregation reveals only the mean: strategy {self.strategy} needs each "
+                f"update (use one of {', '.join(MEAN_BASED)})"
+            )
 
     def _check_secure_aggregation(self) -> None:
-        if self.num_clients < MIN_GROUP or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < MIN_GROUP:
-            raise LoraXSError(f"secure aggregation needs at least {MIN_GROUP} clients per round "
-                              "(num-clients x fraction-train, or min-train-nodes): with 2, each client "
-                              "could work out the other's update from the global change")
+        if (
+            self.num_clients < MIN_GROUP
+            or max(int(self.num_clients * self.fraction_train), self.min_train_nodes) < MIN_GROUP
+        ):
+            raise LoraXSError(
+                f"secure aggregation needs at least {MIN_GROUP} clients per round "
+                "(num-clients x fraction-train, or min-train-nodes): with 2, each client "
+                "could work out the other's update from the global change"
+            )
         if not 0 < self.secagg_timeout < float("inf"):
             raise LoraXSError(f"secagg-timeout must be a positive number of seconds, got {self.secagg_timeout}")
         if not 0 < self.secagg_clipping_range < 1e6:
             raise LoraXSError(f"secagg-clipping-range must be in (0, 1e6), got {self.secagg_clipping_range}")
         if self.max_client_examples * self.num_clients >= 2**32:
-            raise LoraXSError("secure aggregation sums weights in 32 bits: "
-                              "max-client-examples x num-clients must stay below 2^32")
+            raise LoraXSError(
+                "secure aggregation sums weights in 32 bits: max-client-examples x num-clients must stay below 2^32"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "FederationConfig":
@@ -303,22 +339,32 @@ class FederationConfig:
     def node_lora_config(self, node_rank: int) -> LoraXSConfig:
         """The federation's adapter at a smaller rank, with the federation's scale alpha / rank."""
         full = self.lora_config()
-        return full if node_rank == full.rank else replace(full, rank=node_rank, alpha=full.alpha * node_rank / full.rank)
+        return (
+            full if node_rank == full.rank else replace(full, rank=node_rank, alpha=full.alpha * node_rank / full.rank)
+        )
 
     def lora_config(self) -> LoraXSConfig:
         return LoraXSConfig(rank=self.rank, alpha=self.lora_alpha, basis_dtype=self.basis_dtype)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.local_epochs, lr=self.lr, head_lr=self.head_lr,
-                           proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0)
+        return TrainConfig(
+            epochs=self.local_epochs,
+            lr=self.lr,
+            head_lr=self.head_lr,
+            proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
+        )
 
     def personal_training_config(self, seed: int) -> PersonalTrainingConfig:
         """The small-folder recipe of `client.run`, from the global adapter: `personal_steps` is
         its step budget, and the federation's token length and learning rates hold (the head
         starts from the global one, not from a closed-form fit, unless that fit is better)."""
         return PersonalTrainingConfig(
-            lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size, max_length=self.max_length,
-            step_budget=self.personal_steps, seed=seed,
+            lr=self.lr,
+            head_lr=self.head_lr,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            step_budget=self.personal_steps,
+            seed=seed,
         )
 
 

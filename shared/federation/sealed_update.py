@@ -17,7 +17,12 @@ from flwr.common.serde import array_record_from_proto, array_record_to_proto
 from flwr.proto.recorddict_pb2 import ArrayRecord as ProtoArrayRecord
 
 from shared.crypto.sealing import (
-    SealContext, SealError, ServerPrivateKey, ServerPublicKey, open_update, seal_update,
+    SealContext,
+    SealError,
+    ServerPrivateKey,
+    ServerPublicKey,
+    open_update,
+    seal_update,
 )
 
 SERVER_KEY, SERVER_SIGNING_KEY, SEALED, SEALED_UPDATE = "server-key", "server-signing-key", "sealed", "update"

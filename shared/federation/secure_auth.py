@@ -28,10 +28,12 @@ SETUP_SIGNATURE, SIGNATURE = "setup-signature", "signature"
 SETUP, KEYS, SHARE_KEYS, MASKED, UNMASK = "setup", "keys", "share-keys", "masked", "unmask"  # stage names
 
 
-def statement(stage: str, params: SecAggParams, fingerprint: str, setup_digest: bytes, content: Mapping,
-              recipient: int = 0) -> Statement:
-    return Statement(stage, params.run_id, params.server_round, fingerprint, setup_digest,
-                     record_digest(content), recipient)
+def statement(
+    stage: str, params: SecAggParams, fingerprint: str, setup_digest: bytes, content: Mapping, recipient: int = 0
+) -> Statement:
+    return Statement(
+        stage, params.run_id, params.server_round, fingerprint, setup_digest, record_digest(content), recipient
+    )
 
 
 def sign_statement(private_key: ServerPrivateKey, *args, **kwargs) -> bytes:

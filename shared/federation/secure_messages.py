@@ -48,7 +48,7 @@ def setup_entries(config: ConfigRecord) -> dict:
 
 def params_from_config(config: ConfigRecord) -> SecAggParams | None:
     """The setup in a train config, None when the round is plain; SecAggError if malformed."""
-    found = {k[len(SETUP_PREFIX):]: v for k, v in setup_entries(config).items()}
+    found = {k[len(SETUP_PREFIX) :]: v for k, v in setup_entries(config).items()}
     if not found:
         return None
     try:
@@ -86,6 +86,6 @@ def add_delta(global_record: ArrayRecord, delta: np.ndarray) -> ArrayRecord:
     for key, array in global_record.items():
         values = array.numpy().astype(np.float64)
         size = values.size
-        out[key] = Array((values + delta[start:start + size].reshape(values.shape)).astype(np.float32))
+        out[key] = Array((values + delta[start : start + size].reshape(values.shape)).astype(np.float32))
         start += size
     return ArrayRecord(out)

@@ -39,8 +39,7 @@ class Basis:
         return basis_fingerprint(self.rank, self.factors)
 
     def num_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() + a.numel() * a.element_size()
-                   for b, a in self.factors.values())
+        return sum(b.numel() * b.element_size() + a.numel() * a.element_size() for b, a in self.factors.values())
 
 
 def basis_fingerprint(rank: int, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:

@@ -48,13 +48,9 @@ class LoraXSConfig:
         if self.init == "normal" and not self.init_std > 0:
             raise LoraXSError(f"LoRA-XS init_std must be positive, got {self.init_std!r}")
         if self.svd_method not in SVD_METHODS:
-            raise LoraXSError(
-                f"svd method must be one of {', '.join(SVD_METHODS)}, got {self.svd_method!r}"
-            )
+            raise LoraXSError(f"svd method must be one of {', '.join(SVD_METHODS)}, got {self.svd_method!r}")
         if self.basis_dtype not in BASIS_DTYPES:
-            raise LoraXSError(
-                f"basis dtype must be one of {', '.join(BASIS_DTYPES)}, got {self.basis_dtype!r}"
-            )
+            raise LoraXSError(f"basis dtype must be one of {', '.join(BASIS_DTYPES)}, got {self.basis_dtype!r}")
         if self.svd_niter < 0 or self.svd_oversample < 0:
             raise LoraXSError("svd_niter and svd_oversample must be >= 0")
         if any(not t or not isinstance(t, str) for t in self.target_modules):

@@ -34,8 +34,9 @@ def holders_weight(ranks: list[int], weights: list[float], rank: int) -> np.ndar
     return held
 
 
-def per_entry_from_zero_padded(mean_padded: np.ndarray, ranks: list[int], weights: list[float],
-                               global_r: np.ndarray) -> np.ndarray:
+def per_entry_from_zero_padded(
+    mean_padded: np.ndarray, ranks: list[int], weights: list[float], global_r: np.ndarray
+) -> np.ndarray:
     """The per-entry mean from the zero-padded weighted mean (L, r, r): each entry rescaled by
     total weight / weight of its holders; entries nobody holds keep `global_r` (L, r, r)."""
     rank = mean_padded.shape[-1]

@@ -30,16 +30,12 @@ def target_module_names(model: nn.Module, config: LoraXSConfig) -> list[str]:
         if isinstance(module, LoraXSLinear):
             raise LoraXSError(f"module {name!r} is already adapted with LoRA-XS")
         if type(module).__name__ == "Conv1D":
-            raise LoraXSError(
-                f"module {name!r} is a GPT-2 style Conv1D; LoRA-XS supports torch.nn.Linear only"
-            )
+            raise LoraXSError(f"module {name!r} is a GPT-2 style Conv1D; LoRA-XS supports torch.nn.Linear only")
         if not isinstance(module, nn.Linear):
             continue  # e.g. a parent container whose name happens to match
         rank_limit = min(module.weight.shape)
         if config.rank > rank_limit:
-            raise LoraXSError(
-                f"rank {config.rank} exceeds min(out, in) = {rank_limit} of module {name!r}"
-            )
+            raise LoraXSError(f"rank {config.rank} exceeds min(out, in) = {rank_limit} of module {name!r}")
         found.append(name)
     if not found:
         raise LoraXSError(
@@ -52,10 +48,7 @@ def target_module_names(model: nn.Module, config: LoraXSConfig) -> list[str]:
 def compute_basis(model: nn.Module, config: LoraXSConfig) -> Basis:
     """SVD factors of every target weight (float32), before injection."""
     modules = dict(model.named_modules())
-    factors = {
-        name: svd_factors(modules[name].weight, config)
-        for name in target_module_names(model, config)
-    }
+    factors = {name: svd_factors(modules[name].weight, config) for name in target_module_names(model, config)}
     return Basis(rank=config.rank, factors=factors)
 
 
@@ -95,8 +88,7 @@ def inject(
         base = getattr(parent, child)
         lora_B, lora_A = basis.factors[name]
         try:
-            layer = LoraXSLinear(base, lora_B.to(base.weight.device),
-                                 lora_A.to(base.weight.device), config.scale)
+            layer = LoraXSLinear(base, lora_B.to(base.weight.device), lora_A.to(base.weight.device), config.scale)
         except ValueError as err:
             raise LoraXSError(f"the basis does not fit module {name!r}: {err}") from None
         if config.init == "normal":
@@ -113,11 +105,7 @@ def adapted_layers(model: nn.Module) -> dict[str, LoraXSLinear]:
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the trainable adapter state: every `*.lora_R` and the head, as CPU float copies."""
-    return {
-        name: param.detach().cpu().clone()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
 def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -125,15 +113,11 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
-        raise LoraXSError(
-            f"adapter state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+        raise LoraXSError(f"adapter state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, param in params.items():
         value = state[name]
         if tuple(value.shape) != tuple(param.shape):
-            raise LoraXSError(
-                f"adapter tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
-            )
+            raise LoraXSError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
         with torch.no_grad():
             param.copy_(value.to(param.dtype))
 

@@ -31,8 +31,9 @@ class AdamW:
         self.v = {k: np.zeros_like(v, dtype=np.float32) for k, v in params.items() if k in lrs}
         self.t = 0
 
-    def step(self, params: Params, grads: Params, lr_factor: float = 1.0,
-             masks: dict[str, np.ndarray] | None = None) -> None:
+    def step(
+        self, params: Params, grads: Params, lr_factor: float = 1.0, masks: dict[str, np.ndarray] | None = None
+    ) -> None:
         """`masks`: key -> boolean array broadcastable to the param: only those entries move."""
         self.t += 1
         b1, b2 = self.betas
@@ -43,8 +44,8 @@ class AdamW:
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * g * g
-            m_hat = m / (1 - b1 ** self.t)
-            v_hat = v / (1 - b2 ** self.t)
+            m_hat = m / (1 - b1**self.t)
+            v_hat = v / (1 - b2**self.t)
             update = lr * (m_hat / (np.sqrt(v_hat) + self.eps) + self.weight_decay * params[key])
             if masks is not None and key in masks:
                 update = update * masks[key]

@@ -40,7 +40,8 @@ class RecipeBackend(Protocol):
     def features(self, batch: Batch, params: Params) -> np.ndarray:
         """(B, H) float32 pooled features of `batch` under `params` (its labels are ignored)."""
 
-    def loss_and_grads(self, batch: Batch, params: Params,
-                       logit_offset: np.ndarray | None = None) -> tuple[float, Params]:
+    def loss_and_grads(
+        self, batch: Batch, params: Params, logit_offset: np.ndarray | None = None
+    ) -> tuple[float, Params]:
         """Mean cross-entropy of the batch and its gradient for every key of `params` (zeros for
         R not in `trainable_layers`)."""

@@ -21,8 +21,7 @@ def split_validation(labels: Sequence, fraction: float, seed: int, stratify: boo
     rng = np.random.default_rng(seed)
     n = len(labels)
     if n < MIN_EXAMPLES:
-        raise LoraXSError(f"{n} training examples are too few to hold some out for validation "
-                          f"(need {MIN_EXAMPLES})")
+        raise LoraXSError(f"{n} training examples are too few to hold some out for validation (need {MIN_EXAMPLES})")
     groups: dict = {}
     for index, key in enumerate(labels if stratify else [0] * n):
         groups.setdefault(key, []).append(index)
@@ -62,26 +61,31 @@ def pad_batch(examples: Examples, indices: Sequence[int], pad_id: int) -> Batch:
     input_ids = np.full((len(indices), length), pad_id, dtype=np.int64)  # (B, T)
     mask = np.zeros((len(indices), length), dtype=np.int64)  # (B, T)
     for row, i in enumerate(indices):
-        input_ids[row, :len(examples.ids[i])] = examples.ids[i]
-        mask[row, :len(examples.ids[i])] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids),
-            "labels": examples.labels[np.asarray(indices, dtype=np.int64)].astype(np.int64),
-            "example_index": np.asarray(indices, dtype=np.int64)}
+        input_ids[row, : len(examples.ids[i])] = examples.ids[i]
+        mask[row, : len(examples.ids[i])] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(input_ids),
+        "labels": examples.labels[np.asarray(indices, dtype=np.int64)].astype(np.int64),
+        "example_index": np.asarray(indices, dtype=np.int64),
+    }
 
 
-def make_batches(examples: Examples, indices: Sequence[int], batch_size: int, pad_id: int,
-                 rng: np.random.Generator | None = None) -> list[Batch]:
+def make_batches(
+    examples: Examples, indices: Sequence[int], batch_size: int, pad_id: int, rng: np.random.Generator | None = None
+) -> list[Batch]:
     """Batches of texts of similar length. With `rng` (training): the texts are shuffled, cut
     into windows of 8 batches, each window sorted by length and cut into batches, and the
     batches shuffled; without (evaluation): sorted by length over all."""
     indices = list(indices)
     if rng is None:
         order = sorted(indices, key=lambda i: len(examples.ids[i]))
-        return [pad_batch(examples, order[k:k + batch_size], pad_id) for k in range(0, len(order), batch_size)]
+        return [pad_batch(examples, order[k : k + batch_size], pad_id) for k in range(0, len(order), batch_size)]
     shuffled = [indices[k] for k in rng.permutation(len(indices))]
     window = 8 * batch_size
     chunks = []
     for start in range(0, len(shuffled), window):
-        part = sorted(shuffled[start:start + window], key=lambda i: len(examples.ids[i]))
-        chunks += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+        part = sorted(shuffled[start : start + window], key=lambda i: len(examples.ids[i]))
+        chunks += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
     return [pad_batch(examples, chunks[k], pad_id) for k in rng.permutation(len(chunks))]

@@ -47,7 +47,9 @@ def log_loss(weight, bias, features: np.ndarray, labels: np.ndarray) -> float:
     return float(example_losses(logits(weight, bias, features), labels).mean()) if len(labels) else 0.0
 
 
-def _objective(theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float) -> tuple[float, np.ndarray, np.ndarray]:
+def _objective(
+    theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Loss, the softmax (N, C) and the gradient (C, H + 1) at theta (C, H + 1) = [W' | b']."""
     z = x1 @ theta.T  # (N, H + 1) @ (H + 1, C) -> (N, C)
     logp = log_softmax(z)
@@ -110,8 +112,12 @@ def fit_head(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: flo
     return Head(weight.astype(np.float32), bias.astype(np.float32), l2)
 
 
-def choose_head(fit: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], num_classes: int,
-                grid: tuple[float, ...] = L2_GRID) -> tuple[Head, float]:
+def choose_head(
+    fit: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    grid: tuple[float, ...] = L2_GRID,
+) -> tuple[Head, float]:
     """The regression with the best validation accuracy over `grid` (ties: the stronger
     penalty), and that accuracy."""
     best: tuple[Head, float] | None = None

@@ -1,19 +1,19 @@
 """The small-folder recipe, numpy only; a `RecipeBackend` computes what needs the network.
 
-    train split -> fit + validation (stratified, seeded); every text tokenized once
-    max length  <- the 95th percentile of the fit texts' token counts (capped)
-    one pass    -> frozen features of fit + validation (+ test): the frozen-features baseline,
-                   the start's "before" score and the closed-form head start
-    start       <- the better on validation of the adapter as given and the same adapter with its
-                   head refitted in closed form (from scratch: R = 0 and the closed-form head)
-    train       -> R (of the backend's trainable layers) and, slowly, the head with AdamW over
-                   length-sorted buckets; after every epoch the head is refitted in closed form on
-                   the fit split's current features and scored on validation; early stopping
-    interpolate -> R_ref + lam (R_best - R_ref), lam chosen on validation (shared/interpolation.py)
-    never worse -> lam = 0 wins ties; chosen on loss, an epoch or a point must also keep the
-                   validation accuracy of what it replaces (`keep_accuracy`)
-    anytime     -> with a deadline, training stops while one more validation and the final passes
-                   still fit, and the best validated state so far is kept
+train split -> fit + validation (stratified, seeded); every text tokenized once
+max length  <- the 95th percentile of the fit texts' token counts (capped)
+one pass    -> frozen features of fit + validation (+ test): the frozen-features baseline,
+               the start's "before" score and the closed-form head start
+start       <- the better on validation of the adapter as given and the same adapter with its
+               head refitted in closed form (from scratch: R = 0 and the closed-form head)
+train       -> R (of the backend's trainable layers) and, slowly, the head with AdamW over
+               length-sorted buckets; after every epoch the head is refitted in closed form on
+               the fit split's current features and scored on validation; early stopping
+interpolate -> R_ref + lam (R_best - R_ref), lam chosen on validation (shared/interpolation.py)
+never worse -> lam = 0 wins ties; chosen on loss, an epoch or a point must also keep the
+               validation accuracy of what it replaces (`keep_accuracy`)
+anytime     -> with a deadline, training stops while one more validation and the final passes
+               still fit, and the best validated state so far is kept
 """
 
 import math
@@ -145,8 +145,11 @@ class Passes:
 
 def _evaluation(params: Params, features: np.ndarray, labels: np.ndarray) -> Evaluation:
     z = logits(params["head_weight"], params["head_bias"], features)  # (N, C)
-    return Evaluation(loss=float(example_losses(z, labels).mean()), accuracy=float((z.argmax(1) == labels).mean()),
-                      examples=len(labels))
+    return Evaluation(
+        loss=float(example_losses(z, labels).mean()),
+        accuracy=float((z.argmax(1) == labels).mean()),
+        examples=len(labels),
+    )
 
 
 def _score(evaluation: Evaluation, measure: str) -> float:
@@ -162,9 +165,18 @@ def _copy(params: Params) -> Params:
 
 
 def run_recipe(
-    backend: RecipeBackend, tokenize: Tokenize, pad_id: int, texts: list[str], labels: list[int],
-    num_classes: int, start: Params, config: PersonalTrainingConfig, start_name: str = "scratch",
-    test: tuple[list[str], list[int]] | None = None, progress: bool = False, deadline: float | None = None,
+    backend: RecipeBackend,
+    tokenize: Tokenize,
+    pad_id: int,
+    texts: list[str],
+    labels: list[int],
+    num_classes: int,
+    start: Params,
+    config: PersonalTrainingConfig,
+    start_name: str = "scratch",
+    test: tuple[list[str], list[int]] | None = None,
+    progress: bool = False,
+    deadline: float | None = None,
     length_limit: int | None = None,
 ) -> RecipeResult:
     """The recipe above on `texts` / `labels` (the folder's training split) from `start`
@@ -173,8 +185,7 @@ def run_recipe(
     measure = config.select_on
     guarded = measure == "loss" and config.keep_accuracy
     fit, val = split_validation(list(labels), config.val_fraction, config.seed, stratify=True)
-    max_length = choose_max_length([len(ids) for ids in tokenize([texts[i] for i in fit], None)],
-                                   config, length_limit)
+    max_length = choose_max_length([len(ids) for ids in tokenize([texts[i] for i in fit], None)], config, length_limit)
     all_texts = list(texts) + (list(test[0]) if test else [])
     all_labels = np.asarray(list(labels) + (list(test[1]) if test else []), dtype=np.int64)
     examples = Examples(tokenize(all_texts, max_length), all_labels)
@@ -272,7 +283,11 @@ def run_recipe(
             step_seconds.append(clock.add("training steps", started))
             epochs_left = math.ceil((total - step) / num_batches)
             bar.update(1)
-            bar.set_postfix(refresh=False, loss=f"{loss:.3f}", left=f"~{min(clock.left(), (total - step) * step_seconds[-1] + epochs_left * val_cost + final_cost):.0f}s")
+            bar.set_postfix(
+                refresh=False,
+                loss=f"{loss:.3f}",
+                left=f"~{min(clock.left(), (total - step) * step_seconds[-1] + epochs_left * val_cost + final_cost):.0f}s",
+            )
             if step >= total:
                 break
         if stopped_on_time or step >= total or since_validation == 0:
@@ -286,8 +301,12 @@ def run_recipe(
     bar.close()
     if not all(np.isfinite(v).all() for v in params.values()):
         raise LoraXSError(f"training diverged (non-finite weights after step {step}); try a lower --lr")
-    training = TrainingSummary(loss=float(np.mean(losses)) if losses else 0.0, examples=seen, steps=step,
-                               seconds=time.monotonic() - training_started)
+    training = TrainingSummary(
+        loss=float(np.mean(losses)) if losses else 0.0,
+        examples=seen,
+        steps=step,
+        seconds=time.monotonic() - training_started,
+    )
 
     # interpolation toward the best epoch, and the head refitted on fit + validation
     since = time.monotonic()
@@ -315,12 +334,15 @@ def run_recipe(
     kept_fit = kept_features[0]
     if head_l2 is not None:  # a given adapter kept as given keeps its head
         kept_fit = kept_fit if kept_fit is not None else passes.features(fit, kept)
-        kept = _with_head(kept, fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val],
-                                         num_classes, probe.l2))
+        kept = _with_head(
+            kept, fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val], num_classes, probe.l2)
+        )
     clock.add("interpolation and refit", since)
 
-    views = {"fit": SplitView(kept_fit, [examples.ids[i] for i in fit], y_fit),
-             "val": SplitView(kept_features[1], [examples.ids[i] for i in val], y_val)}
+    views = {
+        "fit": SplitView(kept_fit, [examples.ids[i] for i in fit], y_fit),
+        "val": SplitView(kept_features[1], [examples.ids[i] for i in val], y_val),
+    }
     before = after = frozen_test = None
     if test:
         since = time.monotonic()
@@ -333,12 +355,32 @@ def run_recipe(
         views["test"] = SplitView(kept_test, [examples.ids[i] for i in test_idx], y_test)
         clock.add("test", since)
     return RecipeResult(
-        params=kept, start=start_label, start_score=start_score, best_score=best_score, improved=best_epoch > 0,
-        history=history, best_epoch=best_epoch, training=training, max_length=max_length, num_fit=len(fit),
-        num_val=len(val), frozen_head_score=frozen_score, frozen_params=frozen_params, lam=lam,
-        lam_scores=lam_scores, measure=measure, start_accuracy=start_accuracy, kept_accuracy=kept_accuracy,
-        held_back=held_back, stopped_on_time=stopped_on_time, before=before, after=after, frozen_test=frozen_test,
-        seconds=dict(clock.spent), kept=kept_words(lam, best_epoch, start_name, start_label), head_l2=head_l2,
+        params=kept,
+        start=start_label,
+        start_score=start_score,
+        best_score=best_score,
+        improved=best_epoch > 0,
+        history=history,
+        best_epoch=best_epoch,
+        training=training,
+        max_length=max_length,
+        num_fit=len(fit),
+        num_val=len(val),
+        frozen_head_score=frozen_score,
+        frozen_params=frozen_params,
+        lam=lam,
+        lam_scores=lam_scores,
+        measure=measure,
+        start_accuracy=start_accuracy,
+        kept_accuracy=kept_accuracy,
+        held_back=held_back,
+        stopped_on_time=stopped_on_time,
+        before=before,
+        after=after,
+        frozen_test=frozen_test,
+        seconds=dict(clock.spent),
+        kept=kept_words(lam, best_epoch, start_name, start_label),
+        head_l2=head_l2,
         views=views,
     )
 

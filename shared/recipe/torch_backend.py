@@ -29,9 +29,11 @@ def params_from_model(model: nn.Module) -> Params:
     head = linear_head(model)
     if head is None:
         raise LoraXSError("the recipe needs a model with one linear head over pooled features")
-    return {"lora_R": np.stack([m.lora_R.detach().cpu().float().numpy() for m in adapted_layers(model).values()]),
-            "head_weight": head.weight.detach().cpu().float().numpy().copy(),
-            "head_bias": head.bias.detach().cpu().float().numpy().copy()}
+    return {
+        "lora_R": np.stack([m.lora_R.detach().cpu().float().numpy() for m in adapted_layers(model).values()]),
+        "head_weight": head.weight.detach().cpu().float().numpy().copy(),
+        "head_bias": head.bias.detach().cpu().float().numpy().copy(),
+    }
 
 
 @torch.no_grad()
@@ -56,8 +58,9 @@ def _blocks(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, str] | None:
 
 
 class TorchBackend:
-    def __init__(self, model: nn.Module, train_blocks: int | None = None, device: str | torch.device = "cpu",
-                 bf16: bool = False):
+    def __init__(
+        self, model: nn.Module, train_blocks: int | None = None, device: str | torch.device = "cpu", bf16: bool = False
+    ):
         self.model = model.to(device).eval()
         keep_large_buffers_off_the_heap()
         self.device = torch.device(device)
@@ -74,8 +77,9 @@ class TorchBackend:
         if found is not None and train_blocks is not None and train_blocks < len(found[1]):
             self.backbone, self.blocks, prefix = found
             self.first_trained = len(self.blocks) - train_blocks
-            self.trainable_layers = np.array([_block_of(name, prefix) >= self.first_trained
-                                              for name in self.layer_names])
+            self.trainable_layers = np.array(
+                [_block_of(name, prefix) >= self.first_trained for name in self.layer_names]
+            )
         else:
             self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
@@ -89,8 +93,9 @@ class TorchBackend:
             release_free_memory()
         return out
 
-    def loss_and_grads(self, batch: Batch, params: Params,
-                       logit_offset: np.ndarray | None = None) -> tuple[float, Params]:
+    def loss_and_grads(
+        self, batch: Batch, params: Params, logit_offset: np.ndarray | None = None
+    ) -> tuple[float, Params]:
         load_params(self.model, params)
         trained = [layer.lora_R for layer, on in zip(self.layers.values(), self.trainable_layers) if on]
         for tensor in [*trained, self.head.weight, self.head.bias]:
@@ -111,8 +116,11 @@ class TorchBackend:
                 r_grads[index] = layer.lora_R.grad.cpu().numpy()
         if batch["input_ids"].size >= TRAIN_TOKENS:
             release_free_memory()
-        return total, {"lora_R": r_grads, "head_weight": self.head.weight.grad.cpu().numpy().copy(),
-                             "head_bias": self.head.bias.grad.cpu().numpy().copy()}
+        return total, {
+            "lora_R": r_grads,
+            "head_weight": self.head.weight.grad.cpu().numpy().copy(),
+            "head_bias": self.head.bias.grad.cpu().numpy().copy(),
+        }
 
     # -- how --------------------------------------------------------------------------------
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -126,18 +134,25 @@ class TorchBackend:
             return _captured_features(self.model, self.head, inputs)
         hidden = self._entering_top(batch, inputs)  # (B, T, H)
         mask = self._mask(inputs["attention_mask"], hidden)
-        for block in self.blocks[self.first_trained:]:
+        for block in self.blocks[self.first_trained :]:
             hidden = _hidden(block(hidden, mask))
         return self.model.pool(hidden, inputs["attention_mask"])  # (B, H)
 
     def _mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor):
         return self.backbone._create_attention_masks(
-            attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
-            encoder_hidden_states=None, cache=None)[0]
+            attention_mask=attention_mask,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )[0]
 
     def _lower_key(self) -> str:
-        lower = [layer.lora_R.detach().cpu().numpy().tobytes()
-                 for layer, on in zip(self.layers.values(), self.trainable_layers) if not on]
+        lower = [
+            layer.lora_R.detach().cpu().numpy().tobytes()
+            for layer, on in zip(self.layers.values(), self.trainable_layers)
+            if not on
+        ]
         return hashlib.sha1(b"".join(lower)).hexdigest()
 
     def _entering_top(self, batch: Batch, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -147,17 +162,19 @@ class TorchBackend:
         ids = [int(i) for i in batch["example_index"]]
         if not all((key, i) in self.cache for i in ids):
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                hidden = self.backbone.embeddings(input_ids=inputs["input_ids"],
-                                                  token_type_ids=inputs.get("token_type_ids"))
+                hidden = self.backbone.embeddings(
+                    input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids")
+                )
                 mask = self._mask(inputs["attention_mask"], hidden)
-                for block in self.blocks[:self.first_trained]:
+                for block in self.blocks[: self.first_trained]:
                     hidden = _hidden(block(hidden, mask))
             for row, i in enumerate(ids):
-                self.cache[key, i] = hidden[row, :int(lengths[row])].float().clone()
-        out = torch.zeros(len(ids), batch["input_ids"].shape[1], self.cache[key, ids[0]].shape[-1],
-                          device=self.device)  # (B, T, H)
+                self.cache[key, i] = hidden[row, : int(lengths[row])].float().clone()
+        out = torch.zeros(
+            len(ids), batch["input_ids"].shape[1], self.cache[key, ids[0]].shape[-1], device=self.device
+        )  # (B, T, H)
         for row, i in enumerate(ids):
-            out[row, :int(lengths[row])] = self.cache[key, i]
+            out[row, : int(lengths[row])] = self.cache[key, i]
         return out
 
     def forget(self) -> None:
@@ -206,7 +223,7 @@ def _row_chunks(batch: Batch) -> list[slice]:
 def _block_of(name: str, prefix: str) -> int:
     if not name.startswith(prefix):
         return -1  # outside the blocks: never trained with a cache
-    return int(name[len(prefix):].split(".", 1)[0])
+    return int(name[len(prefix) :].split(".", 1)[0])
 
 
 def _hidden(output) -> torch.Tensor:

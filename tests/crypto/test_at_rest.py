@@ -18,7 +18,6 @@ from shared.crypto.at_rest import (
     passphrase_key,
     write_encrypted,
 )
-
 from tests.helpers import make_key_file
 
 PLAIN = b"safetensors header and tensors" * 100
@@ -61,8 +60,10 @@ def test_key_file_round_trip(tmp_path):
         decrypt_bytes(blob, passphrase_key("pw", log2_n=FAST))
 
 
-@pytest.mark.parametrize("content", [b"not a key", os.urandom(32), b"hunter2-is-a-31-char-password!!\n",
-                                     b"ab" * 31 + b"\n", b"zz" * 32, b"ab " * 32])
+@pytest.mark.parametrize(
+    "content",
+    [b"not a key", os.urandom(32), b"hunter2-is-a-31-char-password!!\n", b"ab" * 31 + b"\n", b"zz" * 32, b"ab " * 32],
+)
 def test_a_key_file_is_64_hex_characters_and_nothing_else(tmp_path, content):
     """A password or 32 raw bytes would be used as the AES key with no derivation: refused."""
     path = tmp_path / "bad.key"

@@ -14,8 +14,9 @@ D = 2 * 16 * 16 + 2 * 16  # two r x r matrices and a small head, flattened
 
 
 def _setup(ids=IDS, threshold=3, seed=0, **kw):
-    params = SecAggParams(participants=tuple(sorted(ids)), threshold=threshold, vector_length=D, run_id=4,
-                          server_round=9, **kw)
+    params = SecAggParams(
+        participants=tuple(sorted(ids)), threshold=threshold, vector_length=D, run_id=4, server_round=9, **kw
+    )
     rng = np.random.default_rng(seed)
     xs = {i: rng.normal(0, 0.3, D).astype(np.float32) for i in params.participants}  # (D,) each
     ws = {i: int(rng.integers(10, 400)) for i in params.participants}
@@ -107,8 +108,16 @@ def test_too_few_survivors_is_a_clear_error():
 
 @pytest.mark.parametrize(
     "junk",
-    [None, "text", np.zeros(D + 1, np.float32), np.zeros(D, np.uint32), np.zeros((D + 1, 1), np.uint32),
-     np.zeros(D + 1, np.int64), {"masked": 1}, [1, 2, 3]],
+    [
+        None,
+        "text",
+        np.zeros(D + 1, np.float32),
+        np.zeros(D, np.uint32),
+        np.zeros((D + 1, 1), np.uint32),
+        np.zeros(D + 1, np.int64),
+        {"masked": 1},
+        [1, 2, 3],
+    ],
 )
 def test_garbage_masked_vector_excludes_that_client(junk):
     params, xs, ws = _setup(seed=2)
@@ -121,8 +130,18 @@ def test_garbage_masked_vector_excludes_that_client(junk):
 
 def test_checkers_never_raise_on_hostile_replies():
     params, _, _ = _setup()
-    junk = [None, 3, "x", b"\0" * 32, [b"a"], {"enc-pk": b"short"}, {"enc-pk": 1, "mask-pk": 2, "seed-hash": 3},
-            {str(i): b"\0" * 116 for i in IDS}, np.zeros(3), object()]
+    junk = [
+        None,
+        3,
+        "x",
+        b"\0" * 32,
+        [b"a"],
+        {"enc-pk": b"short"},
+        {"enc-pk": 1, "mask-pk": 2, "seed-hash": 3},
+        {str(i): b"\0" * 116 for i in IDS},
+        np.zeros(3),
+        object(),
+    ]
     for reply in junk:
         server = SecAggServer(params)
         node = params.participants[0]
@@ -190,8 +209,16 @@ def test_weight_is_clipped_and_params_are_checked():
     expected, expected_weight = _plain_mean(xs, ws, params.participants, max_weight=100)
     assert total_weight == expected_weight
     assert np.abs(weighted_sum / total_weight - expected).max() <= max_mean_error(params, 5, total_weight)
-    for bad in [dict(threshold=2), dict(threshold=6), dict(participants=(1,)), dict(participants=(2, 1, 3)),
-                dict(vector_length=0), dict(clipping_range=-1.0), dict(modulus_bits=70), dict(max_weight=2**31)]:
+    for bad in [
+        dict(threshold=2),
+        dict(threshold=6),
+        dict(participants=(1,)),
+        dict(participants=(2, 1, 3)),
+        dict(vector_length=0),
+        dict(clipping_range=-1.0),
+        dict(modulus_bits=70),
+        dict(max_weight=2**31),
+    ]:
         fields = dict(participants=(1, 2, 3, 4, 5), threshold=3, vector_length=4) | bad
         with pytest.raises(SecAggError):
             SecAggParams(**fields)

@@ -6,8 +6,17 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem  # noqa: F401 - the suite below needs it
 
 from shared.crypto.sealing import (
-    PQ_HYBRID, X25519, SealContext, SealError, ServerPrivateKey, load_private_key, load_public_key, open_update,
-    save_private_key, save_public_key, seal_update,
+    PQ_HYBRID,
+    X25519,
+    SealContext,
+    SealError,
+    ServerPrivateKey,
+    load_private_key,
+    load_public_key,
+    open_update,
+    save_private_key,
+    save_public_key,
+    seal_update,
 )
 from shared.crypto.signing import SignatureError, Statement, record_digest, sign, verify
 
@@ -31,8 +40,12 @@ def test_the_signing_key_is_derived_from_the_private_key_and_rides_in_the_public
     (tmp_path / "old.pub").write_text(lines[0] + "\n")  # a file from before: still loads, no signing key
     old = load_public_key(tmp_path / "old.pub")
     assert old.raw == key.public_key.raw and old.signing is None
-    for bad in (lines[0] + "\nloraxs-signing-public-key ed25519 zz\n", lines[0] + "\nsomething else\n",
-                "\n".join(lines + lines) + "\n", lines[0] + "\nloraxs-signing-public-key ed25519 " + "00" * 31 + "\n"):
+    for bad in (
+        lines[0] + "\nloraxs-signing-public-key ed25519 zz\n",
+        lines[0] + "\nsomething else\n",
+        "\n".join(lines + lines) + "\n",
+        lines[0] + "\nloraxs-signing-public-key ed25519 " + "00" * 31 + "\n",
+    ):
         (tmp_path / "bad.pub").write_text(bad)
         with pytest.raises(SealError):
             load_public_key(tmp_path / "bad.pub")
@@ -41,8 +54,15 @@ def test_the_signing_key_is_derived_from_the_private_key_and_rides_in_the_public
 def test_a_signature_verifies_only_for_its_own_statement(key):
     signature = sign(key.signing_key, STATEMENT)
     verify(key.public_key.signing, signature, STATEMENT)
-    changes = [dict(stage="unmask"), dict(run_id=8), dict(server_round=4), dict(fingerprint="cd" * 32),
-               dict(setup_digest=b"t" * 32), dict(content_digest=b"d" * 32), dict(recipient=5)]
+    changes = [
+        dict(stage="unmask"),
+        dict(run_id=8),
+        dict(server_round=4),
+        dict(fingerprint="cd" * 32),
+        dict(setup_digest=b"t" * 32),
+        dict(content_digest=b"d" * 32),
+        dict(recipient=5),
+    ]
     for change in changes:
         other = Statement(**{**STATEMENT.__dict__, **change})
         with pytest.raises(SignatureError, match="bad server signature"):

@@ -66,8 +66,11 @@ class SecAggServer:
                 raise ValueError("share boxes must address exactly every other client in the directory")
             commitments = reply[COMMITMENTS]
             n = len(self.params.participants)
-            if not isinstance(commitments, list) or len(commitments) != n or not all(
-                    isinstance(c, bytes) and len(c) == COMMIT_LEN for c in commitments):
+            if (
+                not isinstance(commitments, list)
+                or len(commitments) != n
+                or not all(isinstance(c, bytes) and len(c) == COMMIT_LEN for c in commitments)
+            ):
                 raise ValueError(f"the share commitments must be {n} values of {COMMIT_LEN} bytes")
             self.boxes[node] = {k: _exact_bytes(reply, k, shares.BOX_LEN) for k in peers}
             self.commitments[node] = list(commitments)
@@ -79,8 +82,10 @@ class SecAggServer:
         each followed by its sender's commitment to the share inside."""
         self._close(SHARE_KEYS, self.boxes, "shared their secrets")
         pos = {n: p for p, n in enumerate(self.params.participants)}
-        return {r: {str(s): b[str(r)] + self.commitments[s][pos[r]] for s, b in self.boxes.items() if s != r}
-                for r in self.boxes}
+        return {
+            r: {str(s): b[str(r)] + self.commitments[s][pos[r]] for s, b in self.boxes.items() if s != r}
+            for r in self.boxes
+        }
 
     # Stage 3 -------------------------------------------------------------------------------
     def receive_masked(self, node: int, reply: object) -> bool:
@@ -157,8 +162,12 @@ class SecAggServer:
     def _receive(self, stage: int, node: int, check) -> bool:
         if node in self.dropped:
             return False
-        expected = {KEYS: self.params.participants, SHARE_KEYS: self.keys, MASKED_INPUT: self.boxes,
-                    REVEAL: self.survivors}[stage]
+        expected = {
+            KEYS: self.params.participants,
+            SHARE_KEYS: self.keys,
+            MASKED_INPUT: self.boxes,
+            REVEAL: self.survivors,
+        }[stage]
         if self.stage != stage or node not in expected or node in self._replies(stage):
             self.drop(node, f"stage-{stage} reply out of turn or repeated (server at stage {self.stage})")
             return False
@@ -199,4 +208,3 @@ def _is_private_key_of(raw: bytes, public: bytes) -> bool:
         return x25519.X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw() == public
     except Exception:
         return False
-
