@@ -5,7 +5,8 @@ Local personalization (no server):
                          [--epochs N] [--model M] [--rank R] [--seed S] [--basis FILE] [--force]
 On onnxruntime alone (no PyTorch; MODEL_DIR from `python -m client.export --training MODEL_DIR`):
     python -m client.run --runtime onnx --model-dir MODEL_DIR --data DIR [--adapter FILE] [--out FILE]
-(--runtime auto trains on onnx when DIR/.loraxs/onnx-training holds artifacts; torch is the default)
+(the default, --runtime auto, trains on onnx where --model-dir is given or DIR/.loraxs/onnx-training holds
+artifacts, else on PyTorch)
 Joining a federation as a Flower SuperNode (DIR is its data, passed as node config):
     python -m client.run --data DIR --superlink HOST:PORT
                          [--root-certificates CA.crt] [--auth-key KEY] [--insecure]
@@ -154,10 +155,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     local.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default="torch",
+        default="auto",
         help=(
-            "torch: PyTorch (default); onnx: onnxruntime + numpy with the training artifacts of --model-dir; auto: "
-            f"onnx when --model-dir is given or DIR/{ONNX_ARTIFACTS} holds artifacts and no PyTorch-only flag is, else torch"
+            f"auto (default): onnx when --model-dir is given or DIR/{ONNX_ARTIFACTS} holds artifacts and no "
+            "PyTorch-only flag is, else torch; torch: PyTorch; onnx: onnxruntime + numpy with the training "
+            "artifacts of --model-dir"
         ),
     )
     local.add_argument("--model-dir", metavar="DIR", help="training artifacts (python -m client.export --training DIR)")
