@@ -15,6 +15,7 @@ import numpy as np
 
 from client.onnx_training.folder import TrainingFolder, ort_session
 from shared.errors import LoraXSError
+from shared.recipe.memory import keep_large_buffers_off_the_heap
 
 MICRO_TOKENS = 1024  # padded tokens per run of the step graph: its memory grows with batch x length^2
 
@@ -26,6 +27,7 @@ class OnnxBackend:
                 f"{folder.path} holds {folder.description['task']} artifacts; "
                 "the onnx runtime trains classifiers (seq-cls) only: use --runtime torch"
             )
+        keep_large_buffers_off_the_heap()  # without an arena, onnxruntime's buffers come from malloc
         self.folder = folder
         self.layer_names = folder.layers
         self.trainable_layers = np.ones(len(self.layer_names), dtype=bool)

@@ -6,8 +6,6 @@ so they are computed once per text (keyed by `example_index` and the lower R's b
 epoch runs the top k blocks alone. Otherwise every R trains through the whole model.
 """
 
-import ctypes
-import ctypes.util
 import hashlib
 
 import numpy as np
@@ -19,6 +17,7 @@ from shared.linear_probe import linear_head
 from shared.loraxs.model import adapted_layers
 from shared.pooled_classifier import PooledClassifier
 from shared.recipe.backend import Batch, Params
+from shared.recipe.memory import keep_large_buffers_off_the_heap, release_free_memory
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 TRAIN_TOKENS = 1024  # padded tokens per micro-batch of a training step (activation memory)
@@ -180,30 +179,6 @@ class TorchBackend:
     def forget(self) -> None:
         """Drop the cached hidden states."""
         self.cache.clear()
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
-
-
-def keep_large_buffers_off_the_heap() -> None:
-    """Serve every allocation of 1 MiB or more (activations of long texts) by mmap, returned to the
-    system when freed. glibc's default threshold rises to the largest block freed so far (up to
-    32 MiB), after which those buffers come from the heap and its fragments stay in the RSS: on a
-    folder of 256-token texts the run's peak RSS grew by about 100 MB. Not glibc: nothing to do."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc keeps what a long batch freed)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
-        pass
 
 
 def bf16_supported(device: torch.device) -> bool:
