@@ -253,6 +253,14 @@ def run_config(nodes: int, rounds: int, model: str, out_dir: Path, round_timeout
 _TINY: list[Path] = []
 
 
+def training_artifacts(model: str, folder: Path) -> Path:
+    """`client.export --training` for the level's model and rank: what every onnx SuperNode trains with."""
+    target = folder / "onnx-training"
+    which = ["--model", str(tiny_model_dir()), "--rank", "4"] if model == "tiny" else ["--rank", "16"]
+    subprocess.run([sys.executable, "-m", "client.export", "--training", str(target), *which], cwd=REPO, check=True)
+    return target
+
+
 def tiny_model_dir() -> Path:
     if not _TINY:
         from simulations.tiny_models import make_tiny_bert
@@ -271,6 +279,7 @@ def run_level(
     min_free: int,
     workdir: Path,
     fraction: float = 1.0,
+    onnx_model_dir: Path | None = None,
 ) -> dict:
     """One level: N SuperNodes, R rounds; everything it started is gone when it returns."""
     tag = uuid.uuid4().hex
@@ -291,7 +300,10 @@ def run_level(
     deadline = started + timeout
     try:
         sampler.start()
-        with LocalDeployment(DeploymentConfig(data_dirs=data_dirs, workdir=workdir / "deployment")) as deployment:
+        runtime = {"runtime": "onnx", "onnx_model_dir": onnx_model_dir} if onnx_model_dir else {}
+        with LocalDeployment(
+            DeploymentConfig(data_dirs=data_dirs, workdir=workdir / "deployment", **runtime)
+        ) as deployment:
             try:
                 deployment.wait_for_supernodes(timeout=max(120.0, min(timeout / 2, 6.0 * nodes)))
             except LoraXSError as err:
@@ -461,9 +473,12 @@ def write_results(
         "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
         "load_average_before": machine["load_average_before"],
         "load_average_after": load_average(),
-        "model": "tiny seeded BERT (simulations/tiny_models.py), rank 4"
-        if args.model == "tiny"
-        else "sentence-transformers/all-MiniLM-L6-v2, rank 16",
+        "model": (
+            "tiny seeded BERT (simulations/tiny_models.py), rank 4"
+            if args.model == "tiny"
+            else "sentence-transformers/all-MiniLM-L6-v2, rank 16"
+        )
+        + (", every SuperNode on onnxruntime (node config runtime = onnx)" if args.runtime == "onnx" else ""),
         "examples": args.examples,
         "rounds": args.rounds,
         "fraction": args.fraction,
@@ -494,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fraction-train: the share of the nodes sampled to train each round (1.0 = all)",
     )
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what the SuperNodes train with (onnx: node config runtime = onnx, artifacts exported once)",
+    )
     parser.add_argument("--examples", type=int, default=20, help="synthetic reviews per node (80%% train)")
     parser.add_argument("--level-timeout", type=float, default=900.0, help="seconds a level may take")
     parser.add_argument(
@@ -511,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     broke_at = None
     started = time.time()
     machine = machine_now(with_torch=False)  # this process stays without torch: the nodes' processes are measured
+    artifacts = tempfile.TemporaryDirectory(prefix="loraxs-load-onnx-")
+    onnx_model_dir = training_artifacts(args.model, Path(artifacts.name)) if args.runtime == "onnx" else None
     for nodes in sorted(args.nodes):
         if broke_at is not None:
             levels.append({"nodes": nodes, "skipped": f"{broke_at} nodes already broke", "broken": None})
@@ -526,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                 int(args.min_free_gib * GIB),
                 Path(tmp),
                 args.fraction,
+                onnx_model_dir,
             )
         levels.append(level)
         print(json.dumps({k: v for k, v in level.items() if not isinstance(v, (list, dict))}), flush=True)
@@ -535,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     print(write_results(levels, args, argv, started, machine))
     for path in _TINY:
         shutil.rmtree(path.parent, ignore_errors=True)
+    artifacts.cleanup()
     leftovers = sum(lv.get("leftover_processes", 0) for lv in levels)
     if leftovers:
         print(f"error: {leftovers} process(es) outlived their level (killed)", file=sys.stderr)

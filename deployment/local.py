@@ -44,6 +44,8 @@ class DeploymentConfig:
     auth: bool = False
     connection: str = "loopback"
     secure_aggregation: bool = False  # the SuperNodes take part in secure aggregation (their own node config)
+    runtime: str = "torch"  # "onnx": every SuperNode trains through onnxruntime (node config runtime = "onnx")
+    onnx_model_dir: Path | None = None  # their training artifacts (default: <data dir>/.loraxs/onnx-training)
 
     def __post_init__(self):
         dirs = tuple(Path(d).expanduser().resolve() for d in self.data_dirs)
@@ -138,6 +140,8 @@ class LocalDeployment:
                 auth_key=self.certificates.supernode_keys[i] if config.auth else None,
                 insecure=not config.tls,
                 secure_aggregation=config.secure_aggregation,
+                runtime=config.runtime,
+                onnx_model_dir=config.onnx_model_dir,
             )
             self.supernodes.append(
                 start_supernode(
