@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -192,7 +193,7 @@ def parts_fields(result) -> dict:
         "lexical_only_val_accuracy": choice.lexical_only_accuracy,
         "mix_scores": {str(m): list(v) for m, v in choice.scores.items()},
         "temperature": choice.parts.temperature,
-        "calibration": result.calibration,
+        "calibration": asdict(result.calibration) if result.calibration else None,
         "val_nll": list(choice.val_nll),
         "val_ece": list(choice.val_ece),
         "encoder_bytes": result.encoder_bytes,

@@ -7,7 +7,7 @@ changes except the output file and the `.loraxs/` state folder (cached factors).
 """
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.artifacts.adapter_file import AdapterMeta, adapter_meta, adapter_to_bytes, save_adapter
@@ -23,9 +23,9 @@ from shared.errors import LoraXSError
 from shared.linear_probe import linear_head
 from shared.loraxs.config import LoraXSConfig
 from shared.loraxs.model import adapter_state
-from shared.output_parts import OutputParts, parts_meta
+from shared.output_parts import OutputParts
 from shared.personal_output import parts_state
-from shared.personal_parts import PartsChoice, choose_parts, held_out
+from shared.personal_parts import HeldOut, PartsChoice, parts_after_recipe, parts_metadata
 from shared.personal_training import (
     PersonalTrainingConfig,
     PersonalTrainingResult,
@@ -111,7 +111,9 @@ class PersonalizationResult:
     num_train: int
     after_encoder: EvalResult | None = None  # the trained encoder alone (no lexical part, no temperature)
     parts: PartsChoice | None = None  # the lexical part and temperature, and why
-    calibration: dict[str, float] | None = None  # test NLL / ECE of the personal model before and after its temperature
+    calibration: HeldOut | None = (
+        None  # the personal model on the test split: NLL / ECE before and after its temperature
+    )
     encoder_bytes: int = 0  # the same adapter file without the lexical part and temperature (plain, unencrypted)
 
 
@@ -157,7 +159,7 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
     tokenizer = load_tokenizer(model_id)
     start_name = "the given adapter" if config.adapter else "scratch"
     test_loader = lambda length: make_loader(splits.test, tokenizer, task, EVAL_BATCH_SIZE, length)
-    choice = calibration = None
+    choice = held = None
     if task == "seq-cls" and linear_head(model) is not None:  # the numpy recipe reports on the test split itself
         recipe = personal_training(
             model,
@@ -173,7 +175,7 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         )
         before, after = recipe.before, recipe.after
         baselines = {"frozen features + logistic regression": recipe.frozen_test}
-        choice = _choose_parts(config, recipe, set(tokenizer.all_special_ids))
+        choice, held = parts_after_recipe(recipe, set(tokenizer.all_special_ids), config.lexical, config.calibrate)
     else:
         before = evaluate(
             model, test_loader(choose_max_length(splits.train["text"], tokenizer, config.training, model)), device
@@ -184,11 +186,8 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         after, baselines = evaluate(model, test_loader(recipe.max_length), device), {}
     after_encoder = after
     parts = choice.parts if choice is not None else OutputParts()
-    if choice is not None:  # the personal model on the test features the recipe already has
-        held = held_out(recipe.views["test"], recipe.params["head_weight"], recipe.params["head_bias"], parts)
-        calibration = asdict(held)
-        if not parts.empty:
-            after = EvalResult(loss=held.nll_after, accuracy=held.accuracy, examples=held.examples)
+    if held is not None and not parts.empty:  # the personal model, on the test features the recipe already has
+        after = EvalResult(loss=held.nll_after, accuracy=held.accuracy, examples=held.examples)
     if config.adapter:
         baselines["the given adapter"] = before
 
@@ -202,8 +201,7 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         started_from=config.adapter.name if config.adapter else "scratch",
         train_examples=str(len(splits.train)),
         max_length=str(recipe.max_length),
-        **parts_meta(parts),
-        **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
+        **parts_metadata(choice),
     )
     check_output_file(out, config.force)  # it may have appeared while training
     state = adapter_state(model) | parts_state(parts)
@@ -224,21 +222,6 @@ def personalize(config: PersonalizationConfig) -> PersonalizationResult:
         num_train=len(splits.train),
         after_encoder=after_encoder,
         parts=choice,
-        calibration=calibration,
+        calibration=held,
         encoder_bytes=encoder_bytes,
-    )
-
-
-def _choose_parts(config: PersonalizationConfig, recipe: RecipeResult, special_ids: set[int]) -> PartsChoice | None:
-    """The lexical part and temperature on the recipe's own fit / validation split."""
-    if not (config.lexical or config.calibrate):
-        return None
-    return choose_parts(
-        recipe.views,
-        recipe.params["head_weight"],
-        recipe.params["head_bias"],
-        recipe.head_l2,
-        special_ids,
-        config.lexical,
-        config.calibrate,
     )

@@ -25,7 +25,7 @@ from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.personal_parts import parts_lines
+from shared.personal_parts import calibration_line, parts_lines
 from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text
@@ -330,12 +330,7 @@ def print_report(result) -> None:
     if result.after_encoder is not None and result.after is not result.after_encoder:
         print(f"held-out accuracy of the encoder alone: {result.after_encoder.accuracy:.4f}")
     if result.calibration:
-        c = result.calibration
-        print(
-            f"held-out calibration (temperature {c['temperature']:.3g}): NLL {c['nll_before']:.4f} -> "
-            f"{c['nll_after']:.4f}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f} (a perfectly "
-            f"calibrated model would show about {c['ece_floor']:.3f} on {c['examples']} texts)"
-        )
+        print(calibration_line(result.calibration))
     for name, baseline in result.baselines.items():
         verdict = (
             "beaten"

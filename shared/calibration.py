@@ -51,15 +51,8 @@ def expected_calibration_error(
     if len(labels) == 0:
         return 0.0
     probs = softmax(np.asarray(logits, dtype=np.float64) / temperature)  # (N, C)
-    confidence, predicted = probs.max(-1), probs.argmax(-1)
-    correct = (predicted == np.asarray(labels)).astype(np.float64)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)  # (N,) bin of each example
-    ece = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(ece)
+    correct = (probs.argmax(-1) == np.asarray(labels)).astype(np.float64)
+    return _binned_gap(probs.max(-1), correct, bins)
 
 
 def sampling_floor(
@@ -70,14 +63,20 @@ def sampling_floor(
     On ~100 test texts it is far from 0: the binned estimate's own noise."""
     if len(logits) == 0:
         return 0.0
-    probs = softmax(np.asarray(logits, dtype=np.float64) / temperature)  # (N, C)
-    confidence = probs.max(-1)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)  # (N,) bin of each example
+    confidence = softmax(np.asarray(logits, dtype=np.float64) / temperature).max(-1)  # (N,)
     rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(draws):
-        correct = (rng.random(len(confidence)) < confidence).astype(np.float64)
-        for b in np.unique(which):
-            inside = which == b
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total / draws)
+    draws_ece = [
+        _binned_gap(confidence, (rng.random(len(confidence)) < confidence).astype(np.float64), bins)
+        for _ in range(draws)
+    ]
+    return float(np.mean(draws_ece))
+
+
+def _binned_gap(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """ECE of (N,) top-probabilities and (N,) 0/1 outcomes over `bins` equal-width bins."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)  # (N,) bin of each example
+    ece = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)

@@ -23,7 +23,7 @@ import numpy as np
 
 from shared.calibration import expected_calibration_error, fit_temperature, nll, sampling_floor
 from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
-from shared.output_parts import OutputParts, lexical_part
+from shared.output_parts import OutputParts, lexical_part, parts_meta
 from shared.recipe.head import choose_head, fit_head
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -170,6 +170,35 @@ def parts_lines(choice: PartsChoice | None) -> list[str]:
     return lines
 
 
+def parts_after_recipe(
+    recipe, special_ids: set[int], lexical: bool = True, calibrate: bool = True
+) -> tuple[PartsChoice | None, HeldOut | None]:
+    """What both runtimes do after the recipe (shared/recipe/recipe.py's `RecipeResult`): the parts of
+    its kept adapter and the personal model on its test view (None without one); (None, None) with
+    both parts switched off."""
+    if not (lexical or calibrate):
+        return None, None
+    head = (recipe.params["head_weight"], recipe.params["head_bias"])
+    choice = choose_parts(recipe.views, *head, recipe.head_l2, special_ids, lexical, calibrate)
+    held = held_out(recipe.views["test"], *head, choice.parts) if "test" in recipe.views else None
+    return choice, held
+
+
+def parts_metadata(choice: PartsChoice | None) -> dict[str, str]:
+    """The adapter file's metadata entries for the chosen parts (with the lexical weight, for the record)."""
+    if choice is None:
+        return {}
+    return {**parts_meta(choice.parts), **({"lexical_mix": repr(choice.mix)} if choice.mix else {})}
+
+
+def calibration_line(result: HeldOut) -> str:
+    return (
+        f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
+        f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f} "
+        f"(a perfectly calibrated model would show about {result.ece_floor:.3f} on {result.examples} texts)"
+    )
+
+
 def held_out_lines(result: HeldOut, encoder_accuracy: float) -> list[str]:
     """The personal model's held-out calibration (and the encoder alone when the parts changed it)."""
     lines = (
@@ -177,8 +206,4 @@ def held_out_lines(result: HeldOut, encoder_accuracy: float) -> list[str]:
         if result.accuracy == encoder_accuracy
         else [f"held-out accuracy of the encoder alone: {encoder_accuracy:.4f}"]
     )
-    return lines + [
-        f"held-out calibration (temperature {result.temperature:.3g}): NLL {result.nll_before:.4f} -> "
-        f"{result.nll_after:.4f}, ECE (15 bins) {result.ece_before:.4f} -> {result.ece_after:.4f} "
-        f"(a perfectly calibrated model would show about {result.ece_floor:.3f} on {result.examples} texts)"
-    ]
+    return [*lines, calibration_line(result)]

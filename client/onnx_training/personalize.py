@@ -21,8 +21,8 @@ from client.onnx_training.folder import FolderTokenizer, TrainingFolder, open_tr
 from shared.artifacts.adapter_arrays import read_adapter_arrays, write_adapter
 from shared.data.local_folder import FolderRows, read_local_rows
 from shared.errors import LoraXSError
-from shared.output_parts import OutputParts, parts_arrays, parts_meta
-from shared.personal_parts import HeldOut, PartsChoice, choose_parts, held_out, held_out_lines, parts_lines
+from shared.output_parts import OutputParts, parts_arrays
+from shared.personal_parts import HeldOut, PartsChoice, held_out_lines, parts_after_recipe, parts_lines, parts_metadata
 from shared.recipe.config import PersonalTrainingConfig
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # as client.personalization's
@@ -172,15 +172,9 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
         length_limit=tokenize.limit,
     )
     trained = time.monotonic()
-    choice = held = None
-    parts = OutputParts()
-    if config.lexical or config.calibrate:  # the same parts as the PyTorch path, from the recipe's views
-        head = (recipe.params["head_weight"], recipe.params["head_bias"])
-        choice = choose_parts(
-            recipe.views, *head, recipe.head_l2, tokenize.special_ids, config.lexical, config.calibrate
-        )
-        parts = choice.parts
-        held = held_out(recipe.views["test"], *head, parts) if "test" in recipe.views else None
+    # the same parts as the PyTorch path, from the recipe's views
+    choice, held = parts_after_recipe(recipe, tokenize.special_ids, config.lexical, config.calibrate)
+    parts = choice.parts if choice is not None else OutputParts()
     meta = adapter_metadata(
         folder,
         rows.labels,
@@ -189,8 +183,7 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
         train_examples=str(len(rows.train_texts)),
         max_length=str(recipe.max_length),
         runtime="onnx",
-        **parts_meta(parts),
-        **({"lexical_mix": repr(choice.mix)} if choice and choice.mix else {}),
+        **parts_metadata(choice),
     )
     check_output(out, config.force)  # it may have appeared while training
     num_bytes = write_adapter(out, adapter_state(folder, recipe.params) | parts_arrays(parts), meta)
