@@ -232,41 +232,36 @@ def check_runtime_flags(args: argparse.Namespace) -> None:
         )
 
 
+def local_run_fields(args: argparse.Namespace) -> dict:
+    """What both runtimes' run configs take from the flags of a local personalization."""
+    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    return {
+        "data_dir": args.data,
+        "adapter": args.adapter,
+        "out": args.out,
+        "force": args.force,
+        "seed": args.seed,
+        "training": PersonalTrainingConfig(seed=args.seed, **given),
+        "lexical": not args.no_lexical,
+        "calibrate": not args.no_calibration,
+    }
+
+
 def onnx_config(args: argparse.Namespace):
     from client.onnx_training.personalize import OnnxRunConfig
 
-    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
-    return OnnxRunConfig(
-        data_dir=args.data,
-        model_dir=args.model_dir,
-        adapter=args.adapter,
-        out=args.out,
-        force=args.force,
-        training=PersonalTrainingConfig(seed=args.seed, **given),
-        seed=args.seed,
-        threads=args.threads,
-        lexical=not args.no_lexical,
-        calibrate=not args.no_calibration,
-    )
+    return OnnxRunConfig(model_dir=args.model_dir, threads=args.threads, **local_run_fields(args))
 
 
 def personalization_config(args: argparse.Namespace):
     from client.personalization import PersonalizationConfig
 
-    given = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
     return PersonalizationConfig(
-        data_dir=args.data,
-        adapter=args.adapter,
         basis_file=args.basis,
-        out=args.out,
-        force=args.force,
         model=args.model,
         rank=args.rank,
         task=args.task,
-        seed=args.seed,
-        training=PersonalTrainingConfig(seed=args.seed, **given),
-        lexical=not args.no_lexical,
-        calibrate=not args.no_calibration,
+        **local_run_fields(args),
         **({"device": args.device} if args.device else {}),
     )
 
