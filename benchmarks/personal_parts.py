@@ -3,7 +3,7 @@
     python -m benchmarks.personal_parts --runs RUN.json [RUN.json ...] [--reuse OLD.json ...] [--out DIR]
 
 Reads what `python -m benchmarks.small_data` wrote (its loraxs rows carry the parts: the encoder
-alone, the lexical weight kept, the temperature, test NLL / ECE before and after it, the bytes the
+alone, the lexical share kept, the temperature, test NLL / ECE before and after it, the bytes the
 parts add, and with --int8 the ONNX fp32 / int8 accuracy) and judges, per folder:
 - accuracy of `client.run` >= the best of TF-IDF + LR, frozen + LR and LoRA r=8, minus 1 point
   (and strictly above it on most folders);
@@ -83,7 +83,7 @@ def folder_summary(name: str, entry: dict) -> dict | None:
         "int8": onnx[0] if onnx else None,
         "parts_bytes": max((r.get("parts_bytes", 0) for r in runs), default=0),
         "encoder_bytes": max((r.get("encoder_bytes", 0) for r in runs), default=0),
-        "wordpieces": max((r.get("lexical_wordpieces", 0) for r in runs), default=0),
+        "terms": max((r.get("lexical_terms", r.get("lexical_wordpieces", 0)) for r in runs), default=0),
     }
 
 
@@ -139,8 +139,8 @@ def markdown(document: dict) -> str:
         "# The personal model's parts on small real folders\n",
         "`client.run` defaults (LoRA-XS encoder + lexical part + temperature) against what a user could do "
         "without it; accuracy is the mean over seeds (lowest–highest). *encoder* = the same run without its "
-        "lexical part; *lexical* = seeds where it was kept (weight a per seed).\n",
-        "| folder | client.run | encoder alone | lexical kept (a) | TF-IDF + LR | frozen + LR | LoRA r=8 | vs best |",
+        "lexical part; *lexical* = seeds where it was kept (its share w of the pooled calibrated logits per seed).\n",
+        "| folder | client.run | encoder alone | lexical kept (w) | TF-IDF + LR | frozen + LR | LoRA r=8 | vs best |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in document["folders"]:
@@ -163,7 +163,7 @@ def markdown(document: dict) -> str:
         "test texts (`shared/calibration.py:sampling_floor`, mean over seeds): the binned estimate's own noise.",
         "",
         "| folder | temperature | test NLL before → after | test ECE before → after | ECE floor | int8 − fp32 | "
-        "parts bytes (wordpieces) | adapter bytes without |",
+        "parts bytes (terms: wordpieces + pairs) | adapter bytes without |",
         "|---|---|---|---|---:|---|---:|---:|",
     ]
     for s in document["folders"]:
@@ -173,7 +173,7 @@ def markdown(document: dict) -> str:
         temps = ", ".join(f"{t:.2f}" for t in s["temperature"])
         floor = f"{mean(s['ece_floor']):.3f}" if s.get("ece_floor") else "—"
         lines.append(
-            f"| {s['folder']} | {temps} | {nll} | {ece} | {floor} | {int8} | {s['parts_bytes']:,} ({s['wordpieces']}) | "
+            f"| {s['folder']} | {temps} | {nll} | {ece} | {floor} | {int8} | {s['parts_bytes']:,} ({s['terms']}) | "
             f"{s['encoder_bytes']:,} |"
         )
     lines += ["", "Goals:", *goal_lines(document["goals"]), "", "Runs:"]

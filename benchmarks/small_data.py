@@ -189,7 +189,7 @@ def parts_fields(result) -> dict:
     return {
         "encoder_accuracy": result.after_encoder.accuracy,
         "lexical_mix": choice.mix,
-        "lexical_wordpieces": choice.vocabulary,
+        "lexical_terms": choice.vocabulary,
         "lexical_only_val_accuracy": choice.lexical_only_accuracy,
         "mix_scores": {str(m): list(v) for m, v in choice.scores.items()},
         "temperature": choice.parts.temperature,

@@ -2,9 +2,10 @@
 
     logits = (encoder logits + lexical logits) * exp(-log T)      (B, C)
 
-`PersonalOutput` computes the second factor from the token ids (gathers over a (V,) idf table and
-a (V, C) weight table: shared/lexical.py), so the PyTorch model, the merged ONNX graph and the
-adapter-as-input graph compute the same logits. The parts as data, and how an adapter file stores
+`PersonalOutput` computes the second factor from the token ids: gathers over a (V,) idf table and a
+(V, C) weight table for the wordpieces, and over `BIGRAM_SLOTS` slots for the wordpiece pairs
+((S,) check, (S,) idf, (S, C) weights; shared/lexical.py), so the PyTorch model, the merged ONNX
+graph and the adapter-as-input graph compute the same logits. The parts as data, and how an adapter file stores
 them: shared/output_parts.py. Reading them back from a file (`split_parts`) is here.
 """
 
@@ -16,12 +17,22 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from shared.errors import LoraXSError
-from shared.lexical import LexicalHead, decode_ids
+from shared.lexical import BIGRAM_SLOTS, STRIDE, LexicalHead, decode_ids
 from shared.output_parts import TENSORS, OutputParts, parts_arrays, parts_meta  # noqa: F401 (re-exported)
 
 PREFIX = "lexical."
-GRAPH_INPUTS = ("lexical.idf_table", "lexical.weight_table", "lexical.bias", "calibration.log_temperature")
-MIN_T, MAX_T = 0.05, 20.0
+GRAPH_INPUTS = (
+    "lexical.idf_table",
+    "lexical.weight_table",
+    "lexical.bias",
+    "calibration.log_temperature",
+    "lexical.pair_check",
+    "lexical.pair_idf",
+    "lexical.pair_weight",
+)
+# the stored T also carries the encoder's share of the pooled parts (shared/personal_parts.py):
+# T_encoder * T_final / (1 - w) with each T in [0.25, 20] and w <= 0.9
+MIN_T, MAX_T = 0.05, 5000.0
 
 
 class PersonalOutput(nn.Module):
@@ -42,33 +53,67 @@ class PersonalOutput(nn.Module):
         tables: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         get = (lambda n: tables[n]) if tables else (lambda n: getattr(self, n.replace(".", "_")))
-        idf_table, weight_table = get("lexical.idf_table"), get("lexical.weight_table")
-        mask = attention_mask.to(idf_table.dtype)  # (B, T)
-        same = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)).to(mask.dtype) * mask.unsqueeze(1)  # (B, T, T)
-        counts = same.sum(-1).clamp(min=1.0)  # (B, T) occurrences of each position's id in its text
-        weights = idf_table[input_ids] * mask * (1.0 + torch.log(counts)) / counts  # (B, T)
-        norm = (weights * weights * counts).sum(-1, keepdim=True).sqrt().clamp(min=1e-12)  # (B, 1)
-        lexical = (weights.unsqueeze(-1) * weight_table[input_ids]).sum(1) / norm  # (B, T, C) -> (B, C)
-        out = logits.float() + lexical + get("lexical.bias")  # (B, C)
+        mask = attention_mask.to(get("lexical.idf_table").dtype)  # (B, T)
+        pieces = _weighted(input_ids, mask, get("lexical.idf_table")[input_ids], get("lexical.weight_table"), input_ids)
+        pairs = (input_ids[:, :-1] + 1) * STRIDE + input_ids[:, 1:]  # (B, T - 1) keys
+        slot = torch.remainder(pairs, BIGRAM_SLOTS)  # (B, T - 1)
+        check = torch.div(pairs, BIGRAM_SLOTS, rounding_mode="floor") + 1  # the kept pair's own mark
+        pair_mask = mask[:, :-1] * mask[:, 1:]
+        found = (get("lexical.pair_check")[slot] == check.to(mask.dtype)).to(mask.dtype)  # (B, T - 1)
+        pair_idf = get("lexical.pair_idf")[slot] * found
+        pair_part = _weighted(pairs, pair_mask, pair_idf, get("lexical.pair_weight"), slot)
+        norm = (pieces[1] + pair_part[1]).sqrt().clamp(min=1e-12)  # (B, 1)
+        out = logits.float() + (pieces[0] + pair_part[0]) / norm + get("lexical.bias")  # (B, C)
         return out * torch.exp(-get("calibration.log_temperature"))
 
 
+def _weighted(
+    terms: torch.Tensor, mask: torch.Tensor, idf: torch.Tensor, weight_table: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (B, N) term positions (their idf (B, N), 0 where unknown): (sum_positions w W[:, term]
+    (B, C), sum_positions w^2 c (B, 1)), w = idf (1 + log c) / c, c the term's count in its text;
+    `rows` (B, N) index `weight_table`."""
+    same = (terms.unsqueeze(2) == terms.unsqueeze(1)).to(mask.dtype) * mask.unsqueeze(1)  # (B, N, N)
+    counts = same.sum(-1).clamp(min=1.0)  # (B, N) occurrences of each position's term in its text
+    weights = idf * mask * (1.0 + torch.log(counts)) / counts  # (B, N)
+    summed = (weights.unsqueeze(-1) * weight_table[rows]).sum(1)  # (B, N, C) -> (B, C)
+    return summed, (weights * weights * counts).sum(-1, keepdim=True)
+
+
 def dense_tables(parts: OutputParts, vocab_size: int, num_classes: int) -> dict[str, torch.Tensor]:
-    """The graph's view of the parts: (V,) idf and (V, C) weights, zero for ids without a weight."""
+    """The graph's view of the parts: (V,) idf and (V, C) weights, zero for wordpieces without a
+    weight; (S,) check marks, idf and (S, C) weights of the pairs' slots, zero where none is kept."""
+    if vocab_size > STRIDE:
+        raise LoraXSError(f"a lexical part needs a vocabulary below {STRIDE} ids; this model has {vocab_size}")
     idf, weight, bias = torch.zeros(vocab_size), torch.zeros(vocab_size, num_classes), torch.zeros(num_classes)
+    check, pair_idf, pair_weight = (
+        torch.zeros(BIGRAM_SLOTS),
+        torch.zeros(BIGRAM_SLOTS),
+        torch.zeros(BIGRAM_SLOTS, num_classes),
+    )
     if parts.lexical is not None:
-        ids = torch.from_numpy(parts.lexical.ids)
-        if len(ids) and int(ids.max()) >= vocab_size:
-            raise LoraXSError(f"the lexical part names token id {int(ids.max())}, beyond the model's {vocab_size}")
-        idf[ids] = torch.from_numpy(parts.lexical.idf)
-        weight[ids] = torch.from_numpy(parts.lexical.weight).T  # (k, C)
-        bias = torch.from_numpy(parts.lexical.bias).clone()
+        head = parts.lexical
+        single = head.ids < STRIDE
+        ids, keys = torch.from_numpy(head.ids[single]), head.ids[~single]
+        pieces = np.concatenate([head.ids[single], keys // STRIDE - 1, keys % STRIDE])
+        if len(pieces) and int(pieces.max()) >= vocab_size:
+            raise LoraXSError(f"the lexical part names token id {int(pieces.max())}, beyond the model's {vocab_size}")
+        idf[ids] = torch.from_numpy(head.idf[single])
+        weight[ids] = torch.from_numpy(head.weight[:, single]).T  # (k1, C)
+        slots = torch.from_numpy(keys % BIGRAM_SLOTS)
+        check[slots] = torch.from_numpy((keys // BIGRAM_SLOTS + 1).astype(np.float32))
+        pair_idf[slots] = torch.from_numpy(head.idf[~single])
+        pair_weight[slots] = torch.from_numpy(head.weight[:, ~single]).T  # (k2, C)
+        bias = torch.from_numpy(head.bias).clone()
     log_t = torch.tensor([math.log(parts.temperature)])  # (1,)
     return {
         "lexical.idf_table": idf,
         "lexical.weight_table": weight,
         "lexical.bias": bias,
         "calibration.log_temperature": log_t,
+        "lexical.pair_check": check,
+        "lexical.pair_idf": pair_idf,
+        "lexical.pair_weight": pair_weight,
     }
 
 

@@ -5,16 +5,20 @@ onnxruntime paths share it.
 
     encoder   <- the kept adapter; its head refitted on the fit split alone, so that the
                  validation split is held out from every part scored on it
-    lexical   <- logistic regression on idf-weighted wordpieces of the fit split (shared/lexical.py),
-                 by the recipe's closed-form head (shared/recipe/head.py), penalty chosen on
-                 validation accuracy
-    mix       <- logits = encoder + a * lexical, a in MIX_GRID; each scored by its validation
-                 loss at its own best temperature; a > 0 is kept only when that loss is lower and
-                 the validation accuracy at least a = 0's (a = 0, the encoder alone, wins ties:
-                 the lexical part never makes the start worse on validation)
-    temperature <- fit on the validation logits of the chosen mix (shared/calibration.py)
-    final     -> the lexical part refitted on fit + validation (same penalty), times a; the
-                 encoder's own head is the recipe's (already refitted on fit + validation)
+    lexical   <- logistic regression on idf-weighted wordpieces and wordpiece pairs of the fit
+                 split (shared/lexical.py), by the recipe's closed-form head (shared/recipe/head.py),
+                 penalty chosen on validation accuracy
+    pool      <- each part calibrated on validation by its own temperature (T_e, T_l), then
+                 pooled: logits = (1 - w) encoder / T_e + w lexical / T_l, w the lexical part's
+                 share in MIX_GRID; each w scored by its validation loss at its own best
+                 temperature; w > 0 is kept only when that loss is lower and the validation
+                 accuracy at least w = 0's (w = 0, the encoder alone, wins ties: the lexical part
+                 never makes the start worse on validation). Pooling calibrated parts lets a
+                 lexical part dominate an over-confident encoder (whose logits may be 20x too large)
+    temperature <- T_f fit on the validation logits of the chosen pool (shared/calibration.py)
+    final     -> the lexical part refitted on fit + validation (same penalty); the encoder's own
+                 head is the recipe's (already refitted on fit + validation). Stored as the file
+                 format's (encoder + a lexical) / T: a = w T_e / ((1 - w) T_l), T = T_e T_f / (1 - w)
 """
 
 from dataclasses import dataclass, field
@@ -22,20 +26,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.calibration import expected_calibration_error, fit_temperature, nll, sampling_floor
+from shared.interpolation import paired_gain
 from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
 from shared.output_parts import OutputParts, lexical_part, parts_meta
-from shared.recipe.head import choose_head, fit_head
+from shared.recipe.head import choose_head, example_losses, fit_head
 
-MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+TEMPERATURE_SIGNIFICANCE = 1.0  # as the recipe's interpolation (shared/recipe/config.py: significance)
+MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # w = 1 (the lexical part alone) has no stored T
 
 
 @dataclass
 class PartsChoice:
     parts: OutputParts
-    mix: float  # a: how much of the lexical part is used (0 = none)
+    mix: float  # w: the lexical part's share of the pooled calibrated logits (0 = none)
     lexical_l2: float | None
     vocabulary: int  # wordpieces with a weight (k)
-    scores: dict[float, tuple[float, float]] = field(default_factory=dict)  # a -> (val accuracy, calibrated val loss)
+    scores: dict[float, tuple[float, float]] = field(default_factory=dict)  # w -> (val accuracy, calibrated val loss)
     val_nll: tuple[float, float] = (0.0, 0.0)  # the chosen mix's validation loss before / after the temperature
     val_ece: tuple[float, float] = (0.0, 0.0)
     lexical_only_accuracy: float = 0.0  # the lexical head alone on validation
@@ -82,20 +88,28 @@ def choose_parts(
         x_fit, x_val = features(fit.ids, ids, idf), features(val.ids, ids, idf)
         lexical_head, only = choose_head((x_fit, fit.labels), (x_val, val.labels), num_classes)
         l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)
+    t_encoder = fit_temperature(encoder_val, val.labels)
+    t_lexical = fit_temperature(lexical_val, val.labels) if use_lexical else 1.0
+    pooled = lambda w: (1 - w) * encoder_val / t_encoder + w * lexical_val / t_lexical  # (N_val, C)
     scores = {}
-    for mix in MIX_GRID if use_lexical else (0.0,):
-        logits = encoder_val + mix * lexical_val
-        scores[mix] = (accuracy(logits, val.labels), nll(logits, val.labels, fit_temperature(logits, val.labels)))
-    allowed = [m for m in scores if scores[m][0] >= scores[0.0][0]]
-    mix = min(allowed, key=lambda m: (scores[m][1], m))
-    logits = encoder_val + mix * lexical_val
-    temperature = fit_temperature(logits, val.labels) if calibrate else 1.0
+    for w in MIX_GRID if use_lexical else (0.0,):
+        scores[w] = (
+            accuracy(pooled(w), val.labels),
+            nll(pooled(w), val.labels, fit_temperature(pooled(w), val.labels)),
+        )
+    allowed = [w for w in scores if scores[w][0] >= scores[0.0][0]]
+    mix = min(allowed, key=lambda w: (scores[w][1], w))
+    scale = mix * t_encoder / ((1 - mix) * t_lexical)  # a: the lexical part's weight next to the raw encoder
+    logits = encoder_val + scale * lexical_val  # (N_val, C): the stored model before its temperature
+    temperature = t_encoder * fit_temperature(pooled(mix), val.labels) / (1 - mix) if calibrate else 1.0
+    if not _significant(logits, val.labels, temperature):
+        temperature = 1.0
     final = None
     if mix > 0:
         both_ids, both_y = fit.ids + val.ids, np.concatenate([fit.labels, val.labels])
         ids, idf = fit_vocabulary(both_ids, special_ids)
         both = fit_head(features(both_ids, ids, idf), both_y, num_classes, l2)
-        final = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(mix)
+        final = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(scale)
     return PartsChoice(
         parts=OutputParts(final, temperature),
         mix=mix,
@@ -110,6 +124,14 @@ def choose_parts(
         lexical_only_accuracy=only,
         lexical_tried=lexical,
     )
+
+
+def _significant(logits: np.ndarray, labels: np.ndarray, temperature: float) -> bool:
+    """Whether `temperature` lowers the validation loss of `logits` (N, C) by more than
+    `TEMPERATURE_SIGNIFICANCE` standard errors of the paired per-example differences: on ~100
+    texts a temperature near 1 fits noise, and may raise the loss on new texts."""
+    gain, spread = paired_gain(example_losses(logits, labels), example_losses(logits / temperature, labels))
+    return -gain > TEMPERATURE_SIGNIFICANCE * spread
 
 
 def personal_logits(view, head_weight: np.ndarray, head_bias: np.ndarray, parts: OutputParts) -> np.ndarray:
@@ -146,15 +168,15 @@ def parts_lines(choice: PartsChoice | None) -> list[str]:
     if len(scores) > 1:
         by_mix = ", ".join(f"{mix:g}: {acc:.3f}/{loss:.3f}" for mix, (acc, loss) in scores.items())
         why = (
-            f"kept at weight {choice.mix:g} ({choice.vocabulary} wordpieces): validation loss "
+            f"kept at share {choice.mix:g} ({choice.vocabulary} wordpieces and pairs): validation loss "
             f"{scores[0.0][1]:.4f} -> {scores[choice.mix][1]:.4f}, accuracy {scores[0.0][0]:.4f} -> "
             f"{scores[choice.mix][0]:.4f}"
             if choice.mix
-            else "not kept: no weight beat the encoder alone on validation loss while holding its accuracy"
+            else "not kept: no share beat the encoder alone on validation loss while holding its accuracy"
         )
         lines.append(
             f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
-            f"validation accuracy/calibrated loss by weight ({by_mix})"
+            f"validation accuracy/calibrated loss by share of the pooled calibrated logits ({by_mix})"
         )
     elif not choice.lexical_tried:
         lines.append("lexical part: off (--no-lexical)")
@@ -185,7 +207,7 @@ def parts_after_recipe(
 
 
 def parts_metadata(choice: PartsChoice | None) -> dict[str, str]:
-    """The adapter file's metadata entries for the chosen parts (with the lexical weight, for the record)."""
+    """The adapter file's metadata entries for the chosen parts (with the lexical share, for the record)."""
     if choice is None:
         return {}
     return {**parts_meta(choice.parts), **({"lexical_mix": repr(choice.mix)} if choice.mix else {})}

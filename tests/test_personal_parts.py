@@ -14,12 +14,15 @@ import torch
 from shared.calibration import expected_calibration_error, fit_temperature, nll
 from shared.errors import LoraXSError
 from shared.lexical import (
+    BIGRAM_SLOTS,
+    STRIDE,
     LexicalHead,
     decode_ids,
     encode_ids,
     features,
     fit_vocabulary,
     lexical_logits,
+    slot_clashes,
     softmax,
 )
 from shared.personal_output import OutputParts, PersonalOutput, parts_meta, parts_state, split_parts
@@ -39,28 +42,45 @@ def random_batch(rng, batch=6, length=12):
     return ids.astype(np.int64), mask.astype(np.int64)
 
 
+def pair(first: int, second: int) -> int:
+    return (first + 1) * STRIDE + second
+
+
 def random_head(rng, classes=3):
-    ids = np.array(sorted(rng.choice(np.arange(3, 15), size=8, replace=False)), dtype=np.int64)
+    """8 wordpieces and 8 pairs of the ids `random_batch` draws (so most occur, some repeated)."""
+    pieces = rng.choice(np.arange(3, 15), size=8, replace=False)
+    pairs = [pair(int(a), int(b)) for a, b in rng.choice(np.arange(3, 15), size=(8, 2))]
+    ids = np.array(sorted(set(pieces.tolist()) | set(pairs)), dtype=np.int64)
     return LexicalHead(
         ids,
-        rng.uniform(1, 3, size=8).astype(np.float32),
-        rng.normal(size=(classes, 8)).astype(np.float32),
+        rng.uniform(1, 3, size=len(ids)).astype(np.float32),
+        rng.normal(size=(classes, len(ids))).astype(np.float32),
         rng.normal(size=classes).astype(np.float32),
     )
 
 
-def test_features_are_sublinear_l2_normalised_tfidf():
-    ids, idf = np.array([5, 7]), np.array([2.0, 1.0], dtype=np.float32)
-    x = features([np.array([1, 5, 5, 7, 9, 2])], ids, idf)  # 9 has no weight, 1 and 2 are special
-    raw = np.array([2.0 * (1 + math.log(2)), 1.0])
+def test_features_are_sublinear_l2_normalised_tfidf_of_wordpieces_and_pairs():
+    ids, idf = np.array([5, 7, pair(5, 5), pair(5, 7)]), np.array([2.0, 1.0, 3.0, 0.5], dtype=np.float32)
+    x = features([np.array([1, 5, 5, 7, 9, 5, 5, 2])], ids, idf)  # 9 has no weight, 1 and 2 are special
+    raw = np.array([2.0 * (1 + math.log(4)), 1.0, 3.0 * (1 + math.log(2)), 0.5])  # (5, 5) twice, (5, 7) once
     np.testing.assert_allclose(x[0], raw / np.linalg.norm(raw), rtol=1e-12)
 
 
-def test_vocabulary_keeps_ids_in_enough_texts_and_smooth_idf():
-    texts = [np.array([1, 5, 6, 2]), np.array([1, 5, 5, 2]), np.array([1, 7, 6, 2])]
+def test_vocabulary_keeps_terms_in_enough_texts_and_smooth_idf():
+    texts = [np.array([1, 5, 6, 2]), np.array([1, 5, 6, 5, 2]), np.array([1, 7, 6, 2])]
     ids, idf = fit_vocabulary(texts, skip_ids={1, 2}, min_df=2)
-    assert ids.tolist() == [5, 6]
-    np.testing.assert_allclose(idf, [math.log(4 / 3) + 1] * 2, rtol=1e-6)
+    assert ids.tolist() == [5, 6, pair(5, 6)]  # (1, 5) and (6, 2) hold a special token
+    np.testing.assert_allclose(idf, [math.log(4 / 3) + 1, 1.0, math.log(4 / 3) + 1], rtol=1e-6)  # 6 is in all 3
+
+
+def test_vocabulary_keeps_one_pair_per_graph_slot_the_one_in_more_texts():
+    first, second = divmod(pair(5, 6) + BIGRAM_SLOTS, STRIDE)  # another real pair in the same slot
+    clash_pair = (first - 1, second)
+    texts = [np.array([5, 6])] * 3 + [np.array(clash_pair)] * 2
+    ids, _ = fit_vocabulary(texts, skip_ids=set(), min_df=2)
+    kept_pairs = [v for v in ids.tolist() if v >= STRIDE]
+    assert kept_pairs == [pair(5, 6)]  # same slot, in 3 texts against 2
+    assert slot_clashes(np.array([pair(5, 6), pair(*clash_pair)])) == 1
 
 
 def test_logits_by_position_equal_the_feature_form():
@@ -124,15 +144,26 @@ def test_ece_floor_is_the_noise_of_a_calibrated_model_and_shrinks_with_more_text
 def test_ids_round_trip_and_bad_ids_are_rejected():
     ids = np.array([3, 17, 30521], dtype=np.int64)
     np.testing.assert_array_equal(decode_ids(encode_ids(ids), 3, 30522), ids)
+    with_pairs = np.array([3, 17, pair(17, 3), pair(30521, 30521)], dtype=np.int64)  # keys past 2**32: uint64
+    assert len(encode_ids(with_pairs)) > len(encode_ids(ids))
+    np.testing.assert_array_equal(decode_ids(encode_ids(with_pairs), 4, 30522), with_pairs)
+    clashing = np.array([pair(5, 6), pair(5, 6) + BIGRAM_SLOTS], dtype=np.int64)
     for text, count, fragment in [
-        (encode_ids(ids), 2, "holds 3 ids"),
+        (encode_ids(ids), 2, "not 4 or 8"),
         (encode_ids(ids[::-1]), 3, "increasing"),
         ("not base64!", 3, "base64"),
         (7, 3, "base64 string"),
         (encode_ids(ids), 3, "beyond"),
+        (encode_ids(with_pairs), 4, "beyond"),
+        (encode_ids(clashing), 2, "share a slot"),
+        (encode_ids(np.array([(STRIDE + 2) * STRIDE])), 1, "beyond any term"),
     ]:
         with pytest.raises(ValueError, match=fragment):
             decode_ids(text, count, 30000 if fragment == "beyond" else None)
+
+
+def terms(state) -> int:
+    return len(state["lexical.idf"])
 
 
 def stored_parts(rng=None):
@@ -158,10 +189,13 @@ def test_parts_round_trip_through_the_file_entries():
         (lambda s, m: m.update(temperature="warm"), "not a number"),
         (lambda s, m: m.pop("lexical_ids"), "needs"),
         (lambda s, m: s.pop("lexical.idf"), "needs"),
-        (lambda s, m: s.update({"lexical.weight": torch.zeros(2, 8), "lexical.bias": torch.zeros(2)}), "classes"),
-        (lambda s, m: s.update({"lexical.weight": torch.zeros(3, 7)}), "shapes"),
-        (lambda s, m: s.update({"lexical.idf": -torch.ones(8)}), "negative"),
-        (lambda s, m: m.update(lexical_ids=encode_ids(np.arange(3, 10))), "holds 7 ids"),
+        (
+            lambda s, m: s.update({"lexical.weight": torch.zeros(2, terms(s)), "lexical.bias": torch.zeros(2)}),
+            "classes",
+        ),
+        (lambda s, m: s.update({"lexical.weight": torch.zeros(3, terms(s) - 1)}), "shapes"),
+        (lambda s, m: s.update({"lexical.idf": -torch.ones(terms(s))}), "negative"),
+        (lambda s, m: m.update(lexical_ids=encode_ids(np.arange(3, 10))), "28 bytes"),
     ],
 )
 def test_malformed_parts_are_one_clear_error(change, fragment):
@@ -236,6 +270,7 @@ def test_the_file_holds_the_parts_and_the_federation_state_does_not(personal):
     adapter = read_adapter(personal["adapter"], model=personal["model_dir"])
     assert not any(name.startswith("lexical.") for name in adapter.state)
     assert adapter.parts.lexical is not None, personal["stdout"]  # a word decides the label: kept
+    assert (adapter.parts.lexical.ids >= STRIDE).any()  # it weighs wordpiece pairs too (so the graphs must)
     opened = open_adapter(adapter, data_dir=personal["folder"])
     assert set(adapter_state(opened.model)) == set(adapter.state)  # what a federation moves: R and the head only
 

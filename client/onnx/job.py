@@ -62,6 +62,7 @@ from shared.data.batches import DEFAULT_MAX_LENGTH, make_loader
 from shared.data.local_folder import load_local_folder
 from shared.data.text_splits import TextSplits
 from shared.errors import LoraXSError
+from shared.lexical import STRIDE
 from shared.loraxs.model import load_adapter_state, merged_model
 from shared.personal_output import OutputParts
 
@@ -254,7 +255,8 @@ def _load_subject(config: ExportConfig, adapter: AdapterFile) -> Subject:
 def _describe_parts(parts: OutputParts) -> dict:
     """What the graphs compute after the encoder, for whoever reads their logits."""
     return {
-        "lexical_wordpieces": len(parts.lexical.ids) if parts.lexical is not None else 0,
+        "lexical_wordpieces": int((parts.lexical.ids < STRIDE).sum()) if parts.lexical is not None else 0,
+        "lexical_pairs": int((parts.lexical.ids >= STRIDE).sum()) if parts.lexical is not None else 0,
         "temperature": parts.temperature,
         "logits": "(encoder logits + lexical logits) / temperature: their softmax is the calibrated probability",
     }

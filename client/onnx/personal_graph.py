@@ -1,8 +1,9 @@
 """Export graphs of a personal classifier with its lexical part and temperature (shared/personal_output.py).
 
 The merged graph holds the parts' tables as constants; the adapter-as-input / shared base graph
-takes them as four more adapter inputs (`GRAPH_INPUTS`: (V,) idf, (V, C) weights, (C,) bias,
-(1,) log temperature), which the base graph's zero defaults turn into "no lexical part, T = 1".
+takes them as seven more adapter inputs (`GRAPH_INPUTS`: (V,) idf, (V, C) weights, (C,) bias, (1,) log
+temperature, and the pairs' (S,) check marks, (S,) idf, (S, C) weights), which the base graph's zero
+defaults turn into "no lexical part, T = 1".
 """
 
 import torch
