@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="loraxs, first seed: also export to ONNX (fp32 and int8) and measure both on the test split",
     )
+    parser.add_argument(
+        "--joint-lexical", action="store_true", help="client.run --joint-lexical (the lexical part trained with R)"
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args(argv)
     if args.render:
@@ -432,7 +435,10 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": args.seeds,
         "folders": {},
     }
-    recipes = {seed: PersonalTrainingConfig(select_on=args.select_on, seed=seed) for seed in args.seeds}
+    recipes = {
+        seed: PersonalTrainingConfig(select_on=args.select_on, seed=seed, joint_lexical=args.joint_lexical)
+        for seed in args.seeds
+    }
     splits = {
         (name, seed): Split(folders[name], recipes[seed], tokenizer) for name in args.folders for seed in args.seeds
     }

@@ -92,6 +92,8 @@ class PersonalizationConfig:
             raise LoraXSError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not 0 <= self.seed < 2**32:
             raise LoraXSError(f"--seed must be in [0, 2**32 - 1], got {self.seed}")
+        if not self.lexical and self.training.joint_lexical:  # no lexical part to train around
+            object.__setattr__(self, "training", replace(self.training, joint_lexical=False))
 
     @property
     def out_path(self) -> Path:

@@ -40,6 +40,7 @@ RECIPE_FLAGS = (
     "select_on",
     "train_blocks",
     "time_budget",
+    "joint_lexical",
 )
 LOCAL_ONLY = (
     "adapter",
@@ -130,6 +131,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         default=None,
         help="no lexical part (by default one is added when it helps on validation)",
+    )
+    local.add_argument(
+        "--joint-lexical",
+        action="store_true",
+        default=None,
+        help="choose the lexical part before training and train R and the head around it "
+        "(by default it is chosen after training)",
     )
     local.add_argument(
         "--no-calibration",

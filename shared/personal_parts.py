@@ -19,6 +19,11 @@ onnxruntime paths share it.
     final     -> the lexical part refitted on fit + validation (same penalty); the encoder's own
                  head is the recipe's (already refitted on fit + validation). Stored as the file
                  format's (encoder + a lexical) / T: a = w T_e / ((1 - w) T_l), T = T_e T_f / (1 - w)
+
+Joint (`joint_lexical`, PersonalTrainingConfig.joint_lexical): the lexical part and w are chosen the
+same way before training, on the start's validation logits, and the recipe trains R and the head
+around a * lexical (its `lexical_offsets`; the fit split's lexical logits out of fold, from
+`FOLDS` heads that did not see them). After training only the temperature is left to choose.
 """
 
 from dataclasses import dataclass, field
@@ -30,8 +35,10 @@ from shared.interpolation import paired_gain
 from shared.lexical import LexicalHead, accuracy, features, fit_vocabulary
 from shared.output_parts import OutputParts, lexical_part, parts_meta
 from shared.recipe.head import choose_head, example_losses, fit_head
+from shared.recipe.recipe import LogitOffsets, SplitView
 
 TEMPERATURE_SIGNIFICANCE = 1.0  # as the recipe's interpolation (shared/recipe/config.py: significance)
+FOLDS = 5  # out-of-fold lexical logits of the fit split, for joint training
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # w = 1 (the lexical part alone) has no stored T
 
 
@@ -46,6 +53,20 @@ class PartsChoice:
     val_ece: tuple[float, float] = (0.0, 0.0)
     lexical_only_accuracy: float = 0.0  # the lexical head alone on validation
     lexical_tried: bool = True  # False: --no-lexical
+    joint: bool = False  # the encoder was trained around the lexical part
+
+
+@dataclass(frozen=True)
+class LexicalPool:
+    """The lexical part fit on the fit split and its share w of the pool with an encoder's logits."""
+
+    l2: float | None  # the lexical head's penalty (None: no lexical part)
+    mix: float  # w
+    scale: float  # a = w T_e / ((1 - w) T_l)
+    scores: dict[float, tuple[float, float]]
+    val_logits: np.ndarray  # (N_val, C) lexical logits of the head fit on the fit split
+    only: float  # the lexical head alone: validation accuracy
+    t_encoder: float = 1.0  # T_e
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,65 @@ class HeldOut:
     ece_floor: float  # what a perfectly calibrated model with these confidences would show here
 
 
+def pool_lexical(fit, val, encoder_val: np.ndarray, special_ids: set[int], num_classes: int) -> LexicalPool:
+    """The lexical head on `fit` (token ids, labels), and w chosen on `val` with the encoder's
+    validation logits `encoder_val` (N_val, C): MIX_GRID, each w at its best temperature."""
+    lexical_val, l2, only = np.zeros_like(encoder_val), None, 0.0
+    ids, idf = fit_vocabulary(fit.ids, special_ids)
+    if len(ids):  # else no term in two fit texts: nothing to weigh
+        x_fit, x_val = features(fit.ids, ids, idf), features(val.ids, ids, idf)
+        lexical_head, only = choose_head((x_fit, fit.labels), (x_val, val.labels), num_classes)
+        l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)
+    t_encoder = fit_temperature(encoder_val, val.labels)
+    t_lexical = fit_temperature(lexical_val, val.labels) if len(ids) else 1.0
+    pooled = lambda w: (1 - w) * encoder_val / t_encoder + w * lexical_val / t_lexical  # (N_val, C)
+    scores = {}
+    for w in MIX_GRID if len(ids) else (0.0,):
+        scores[w] = (
+            accuracy(pooled(w), val.labels),
+            nll(pooled(w), val.labels, fit_temperature(pooled(w), val.labels)),
+        )
+    allowed = [w for w in scores if scores[w][0] >= scores[0.0][0]]
+    mix = min(allowed, key=lambda w: (scores[w][1], w))
+    scale = mix * t_encoder / ((1 - mix) * t_lexical)
+    return LexicalPool(l2, mix, scale, scores, lexical_val, only, t_encoder)
+
+
+def final_lexical(fit, val, pool: LexicalPool, special_ids: set[int], num_classes: int) -> LexicalHead | None:
+    """The kept lexical part: refitted on fit + validation with its penalty, times a."""
+    if not pool.mix:
+        return None
+    both_ids, both_y = fit.ids + val.ids, np.concatenate([fit.labels, val.labels])
+    ids, idf = fit_vocabulary(both_ids, special_ids)
+    both = fit_head(features(both_ids, ids, idf), both_y, num_classes, pool.l2)
+    return LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(pool.scale)
+
+
+def joint_lexical(special_ids: set[int], folds: int = FOLDS, seed: int = 0):
+    """The recipe's `lexical_offsets` (shared/recipe/recipe.py: OffsetSource): a * the lexical
+    logits, the fit split's out of fold; None when w = 0 (the recipe then trains the encoder alone)."""
+
+    def offsets(fit_ids, y_fit, val_ids, y_val, encoder_val) -> LogitOffsets | None:
+        fit, val = SplitView(None, fit_ids, y_fit), SplitView(None, val_ids, y_val)
+        num_classes = encoder_val.shape[1]
+        pool = pool_lexical(fit, val, encoder_val, special_ids, num_classes)
+        if not pool.mix:
+            return None
+        out_of_fold = np.zeros((len(y_fit), num_classes))  # (N_fit, C)
+        order = np.random.default_rng(seed).permutation(len(y_fit))
+        for held in np.array_split(order, folds):
+            rest = np.setdiff1d(order, held)
+            texts = [fit_ids[i] for i in rest]
+            ids, idf = fit_vocabulary(texts, special_ids)
+            head = fit_head(features(texts, ids, idf), y_fit[rest], num_classes, pool.l2)
+            out_of_fold[held] = features([fit_ids[i] for i in held], ids, idf) @ head.weight.T + head.bias
+        return LogitOffsets(
+            (pool.scale * out_of_fold).astype(np.float32), (pool.scale * pool.val_logits).astype(np.float32), pool
+        )
+
+    return offsets
+
+
 def choose_parts(
     views: dict,
     head_weight: np.ndarray,
@@ -70,59 +150,46 @@ def choose_parts(
     special_ids: set[int],
     lexical: bool = True,
     calibrate: bool = True,
+    joint: LogitOffsets | None = None,
 ) -> PartsChoice:
     """The parts for the recipe's kept adapter (head (C, H), (C,)); `views` its "fit" and "val"
     `SplitView`s; `head_l2` the penalty its head was refitted on fit + validation with (None: the
-    head as given)."""
+    head as given); `joint`: the lexical part it was trained around (its w is kept)."""
     fit, val = views["fit"], views["val"]
     num_classes = len(head_bias)
     if head_l2 is not None:  # the kept head saw validation: score the one fitted on the fit split alone
-        head = fit_head(fit.features, fit.labels, num_classes, head_l2)
+        head = fit_head(fit.features, fit.labels, num_classes, head_l2, joint.fit if joint else None)
         head_weight, head_bias = head.weight, head.bias
     encoder_val = val.features.astype(np.float64) @ head_weight.T + head_bias  # (N_val, H) @ (H, C) -> (N_val, C)
-
-    lexical_val, l2, only = np.zeros_like(encoder_val), None, 0.0
-    ids, idf = fit_vocabulary(fit.ids, special_ids) if lexical else (np.zeros(0), None)
-    use_lexical = lexical and len(ids) > 0  # no wordpiece in two fit texts: nothing to weigh
-    if use_lexical:
-        x_fit, x_val = features(fit.ids, ids, idf), features(val.ids, ids, idf)
-        lexical_head, only = choose_head((x_fit, fit.labels), (x_val, val.labels), num_classes)
-        l2, lexical_val = lexical_head.l2, x_val @ lexical_head.weight.T + lexical_head.bias  # (N_val, C)
-    t_encoder = fit_temperature(encoder_val, val.labels)
-    t_lexical = fit_temperature(lexical_val, val.labels) if use_lexical else 1.0
-    pooled = lambda w: (1 - w) * encoder_val / t_encoder + w * lexical_val / t_lexical  # (N_val, C)
-    scores = {}
-    for w in MIX_GRID if use_lexical else (0.0,):
-        scores[w] = (
-            accuracy(pooled(w), val.labels),
-            nll(pooled(w), val.labels, fit_temperature(pooled(w), val.labels)),
-        )
-    allowed = [w for w in scores if scores[w][0] >= scores[0.0][0]]
-    mix = min(allowed, key=lambda w: (scores[w][1], w))
-    scale = mix * t_encoder / ((1 - mix) * t_lexical)  # a: the lexical part's weight next to the raw encoder
-    logits = encoder_val + scale * lexical_val  # (N_val, C): the stored model before its temperature
-    temperature = t_encoder * fit_temperature(pooled(mix), val.labels) / (1 - mix) if calibrate else 1.0
+    if joint is not None:
+        pool = joint.info
+        logits = encoder_val + joint.val  # (N_val, C): encoder + a * lexical
+        temperature = fit_temperature(logits, val.labels) if calibrate else 1.0
+    elif lexical:
+        pool = pool_lexical(fit, val, encoder_val, special_ids, num_classes)
+        logits = encoder_val + pool.scale * pool.val_logits  # (N_val, C): the stored model before its temperature
+        pooled = logits * (1 - pool.mix) / pool.t_encoder  # = (1 - w) encoder / T_e + w lexical / T_l
+        temperature = pool.t_encoder * fit_temperature(pooled, val.labels) / (1 - pool.mix) if calibrate else 1.0
+    else:
+        pool = LexicalPool(None, 0.0, 0.0, {}, np.zeros_like(encoder_val), 0.0)
+        logits, temperature = encoder_val, fit_temperature(encoder_val, val.labels) if calibrate else 1.0
     if not _significant(logits, val.labels, temperature):
         temperature = 1.0
-    final = None
-    if mix > 0:
-        both_ids, both_y = fit.ids + val.ids, np.concatenate([fit.labels, val.labels])
-        ids, idf = fit_vocabulary(both_ids, special_ids)
-        both = fit_head(features(both_ids, ids, idf), both_y, num_classes, l2)
-        final = LexicalHead(ids, idf, both.weight.astype(np.float32), both.bias.astype(np.float32)).scaled(scale)
+    final = final_lexical(fit, val, pool, special_ids, num_classes)
     return PartsChoice(
         parts=OutputParts(final, temperature),
-        mix=mix,
-        lexical_l2=l2 if mix > 0 else None,
+        mix=pool.mix,
+        lexical_l2=pool.l2 if pool.mix else None,
         vocabulary=len(final.ids) if final is not None else 0,
-        scores=scores,
+        scores=pool.scores,
         val_nll=(nll(logits, val.labels), nll(logits, val.labels, temperature)),
         val_ece=(
             expected_calibration_error(logits, val.labels),
             expected_calibration_error(logits, val.labels, temperature),
         ),
-        lexical_only_accuracy=only,
+        lexical_only_accuracy=pool.only,
         lexical_tried=lexical,
+        joint=joint is not None,
     )
 
 
@@ -174,20 +241,25 @@ def parts_lines(choice: PartsChoice | None) -> list[str]:
             if choice.mix
             else "not kept: no share beat the encoder alone on validation loss while holding its accuracy"
         )
+        when = (
+            "chosen on the start's validation logits, then R and the head trained around it (--joint-lexical)"
+            if choice.joint
+            else "chosen after training"
+        )
         lines.append(
-            f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation): {why}; "
+            f"lexical part (alone {choice.lexical_only_accuracy:.3f} on validation), {when}: {why}; "
             f"validation accuracy/calibrated loss by share of the pooled calibrated logits ({by_mix})"
         )
     elif not choice.lexical_tried:
         lines.append("lexical part: off (--no-lexical)")
     else:
-        lines.append("lexical part: not tried (no wordpiece occurs in two fit texts)")
+        lines.append("lexical part: not tried (no wordpiece or pair occurs in two fit texts)")
     t = choice.parts.temperature
     lines.append(
         f"temperature {t:.3g}: validation NLL {choice.val_nll[0]:.4f} -> {choice.val_nll[1]:.4f}, "
         f"ECE {choice.val_ece[0]:.4f} -> {choice.val_ece[1]:.4f}"
         if t != 1.0
-        else "temperature: none (--no-calibration, or no temperature lowered the validation loss)"
+        else "temperature: none (--no-calibration, or none lowered the validation loss by more than its noise)"
     )
     return lines
 
@@ -201,7 +273,7 @@ def parts_after_recipe(
     if not (lexical or calibrate):
         return None, None
     head = (recipe.params["head_weight"], recipe.params["head_bias"])
-    choice = choose_parts(recipe.views, *head, recipe.head_l2, special_ids, lexical, calibrate)
+    choice = choose_parts(recipe.views, *head, recipe.head_l2, special_ids, lexical, calibrate, recipe.offsets)
     held = held_out(recipe.views["test"], *head, choice.parts) if "test" in recipe.views else None
     return choice, held
 

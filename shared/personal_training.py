@@ -27,6 +27,7 @@ from shared.errors import LoraXSError
 from shared.interpolation import LAMBDA_GRID, choose_lambda, interpolate
 from shared.linear_probe import linear_head
 from shared.loraxs.model import adapter_state, load_adapter_state
+from shared.personal_parts import joint_lexical
 from shared.recipe.config import LENGTH_PERCENTILE, MIN_EXAMPLES, PersonalTrainingConfig, epoch_budget  # noqa: F401 (re-exported)
 from shared.recipe.data import Tokenize
 from shared.recipe.data import choose_max_length as recipe_max_length
@@ -178,6 +179,7 @@ def _recipe_on_model(
         progress=progress,
         deadline=deadline,
         length_limit=model_length_limit(tokenizer, model),
+        lexical_offsets=joint_lexical(set(tokenizer.all_special_ids)) if config.joint_lexical else None,
     )
     load_params(model, result.params)
     return result

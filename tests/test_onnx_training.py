@@ -340,7 +340,7 @@ def small_folder(tmp_path_factory):
 
 
 def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads(
-    tiny_training, small_folder, tiny_bert_dir, tmp_path
+    tiny_training, small_folder, tiny_bert_dir, tmp_path, capsys
 ):
     out = tmp_path / "personal.safetensors"
     code = (
@@ -383,11 +383,14 @@ def test_client_run_on_onnx_imports_no_torch_and_writes_an_adapter_pytorch_reads
                 str(again),
                 "--epochs",
                 "1",
+                "--joint-lexical",
             ]
         )
         == 0
     )
     assert load_adapter(again)[1].extra["started_from"] == out.name
+    said = capsys.readouterr().out
+    assert "trained around it (--joint-lexical)" in said, said[-2000:]
 
 
 def test_client_run_on_onnx_refuses_what_it_cannot_do(tiny_training, small_folder, tmp_path, capsys):

@@ -275,6 +275,20 @@ def test_the_file_holds_the_parts_and_the_federation_state_does_not(personal):
     assert set(adapter_state(opened.model)) == set(adapter.state)  # what a federation moves: R and the head only
 
 
+def test_joint_lexical_trains_the_encoder_around_the_lexical_part(personal, tmp_path, capsys):
+    from client.run import main
+    from shared.artifacts.open_adapter import read_adapter
+
+    out = tmp_path / "joint.safetensors"
+    args = ["--data", str(personal["folder"]), "--model", personal["model_dir"], "--rank", "4", "--epochs", "1"]
+    assert main([*args, "--out", str(out), "--joint-lexical"]) == 0
+    said = capsys.readouterr().out
+    assert "chosen on the start's validation logits, then R and the head trained around it" in said, said
+    assert read_adapter(out, model=personal["model_dir"]).parts.lexical is not None
+    assert main([*args, "--out", str(tmp_path / "off.safetensors"), "--joint-lexical", "--no-lexical"]) == 0
+    assert "lexical part: off (--no-lexical)" in capsys.readouterr().out
+
+
 def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp_path):
     from client.export import main as export_main
     from client.predict import open_model_folder, predict

@@ -152,3 +152,81 @@ def test_recipe_core_imports_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_head_fit_around_an_offset_is_at_its_optimum():
+    """fit_head(..., offset) zeroes the gradient of the penalised loss of features @ W.T + b + offset."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 90)
+    x = (rng.normal(size=(3, 8))[y] + rng.normal(size=(90, 8))).astype(np.float32)
+    offset = rng.normal(size=(90, 3)) * 2
+    l2 = 1e-2
+    head = fit_head(x, y, 3, l2, offset)
+    f = x.astype(np.float64)
+    scale = np.sqrt(((f - f.mean(0)) ** 2).mean())
+    z = f @ head.weight.astype(np.float64).T + head.bias + offset
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    residual = p - np.eye(3)[y]  # (N, C)
+    grad_w = residual.T @ f / len(y) + 2 * l2 * scale**2 * head.weight
+    assert np.abs(grad_w).max() < 1e-3 and np.abs(residual.mean(0)).max() < 1e-4
+    plain = fit_head(x, y, 3, l2)
+    assert not np.allclose(plain.weight, head.weight, atol=1e-3)  # the offset changed the answer
+
+
+class _RecordingBackend(TorchBackend):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offsets = []
+
+    def loss_and_grads(self, batch, params, logit_offset=None):
+        self.offsets.append((batch["example_index"].copy(), None if logit_offset is None else logit_offset.copy()))
+        return super().loss_and_grads(batch, params, logit_offset)
+
+
+def test_joint_training_adds_each_texts_offset_to_every_loss_and_head_fit(tiny_bert_dir):
+    from shared.recipe.recipe import LogitOffsets
+
+    model = _model(tiny_bert_dir)
+    texts, labels = _toy()
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    seen = {}
+
+    def source(fit_ids, y_fit, val_ids, y_val, encoder_val):
+        seen["shapes"] = (len(fit_ids), len(val_ids), encoder_val.shape)
+        fit = np.stack([np.where(y_fit == 0, 1.5, -1.5), np.zeros(len(y_fit))], 1).astype(np.float32)  # (N_fit, C)
+        val = np.stack([np.where(y_val == 0, 1.5, -1.5), np.zeros(len(y_val))], 1).astype(np.float32)
+        seen["fit"] = {tuple(ids.tolist()): row for ids, row in zip(fit_ids, fit)}
+        return LogitOffsets(fit, val, info="part")
+
+    backend = _RecordingBackend(model)
+    result = run_recipe(
+        backend,
+        hf_tokenize(tokenizer),
+        tokenizer.pad_token_id,
+        texts,
+        labels,
+        2,
+        params_from_model(model),
+        PersonalTrainingConfig(epochs=1, batch_size=8),
+        lexical_offsets=source,
+    )
+    n_val = result.num_val
+    assert seen["shapes"] == (result.num_fit, n_val, (n_val, 2))
+    assert result.offsets is not None and result.offsets.info == "part"
+    assert backend.offsets and all(offset is not None for _, offset in backend.offsets)
+    encoded = hf_tokenize(tokenizer)(texts, result.max_length)
+    for index, offset in backend.offsets:  # each text's own offset, whatever its batch position
+        for i, row in zip(index, offset):
+            np.testing.assert_array_equal(row, seen["fit"][tuple(np.asarray(encoded[i]).tolist())])
+    # the kept head was refitted on fit + validation around their offsets
+    fit, val = result.views["fit"], result.views["val"]
+    assert result.head_l2 is not None
+    expected = fit_head(
+        np.vstack([fit.features, val.features]),
+        np.r_[fit.labels, val.labels],
+        2,
+        result.head_l2,
+        np.vstack([result.offsets.fit, result.offsets.val]),
+    )
+    np.testing.assert_allclose(result.params["head_weight"], expected.weight, atol=1e-5)

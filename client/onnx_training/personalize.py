@@ -11,7 +11,7 @@ Imports onnxruntime, tokenizers, numpy, safetensors: never torch, transformers o
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,15 @@ from shared.artifacts.adapter_arrays import read_adapter_arrays, write_adapter
 from shared.data.local_folder import FolderRows, read_local_rows
 from shared.errors import LoraXSError
 from shared.output_parts import OutputParts, parts_arrays
-from shared.personal_parts import HeldOut, PartsChoice, held_out_lines, parts_after_recipe, parts_lines, parts_metadata
+from shared.personal_parts import (
+    HeldOut,
+    PartsChoice,
+    held_out_lines,
+    joint_lexical,
+    parts_after_recipe,
+    parts_lines,
+    parts_metadata,
+)
 from shared.recipe.config import PersonalTrainingConfig
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # as client.personalization's
@@ -49,6 +57,8 @@ class OnnxRunConfig:
         for name in ("data_dir", "model_dir", "adapter", "out"):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value).expanduser() if value else None)
+        if not self.lexical and self.training.joint_lexical:  # no lexical part to train around
+            object.__setattr__(self, "training", replace(self.training, joint_lexical=False))
 
     @property
     def out_path(self) -> Path:
@@ -170,6 +180,7 @@ def personalize_onnx(config: OnnxRunConfig) -> OnnxRunResult:
         progress=config.progress,
         deadline=deadline,
         length_limit=tokenize.limit,
+        lexical_offsets=joint_lexical(tokenize.special_ids) if config.training.joint_lexical else None,
     )
     trained = time.monotonic()
     # the same parts as the PyTorch path, from the recipe's views

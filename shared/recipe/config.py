@@ -26,7 +26,8 @@ class PersonalTrainingConfig:
     whose R train (None = all); the hidden states entering them are computed once per text.
     bf16: bfloat16 matmuls in the passes without gradients where the hardware has them.
     time_budget: seconds for the whole run (None = no limit): the best validated state so far
-    is kept when it runs out."""
+    is kept when it runs out. joint_lexical: choose the lexical part before training and train
+    R and the head around it (shared/personal_parts.py: joint_lexical); else it is chosen after."""
 
     lr: float = 5e-3
     head_lr: float | None = None
@@ -49,6 +50,7 @@ class PersonalTrainingConfig:
     train_blocks: int | None = 2
     bf16: bool = True
     time_budget: float | None = None
+    joint_lexical: bool = False
     seed: int = 0
 
     def __post_init__(self):

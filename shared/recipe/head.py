@@ -1,10 +1,11 @@
 """The closed-form head: multinomial logistic regression on pooled features, in numpy.
 
-    minimise  mean cross-entropy(x W'^T + b') + l2 * |W'|^2      x = (f - m) / s   (N, H)
+    minimise  mean cross-entropy(x W'^T + b' + o) + l2 * |W'|^2      x = (f - m) / s   (N, H)
 
 (`m` the features' mean, `s` one number: their RMS spread, so one penalty grid fits every model)
 by L-BFGS (as torch.optim.LBFGS did before): a convex problem with one answer whatever the solver. The answer is
-folded back to W = W' / s, b = b' - W m so that logits = f @ W.T + b on raw features.
+folded back to W = W' / s, b = b' - W m so that logits = f @ W.T + b on raw features. `o` (N, C)
+is a fixed logit offset (default 0): another part of the model (a lexical part) the head fits around.
 """
 
 from dataclasses import dataclass
@@ -48,10 +49,10 @@ def log_loss(weight, bias, features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _objective(
-    theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float
+    theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float, offset: np.ndarray | float = 0.0
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Loss, the softmax (N, C) and the gradient (C, H + 1) at theta (C, H + 1) = [W' | b']."""
-    z = x1 @ theta.T  # (N, H + 1) @ (H + 1, C) -> (N, C)
+    z = x1 @ theta.T + offset  # (N, H + 1) @ (H + 1, C) -> (N, C)
     logp = log_softmax(z)
     p = np.exp(logp)
     loss = -(onehot * logp).sum() / len(x1) + l2 * (theta[:, :-1] ** 2).sum()
@@ -60,9 +61,9 @@ def _objective(
     return float(loss), p, grad
 
 
-def _lbfgs(theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float) -> np.ndarray:
+def _lbfgs(theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float, offset=0.0) -> np.ndarray:
     """L-BFGS (memory 10) with a backtracking line search, torch.optim.LBFGS's stopping rules."""
-    loss, _, grad = _objective(theta, x1, onehot, l2)
+    loss, _, grad = _objective(theta, x1, onehot, l2, offset)
     steps, grads = [], []
     for _ in range(MAX_ITERATIONS):
         if np.abs(grad).max() < TOLERANCE:
@@ -86,7 +87,7 @@ def _lbfgs(theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float) -> 
             continue
         while True:
             new = theta + t * direction.reshape(theta.shape)
-            new_loss, _, new_grad = _objective(new, x1, onehot, l2)
+            new_loss, _, new_grad = _objective(new, x1, onehot, l2, offset)
             if new_loss <= loss + 1e-4 * t * slope or t < 1e-10:
                 break
             t /= 2
@@ -99,14 +100,18 @@ def _lbfgs(theta: np.ndarray, x1: np.ndarray, onehot: np.ndarray, l2: float) -> 
     return theta
 
 
-def fit_head(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float) -> Head:
-    """The penalised logistic regression of `labels` (N,) on `features` (N, H)."""
+def fit_head(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float, offset: np.ndarray | None = None
+) -> Head:
+    """The penalised logistic regression of `labels` (N,) on `features` (N, H), around the fixed
+    logits `offset` (N, C) when given."""
     f = features.astype(np.float64)
     mean = f.mean(0)  # (H,)
     scale = max(float(np.sqrt(((f - mean) ** 2).mean())), 1e-6)
     x1 = np.hstack([(f - mean) / scale, np.ones((len(f), 1))])  # (N, H + 1)
     onehot = np.eye(num_classes)[labels]  # (N, C)
-    theta = _lbfgs(np.zeros((num_classes, x1.shape[1])), x1, onehot, l2)  # (C, H + 1)
+    offset = 0.0 if offset is None else np.asarray(offset, dtype=np.float64)
+    theta = _lbfgs(np.zeros((num_classes, x1.shape[1])), x1, onehot, l2, offset)  # (C, H + 1)
     weight = theta[:, :-1] / scale  # (C, H)
     bias = theta[:, -1] - weight @ mean  # (C,)
     return Head(weight.astype(np.float32), bias.astype(np.float32), l2)
@@ -117,13 +122,16 @@ def choose_head(
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     grid: tuple[float, ...] = L2_GRID,
+    offsets: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Head, float]:
     """The regression with the best validation accuracy over `grid` (ties: the stronger
-    penalty), and that accuracy."""
+    penalty), and that accuracy; `offsets`: (fit (N, C), val (N_val, C)) fixed logits it fits around."""
     best: tuple[Head, float] | None = None
+    fit_offset, val_offset = offsets if offsets is not None else (None, 0.0)
     for l2 in sorted(grid, reverse=True):
-        head = fit_head(*fit, num_classes, l2)
-        acc = accuracy(head.weight, head.bias, *val)
+        head = fit_head(*fit, num_classes, l2, fit_offset)
+        z = logits(head.weight, head.bias, val[0]) + val_offset  # (N_val, C)
+        acc = float((z.argmax(1) == val[1]).mean()) if len(val[1]) else 0.0
         if best is None or acc > best[1]:
             best = (head, acc)
     return best

@@ -14,10 +14,15 @@ never worse -> lam = 0 wins ties; chosen on loss, an epoch or a point must also 
                validation accuracy of what it replaces (`keep_accuracy`)
 anytime     -> with a deadline, training stops while one more validation and the final passes
                still fit, and the best validated state so far is kept
+joint       -> with `lexical_offsets` (a lexical part fit in closed form before training, e.g.
+               shared/personal_parts.py:joint_lexical), its fixed logits are added to the head's
+               in every loss, head fit and score above: R and the head learn around it. The fit
+               split's offsets must come from models that did not see those texts (out of fold)
 """
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +68,19 @@ class SplitView:
 
 
 @dataclass
+class LogitOffsets:
+    """Fixed logits the head fits around (another part of the model): (N_fit, C), (N_val, C)."""
+
+    fit: np.ndarray
+    val: np.ndarray
+    info: object = None  # what the part's source needs later (shared/personal_parts.py)
+
+
+# (fit token ids, fit labels, val token ids, val labels, the start's (N_val, C) validation logits)
+OffsetSource = Callable[[list, np.ndarray, list, np.ndarray, np.ndarray], LogitOffsets | None]
+
+
+@dataclass
 class RecipeResult:
     params: Params  # the adapter kept
     start: str  # what training started from
@@ -91,6 +109,7 @@ class RecipeResult:
     kept: str = ""  # what the kept adapter is, in words the report uses (never contradicting `lam`)
     head_l2: float | None = None  # the kept head was refitted on fit + validation with this penalty
     views: dict[str, SplitView] = field(default_factory=dict, repr=False)  # "fit", "val" (, "test")
+    offsets: LogitOffsets | None = field(default=None, repr=False)  # trained jointly with this part
 
 
 class Clock:
@@ -143,8 +162,9 @@ class Passes:
         return self.examples.labels[np.asarray(indices, dtype=np.int64)]
 
 
-def _evaluation(params: Params, features: np.ndarray, labels: np.ndarray) -> Evaluation:
+def _evaluation(params: Params, features: np.ndarray, labels: np.ndarray, offset=None) -> Evaluation:
     z = logits(params["head_weight"], params["head_bias"], features)  # (N, C)
+    z = z if offset is None else z + offset
     return Evaluation(
         loss=float(example_losses(z, labels).mean()),
         accuracy=float((z.argmax(1) == labels).mean()),
@@ -178,9 +198,11 @@ def run_recipe(
     progress: bool = False,
     deadline: float | None = None,
     length_limit: int | None = None,
+    lexical_offsets: OffsetSource | None = None,
 ) -> RecipeResult:
     """The recipe above on `texts` / `labels` (the folder's training split) from `start`
-    (from scratch: R = 0, any head). `test` is only reported on. `deadline`: time.monotonic()."""
+    (from scratch: R = 0, any head). `test` is only reported on. `deadline`: time.monotonic().
+    `lexical_offsets`: trains jointly with the part it returns (None from it: alone)."""
     clock, begun = Clock(deadline), time.monotonic()
     measure = config.select_on
     guarded = measure == "loss" and config.keep_accuracy
@@ -212,11 +234,18 @@ def run_recipe(
     frozen_head, frozen_score = choose_head((f_fit, y_fit), (f_val, y_val), num_classes)
     frozen_both = fit_head(np.vstack([f_fit, f_val]), np.r_[y_fit, y_val], num_classes, frozen_head.l2)
     frozen_params = _with_head(frozen, frozen_both)
-    given_val = _evaluation(start, g_val, y_val)
+    probe, probe_accuracy = choose_head((g_fit, y_fit), (g_val, y_val), num_classes)
+    joint = None
+    if lexical_offsets is not None:
+        fit_ids, val_ids = [examples.ids[i] for i in fit], [examples.ids[i] for i in val]
+        joint = lexical_offsets(fit_ids, y_fit, val_ids, y_val, logits(probe.weight, probe.bias, g_val))
+    o_fit, o_val = (joint.fit, joint.val) if joint is not None else (None, None)
+    if joint is not None:
+        probe, probe_accuracy = choose_head((g_fit, y_fit), (g_val, y_val), num_classes, offsets=(o_fit, o_val))
+    given_val = _evaluation(start, g_val, y_val, o_val)
     best, best_score, start_accuracy = start, _score(given_val, measure), given_val.accuracy
     best_features = (g_fit, g_val)
-    probe, probe_accuracy = choose_head((g_fit, y_fit), (g_val, y_val), num_classes)
-    probe_val = _evaluation(_with_head(start, probe), g_val, y_val)
+    probe_val = _evaluation(_with_head(start, probe), g_val, y_val, o_val)
     start_label, closed_form = start_name, False
     if _score(probe_val, measure) > best_score or scratch:
         best, best_score, start_accuracy = _with_head(start, probe), _score(probe_val, measure), probe_accuracy
@@ -240,6 +269,10 @@ def run_recipe(
     val_cost = first_pass_seconds * examples.tokens(fit + val) / max(tokens_all, 1)  # until measured
     final_cost = first_pass_seconds * (examples.tokens(test_idx) + 3 * examples.tokens(val)) / max(tokens_all, 1)
     history, held_back, best_epoch, waited, progress_score = [], [], 0, 0, best_score
+    train_offsets = None
+    if joint is not None:  # by example index, as batches name their texts
+        train_offsets = np.zeros((len(examples.labels), num_classes), dtype=np.float32)
+        train_offsets[fit] = o_fit
     step, losses, seen, step_seconds, stopped_on_time, since_validation = 0, [], 0, [], False, 0
 
     def validate() -> None:
@@ -247,10 +280,10 @@ def run_recipe(
         started = time.monotonic()
         if closed_form:
             now_fit, now_val = np.split(passes.features(fit + val, params), [len(fit)])
-            state = _with_head(params, fit_head(now_fit, y_fit, num_classes, probe.l2))
+            state = _with_head(params, fit_head(now_fit, y_fit, num_classes, probe.l2, o_fit))
         else:
             now_fit, now_val, state = None, passes.features(val, params), _copy(params)
-        result = _evaluation(state, now_val, y_val)
+        result = _evaluation(state, now_val, y_val, o_val)
         score = _score(result, measure)
         history.append(score)
         if score > best_score and guarded and result.accuracy < start_accuracy:
@@ -272,7 +305,8 @@ def run_recipe(
                 stopped_on_time = True
                 break
             started = time.monotonic()
-            loss, grads = backend.loss_and_grads(batch, params)
+            offset = train_offsets[batch["example_index"]] if train_offsets is not None else None
+            loss, grads = backend.loss_and_grads(batch, params, offset)
             if not math.isfinite(loss):
                 raise LoraXSError(f"training diverged (non-finite loss at step {step + 1}); try a lower --lr")
             clip_by_global_norm(grads, MAX_GRAD_NORM)
@@ -320,6 +354,7 @@ def run_recipe(
             if candidate not in val_features:
                 val_features[candidate] = passes.features(val, point)
             z = logits(point["head_weight"], point["head_bias"], val_features[candidate])  # (N, C)
+            z = z if o_val is None else z + o_val
             correct = (z.argmax(1) == y_val).astype(float)
             per_example[candidate] = list(correct if measure == "accuracy" else -example_losses(z, y_val))
             accuracies[candidate] = float(correct.mean())
@@ -329,13 +364,15 @@ def run_recipe(
         kept_features = {0.0: reference_features, 1.0: best_features}.get(lam, (None, val_features[lam]))
     kept = interpolate(reference, best, lam) if 0.0 < lam < 1.0 else (best if lam == 1.0 else reference)
     kept = _copy(kept)
-    kept_accuracy = _evaluation(kept, kept_features[1], y_val).accuracy
+    kept_accuracy = _evaluation(kept, kept_features[1], y_val, o_val).accuracy
     head_l2 = probe.l2 if closed_form and not (lam == 0.0 and not scratch) else None
     kept_fit = kept_features[0]
     if head_l2 is not None:  # a given adapter kept as given keeps its head
         kept_fit = kept_fit if kept_fit is not None else passes.features(fit, kept)
+        both_offsets = np.vstack([o_fit, o_val]) if joint is not None else None
         kept = _with_head(
-            kept, fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val], num_classes, probe.l2)
+            kept,
+            fit_head(np.vstack([kept_fit, kept_features[1]]), np.r_[y_fit, y_val], num_classes, probe.l2, both_offsets),
         )
     clock.add("interpolation and refit", since)
 
@@ -382,6 +419,7 @@ def run_recipe(
         kept=kept_words(lam, best_epoch, start_name, start_label),
         head_l2=head_l2,
         views=views,
+        offsets=joint,
     )
 
 
