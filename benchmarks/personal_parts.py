@@ -1,6 +1,7 @@
 """The personal model's parts (encoder, lexical part, temperature) on the small real folders: the goals.
 
-    python -m benchmarks.personal_parts --runs RUN.json [RUN.json ...] [--reuse OLD.json ...] [--out DIR]
+    python -m benchmarks.personal_parts --runs RUN.json [RUN.json ...] [--reuse OLD.json ...]
+        [--joint JOINT.json] [--out DIR]
 
 Reads what `python -m benchmarks.small_data` wrote (its loraxs rows carry the parts: the encoder
 alone, the lexical share kept, the temperature, test NLL / ECE before and after it, the bytes the
@@ -10,7 +11,9 @@ parts add, and with --int8 the ONNX fp32 / int8 accuracy) and judges, per folder
 - test ECE (15 bins) <= 0.05, and test NLL after the temperature never above before it (every seed);
 - int8 export within 1 point of fp32 accuracy, lexical part included.
 Rows of methods a run did not measure may come from --reuse files (earlier small_data runs on the
-same folders and splits); the table says which file and date each such row comes from.
+same folders and splits); the table says which file and date each such row comes from. --joint:
+a small_data run with --joint-lexical, shown next to the default (the lexical part chosen after
+training), seed by seed.
 Writes personal_parts.json and personal_parts.md through benchmarks/result_files.py.
 """
 
@@ -84,6 +87,16 @@ def folder_summary(name: str, entry: dict) -> dict | None:
         "parts_bytes": max((r.get("parts_bytes", 0) for r in runs), default=0),
         "encoder_bytes": max((r.get("encoder_bytes", 0) for r in runs), default=0),
         "terms": max((r.get("lexical_terms", r.get("lexical_wordpieces", 0)) for r in runs), default=0),
+    }
+
+
+def joint_accuracies(path: Path) -> dict[str, list[float]]:
+    """folder -> the --joint-lexical run's test accuracy per seed."""
+    report = json.loads(path.read_text())
+    return {
+        name: [r["accuracy"] for r in runs_of(entry["methods"]["loraxs"])]
+        for name, entry in report["folders"].items()
+        if "loraxs" in entry["methods"]
     }
 
 
@@ -176,6 +189,24 @@ def markdown(document: dict) -> str:
             f"| {s['folder']} | {temps} | {nll} | {ece} | {floor} | {int8} | {s['parts_bytes']:,} ({s['terms']}) | "
             f"{s['encoder_bytes']:,} |"
         )
+    if document.get("joint"):
+        lines += [
+            "",
+            "`--joint-lexical` (the lexical part chosen before training, R and the head trained around it) "
+            "against the default (chosen after training), same seeds:",
+            "",
+            "| folder | default | joint | joint − default | seeds where joint is higher / lower |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for s in document["folders"]:
+            joint = document["joint"].get(s["folder"])
+            if joint:
+                pairs = list(zip(joint, s["accuracies"]))
+                higher, lower = sum(j > d + SAME for j, d in pairs), sum(j < d - SAME for j, d in pairs)
+                lines.append(
+                    f"| {s['folder']} | {s['accuracy']:.3f} | {mean(joint):.3f} | "
+                    f"{100 * (mean(joint) - s['accuracy']) + 0.0:+.1f} pts | {higher} / {lower} of {len(pairs)} |"
+                )
     lines += ["", "Goals:", *goal_lines(document["goals"]), "", "Runs:"]
     lines += [
         f"- `{r['command']}` (load {r['load_before']}){': ' + r['note'] if r.get('note') else ''}"
@@ -191,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reuse", nargs="*", type=Path, default=[], help="earlier small_data JSON files for missing rows"
     )
+    parser.add_argument("--joint", type=Path, help="a small_data JSON of client.run --joint-lexical")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     folders = load_rows(args.runs, args.reuse)
@@ -205,10 +237,11 @@ def main(argv: list[str] | None = None) -> None:
                 "load_before": json.loads(p.read_text()).get("load_before"),
                 "note": json.loads(p.read_text()).get("note", ""),
             }
-            for p in args.runs
+            for p in [*args.runs, *([args.joint] if args.joint else [])]
         ],
         "folders": summaries,
         "goals": goals(summaries),
+        "joint": joint_accuracies(args.joint) if args.joint else {},
     }
     write_result(args.out, "personal_parts", document, markdown(document))
     print(markdown(document))

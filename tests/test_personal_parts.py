@@ -345,6 +345,12 @@ def test_export_and_predict_give_pytorchs_calibrated_probabilities(personal, tmp
         np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-4)
     int8 = predict(folder, texts, int8=True)
     np.testing.assert_allclose([g[1] for g in int8], [e[1] for e in expected], atol=0.05)
+    import onnx
+
+    quantized = onnx.load(str(out.parent / "model.int8.onnx"), load_external_data=False)
+    kinds = {init.name: init.data_type for init in quantized.graph.initializer}
+    head = [name for name in kinds if name.startswith("model.classifier.weight")]  # (or its transpose)
+    assert head and all(kinds[name] == onnx.TensorProto.FLOAT for name in head), head  # fp32 behind the parts
 
 
 # --- the benchmark's goals ------------------------------------------------------------------

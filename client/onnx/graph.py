@@ -159,7 +159,9 @@ INT8_RECIPE = (
 
 
 def head_nodes(model) -> list[str]:
-    """The node writing the logits and, when that is an Add (bias), the MatMul feeding it."""
+    """The node writing the logits and, when that is an Add (bias), the MatMul feeding it; and every
+    MatMul / Gemm whose constant weight maps onto the C logits (the classifier, also when a
+    personal output (lexical part, temperature) follows it and writes the logits itself)."""
     producer = {out: node for node in model.graph.node for out in node.output}
     head = producer.get(OUTPUT_NAME)
     if head is None:
@@ -167,8 +169,26 @@ def head_nodes(model) -> list[str]:
     names = [head.name]
     if head.op_type == "Add":
         names += [producer[i].name for i in head.input if i in producer and producer[i].op_type in ("MatMul", "Gemm")]
+    classes = _logit_classes(model)
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if classes and node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in weights:
+            dims = weights[node.input[1]]
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            if len(dims) == 2 and dims[0 if node.op_type == "Gemm" and trans_b else 1] == classes:
+                names.append(node.name)
     # quantize_dynamic first splits a Gemm into `<name>_MatMul` + `<name>_Add`, then applies the exclusions
+    names = list(dict.fromkeys(names))
     return names + [f"{name}_MatMul" for name in names]
+
+
+def _logit_classes(model) -> int | None:
+    """C of the (B, C) logits output, when the graph states it."""
+    for output in model.graph.output:
+        if output.name == OUTPUT_NAME:
+            dims = output.type.tensor_type.shape.dim
+            return dims[-1].dim_value or None if dims else None
+    return None
 
 
 def quantize_int8(source: Path, target: Path, external_data: bool) -> None:
