@@ -25,7 +25,7 @@ from shared.cli import refuse_blank_values, run_cli
 from shared.data.text_splits import TASKS
 from shared.errors import LoraXSError
 from shared.loraxs.config import LoraXSConfig
-from shared.personal_parts import calibration_line, parts_lines
+from shared.parts_report import calibration_line, parts_lines
 from shared.recipe.config import LENGTH_PERCENTILE, PersonalTrainingConfig
 
 RECIPE = PersonalTrainingConfig()  # the defaults, for the help text

@@ -22,15 +22,8 @@ from shared.artifacts.adapter_arrays import read_adapter_arrays, write_adapter
 from shared.data.local_folder import FolderRows, read_local_rows
 from shared.errors import LoraXSError
 from shared.output_parts import OutputParts, parts_arrays
-from shared.personal_parts import (
-    HeldOut,
-    PartsChoice,
-    held_out_lines,
-    joint_lexical,
-    parts_after_recipe,
-    parts_lines,
-    parts_metadata,
-)
+from shared.parts_report import held_out_lines, parts_lines
+from shared.personal_parts import HeldOut, PartsChoice, joint_lexical, parts_after_recipe, parts_metadata
 from shared.recipe.config import PersonalTrainingConfig
 
 DEFAULT_OUT_NAME = "personal_adapter.safetensors"  # as client.personalization's
