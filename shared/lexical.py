@@ -65,6 +65,13 @@ def pair_of(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return key // STRIDE - 1, key % STRIDE
 
 
+def wordpieces(ids: np.ndarray) -> np.ndarray:
+    """Every wordpiece id that terms name: the wordpieces themselves and both halves of each pair."""
+    ids = np.asarray(ids, dtype=np.int64)
+    first, second = pair_of(ids[ids >= STRIDE])
+    return np.concatenate([ids[ids < STRIDE], first, second])
+
+
 def fit_vocabulary(texts: list[np.ndarray], skip_ids: set[int], min_df: int = MIN_DF) -> tuple[np.ndarray, np.ndarray]:
     """(terms, idf) of the terms in at least `min_df` texts, none holding a special token
     (`skip_ids`), no two pairs in one slot (the pair in more texts kept, then the smaller key);
@@ -164,8 +171,7 @@ def decode_ids(text: object, count: int, vocab_size: int | None = None) -> np.nd
     ids = ids.astype(np.int64)
     if len(ids) > 1 and not (np.diff(ids) > 0).all():
         raise ValueError("'lexical_ids' are not strictly increasing")
-    first, second = pair_of(ids)
-    pieces = np.concatenate([ids[ids < STRIDE], first[ids >= STRIDE], second[ids >= STRIDE]])
+    pieces = wordpieces(ids)
     if vocab_size is not None and len(pieces) and pieces.max() >= vocab_size:
         raise ValueError(f"'lexical_ids' name wordpiece {pieces.max()}, beyond the tokenizer's {vocab_size}")
     if slot_clashes(ids):

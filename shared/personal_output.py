@@ -17,7 +17,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from shared.errors import LoraXSError
-from shared.lexical import BIGRAM_SLOTS, STRIDE, LexicalHead, decode_ids
+from shared.lexical import BIGRAM_SLOTS, STRIDE, LexicalHead, decode_ids, wordpieces
 from shared.output_parts import TENSORS, OutputParts, parts_arrays, parts_meta  # noqa: F401 (re-exported)
 
 PREFIX = "lexical."
@@ -95,7 +95,7 @@ def dense_tables(parts: OutputParts, vocab_size: int, num_classes: int) -> dict[
         head = parts.lexical
         single = head.ids < STRIDE
         ids, keys = torch.from_numpy(head.ids[single]), head.ids[~single]
-        pieces = np.concatenate([head.ids[single], keys // STRIDE - 1, keys % STRIDE])
+        pieces = wordpieces(head.ids)
         if len(pieces) and int(pieces.max()) >= vocab_size:
             raise LoraXSError(f"the lexical part names token id {int(pieces.max())}, beyond the model's {vocab_size}")
         idf[ids] = torch.from_numpy(head.idf[single])

@@ -69,6 +69,7 @@ class LexicalPool:
     val_logits: np.ndarray  # (N_val, C) lexical logits of the head fit on the fit split
     only: float  # the lexical head alone: validation accuracy
     t_encoder: float = 1.0  # T_e
+    t_pool: float = 1.0  # T_f: the best temperature of the chosen w's pooled logits
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,15 @@ def pool_lexical(fit, val, encoder_val: np.ndarray, special_ids: set[int], num_c
     t_encoder = fit_temperature(encoder_val, val.labels)
     t_lexical = fit_temperature(lexical_val, val.labels) if len(ids) else 1.0
     pooled = lambda w: (1 - w) * encoder_val / t_encoder + w * lexical_val / t_lexical  # (N_val, C)
-    scores = {}
+    scores, t_pool = {}, {}
     for w in MIX_GRID if len(ids) else (0.0,):
-        scores[w] = (
-            accuracy(pooled(w), val.labels),
-            nll(pooled(w), val.labels, fit_temperature(pooled(w), val.labels)),
-        )
+        z = pooled(w)
+        t_pool[w] = fit_temperature(z, val.labels)
+        scores[w] = (accuracy(z, val.labels), nll(z, val.labels, t_pool[w]))
     allowed = [w for w in scores if scores[w][0] >= scores[0.0][0]]
     mix = min(allowed, key=lambda w: (scores[w][1], w))
     scale = mix * t_encoder / ((1 - mix) * t_lexical)
-    return LexicalPool(l2, mix, scale, scores, lexical_val, only, t_encoder)
+    return LexicalPool(l2, mix, scale, scores, lexical_val, only, t_encoder, t_pool[mix])
 
 
 def final_lexical(fit, val, pool: LexicalPool, special_ids: set[int], num_classes: int) -> LexicalHead | None:
@@ -170,8 +170,7 @@ def choose_parts(
     elif lexical:
         pool = pool_lexical(fit, val, encoder_val, special_ids, num_classes)
         logits = encoder_val + pool.scale * pool.val_logits  # (N_val, C): the stored model before its temperature
-        pooled = logits * (1 - pool.mix) / pool.t_encoder  # = (1 - w) encoder / T_e + w lexical / T_l
-        temperature = pool.t_encoder * fit_temperature(pooled, val.labels) / (1 - pool.mix) if calibrate else 1.0
+        temperature = pool.t_encoder * pool.t_pool / (1 - pool.mix) if calibrate else 1.0  # logits / T = pool / T_f
     else:
         pool = LexicalPool(None, 0.0, 0.0, {}, np.zeros_like(encoder_val), 0.0)
         logits, temperature = encoder_val, fit_temperature(encoder_val, val.labels) if calibrate else 1.0
